@@ -1,0 +1,59 @@
+"""Small private helpers shared across subpackages: hashing, seeding, environment."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+__all__ = ["environment", "file_sha256", "make_generator", "state_dict_sha256"]
+
+
+def make_generator(seed: int | torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device``: ``seed`` may be an int, a generator (returned as is) or
+    ``None`` (seed 0, so nothing is ever silently non-deterministic)."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0 if seed is None else int(seed))
+    return gen
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """Hex sha256 of a module's parameters and buffers (names, dtypes, shapes and values), in
+    key order; independent of the file format they were loaded from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+_TRACKED = ("robustops", "torch", "numpy", "scipy", "scikit-learn", "mlxtend", "safetensors", "pydantic")
+
+
+def environment() -> dict[str, str]:
+    """Versions of Python, the platform and the packages a result depends on."""
+    env = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in _TRACKED:
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            env[pkg] = "not installed"
+    env["torch_threads"] = str(torch.get_num_threads())
+    return env

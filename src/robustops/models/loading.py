@@ -1,0 +1,114 @@
+"""Bring your own model: ``module:factory`` plus a safetensors weights file. Pickle is refused."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustops._util import file_sha256, state_dict_sha256
+from robustops.errors import SpecError, UnsafeArtifactError
+
+__all__ = ["build_model", "load_weights", "model_sha256", "resolve_factory", "save_weights"]
+
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+
+
+def resolve_factory(ref: str, field: str = "model.factory") -> Any:
+    """Import ``"package.module:callable"`` and return the callable."""
+    if not isinstance(ref, str) or ref.count(":") != 1:
+        raise SpecError.single(field, f"must look like 'package.module:factory', got {ref!r}")
+    mod_name, attr = ref.split(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise SpecError.single(field, f"cannot import module {mod_name!r}: {exc}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise SpecError.single(field, f"module {mod_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise SpecError.single(field, f"{ref!r} is not callable")
+    return obj
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> str:
+    """Write ``model``'s state dict as safetensors (``metadata`` JSON-encoded into the header);
+    returns the file's sha256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"robustops": json.dumps(metadata or {}, sort_keys=True)}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def load_weights(
+    model: nn.Module, path: str | Path, *, sha256: str | None = None, field: str = "model.weights"
+) -> nn.Module:
+    """Load a safetensors file into ``model`` (strict key match).
+
+    Raises :class:`UnsafeArtifactError` for a pickle-based file or a sha256 mismatch, and
+    :class:`SpecError` naming ``field`` for a missing file or mismatched keys/shapes.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError.single(field, f"weights file not found: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(_PICKLE_MAGIC):
+        raise UnsafeArtifactError(
+            f"{field}: {path} is a pickle-based checkpoint; RobustOps loads safetensors only "
+            "(convert it once with safetensors.torch.save_file in a trusted environment)"
+        )
+    if sha256 is not None:
+        got = file_sha256(path)
+        if got != sha256:
+            raise UnsafeArtifactError(f"{field}: sha256 of {path} is {got}, expected {sha256}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UnsafeArtifactError(f"{field}: {path} is not a valid safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise SpecError.single(field, f"weights do not fit the model: {exc}") from None
+    return model
+
+
+def build_model(
+    factory: str,
+    kwargs: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
+    *,
+    sha256: str | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Call ``factory(**kwargs)``, load ``weights`` (safetensors) if given, move to ``device``
+    and switch to eval mode."""
+    fn = resolve_factory(factory)
+    try:
+        model = fn(**(kwargs or {}))
+    except TypeError as exc:
+        raise SpecError.single("model.kwargs", f"{factory} rejected its arguments: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise SpecError.single("model.factory", f"{factory} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        load_weights(model, weights, sha256=sha256)
+    return model.to(device).eval()
+
+
+def model_sha256(model: nn.Module) -> str:
+    """Content hash of a model's weights (see :func:`robustops._util.state_dict_sha256`)."""
+    return state_dict_sha256(model)
