@@ -12,7 +12,9 @@ import torch
 __all__ = ["environment", "file_sha256", "make_generator", "state_dict_sha256"]
 
 
-def make_generator(seed: int | torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:
+def make_generator(
+    seed: int | torch.Generator | None, device: torch.device | str = "cpu"
+) -> torch.Generator:
     """A ``torch.Generator`` on ``device``: ``seed`` may be an int, a generator (returned as is) or
     ``None`` (seed 0, so nothing is ever silently non-deterministic)."""
     if isinstance(seed, torch.Generator):
@@ -44,7 +46,16 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-_TRACKED = ("robustops", "torch", "numpy", "scipy", "scikit-learn", "mlxtend", "safetensors", "pydantic")
+_TRACKED = (
+    "robustops",
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "mlxtend",
+    "safetensors",
+    "pydantic",
+)
 
 
 def environment() -> dict[str, str]:

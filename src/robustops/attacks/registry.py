@@ -55,7 +55,9 @@ def get_attack(name: str) -> type[Attack]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise SpecError.single("name", f"unknown attack {name!r}; available: {sorted(_REGISTRY)}") from None
+        raise SpecError.single(
+            "name", f"unknown attack {name!r}; available: {sorted(_REGISTRY)}"
+        ) from None
 
 
 def build_attack(name: str, threat: ThreatModel, **params: Any) -> Attack:
@@ -69,6 +71,9 @@ def build_attack(name: str, threat: ThreatModel, **params: Any) -> Attack:
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise SpecError(
-            [(k, f"unknown parameter for attack {name!r}; accepted: {sorted(accepted)}") for k in unknown]
+            [
+                (k, f"unknown parameter for attack {name!r}; accepted: {sorted(accepted)}")
+                for k in unknown
+            ]
         )
     return cls(threat, **params)

@@ -33,7 +33,9 @@ class ProbaClassifier(nn.Module):
 
     differentiable = False
 
-    def __init__(self, model: SupportsPredictProba, flatten: bool = True, eps: float = 1e-12) -> None:
+    def __init__(
+        self, model: SupportsPredictProba, flatten: bool = True, eps: float = 1e-12
+    ) -> None:
         super().__init__()
         self.model = model
         self.flatten = flatten
@@ -55,4 +57,6 @@ def as_classifier(model: Classifier) -> nn.Module:
         return model
     if isinstance(model, SupportsPredictProba):
         return ProbaClassifier(model)
-    raise TypeError(f"not a classifier: {type(model).__name__} (need an nn.Module or predict_proba)")
+    raise TypeError(
+        f"not a classifier: {type(model).__name__} (need an nn.Module or predict_proba)"
+    )

@@ -79,7 +79,9 @@ def load_weights(
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UnsafeArtifactError(f"{field}: {path} is not a valid safetensors file ({exc})") from None
+        raise UnsafeArtifactError(
+            f"{field}: {path} is not a valid safetensors file ({exc})"
+        ) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -103,7 +105,9 @@ def build_model(
     except TypeError as exc:
         raise SpecError.single("model.kwargs", f"{factory} rejected its arguments: {exc}") from None
     if not isinstance(model, nn.Module):
-        raise SpecError.single("model.factory", f"{factory} returned {type(model).__name__}, not a torch.nn.Module")
+        raise SpecError.single(
+            "model.factory", f"{factory} returned {type(model).__name__}, not a torch.nn.Module"
+        )
     if weights is not None:
         load_weights(model, weights, sha256=sha256)
     return model.to(device).eval()

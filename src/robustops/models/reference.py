@@ -16,8 +16,14 @@ class SmallCNN(nn.Module):
     Input ``(N, C, H, W)`` in [0, 1]; output logits ``(N, num_classes)``.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 28,
-                 width: int = 32, hidden: int = 128) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        input_size: int = 28,
+        width: int = 32,
+        hidden: int = 128,
+    ) -> None:
         super().__init__()
         side = input_size // 4
         self.features = nn.Sequential(
@@ -44,7 +50,9 @@ class SmallCNN(nn.Module):
 class MLP(nn.Module):
     """Flatten, then fully connected ReLU layers. Input ``(N, ...)``; logits ``(N, num_classes)``."""
 
-    def __init__(self, input_dim: int = 784, hidden: Sequence[int] = (256, 256), num_classes: int = 10) -> None:
+    def __init__(
+        self, input_dim: int = 784, hidden: Sequence[int] = (256, 256), num_classes: int = 10
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         prev = input_dim
@@ -60,15 +68,23 @@ class MLP(nn.Module):
         return out
 
 
-def small_cnn(in_channels: int = 1, num_classes: int = 10, input_size: int = 28, width: int = 32,
-              hidden: int = 128, seed: int = 0) -> SmallCNN:
+def small_cnn(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    input_size: int = 28,
+    width: int = 32,
+    hidden: int = 128,
+    seed: int = 0,
+) -> SmallCNN:
     """A :class:`SmallCNN` whose initial weights are drawn from ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return SmallCNN(in_channels, num_classes, input_size, width, hidden)
 
 
-def mlp(input_dim: int = 784, hidden: Sequence[int] = (256, 256), num_classes: int = 10, seed: int = 0) -> MLP:
+def mlp(
+    input_dim: int = 784, hidden: Sequence[int] = (256, 256), num_classes: int = 10, seed: int = 0
+) -> MLP:
     """An :class:`MLP` whose initial weights are drawn from ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -82,12 +82,16 @@ def train_standard(
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-            total_loss += float(loss) * idx.numel()
+            total_loss += float(loss.detach()) * idx.numel()
             correct += int((logits.argmax(1) == yb).sum())
         model.eval()
-        val = accuracy(model, x_val, y_val) if x_val is not None and y_val is not None else float("nan")
+        val = (
+            accuracy(model, x_val, y_val)
+            if x_val is not None and y_val is not None
+            else float("nan")
+        )
         stats = EpochStats(epoch + 1, total_loss / n, correct / n, val)
         history.append(stats)
         if on_epoch is not None:

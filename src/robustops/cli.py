@@ -1,0 +1,179 @@
+"""``robustops <verb>``: parses arguments, calls library functions, renders with rich."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from robustops.errors import RobustOpsError, SpecError
+
+if TYPE_CHECKING:
+    from robustops.evaluation import SuiteResult
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Adversarial robustness for shipped models."
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="pipeline spec (YAML)")]
+
+
+def _fail(exc: RobustOpsError) -> None:
+    err_console.print(f"[bold red]error[/]: {type(exc).__name__}")
+    if isinstance(exc, SpecError):
+        where = f"{exc.source}: " if exc.source else ""
+        for path, msg in exc.errors:
+            err_console.print(f"  {where}[yellow]{path}[/]: {msg}", highlight=False)
+    else:
+        err_console.print(f"  {exc}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(spec: SpecOpt) -> None:
+    """Train the spec's model (standard training) and save safetensors weights."""
+    from robustops.config import load_spec
+    from robustops.runner import train_spec
+    from robustops.training import EpochStats
+
+    try:
+        s = load_spec(spec)
+        if s.train is None:
+            raise SpecError.single("train", "the spec has no train section")
+        with Progress(
+            TextColumn("[bold]train[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("epochs", total=s.train.epochs)
+
+            def on_epoch(e: EpochStats) -> None:
+                desc = f"epoch {e.epoch}: loss {e.loss:.3f} test acc {e.test_accuracy:.3f}"
+                bar.update(task, advance=1, description=desc)
+
+            meta = train_spec(s, on_epoch=on_epoch)
+    except RobustOpsError as exc:
+        _fail(exc)
+        return
+    console.print(f"saved [green]{meta['weights']}[/] sha256 {meta['sha256'][:16]}…")
+
+
+@app.command()
+def evaluate(
+    spec: SpecOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="result JSON to write")] = Path(
+        "result.json"
+    ),
+    seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
+) -> None:
+    """Run the spec's evaluation suite and write the result JSON."""
+    from robustops.config import load_spec
+    from robustops.evaluation import ProgressEvent
+    from robustops.runner import evaluate_spec
+
+    try:
+        s = load_spec(spec)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            tasks: dict[tuple[str, str], TaskID] = {}
+
+            def on_progress(ev: ProgressEvent) -> None:
+                key = (ev.threat, ev.attack)
+                if key not in tasks:
+                    tasks[key] = bar.add_task(f"{ev.threat} · {ev.attack}", total=max(ev.total, 1))
+                bar.update(tasks[key], completed=ev.done if ev.total else 1)
+
+            result = evaluate_spec(s, seed=seed, progress=on_progress)
+        result.save(out)
+    except RobustOpsError as exc:
+        _fail(exc)
+        return
+    console.print(_summary_table(result))
+    console.print(f"result written to [green]{out}[/]")
+
+
+def _summary_table(result: SuiteResult) -> Table:
+    table = Table(
+        title=f"{result.name}: {result.n_samples} samples, clean accuracy {result.clean_accuracy:.1%}"
+    )
+    table.add_column("threat")
+    table.add_column("attack")
+    table.add_column("attacked", justify="right")
+    table.add_column("broken", justify="right")
+    table.add_column("mean queries", justify="right")
+    table.add_column("time (s)", justify="right")
+    table.add_column("robust acc.", justify="right", style="bold")
+    for t in result.threats:
+        for i, a in enumerate(t.attacks):
+            last = i == len(t.attacks) - 1
+            table.add_row(
+                t.name if i == 0 else "",
+                a.name,
+                str(a.n_attacked),
+                str(a.n_broken),
+                f"{a.mean_queries:.1f}",
+                f"{a.wall_time_s:.2f}",
+                f"{t.robust_accuracy:.1%}" if last else "",
+                end_section=last,
+            )
+    return table
+
+
+@app.command("attacks")
+def list_attacks() -> None:
+    """List the registered attacks."""
+    from robustops.attacks import available_attacks, get_attack
+
+    table = Table("name", "knowledge", "norms", "class")
+    for name in available_attacks():
+        cls = get_attack(name)
+        table.add_row(
+            name, cls.knowledge, ", ".join(cls.norms), f"{cls.__module__}.{cls.__qualname__}"
+        )
+    console.print(table)
+
+
+@app.command()
+def validate(spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML)")]) -> None:
+    """Validate a spec and print every error with its field path."""
+    from robustops.config import load_spec
+
+    try:
+        load_spec(spec)
+    except RobustOpsError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]ok[/]: {spec}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

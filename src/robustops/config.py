@@ -1,0 +1,207 @@
+"""The pipeline spec: one YAML file naming data, model, training and evaluation suite.
+
+Validated by pydantic; every error carries the dotted path of its field
+(``evaluation.threats.1.attacks.0.steps``). Relative paths are resolved against the spec
+file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from robustops.attacks import Attack, build_attack
+from robustops.data import DATASETS
+from robustops.errors import SpecError
+from robustops.evaluation.suite import SuiteThreat
+from robustops.threats import Knowledge, Norm, ThreatModel, validation_error_to_spec_error
+
+__all__ = [
+    "AttackSpec",
+    "DataSpec",
+    "EvaluationSpec",
+    "ModelSpec",
+    "PipelineSpec",
+    "ThreatSpec",
+    "TrainSpec",
+    "load_spec",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    """Which embedded data set and how to split it."""
+
+    name: str = "mnist_subset"
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown data set {v!r}; available: {sorted(DATASETS)}")
+        return v
+
+
+class ModelSpec(_Strict):
+    """A model factory ``module:callable`` with keyword arguments and optional safetensors weights."""
+
+    factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: Path | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("weights")
+    @classmethod
+    def _safetensors_only(cls, v: Path | None) -> Path | None:
+        if v is not None and v.suffix != ".safetensors":
+            raise ValueError(
+                "weights must be a .safetensors file (pickle-based formats are refused)"
+            )
+        return v
+
+
+class TrainSpec(_Strict):
+    """Standard training of the model (adversarial recipes extend this)."""
+
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    out: Path
+
+
+class AttackSpec(BaseModel):
+    """An attack by registry name; every other key is a hyper-parameter of that attack."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        """The hyper-parameters (everything but ``name``)."""
+        return dict(self.model_extra or {})
+
+
+class ThreatSpec(_Strict):
+    """A threat (see :class:`robustops.threats.ThreatModel`) and the attacks that exercise it."""
+
+    name: str = Field(min_length=1)
+    norm: Norm = "linf"
+    epsilon: float = Field(ge=0.0, allow_inf_nan=False)
+    knowledge: Knowledge = "white-box"
+    query_budget: int | None = Field(default=None, ge=1)
+    targeted: bool = False
+    bounds: tuple[float, float] = (0.0, 1.0)
+    attacks: list[AttackSpec] = Field(min_length=1)
+
+    def threat(self) -> ThreatModel:
+        """The threat model alone."""
+        return ThreatModel.model_validate(self.model_dump(exclude={"attacks"}))
+
+
+class EvaluationSpec(_Strict):
+    """The suite: threats with their attacks, on ``n_samples`` test samples (all when null)."""
+
+    n_samples: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=500, ge=1)
+    threats: list[ThreatSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvaluationSpec:
+        names = [t.name for t in self.threats]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"threat names must be unique; repeated: {dup}")
+        return self
+
+
+class PipelineSpec(_Strict):
+    """The whole pipeline spec."""
+
+    name: str = Field(min_length=1)
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec
+    train: TrainSpec | None = None
+    evaluation: EvaluationSpec | None = None
+
+    def resolved_device(self) -> str:
+        """``"cuda"`` when asked for or when ``auto`` and CUDA is available, else ``"cpu"``."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def build_threats(self, seed: int | None = None) -> list[SuiteThreat]:
+        """Instantiate the suite's attacks; errors name ``evaluation.threats.I.attacks.J.<param>``."""
+        if self.evaluation is None:
+            raise SpecError.single("evaluation", "the spec has no evaluation section")
+        base_seed = self.seed if seed is None else seed
+        out = []
+        for i, ts in enumerate(self.evaluation.threats):
+            threat = ts.threat()
+            attacks: list[Attack] = []
+            for j, a in enumerate(ts.attacks):
+                prefix = f"evaluation.threats.{i}.attacks.{j}"
+                params = a.params()
+                params.setdefault("seed", base_seed)
+                try:
+                    attacks.append(build_attack(a.name, threat, **params))
+                except SpecError as exc:
+                    raise SpecError(
+                        [(f"{prefix}.{p}" if p != "<root>" else prefix, m) for p, m in exc.errors]
+                    ) from None
+                except (TypeError, ValueError) as exc:
+                    raise SpecError.single(prefix, str(exc)) from None
+            out.append(SuiteThreat(threat, attacks))
+        return out
+
+
+def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p).resolve()
+
+    model = spec.model.model_copy(update={"weights": fix(spec.model.weights)})
+    train = spec.train.model_copy(update={"out": fix(spec.train.out)}) if spec.train else None
+    return spec.model_copy(update={"model": model, "train": train})
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read, validate and resolve a YAML pipeline spec.
+
+    Raises :class:`SpecError` listing every invalid field with its dotted path; attack names and
+    hyper-parameters are checked too.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError.single(
+            "<file>",
+            f"cannot read spec: {exc}",
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([("<file>", f"invalid YAML: {exc}")], source=str(path)) from None
+    if not isinstance(raw, dict):
+        raise SpecError([("<root>", "the spec must be a mapping")], source=str(path))
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error_to_spec_error(exc, source=str(path)) from None
+    spec = _resolve_paths(spec, path.parent)
+    if spec.evaluation is not None:
+        try:
+            spec.build_threats()
+        except SpecError as exc:
+            raise SpecError(exc.errors, source=str(path)) from None
+    return spec

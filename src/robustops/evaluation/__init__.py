@@ -1,0 +1,21 @@
+"""The evaluation suite and its versioned result schema."""
+
+from robustops.evaluation.result import (
+    SCHEMA_VERSION,
+    AttackFigures,
+    SamplesRecord,
+    SuiteResult,
+    ThreatResult,
+)
+from robustops.evaluation.suite import ProgressEvent, SuiteThreat, run_suite
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AttackFigures",
+    "ProgressEvent",
+    "SamplesRecord",
+    "SuiteResult",
+    "SuiteThreat",
+    "ThreatResult",
+    "run_suite",
+]

@@ -1,0 +1,122 @@
+"""The result schema: one suite run, self-describing (seeds, versions, hashes) and versioned.
+
+``SCHEMA_VERSION`` follows semantic versioning: a new optional field is a minor bump, a renamed
+or removed field a major one. ``SuiteResult.model_json_schema()`` gives the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from robustops.errors import SpecError
+from robustops.threats import ThreatModel, validation_error_to_spec_error
+
+__all__ = ["SCHEMA_VERSION", "AttackFigures", "SamplesRecord", "SuiteResult", "ThreatResult"]
+
+SCHEMA_VERSION = "1.0.0"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AttackFigures(_Strict):
+    """One attack's share of a threat's evaluation.
+
+    Attacks run in order on the samples still robust, so ``n_attacked`` shrinks down the list.
+    """
+
+    name: str
+    params: dict[str, Any]
+    n_attacked: int = Field(description="samples this attack ran on (still robust before it)")
+    n_broken: int = Field(description="samples this attack made adversarial")
+    success_rate: float = Field(description="n_broken / n_attacked (0 when nothing was attacked)")
+    mean_queries: float = Field(description="mean model queries per attacked sample")
+    total_queries: int
+    median_perturbation: float | None = Field(description="median norm of successful perturbations")
+    wall_time_s: float
+
+
+class ThreatResult(_Strict):
+    """Figures for one threat: a sample is robust only if it was classified correctly and every
+    attack of the threat failed on it (per-sample worst case)."""
+
+    name: str
+    threat: ThreatModel
+    robust_accuracy: float = Field(description="robust samples / evaluated samples, in [0, 1]")
+    attack_success_rate: float = Field(
+        description="share of correctly classified samples that some attack broke, in [0, 1]"
+    )
+    n_robust: int
+    attacks: list[AttackFigures]
+    total_queries: int
+    wall_time_s: float
+    robust: list[bool] = Field(description="per sample: still correct after every attack")
+    broken_by: list[str | None] = Field(description="per sample: first attack that broke it")
+    queries: list[int] = Field(description="per sample: queries spent by all attacks")
+    targets: list[int] | None = Field(
+        default=None, description="per sample target (targeted threats)"
+    )
+
+
+class SamplesRecord(_Strict):
+    """Which samples were evaluated and how the clean model did on them."""
+
+    split: str = "test"
+    indices: list[int]
+    labels: list[int]
+    clean_correct: list[bool]
+
+
+class SuiteResult(_Strict):
+    """One run of the evaluation suite on one model and data set."""
+
+    schema_version: str = SCHEMA_VERSION
+    name: str
+    created_at: str = Field(description="UTC time the run finished, ISO 8601")
+    seed: int
+    device: str
+    n_samples: int
+    clean_accuracy: float
+    threats: list[ThreatResult]
+    data: dict[str, Any] = Field(description="data set name, fingerprint and split")
+    model: dict[str, Any] = Field(description="factory, weights path, file and content sha256")
+    environment: dict[str, str] = Field(description="package versions and platform")
+    samples: SamplesRecord
+    wall_time_s: float
+
+    def threat(self, name: str) -> ThreatResult:
+        """The threat result called ``name``."""
+        for t in self.threats:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def summary(self) -> dict[str, float]:
+        """``{"clean": acc, threat name: robust accuracy, ...}``."""
+        return {"clean": self.clean_accuracy, **{t.name: t.robust_accuracy for t in self.threats}}
+
+    def save(self, path: str | Path) -> Path:
+        """Write as indented JSON (atomically: a crash never leaves half a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SuiteResult:
+        """Read and validate a result file; :class:`SpecError` with field paths if invalid."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SpecError.single("result", f"cannot read {path}: {exc}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error_to_spec_error(exc, source=str(path)) from None

@@ -1,0 +1,242 @@
+"""The evaluation suite: every attack of every threat against one model, per-sample worst case.
+
+Attacks of a threat run one after another on the samples still robust (AutoAttack's order), so
+a sample counts as robust only if it was classified correctly and *every* attack failed on it.
+A success is only counted when the adversarial input is verified to lie in the threat's ball
+and bounds and the model's re-prediction is wrong; an attack (e.g. a plug-in) that breaks
+this contract cannot inflate the numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustops._util import environment, make_generator
+from robustops.attacks import Attack
+from robustops.evaluation.result import AttackFigures, SamplesRecord, SuiteResult, ThreatResult
+from robustops.threats import ThreatModel
+
+__all__ = ["ProgressEvent", "SuiteThreat", "run_suite"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SuiteThreat:
+    """A threat and the attacks that exercise it, run in this order."""
+
+    threat: ThreatModel
+    attacks: Sequence[Attack] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for attack in self.attacks:
+            if attack.threat != self.threat:
+                raise ValueError(
+                    f"attack {attack.name!r} was built for another threat than {self.threat.name!r}"
+                )
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Sent after each batch: ``done`` of ``total`` samples of (``threat``, ``attack``)."""
+
+    threat: str
+    attack: str
+    done: int
+    total: int
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    out = [
+        model(x[i : i + batch_size].to(device)).argmax(1).cpu()
+        for i in range(0, x.shape[0], batch_size)
+    ]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+
+
+def _num_classes(model: nn.Module, x: Tensor, device: torch.device) -> int:
+    with torch.no_grad():
+        return int(model(x[:1].to(device)).shape[1])
+
+
+def _contract_ok(adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
+    """``(N,)`` bool: the adversarial input lies in the threat's ball (float32 rounding allowed)
+    and bounds."""
+    low, high = threat.bounds
+    delta = (adv - x).flatten(1)
+    size = delta.abs().amax(1) if threat.norm == "linf" else delta.norm(p=2, dim=1)
+    in_ball = size <= threat.epsilon * (1 + 1e-6) + 1e-7
+    flat = adv.flatten(1)
+    in_bounds = (flat >= low).all(1) & (flat <= high).all(1)
+    return in_ball & in_bounds
+
+
+def run_suite(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    threats: Sequence[SuiteThreat],
+    *,
+    name: str = "suite",
+    batch_size: int = 500,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    indices: Sequence[int] | None = None,
+    data_info: dict[str, Any] | None = None,
+    model_info: dict[str, Any] | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> SuiteResult:
+    """Evaluate ``model`` on ``inputs`` ``(N, ...)`` / ``labels`` ``(N,)`` under each threat.
+
+    Args:
+        model: a module returning logits; put in eval mode for the run and restored after.
+        threats: threats with their attacks, in the order they should run.
+        batch_size: samples per attack call.
+        seed: draws the targets of targeted threats (a random wrong class per sample).
+        device: where to run; default the model's device.
+        indices: positions of ``inputs`` in their split, recorded in the result.
+        data_info, model_info: identity records (fingerprints, hashes) copied into the result.
+        progress: called after each batch, e.g. to drive a progress bar.
+    """
+    if inputs.shape[0] != labels.shape[0]:
+        raise ValueError("inputs and labels differ in length")
+    params = list(model.parameters())
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (params[0].device if params else torch.device("cpu"))
+    )
+    was_training = model.training
+    model.eval()
+    t_start = time.perf_counter()
+    try:
+        x, y = inputs.detach().cpu(), labels.detach().cpu().to(torch.int64)
+        n = x.shape[0]
+        clean_pred = _predict(model, x, batch_size, dev)
+        clean_correct = clean_pred == y
+        k = _num_classes(model, x, dev) if n else 0
+        gen = make_generator(seed)
+        threat_results = [
+            _run_threat(model, x, y, clean_correct, st, k, batch_size, dev, gen, progress)
+            for st in threats
+        ]
+    finally:
+        model.train(was_training)
+    return SuiteResult(
+        name=name,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        seed=seed,
+        device=str(dev),
+        n_samples=n,
+        clean_accuracy=int(clean_correct.sum()) / n if n else 0.0,
+        threats=threat_results,
+        data=data_info or {},
+        model=model_info or {},
+        environment=environment(),
+        samples=SamplesRecord(
+            indices=list(indices) if indices is not None else list(range(n)),
+            labels=y.tolist(),
+            clean_correct=clean_correct.tolist(),
+        ),
+        wall_time_s=time.perf_counter() - t_start,
+    )
+
+
+def _run_threat(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    clean_correct: Tensor,
+    st: SuiteThreat,
+    num_classes: int,
+    batch_size: int,
+    dev: torch.device,
+    gen: torch.Generator,
+    progress: Callable[[ProgressEvent], None] | None,
+) -> ThreatResult:
+    threat = st.threat
+    n = x.shape[0]
+    targets: Tensor | None = None
+    if threat.targeted:
+        shift = torch.randint(1, max(num_classes, 2), (n,), generator=gen)
+        targets = (y + shift) % max(num_classes, 2)
+    robust = clean_correct.clone()
+    broken_by: list[str | None] = [None] * n
+    queries = torch.zeros(n, dtype=torch.int64)
+    figures: list[AttackFigures] = []
+    t_threat = time.perf_counter()
+    for attack in st.attacks:
+        idx = robust.nonzero().squeeze(1)
+        t0 = time.perf_counter()
+        n_broken, total_q, perts = 0, 0, []
+        for start in range(0, idx.numel(), batch_size):
+            b = idx[start : start + batch_size]
+            xb, yb = x[b].to(dev), y[b].to(dev)
+            tb = targets[b].to(dev) if targets is not None else None
+            res = attack(model, xb, yb, targets=tb)
+            ok = _contract_ok(res.adversarial, xb, threat).cpu()
+            if not bool(ok.all()):
+                log.warning(
+                    "attack %s returned %d inputs outside threat %s; their successes are not counted",
+                    attack.name,
+                    int((~ok).sum()),
+                    threat.name,
+                )
+            success = res.success.cpu() & ok
+            q = res.queries.cpu()
+            queries[b] += q
+            total_q += int(q.sum())
+            hit = b[success]
+            robust[hit] = False
+            for i in hit.tolist():
+                broken_by[i] = attack.name
+            n_broken += int(success.sum())
+            perts.append(res.perturbation.cpu()[success])
+            if progress is not None:
+                progress(
+                    ProgressEvent(
+                        threat.name, attack.name, min(start + batch_size, idx.numel()), idx.numel()
+                    )
+                )
+        if progress is not None and idx.numel() == 0:
+            progress(ProgressEvent(threat.name, attack.name, 0, 0))
+        succ_perts = torch.cat(perts) if perts else torch.empty(0)
+        n_att = int(idx.numel())
+        figures.append(
+            AttackFigures(
+                name=attack.name,
+                params=attack.params(),
+                n_attacked=n_att,
+                n_broken=n_broken,
+                success_rate=n_broken / n_att if n_att else 0.0,
+                mean_queries=total_q / n_att if n_att else 0.0,
+                total_queries=total_q,
+                median_perturbation=float(succ_perts.median()) if succ_perts.numel() else None,
+                wall_time_s=time.perf_counter() - t0,
+            )
+        )
+    n_correct = int(clean_correct.sum())
+    n_robust = int(robust.sum())
+    return ThreatResult(
+        name=threat.name,
+        threat=threat,
+        robust_accuracy=n_robust / n if n else 0.0,
+        attack_success_rate=(n_correct - n_robust) / n_correct if n_correct else 0.0,
+        n_robust=n_robust,
+        attacks=figures,
+        total_queries=int(queries.sum()),
+        wall_time_s=time.perf_counter() - t_threat,
+        robust=robust.tolist(),
+        broken_by=broken_by,
+        queries=queries.tolist(),
+        targets=targets.tolist() if targets is not None else None,
+    )

@@ -1,0 +1,173 @@
+"""The suite's numbers must be honest: strong on an undefended model, not fooled by noise, at
+least as strong as the peer libraries' PGD, reproducible, and immune to a cheating attack."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from robustops import ThreatModel
+from robustops.attacks import Attack, AttackResult, ModelFn, build_attack
+from robustops.data import Dataset
+from robustops.evaluation import SuiteResult, SuiteThreat, run_suite
+from robustops.models import SmallCNN
+
+FOUNDATION = [
+    ("fgsm", {}),
+    ("pgd", {"steps": 40}),
+    ("apgd-ce", {"steps": 100}),
+    ("apgd-dlr", {"steps": 100}),
+    ("square", {"queries": 1000}),
+]
+
+
+def _suite_threat(threat: ThreatModel, seed: int = 0) -> SuiteThreat:
+    return SuiteThreat(threat, [build_attack(n, threat, seed=seed, **p) for n, p in FOUNDATION])
+
+
+def test_undefended_cnn_is_broken_at_linf_03(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    threat = ThreatModel(name="linf-0.3", norm="linf", epsilon=0.3)
+    res = run_suite(trained_cnn, mnist.x_test[:300], mnist.y_test[:300], [_suite_threat(threat)])
+    assert res.clean_accuracy > 0.9
+    t = res.threat("linf-0.3")
+    assert t.robust_accuracy < 0.05
+    assert t.robust_accuracy == sum(t.robust) / 300
+    assert all(
+        (b is None) == r or not c
+        for b, r, c in zip(t.broken_by, t.robust, res.samples.clean_correct, strict=True)
+    )
+
+
+def test_uniform_noise_of_the_same_budget_barely_moves_accuracy(
+    trained_cnn: SmallCNN, mnist: Dataset
+) -> None:
+    threat = ThreatModel(name="noise", norm="linf", epsilon=0.3)
+    noise = SuiteThreat(threat, [build_attack("uniform_noise", threat, draws=1)])
+    res = run_suite(trained_cnn, mnist.x_test[:500], mnist.y_test[:500], [noise])
+    assert res.clean_accuracy - res.threat("noise").robust_accuracy < 0.03
+
+
+def _torchattacks_pgd_robust(model: SmallCNN, x: Tensor, y: Tensor, eps: float) -> float:
+    torchattacks = pytest.importorskip("torchattacks")
+    atk = torchattacks.PGD(model, eps=eps, alpha=eps / 10, steps=40, random_start=True)
+    torch.manual_seed(0)
+    adv = atk(x, y)
+    with torch.no_grad():
+        return float((model(adv).argmax(1) == y).float().mean())
+
+
+def _art_pgd_robust(model: SmallCNN, x: Tensor, y: Tensor, eps: float) -> float:
+    pytest.importorskip("art")
+    from art.attacks.evasion import ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    clf = PyTorchClassifier(
+        model=model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
+    atk = ProjectedGradientDescent(
+        clf,
+        norm=np.inf,
+        eps=eps,
+        eps_step=eps / 10,
+        max_iter=40,
+        num_random_init=1,
+        batch_size=256,
+        verbose=False,
+    )
+    np.random.seed(0)
+    adv = atk.generate(x.numpy(), y=y.numpy())
+    pred = clf.predict(adv).argmax(1)
+    return float((pred == y.numpy()).mean())
+
+
+def test_suite_is_at_least_as_strong_as_peer_pgd(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    eps = 0.1  # a budget where the undefended CNN keeps a measurable robust accuracy
+    x, y = mnist.x_test[:300], mnist.y_test[:300]
+    ours = run_suite(trained_cnn, x, y, [_suite_threat(ThreatModel(name="t", epsilon=eps))])
+    ours_acc = ours.threat("t").robust_accuracy
+    ta_acc = _torchattacks_pgd_robust(trained_cnn, x, y, eps)
+    art_acc = _art_pgd_robust(trained_cnn, x, y, eps)
+    assert ta_acc > 0.0  # the comparison is not vacuous
+    assert ours_acc <= ta_acc, (ours_acc, ta_acc)
+    assert ours_acc <= art_acc + 0.005, (ours_acc, art_acc)
+
+
+def test_same_seed_same_result(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    x, y = mnist.x_test[:120], mnist.y_test[:120]
+
+    def run(seed: int) -> SuiteResult:
+        threats = [
+            _suite_threat(ThreatModel(name="linf", epsilon=0.1), seed),
+            _suite_threat(ThreatModel(name="l2", norm="l2", epsilon=1.0), seed),
+            _suite_threat(ThreatModel(name="tgt", epsilon=0.2, targeted=True), seed),
+        ]
+        return run_suite(trained_cnn, x, y, threats, seed=seed, batch_size=50)
+
+    a, b = run(3), run(3)
+    for ta, tb in zip(a.threats, b.threats, strict=True):
+        assert ta.robust == tb.robust and ta.queries == tb.queries and ta.broken_by == tb.broken_by
+        assert ta.targets == tb.targets
+    assert a.threat("tgt").targets is not None
+    assert all(
+        t != lab for t, lab in zip(a.threat("tgt").targets or [], a.samples.labels, strict=True)
+    )
+
+
+class _Cheat(Attack):
+    """Claims success with points far outside the ball."""
+
+    name = "cheat"
+
+    def __call__(
+        self, model: ModelFn, inputs: Tensor, labels: Tensor, *, targets: Tensor | None = None
+    ) -> AttackResult:
+        adv = torch.zeros_like(inputs)
+        n = inputs.shape[0]
+        return AttackResult(
+            adv,
+            torch.ones(n, dtype=torch.bool),
+            torch.ones(n, dtype=torch.int64),
+            torch.ones(n),
+            labels,
+        )
+
+    def _run(
+        self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+def test_out_of_ball_successes_are_not_counted(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    threat = ThreatModel(name="t", epsilon=0.01)
+    res = run_suite(
+        trained_cnn, mnist.x_test[:50], mnist.y_test[:50], [SuiteThreat(threat, [_Cheat(threat)])]
+    )
+    assert res.threat("t").robust_accuracy == res.clean_accuracy
+
+
+def test_result_round_trip(tmp_path: object, trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    from pathlib import Path
+
+    threat = ThreatModel(name="t", epsilon=0.1)
+    res = run_suite(
+        trained_cnn,
+        mnist.x_test[:20],
+        mnist.y_test[:20],
+        [SuiteThreat(threat, [build_attack("fgsm", threat)])],
+    )
+    path = res.save(Path(str(tmp_path)) / "r.json")
+    back = SuiteResult.load(path)
+    assert back == res
+    assert back.environment["torch"].startswith("2.")
+    assert set(SuiteResult.model_json_schema()["properties"]) >= {
+        "clean_accuracy",
+        "threats",
+        "schema_version",
+    }

@@ -1,0 +1,118 @@
+"""Specs and the command line: bad fields are named, the main verbs run end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from robustops.cli import app
+from robustops.config import load_spec
+from robustops.errors import SpecError
+from robustops.evaluation import SuiteResult
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "device": "cpu",
+    "data": {"name": "digits"},
+    "model": {
+        "factory": "robustops.models:mlp",
+        "kwargs": {"input_dim": 64, "hidden": [32]},
+        "weights": "w/mlp.safetensors",
+    },
+    "train": {"epochs": 2, "batch_size": 64, "lr": 0.005, "out": "w/mlp.safetensors"},
+    "evaluation": {
+        "n_samples": 60,
+        "batch_size": 30,
+        "threats": [
+            {
+                "name": "linf",
+                "epsilon": 0.1,
+                "attacks": [{"name": "fgsm"}, {"name": "pgd", "steps": 10}],
+            },
+            {"name": "l2", "norm": "l2", "epsilon": 0.5, "attacks": [{"name": "pgd", "steps": 10}]},
+        ],
+    },
+}
+
+
+def _write(tmp_path: Path, spec: dict[str, Any]) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    import copy
+
+    spec = copy.deepcopy(TINY)
+    node: Any = spec
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("evaluation.threats.0.epsilon", -0.1, "evaluation.threats.0.epsilon"),
+        ("evaluation.threats.0.norm", "l7", "evaluation.threats.0.norm"),
+        ("evaluation.threats.0.attacks.1.steps", 0, "evaluation.threats.0.attacks.1.steps"),
+        ("evaluation.threats.0.attacks.1.stepz", 3, "evaluation.threats.0.attacks.1.stepz"),
+        ("evaluation.threats.1.attacks.0.name", "nope", "evaluation.threats.1.attacks.0.name"),
+        ("model.weights", "w/model.pt", "model.weights"),
+        ("model.factory", "not a factory", "model.factory"),
+        ("data.name", "imagenet", "data.name"),
+        ("train.epochs", "many", "train.epochs"),
+        ("seed", "x", "seed"),
+        ("colour", "red", "colour"),
+    ],
+)
+def test_bad_spec_names_the_field(tmp_path: Path, path: str, value: Any, expected: str) -> None:
+    spec_path = _write(tmp_path, _with(path, value))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec_path)
+    assert expected in [p for p, _ in info.value.errors], info.value.errors
+    result = CliRunner().invoke(app, ["validate", str(spec_path)])
+    assert result.exit_code == 2
+    assert expected in result.output and "Traceback" not in result.output
+
+
+def test_train_then_evaluate_end_to_end(tmp_path: Path) -> None:
+    spec_path = _write(tmp_path, TINY)
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--spec", str(spec_path)])
+    assert trained.exit_code == 0, trained.output
+    assert (tmp_path / "w" / "mlp.safetensors").is_file()
+    assert (tmp_path / "w" / "mlp.safetensors.json").is_file()
+    out = tmp_path / "result.json"
+    evaluated = runner.invoke(app, ["evaluate", "--spec", str(spec_path), "--out", str(out)])
+    assert evaluated.exit_code == 0, evaluated.output
+    res = SuiteResult.load(out)
+    assert res.n_samples == 60 and [t.name for t in res.threats] == ["linf", "l2"]
+    assert res.data["fingerprint"] and len(res.model["weights_sha256"]) == 64
+    assert "robust acc" in evaluated.output
+
+
+def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
+    spec_path = _write(tmp_path, TINY)
+    result = CliRunner().invoke(
+        app, ["evaluate", "--spec", str(spec_path), "--out", str(tmp_path / "r.json")]
+    )
+    assert result.exit_code == 2
+    assert "model.weights" in result.output and "Traceback" not in result.output
+
+
+def test_attacks_listing() -> None:
+    result = CliRunner().invoke(app, ["attacks"])
+    assert result.exit_code == 0 and "pgd" in result.output
