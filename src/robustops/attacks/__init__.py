@@ -1,5 +1,6 @@
 """The attack library: every attack shares one contract and is reachable by name."""
 
+from robustops.attacks.apgd import APGD, APGDDLR
 from robustops.attacks.base import (
     Attack,
     AttackResult,
@@ -13,13 +14,17 @@ from robustops.attacks.fgsm import FGSM
 from robustops.attacks.noise import UniformNoise
 from robustops.attacks.pgd import PGD
 from robustops.attacks.registry import available_attacks, build_attack, get_attack, register_attack
+from robustops.attacks.square import Square
 
 __all__ = [
+    "APGD",
+    "APGDDLR",
     "FGSM",
     "PGD",
     "Attack",
     "AttackResult",
     "ModelFn",
+    "Square",
     "UniformNoise",
     "available_attacks",
     "build_attack",

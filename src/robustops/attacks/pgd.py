@@ -10,24 +10,35 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from robustops.attacks.base import Attack, ModelFn, is_adversarial, project, random_start
+from robustops.attacks.base import (
+    Attack,
+    ModelFn,
+    _eps_as,
+    _linf_box,
+    _random_point,
+    is_adversarial,
+    project,
+    random_start,
+)
 from robustops.attacks.losses import ce_loss, dlr_loss, margin_loss
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
 
-__all__ = ["PGD", "LOSSES", "ascent_direction"]
+__all__ = ["LOSSES", "PGD", "LossFn", "ascent_direction", "loss_and_grad"]
 
 LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss, "margin": margin_loss}
 
 
 def ascent_direction(grad: Tensor, norm: str) -> Tensor:
-    """Steepest-ascent unit direction for ``grad`` ``(N, ...)``: sign for L∞, ``g/||g||₂`` for L2."""
+    """Steepest-ascent unit direction for ``grad`` ``(N, ...)``: sign for L∞, ``g/||g||₂``
+    for L2."""
     if norm == "linf":
         return grad.sign()
     g_norm = grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-    return grad / g_norm.view(-1, *([1] * (grad.dim() - 1)))
+    out: Tensor = grad / g_norm.view(-1, *([1] * (grad.dim() - 1)))
+    return out
 
 
 def loss_and_grad(
@@ -90,34 +101,51 @@ class PGD(Attack):
         threat = self.threat
         alpha = self.step_size if self.step_size is not None else 2.5 * threat.epsilon / self.steps
         loss_fn = LOSSES[self.loss]
+        linf = threat.norm == "linf"
+        low, high = threat.bounds
         best = x.clone()
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        for _ in range(self.restarts):
+        for restart in range(self.restarts):
             idx = (~done).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             x0, y0 = x[idx], y[idx]
             t0 = targets[idx] if targets is not None else None
-            adv = random_start(x0, threat, gen) if self.random_start else x0.clone()
-            for _step in range(self.steps):
+            if linf:
+                # The exact L∞ ball ∩ bounds, once per restart: each projection is then a single
+                # clamp, with the same result as project() (see _linf_box).
+                lo, hi = _linf_box(x0, _eps_as(threat.epsilon, x0), low, high)
+                start = _random_point(x0, threat, gen, 1.0) if self.random_start else x0
+                adv = torch.clamp(start, lo, hi)
+            else:
+                adv = random_start(x0, threat, gen) if self.random_start else x0.clone()
+            for step in range(self.steps):
                 logits, _, grad = loss_and_grad(model, adv, y0, t0, loss_fn)
-                queries[idx] += 1
                 if self.early_stop:
                     hit = is_adversarial(logits, y0, t0)
                     if bool(hit.any()):
-                        best[idx[hit]] = adv[hit]
-                        done[idx[hit]] = True
+                        hit_idx = idx[hit]
+                        best[hit_idx] = adv[hit]
+                        done[hit_idx] = True
+                        queries[hit_idx] += step + 1
                         keep = ~hit
-                        idx, x0, y0, adv, grad = idx[keep], x0[keep], y0[keep], adv[keep], grad[keep]
+                        idx, x0, y0, adv, grad = (t[keep] for t in (idx, x0, y0, adv, grad))
                         t0 = t0[keep] if t0 is not None else None
+                        if linf:
+                            lo, hi = lo[keep], hi[keep]
                         if idx.numel() == 0:
                             break
-                adv = project(adv + alpha * ascent_direction(grad, threat.norm), x0, threat)
+                if linf:
+                    # adv + alpha * sign(grad) is exact-equal to the out-of-place form.
+                    adv = torch.add(adv, grad.sign(), alpha=alpha).clamp_(lo, hi)
+                else:
+                    adv = project(adv + alpha * ascent_direction(grad, threat.norm), x0, threat)
             if idx.numel():
+                queries[idx] += self.steps
                 best[idx] = adv
-                if not self.early_stop or self.restarts > 1:
+                if restart + 1 < self.restarts:
+                    # Only a later restart reads `done`; the last one would spend a forward pass.
                     with torch.no_grad():
                         done[idx] = is_adversarial(model(adv), y0, t0)
         return best, queries
-

@@ -1,0 +1,333 @@
+"""Auto-PGD (Croce & Hein, ICML 2020) for L∞ and L2: PGD with momentum and a step size that
+halves at fixed checkpoints when progress stalls, so it needs no step-size tuning.
+
+Schedule, as published: checkpoints ``w_j = ceil(p_j * steps)`` with ``p_0 = 0``,
+``p_1 = 0.22`` and ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``; initial step
+``eta = 2 * epsilon``; momentum ``alpha = 0.75``. At checkpoint ``w_j`` a sample's step halves
+and it restarts from its best point when (1) its loss rose in fewer than
+``rho * (w_j - w_{j-1})`` of the steps since the previous checkpoint, or (2) its step was not
+halved at the previous checkpoint and its best loss has not improved since.
+
+Where the paper is silent we follow the authors' code: the random start lies on the sphere of
+radius epsilon; after a restart from the best point the momentum term is ``x_max - x_{k-1}`` and
+the next rise is judged against the loss last evaluated. Unlike that code, ``steps`` counts every
+forward+backward pass (the start included), and the checkpoints are the published ``ceil`` ones
+(the code's integer decrements give other ones unless ``steps`` is a multiple of 100).
+
+All bookkeeping is per sample and vectorised; a sample that becomes adversarial keeps that point
+and leaves the batch, so later steps cost only what is still robust.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from robustops.attacks.base import Attack, ModelFn, is_adversarial, project
+from robustops.attacks.pgd import LOSSES, LossFn, ascent_direction, loss_and_grad
+from robustops.attacks.registry import register_attack
+from robustops.errors import SpecError
+from robustops.threats import ThreatModel
+
+__all__ = ["APGD", "APGDDLR", "apgd_checkpoints"]
+
+_P1 = Fraction(22, 100)
+_DECAY = Fraction(3, 100)
+_MIN_GAP = Fraction(6, 100)
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The published checkpoints ``[w_0 = 0, w_1, ...]`` for ``steps`` iterations.
+
+    ``w_j = ceil(p_j * steps)`` for every ``p_j <= 1``, computed in exact rational arithmetic
+    (so ``0.57 * 100`` is 57, not 58); repeated values (tiny ``steps``) appear once.
+    For ``steps = 100``: ``[0, 22, 41, 57, 70, 80, 87, 93, 99]``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SpecError.single("steps", f"must be an int > 0, got {steps!r}")
+    p_prev, p = Fraction(0), _P1
+    points = [0]
+    while p <= 1:
+        w = math.ceil(p * steps)
+        if w != points[-1]:
+            points.append(w)
+        p_prev, p = p, p + max(p - p_prev - _DECAY, _MIN_GAP)
+    return points
+
+
+def _view(v: Tensor, ref: Tensor) -> Tensor:
+    """``v`` ``(n,)`` shaped to broadcast against ``ref`` ``(n, ...)``."""
+    return v.view(-1, *([1] * (ref.dim() - 1)))
+
+
+def _reference_start(x: Tensor, threat: ThreatModel, gen: torch.Generator) -> Tensor:
+    """The reference implementation's random start: ``x + eps * t / ||t||`` (``t`` uniform in
+    ``[-1, 1]`` for L∞, Gaussian for L2), i.e. a random point on the sphere of radius epsilon,
+    then projected onto the bounds. ``x`` ``(n, ...)``; returns ``(n, ...)``."""
+    if threat.norm == "linf":
+        t = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+        scale = t.flatten(1).abs().amax(dim=1)
+    else:
+        t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        scale = t.flatten(1).norm(p=2, dim=1)
+    return project(x + threat.epsilon * (t / _view(scale.clamp_min(1e-12), x)), x, threat)
+
+
+def _checked(name: str, fn: LossFn) -> LossFn:
+    """``fn``, refusing logits with too few classes for the DLR loss (3, or 4 when targeted)."""
+    if name != "dlr":
+        return fn
+
+    def wrapped(logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+        need = 3 if targets is None else 4
+        if logits.shape[1] < need:
+            kind = "untargeted" if targets is None else "targeted"
+            raise SpecError.single(
+                "loss",
+                f"the {kind} DLR loss needs >= {need} classes; the model returns "
+                f"{logits.shape[1]}. Use loss='ce' or 'margin'.",
+            )
+        return fn(logits, labels, targets)
+
+    return wrapped
+
+
+@dataclass
+class _Run:
+    """State of the samples still attacked in one restart; every tensor has ``n`` rows.
+
+    ``idx`` ``(n,)`` positions in the caller's batch; ``x0`` clean inputs; ``x_cur``/``x_prev``
+    the current and previous iterates; ``grad`` the loss gradient at ``x_cur``; ``loss_cur``
+    ``(n,)`` the loss last evaluated; ``x_max``/``f_max``/``g_max`` the best point, its loss and
+    gradient; ``eta`` ``(n,)`` step sizes in input units; ``rises`` ``(n,)`` steps since the last
+    checkpoint in which the loss rose; ``f_max_check`` best loss at the last checkpoint;
+    ``reduced`` ``(n,)`` bool, the step was halved at the last checkpoint.
+    """
+
+    idx: Tensor
+    x0: Tensor
+    y0: Tensor
+    t0: Tensor | None
+    x_cur: Tensor
+    x_prev: Tensor
+    grad: Tensor
+    loss_cur: Tensor
+    x_max: Tensor
+    f_max: Tensor
+    g_max: Tensor
+    eta: Tensor
+    rises: Tensor
+    f_max_check: Tensor
+    reduced: Tensor
+
+    def select(self, keep: Tensor) -> _Run:
+        """The rows where ``keep`` ``(n,)`` bool is true."""
+        return _Run(
+            idx=self.idx[keep],
+            x0=self.x0[keep],
+            y0=self.y0[keep],
+            t0=self.t0[keep] if self.t0 is not None else None,
+            x_cur=self.x_cur[keep],
+            x_prev=self.x_prev[keep],
+            grad=self.grad[keep],
+            loss_cur=self.loss_cur[keep],
+            x_max=self.x_max[keep],
+            f_max=self.f_max[keep],
+            g_max=self.g_max[keep],
+            eta=self.eta[keep],
+            rises=self.rises[keep],
+            f_max_check=self.f_max_check[keep],
+            reduced=self.reduced[keep],
+        )
+
+
+@register_attack
+class APGD(Attack):
+    """APGD with the cross-entropy loss by default (AutoAttack's ``apgd-ce``).
+
+    Args:
+        threat: norm (``"linf"`` or ``"l2"``), epsilon in input units, bounds and goal. When
+            targeted, each call needs ``targets`` ``(N,)``; the losses then pull towards them
+            (targeted DLR as in :func:`robustops.attacks.losses.dlr_loss`).
+        steps: iterations per restart; each is one forward+backward pass, so a sample costs at
+            most ``steps * restarts`` queries.
+        restarts: runs from fresh random starts, each only on the samples not yet adversarial.
+        rho: share of rising steps below which the step size halves at a checkpoint, in (0, 1].
+        alpha: momentum weight of the new gradient step, in (0, 1] (1: no momentum).
+        loss: ``"ce"``, ``"dlr"`` (needs >= 3 classes, >= 4 when targeted) or ``"margin"``.
+        seed: seeds the random starts.
+
+    Returns (through :class:`~robustops.attacks.base.AttackResult`) the first adversarial
+    point found for each sample, otherwise the point of highest loss over all restarts.
+    """
+
+    name = "apgd-ce"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        steps: int = 100,
+        restarts: int = 1,
+        rho: float = 0.75,
+        alpha: float = 0.75,
+        loss: Literal["ce", "dlr", "margin"] = "ce",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(threat, seed=seed)
+        self._check_positive("steps", steps, integer=True)
+        self._check_positive("restarts", restarts, integer=True)
+        self._check_positive("rho", rho)
+        self._check_positive("alpha", alpha)
+        for pname, value in (("rho", rho), ("alpha", alpha)):
+            if value > 1:
+                raise SpecError.single(pname, f"must be in (0, 1], got {value!r}")
+        if loss not in LOSSES:
+            raise SpecError.single("loss", f"must be one of {sorted(LOSSES)}, got {loss!r}")
+        self.steps = steps
+        self.restarts = restarts
+        self.rho = float(rho)
+        self.alpha = float(alpha)
+        self.loss = loss
+
+    def _run(
+        self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        n = x.shape[0]
+        best = x.clone()
+        best_loss = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
+        done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        queries = torch.zeros(n, dtype=torch.int64, device=x.device)
+        for _ in range(self.restarts):
+            idx = (~done).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            t0 = targets[idx] if targets is not None else None
+            run = self._single_run(model, x[idx], y[idx], t0, idx, gen, best, done, queries)
+            if run is not None and run.idx.numel():
+                better = run.f_max > best_loss[run.idx]
+                best[run.idx[better]] = run.x_max[better]
+                best_loss[run.idx[better]] = run.f_max[better]
+        return best, queries
+
+    def _single_run(
+        self,
+        model: ModelFn,
+        x0: Tensor,
+        y0: Tensor,
+        t0: Tensor | None,
+        idx: Tensor,
+        gen: torch.Generator,
+        best: Tensor,
+        done: Tensor,
+        queries: Tensor,
+    ) -> _Run | None:
+        """One restart on ``x0`` ``(n, ...)`` (rows ``idx`` of the caller's batch).
+
+        Writes adversarial points into ``best`` and marks them in ``done`` as they are found,
+        adds one to ``queries`` per forward+backward pass; returns the samples still robust at
+        the end (with their best points), or ``None`` when none are.
+        """
+        threat = self.threat
+        loss_fn = _checked(self.loss, LOSSES[self.loss])
+        start = _reference_start(x0, threat, gen)
+        logits, loss, grad = loss_and_grad(model, start, y0, t0, loss_fn)
+        queries[idx] += 1
+        zeros = torch.zeros_like(loss, dtype=torch.int64)
+        run = _Run(
+            idx=idx,
+            x0=x0,
+            y0=y0,
+            t0=t0,
+            x_cur=start,
+            x_prev=start,
+            grad=grad,
+            loss_cur=loss,
+            x_max=start,
+            f_max=loss,
+            g_max=grad,
+            eta=torch.full_like(loss, 2.0 * threat.epsilon),
+            rises=zeros,
+            f_max_check=loss,
+            reduced=torch.ones_like(zeros, dtype=torch.bool),
+        )
+        maybe = self._drop_hits(run, logits, best, done)
+        if maybe is None:
+            return None
+        run = maybe
+        checkpoints = frozenset(apgd_checkpoints(self.steps)[1:])
+        last_check = 0
+        for k in range(1, self.steps):
+            a = self.alpha if k > 1 else 1.0
+            eta = _view(run.eta, run.x0)
+            z = project(run.x_cur + eta * ascent_direction(run.grad, threat.norm), run.x0, threat)
+            step = a * (z - run.x_cur) + (1.0 - a) * (run.x_cur - run.x_prev)
+            x_new = project(run.x_cur + step, run.x0, threat)
+            logits, loss, grad = loss_and_grad(model, x_new, run.y0, run.t0, loss_fn)
+            queries[run.idx] += 1
+            run.x_prev, run.x_cur, run.grad = run.x_cur, x_new, grad
+            run.rises = run.rises + (loss > run.loss_cur).to(torch.int64)
+            run.loss_cur = loss
+            up = loss > run.f_max
+            up_x = _view(up, x_new)
+            run.x_max = torch.where(up_x, x_new, run.x_max)
+            run.g_max = torch.where(up_x, grad, run.g_max)
+            run.f_max = torch.where(up, loss, run.f_max)
+            maybe = self._drop_hits(run, logits, best, done)
+            if maybe is None:
+                return None
+            run = maybe
+            if k in checkpoints:
+                stalled = run.rises.to(loss.dtype) < self.rho * (k - last_check)
+                flat = ~run.reduced & (run.f_max <= run.f_max_check)
+                halve = stalled | flat
+                halve_x = _view(halve, run.x_cur)
+                run.eta = torch.where(halve, run.eta / 2, run.eta)
+                run.x_cur = torch.where(halve_x, run.x_max, run.x_cur)
+                run.grad = torch.where(halve_x, run.g_max, run.grad)
+                run.reduced = halve
+                run.f_max_check = run.f_max
+                run.rises = torch.zeros_like(run.rises)
+                last_check = k
+        return run
+
+    @staticmethod
+    def _drop_hits(run: _Run, logits: Tensor, best: Tensor, done: Tensor) -> _Run | None:
+        """Record the samples whose current point ``logits`` ``(n, K)`` call adversarial and
+        return the rest (``None`` if none remain)."""
+        hit = is_adversarial(logits, run.y0, run.t0)
+        if not bool(hit.any()):
+            return run
+        best[run.idx[hit]] = run.x_cur[hit]
+        done[run.idx[hit]] = True
+        if bool(hit.all()):
+            return None
+        return run.select(~hit)
+
+
+@register_attack
+class APGDDLR(APGD):
+    """APGD on the difference-of-logits-ratio loss (AutoAttack's ``apgd-dlr``; targeted: the
+    targeted DLR loss). Needs >= 3 classes (>= 4 when targeted). Same arguments as
+    :class:`APGD` except ``loss``, which is fixed to ``"dlr"``."""
+
+    name = "apgd-dlr"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        steps: int = 100,
+        restarts: int = 1,
+        rho: float = 0.75,
+        alpha: float = 0.75,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            threat, steps=steps, restarts=restarts, rho=rho, alpha=alpha, loss="dlr", seed=seed
+        )
