@@ -23,8 +23,20 @@ FOUNDATION = [
 ]
 
 
-def _suite_threat(threat: ThreatModel, seed: int = 0) -> SuiteThreat:
-    return SuiteThreat(threat, [build_attack(n, threat, seed=seed, **p) for n, p in FOUNDATION])
+# Same attacks, cheaper budgets: for tests of bookkeeping, not of strength.
+LIGHT = [
+    ("fgsm", {}),
+    ("pgd", {"steps": 10}),
+    ("apgd-ce", {"steps": 20}),
+    ("apgd-dlr", {"steps": 20}),
+    ("square", {"queries": 100}),
+]
+
+
+def _suite_threat(
+    threat: ThreatModel, seed: int = 0, attacks: list[tuple[str, dict[str, int]]] = FOUNDATION
+) -> SuiteThreat:
+    return SuiteThreat(threat, [build_attack(n, threat, seed=seed, **p) for n, p in attacks])
 
 
 def test_undefended_cnn_is_broken_at_linf_03(trained_cnn: SmallCNN, mnist: Dataset) -> None:
@@ -87,10 +99,16 @@ def _art_pgd_robust(model: SmallCNN, x: Tensor, y: Tensor, eps: float) -> float:
     return float((pred == y.numpy()).mean())
 
 
+@pytest.mark.slow
 def test_suite_is_at_least_as_strong_as_peer_pgd(trained_cnn: SmallCNN, mnist: Dataset) -> None:
     eps = 0.1  # a budget where the undefended CNN keeps a measurable robust accuracy
     x, y = mnist.x_test[:300], mnist.y_test[:300]
-    ours = run_suite(trained_cnn, x, y, [_suite_threat(ThreatModel(name="t", epsilon=eps))])
+    # The gradient attacks of the suite (Square, score-based, adds little against a white-box
+    # peer and costs most of the time here).
+    gradient = [a for a in FOUNDATION if a[0] != "square"]
+    ours = run_suite(
+        trained_cnn, x, y, [_suite_threat(ThreatModel(name="t", epsilon=eps), 0, gradient)]
+    )
     ours_acc = ours.threat("t").robust_accuracy
     ta_acc = _torchattacks_pgd_robust(trained_cnn, x, y, eps)
     art_acc = _art_pgd_robust(trained_cnn, x, y, eps)
@@ -99,16 +117,17 @@ def test_suite_is_at_least_as_strong_as_peer_pgd(trained_cnn: SmallCNN, mnist: D
     assert ours_acc <= art_acc + 0.005, (ours_acc, art_acc)
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(trained_cnn: SmallCNN, mnist: Dataset) -> None:
-    x, y = mnist.x_test[:120], mnist.y_test[:120]
+    x, y = mnist.x_test[:60], mnist.y_test[:60]
 
     def run(seed: int) -> SuiteResult:
         threats = [
-            _suite_threat(ThreatModel(name="linf", epsilon=0.1), seed),
-            _suite_threat(ThreatModel(name="l2", norm="l2", epsilon=1.0), seed),
-            _suite_threat(ThreatModel(name="tgt", epsilon=0.2, targeted=True), seed),
+            _suite_threat(ThreatModel(name="linf", epsilon=0.1), seed, LIGHT),
+            _suite_threat(ThreatModel(name="l2", norm="l2", epsilon=1.0), seed, LIGHT),
+            _suite_threat(ThreatModel(name="tgt", epsilon=0.2, targeted=True), seed, LIGHT),
         ]
-        return run_suite(trained_cnn, x, y, threats, seed=seed, batch_size=50)
+        return run_suite(trained_cnn, x, y, threats, seed=seed, batch_size=25)
 
     a, b = run(3), run(3)
     for ta, tb in zip(a.threats, b.threats, strict=True):
@@ -171,3 +190,20 @@ def test_result_round_trip(tmp_path: object, trained_cnn: SmallCNN, mnist: Datas
         "threats",
         "schema_version",
     }
+
+
+def test_same_seed_same_result_quick(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    """The default-run version of the determinism check (cheap attacks, 40 samples)."""
+    x, y = mnist.x_test[:40], mnist.y_test[:40]
+    quick = [("fgsm", {}), ("pgd", {"steps": 5}), ("square", {"queries": 20})]
+
+    def run() -> SuiteResult:
+        threats = [
+            _suite_threat(ThreatModel(name="l2", norm="l2", epsilon=1.0), 3, quick),
+            _suite_threat(ThreatModel(name="tgt", epsilon=0.2, targeted=True), 3, quick),
+        ]
+        return run_suite(trained_cnn, x, y, threats, seed=3, batch_size=16)
+
+    a, b = run(), run()
+    for ta, tb in zip(a.threats, b.threats, strict=True):
+        assert ta.robust == tb.robust and ta.queries == tb.queries and ta.targets == tb.targets
