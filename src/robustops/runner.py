@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from robustops.data import Dataset, load_dataset
 from robustops.errors import SpecError
 from robustops.evaluation import ProgressEvent, SuiteResult, run_suite
 from robustops.models import build_model, save_weights
-from robustops.training import EpochStats, train_standard
+from robustops.training import BatchEvent, EpochMetrics, fit, init_distributed
 
 __all__ = ["evaluate_spec", "load_spec_dataset", "train_spec"]
 
@@ -28,53 +29,87 @@ def load_spec_dataset(spec: PipelineSpec) -> Dataset:
 
 
 def train_spec(
-    spec: PipelineSpec, on_epoch: Callable[[EpochStats], None] | None = None
+    spec: PipelineSpec,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    *,
+    on_batch: Callable[[BatchEvent], None] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train the spec's model from its factory and write safetensors weights to ``train.out``
-    plus a JSON sidecar (``<out>.json``: recipe, seed, data fingerprint, sha256, history).
+    """Train the spec's model from its factory with the ``train`` recipe and write safetensors
+    weights to ``train.out`` plus a JSON sidecar (``<out>.json``: recipe, seed, data
+    fingerprint, sha256, history, best epoch).
 
-    Returns the sidecar's content.
+    Checkpoints go to ``train.checkpoint_dir`` after every epoch; ``resume`` continues from the
+    newest one. Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes join a group (gloo on CPU,
+    NCCL on CUDA) and train one DistributedDataParallel model; rank 0 writes every file.
+
+    Returns the sidecar's content (on every rank).
     """
     if spec.train is None:
         raise SpecError.single("train", "the spec has no train section")
-    data = load_spec_dataset(spec)
+    rec = spec.train
     device = spec.resolved_device()
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model.factory, spec.model.kwargs, device=device)
-    history = train_standard(
-        model,
-        data.x_train,
-        data.y_train,
-        x_val=data.x_test,
-        y_val=data.y_test,
-        epochs=spec.train.epochs,
-        batch_size=spec.train.batch_size,
-        lr=spec.train.lr,
-        weight_decay=spec.train.weight_decay,
-        seed=spec.seed,
-        on_epoch=on_epoch,
-    )
-    out = spec.train.out
-    meta = {
-        "recipe": "standard",
-        "spec_name": spec.name,
-        "train": spec.train.model_dump(mode="json"),
-        "seed": spec.seed,
-        "model_factory": spec.model.factory,
-        "model_kwargs": spec.model.kwargs,
-        "data": data.describe(),
-        "state_sha256": state_dict_sha256(model),
-    }
-    sha = save_weights(model, out, metadata=meta)
-    sidecar = {
-        **meta,
-        "weights": str(out),
-        "sha256": sha,
-        "history": [vars(h) for h in history],
-        "environment": environment(),
-    }
-    Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2))
-    return sidecar
+    ctx = init_distributed(device)
+    try:
+        if device == "cuda" and ctx.enabled:
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        data = load_spec_dataset(spec)
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model.factory, spec.model.kwargs, device=device)
+        result = fit(
+            model,
+            data.x_train,
+            data.y_train,
+            rec,
+            seed=spec.seed,
+            checkpoint_dir=rec.checkpoint_path(),
+            resume=resume,
+            keep_checkpoints=rec.keep_checkpoints,
+            metrics_path=rec.metrics_path(),
+            data_info=data.describe(),
+            ctx=ctx,
+            on_epoch=on_epoch,
+            on_batch=on_batch,
+        )
+        out = rec.out
+        meta = {
+            "recipe": rec.objective.name,
+            "spec_name": spec.name,
+            "train": rec.model_dump(mode="json"),
+            "seed": spec.seed,
+            "model_factory": spec.model.factory,
+            "model_kwargs": spec.model.kwargs,
+            "data": data.describe(),
+            "state_sha256": state_dict_sha256(model),
+            "final": result.final,
+            "best_epoch": result.best_epoch,
+            "best_val_robust_accuracy": result.best_robust_accuracy,
+            "epochs_run": len(result.history),
+            "world_size": result.world_size,
+        }
+        sidecar_path = Path(str(out) + ".json")
+        if ctx.is_main:
+            sha = save_weights(model, out, metadata=meta)
+            sidecar = {
+                **meta,
+                "weights": str(out),
+                "sha256": sha,
+                "checkpoint_dir": str(rec.checkpoint_path()),
+                "metrics": str(rec.metrics_path()),
+                "stopped_early": result.stopped_early,
+                "guard_restores": result.restores,
+                "resumed_from_epoch": result.resumed_from,
+                "wall_time_s": result.wall_time_s,
+                "history": [h.to_json() for h in result.history],
+                "environment": environment(),
+            }
+            sidecar_path.write_text(json.dumps(sidecar, indent=2))
+        ctx.barrier()
+        if not ctx.is_main:
+            sidecar = json.loads(sidecar_path.read_text())
+        return sidecar
+    finally:
+        ctx.close()
 
 
 def evaluate_spec(

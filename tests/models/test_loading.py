@@ -72,3 +72,16 @@ def test_predict_proba_adapter() -> None:
     assert torch.allclose(out.exp().sum(1), torch.ones(40), atol=1e-5)
     assert getattr(wrapped, "differentiable", True) is False
     assert as_classifier(mlp()) is not None
+
+
+def test_header_length_starting_with_0x80_is_not_taken_for_pickle(tmp_path: Path) -> None:
+    """A safetensors header length whose low byte is 0x80 once made the loader refuse the file."""
+    model = small_cnn(seed=0)
+    path = tmp_path / "m.safetensors"
+    for pad in range(0, 400, 8):
+        save_weights(model, path, metadata={"pad": " " * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    loaded = build_model("robustops.models:small_cnn", {}, path)
+    assert model_sha256(loaded) == model_sha256(model)

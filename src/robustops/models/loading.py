@@ -18,6 +18,27 @@ __all__ = ["build_model", "load_weights", "model_sha256", "resolve_factory", "sa
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length then a JSON object."""
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            return False
+        n = int.from_bytes(raw, "little")
+        if n < 2 or n > path.stat().st_size - 8:
+            return False
+        header = fh.read(n)
+    try:
+        return isinstance(json.loads(header), dict)
+    except (UnicodeDecodeError, ValueError):
+        return False
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4).startswith(_PICKLE_MAGIC)
+
+
 def resolve_factory(ref: str, field: str = "model.factory") -> Any:
     """Import ``"package.module:callable"`` and return the callable."""
     if not isinstance(ref, str) or ref.count(":") != 1:
@@ -65,9 +86,7 @@ def load_weights(
     path = Path(path)
     if not path.is_file():
         raise SpecError.single(field, f"weights file not found: {path}")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+    if not _looks_like_safetensors(path) and _starts_like_pickle(path):
         raise UnsafeArtifactError(
             f"{field}: {path} is a pickle-based checkpoint; RobustOps loads safetensors only "
             "(convert it once with safetensors.torch.save_file in a trusted environment)"
