@@ -39,6 +39,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attack_speed.py
+	$(BIN)/python benchmarks/training.py --epochs 6
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache

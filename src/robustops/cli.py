@@ -44,35 +44,76 @@ def _fail(exc: RobustOpsError) -> None:
 
 
 @app.command()
-def train(spec: SpecOpt) -> None:
-    """Train the spec's model (standard training) and save safetensors weights."""
+def train(
+    spec: SpecOpt,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the newest checkpoint of the run")
+    ] = False,
+) -> None:
+    """Train the spec's model with its recipe; save safetensors weights, checkpoints and metrics.
+
+    Run under ``torchrun --nproc_per_node N -m robustops train --spec FILE`` to train with N
+    processes (DistributedDataParallel); only rank 0 reports and writes.
+    """
     from robustops.config import load_spec
     from robustops.runner import train_spec
-    from robustops.training import EpochStats
+    from robustops.training import BatchEvent, EpochMetrics, env_rank
 
+    quiet = env_rank() != 0
     try:
         s = load_spec(spec)
         if s.train is None:
             raise SpecError.single("train", "the spec has no train section")
         with Progress(
-            TextColumn("[bold]train[/] {task.description}"),
+            TextColumn("[bold]{task.fields[label]}[/] {task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
             transient=False,
+            disable=quiet,
         ) as bar:
-            task = bar.add_task("epochs", total=s.train.epochs)
+            epochs = bar.add_task(f"{s.train.objective.name}", total=s.train.epochs, label="epochs")
+            batches = bar.add_task("", total=None, label="batches", visible=False)
 
-            def on_epoch(e: EpochStats) -> None:
-                desc = f"epoch {e.epoch}: loss {e.loss:.3f} test acc {e.test_accuracy:.3f}"
-                bar.update(task, advance=1, description=desc)
+            def on_batch(e: BatchEvent) -> None:
+                bar.update(
+                    batches,
+                    total=e.n_batches,
+                    completed=e.batch,
+                    description=f"epoch {e.epoch} loss {e.loss:.3f}",
+                    visible=True,
+                )
 
-            meta = train_spec(s, on_epoch=on_epoch)
+            def on_epoch(e: EpochMetrics) -> None:
+                parts = [
+                    f"epoch {e.epoch}",
+                    f"loss {e.loss:.3f}",
+                    f"train acc {e.train_accuracy:.3f}",
+                ]
+                if e.val_clean_accuracy is not None:
+                    parts.append(f"clean {e.val_clean_accuracy:.3f}")
+                if e.val_robust_accuracy is not None:
+                    parts.append(f"robust {e.val_robust_accuracy:.3f}")
+                if e.epsilon is not None:
+                    parts.append(f"eps {e.epsilon:.3g}")
+                if e.guard_restored:
+                    parts.append("[red]guard: restored[/]")
+                bar.update(epochs, completed=e.epoch, description=" · ".join(parts))
+                if not quiet:
+                    console.print(" · ".join(parts), highlight=False)
+
+            meta = train_spec(s, on_epoch=on_epoch, on_batch=on_batch, resume=resume)
     except RobustOpsError as exc:
         _fail(exc)
         return
-    console.print(f"saved [green]{meta['weights']}[/] sha256 {meta['sha256'][:16]}…")
+    if quiet:
+        return
+    best = f", best epoch {meta['best_epoch']}" if meta.get("final") == "best" else ""
+    console.print(
+        f"saved [green]{meta['weights']}[/] sha256 {meta['sha256'][:16]}… "
+        f"({meta['epochs_run']} epochs{best}); metrics in {meta['metrics']}"
+    )
 
 
 @app.command()

@@ -18,6 +18,7 @@ from robustops.data import DATASETS
 from robustops.errors import SpecError
 from robustops.evaluation.suite import SuiteThreat
 from robustops.threats import Knowledge, Norm, ThreatModel, validation_error_to_spec_error
+from robustops.training.recipe import Recipe
 
 __all__ = [
     "AttackSpec",
@@ -68,14 +69,37 @@ class ModelSpec(_Strict):
         return v
 
 
-class TrainSpec(_Strict):
-    """Standard training of the model (adversarial recipes extend this)."""
+class TrainSpec(Recipe):
+    """The ``train:`` section: a training recipe (see :class:`robustops.training.Recipe`: epochs,
+    batch_size, lr, weight_decay, objective, threats, curriculum, schedule, optimizer, awp,
+    validation, early_stopping, guard, …) plus where its files go.
 
-    epochs: int = Field(default=5, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    Attributes:
+        out: the final weights (safetensors; a JSON sidecar ``<out>.json`` is written next to it).
+        checkpoint_dir: per-epoch checkpoints for resuming; default ``<out>.ckpt/``.
+        metrics: per-epoch metrics, JSON lines; default ``<out>.metrics.jsonl``.
+        keep_checkpoints: epoch checkpoints kept (older ones are deleted).
+    """
+
     out: Path
+    checkpoint_dir: Path | None = None
+    metrics: Path | None = None
+    keep_checkpoints: int = Field(default=2, ge=1)
+
+    @field_validator("out")
+    @classmethod
+    def _safetensors_out(cls, v: Path) -> Path:
+        if v.suffix != ".safetensors":
+            raise ValueError("out must name a .safetensors file")
+        return v
+
+    def checkpoint_path(self) -> Path:
+        """``checkpoint_dir``, or ``<out>.ckpt`` next to the weights."""
+        return self.checkpoint_dir or self.out.with_name(self.out.name + ".ckpt")
+
+    def metrics_path(self) -> Path:
+        """``metrics``, or ``<out>.metrics.jsonl`` next to the weights."""
+        return self.metrics or self.out.with_name(self.out.name + ".metrics.jsonl")
 
 
 class AttackSpec(BaseModel):
@@ -172,7 +196,17 @@ def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
         return p if p is None or p.is_absolute() else (base / p).resolve()
 
     model = spec.model.model_copy(update={"weights": fix(spec.model.weights)})
-    train = spec.train.model_copy(update={"out": fix(spec.train.out)}) if spec.train else None
+    train = (
+        spec.train.model_copy(
+            update={
+                "out": fix(spec.train.out),
+                "checkpoint_dir": fix(spec.train.checkpoint_dir),
+                "metrics": fix(spec.train.metrics),
+            }
+        )
+        if spec.train
+        else None
+    )
     return spec.model_copy(update={"model": model, "train": train})
 
 

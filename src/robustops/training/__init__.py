@@ -1,5 +1,58 @@
-"""Training recipes (standard here; adversarial objectives build on it)."""
+"""Hardening recipes: one trainer with pluggable objectives (standard, PGD-AT, TRADES, fast
+FGSM, Gaussian noise), AWP, an epsilon curriculum and threat mixes, LR schedules, early stopping
+on robust accuracy, a catastrophic-overfitting guard, resumable safetensors checkpoints and
+``torchrun`` scale-out."""
 
+from robustops.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    latest_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
+from robustops.training.distributed import DistContext, env_rank, init_distributed
+from robustops.training.recipe import (
+    AWPSpec,
+    CurriculumSpec,
+    EarlyStoppingSpec,
+    GuardSpec,
+    ObjectiveSpec,
+    OptimizerSpec,
+    PerturbationSpec,
+    Recipe,
+    ScheduleSpec,
+    ValidationSpec,
+)
+from robustops.training.schedules import adaptive_update, curriculum_factor, learning_rate
 from robustops.training.standard import EpochStats, accuracy, train_standard
+from robustops.training.trainer import BatchEvent, EpochMetrics, TrainResult, fit, split_holdout
 
-__all__ = ["EpochStats", "accuracy", "train_standard"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "AWPSpec",
+    "BatchEvent",
+    "CurriculumSpec",
+    "DistContext",
+    "EarlyStoppingSpec",
+    "EpochMetrics",
+    "EpochStats",
+    "GuardSpec",
+    "ObjectiveSpec",
+    "OptimizerSpec",
+    "PerturbationSpec",
+    "Recipe",
+    "ScheduleSpec",
+    "TrainResult",
+    "ValidationSpec",
+    "accuracy",
+    "adaptive_update",
+    "curriculum_factor",
+    "env_rank",
+    "fit",
+    "init_distributed",
+    "latest_checkpoint",
+    "learning_rate",
+    "read_checkpoint",
+    "split_holdout",
+    "train_standard",
+    "write_checkpoint",
+]

@@ -1,0 +1,88 @@
+"""Two processes under ``torchrun`` (gloo, 127.0.0.1) end where one process ends."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from robustops.config import load_spec
+from robustops.runner import train_spec
+
+SPEC: dict[str, Any] = {
+    "name": "ddp",
+    "seed": 0,
+    "device": "cpu",
+    "data": {"name": "digits"},
+    "model": {"factory": "robustops.models:mlp", "kwargs": {"input_dim": 64, "hidden": [32]}},
+    "train": {
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.01,
+        "objective": {"name": "trades", "steps": 3, "beta": 3.0},
+        "threats": [{"kind": "linf", "epsilon": 0.1, "weight": 2}, {"kind": "patch", "size": 3}],
+        "awp": {"gamma": 0.01},
+        "curriculum": {"kind": "linear", "start": 0.5, "ramp_epochs": 1},
+        "schedule": {"kind": "cosine"},
+        # 1437 - 137 = 1300 training samples: an even split, so no sample is dropped.
+        "validation": {"holdout": 137, "pgd_steps": 3, "batch_size": 50},
+        "out": "PLACEHOLDER",
+    },
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write(tmp_path: Path, name: str) -> Path:
+    spec = copy.deepcopy(SPEC)
+    spec["train"]["out"] = f"{name}/model.safetensors"
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    ddp_spec = _write(tmp_path, "ddp")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "-m", "robustops", "train", "--spec", str(ddp_spec),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    single = train_spec(load_spec(_write(tmp_path, "single")))
+    ddp_side = json.loads((tmp_path / "ddp" / "model.safetensors.json").read_text())
+    assert ddp_side["world_size"] == 2 and single["world_size"] == 1
+
+    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-3, rtol=1e-3, msg=k)
+    for h_ddp, h_one in zip(ddp_side["history"], single["history"], strict=True):
+        assert h_ddp["loss"] == pytest.approx(h_one["loss"], abs=2e-3)
+        assert h_ddp["val_robust_accuracy"] == pytest.approx(h_one["val_robust_accuracy"], abs=0.02)
+    # only rank 0 wrote: one metrics file, two lines
+    lines = (tmp_path / "ddp" / "model.safetensors.metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
