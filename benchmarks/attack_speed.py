@@ -301,10 +301,11 @@ def _bench_norm(
         if adv is not None:
             with torch.no_grad():
                 pred = model(adv).argmax(dim=1)
-            pert = float(perturbation_norm(adv - x, norm).max())
+            size = perturbation_norm(adv - x, norm)
             entry["success_rate"] = float((pred != y).float().mean())
-            entry["max_perturbation"] = pert
-            entry["within_epsilon"] = pert <= eps
+            entry["max_perturbation"] = float(size.max())
+            # Compared in the inputs' dtype (float32), the library's exactness guarantee.
+            entry["within_epsilon"] = bool((size <= eps).all())
             entry["within_bounds"] = bool(adv.min() >= 0.0) and bool(adv.max() <= 1.0)
         result["methods"][name] = entry
     methods = result["methods"]
@@ -336,7 +337,8 @@ def _markdown(report: dict[str, Any]) -> str:
         for name, m in res["methods"].items():
             success = f"{100 * m['success_rate']:.1f}%" if "success_rate" in m else "—"
             pert = (
-                f"{m['max_perturbation']:.6g} ({res['epsilon']:g})"
+                f"{m['max_perturbation']:.8g} ({res['epsilon']:g}"
+                f"{'' if m['within_epsilon'] else ', exceeded'})"
                 if "max_perturbation" in m
                 else "—"
             )
