@@ -67,6 +67,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     [
         ("evaluation.threats.0.epsilon", -0.1, "evaluation.threats.0.epsilon"),
         ("evaluation.threats.0.norm", "l7", "evaluation.threats.0.norm"),
+        ("evaluation.threats.0.bounds", [1.0, 0.0], "evaluation.threats.0"),
         ("evaluation.threats.0.attacks.1.steps", 0, "evaluation.threats.0.attacks.1.steps"),
         ("evaluation.threats.0.attacks.1.stepz", 3, "evaluation.threats.0.attacks.1.stepz"),
         ("evaluation.threats.1.attacks.0.name", "nope", "evaluation.threats.1.attacks.0.name"),

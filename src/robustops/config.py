@@ -17,7 +17,7 @@ from robustops.attacks import Attack, build_attack
 from robustops.data import DATASETS
 from robustops.errors import SpecError
 from robustops.evaluation.suite import SuiteThreat
-from robustops.threats import Knowledge, Norm, ThreatModel, validation_error_to_spec_error
+from robustops.threats import ThreatModel, validation_error_to_spec_error
 from robustops.training.recipe import Recipe
 
 __all__ = [
@@ -114,16 +114,10 @@ class AttackSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-class ThreatSpec(_Strict):
-    """A threat (see :class:`robustops.threats.ThreatModel`) and the attacks that exercise it."""
+class ThreatSpec(ThreatModel):
+    """A threat (the fields and checks of :class:`robustops.threats.ThreatModel`) and the
+    attacks that exercise it."""
 
-    name: str = Field(min_length=1)
-    norm: Norm = "linf"
-    epsilon: float = Field(ge=0.0, allow_inf_nan=False)
-    knowledge: Knowledge = "white-box"
-    query_budget: int | None = Field(default=None, ge=1)
-    targeted: bool = False
-    bounds: tuple[float, float] = (0.0, 1.0)
     attacks: list[AttackSpec] = Field(min_length=1)
 
     def threat(self) -> ThreatModel:
