@@ -77,6 +77,26 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         ("train.epochs", "many", "train.epochs"),
         ("seed", "x", "seed"),
         ("colour", "red", "colour"),
+        ("evaluation.calibration", {"threat": "nope"}, "evaluation.calibration.threat"),
+        ("evaluation.calibration", {"fit_on": "both"}, "evaluation.calibration.fit_on"),
+        (
+            "evaluation.calibration",
+            {"attack": {"name": "pgd", "stepz": 3}},
+            "evaluation.calibration.attack.stepz",
+        ),
+        ("evaluation.audit", {"threats": ["linf", "x"]}, "evaluation.audit.threats.1"),
+        ("evaluation.audit", {"n_samples": 0}, "evaluation.audit.n_samples"),
+        ("evaluation.certification", {"sigma": -1}, "evaluation.certification.sigma"),
+        (
+            "evaluation.certification",
+            {"sigma": 0.5, "alpha": 2},
+            "evaluation.certification.alpha",
+        ),
+        (
+            "evaluation.certification",
+            {"sigma": 0.5, "radii": [-1]},
+            "evaluation.certification.radii",
+        ),
     ],
 )
 def test_bad_spec_names_the_field(tmp_path: Path, path: str, value: Any, expected: str) -> None:
@@ -97,12 +117,29 @@ def test_train_then_evaluate_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "w" / "mlp.safetensors").is_file()
     assert (tmp_path / "w" / "mlp.safetensors.json").is_file()
     out = tmp_path / "result.json"
-    evaluated = runner.invoke(app, ["evaluate", "--spec", str(spec_path), "--out", str(out)])
+    plots = tmp_path / "plots"
+    evaluated = runner.invoke(
+        app, ["evaluate", "--spec", str(spec_path), "--out", str(out), "--plots", str(plots)]
+    )
     assert evaluated.exit_code == 0, evaluated.output
     res = SuiteResult.load(out)
     assert res.n_samples == 60 and [t.name for t in res.threats] == ["linf", "l2"]
     assert res.data["fingerprint"] and len(res.model["weights_sha256"]) == 64
     assert "robust acc" in evaluated.output
+    # Calibration is on by default: a temperature fitted on the 300 test samples not evaluated.
+    cal = res.calibration
+    assert cal is not None and cal.temperature is not None
+    assert cal.temperature.n_clean == cal.temperature.n_adversarial == 300
+    assert cal.temperature.threat == "linf" and cal.temperature.attack == "pgd"
+    assert all(t.calibration is not None for t in res.threats)
+    assert "ECE" in evaluated.output
+    assert (plots / "reliability.png").stat().st_size > 1000
+    assert (plots / "reliability_scaled.png").stat().st_size > 1000
+    # With every test sample evaluated none is left to fit the temperature on: a clear error.
+    everything = _write(tmp_path, _with("evaluation.n_samples", None))
+    refused = runner.invoke(app, ["evaluate", "--spec", str(everything), "--out", str(out)])
+    assert refused.exit_code == 2
+    assert "evaluation.calibration.n_samples" in refused.output
 
 
 def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:

@@ -123,6 +123,9 @@ def evaluate(
         "result.json"
     ),
     seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
+    plots: Annotated[
+        Path | None, typer.Option("--plots", help="write reliability diagrams (PNG) to this folder")
+    ] = None,
 ) -> None:
     """Run the spec's evaluation suite and write the result JSON."""
     from robustops.config import load_spec
@@ -152,8 +155,20 @@ def evaluate(
     except RobustOpsError as exc:
         _fail(exc)
         return
-    console.print(_summary_table(result))
+    _print_result(result, out, plots)
+
+
+def _print_result(result: SuiteResult, out: Path, plots: Path | None) -> None:
+    if result.threats:
+        console.print(_summary_table(result))
+    if result.calibration is not None:
+        console.print(_calibration_table(result))
     console.print(f"result written to [green]{out}[/]")
+    if plots is not None:
+        from robustops.evaluation.plots import plot_result
+
+        for path in plot_result(result, plots):
+            console.print(f"figure written to [green]{path}[/]")
 
 
 def _summary_table(result: SuiteResult) -> Table:
@@ -180,6 +195,39 @@ def _summary_table(result: SuiteResult) -> Table:
                 f"{t.robust_accuracy:.1%}" if last else "",
                 end_section=last,
             )
+    return table
+
+
+def _calibration_table(result: SuiteResult) -> Table:
+    cal = result.calibration
+    assert cal is not None
+    fit = cal.temperature
+    title = "calibration (ECE: 15 equal-width bins; NLL in nats)"
+    if fit is not None:
+        src = f"{fit.fit_on}, {fit.n_clean + fit.n_adversarial} held-out inputs"
+        title += f"; temperature {fit.temperature:.3g} fitted on {src}"
+    table = Table(title=title)
+    for col in ("inputs", "accuracy", "confidence", "ECE", "Brier", "NLL"):
+        table.add_column(col, justify="left" if col == "inputs" else "right")
+    rows = [("clean", cal.clean, cal.clean_scaled)]
+    rows += [
+        (f"{t.name} attacked", t.calibration.attacked, t.calibration.attacked_scaled)
+        for t in result.threats
+        if t.calibration is not None
+    ]
+    for label, raw, scaled in rows:
+
+        def cell(a: float, b: float | None) -> str:
+            return f"{a:.3f}" if b is None else f"{a:.3f} → {b:.3f}"
+
+        table.add_row(
+            label,
+            f"{raw.accuracy:.1%}",
+            cell(raw.mean_confidence, scaled.mean_confidence if scaled else None),
+            cell(raw.ece, scaled.ece if scaled else None),
+            cell(raw.brier, scaled.brier if scaled else None),
+            cell(raw.nll, scaled.nll if scaled else None),
+        )
     return table
 
 

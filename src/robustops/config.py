@@ -125,20 +125,125 @@ class ThreatSpec(ThreatModel):
         return ThreatModel.model_validate(self.model_dump(exclude={"attacks"}))
 
 
+def _default_calibration_attack() -> AttackSpec:
+    return AttackSpec.model_validate({"name": "pgd", "steps": 10})
+
+
+class CalibrationSpec(_Strict):
+    """Calibration under attack (on by default): ECE, Brier and NLL on clean and attacked inputs,
+    and a temperature fitted on held-out test samples that are never evaluated.
+
+    Attributes:
+        enabled: report the figures at all.
+        n_bins: bins of the ECE and the reliability diagrams.
+        fit_on: held-out inputs for the temperature: ``clean``, ``adversarial``, ``mix`` (both),
+            or ``none`` (no temperature).
+        n_samples: held-out samples: the test samples right after the evaluated ones (default:
+            all of the rest).
+        threat: the threat whose budget the adversarial held-out inputs use (default: the first).
+        attack: the attack that makes them (default PGD, 10 steps, which like the suite's
+            attacks stops on a sample as soon as it is misclassified; ``early_stop: false``
+            makes confident mistakes instead).
+    """
+
+    enabled: bool = True
+    n_bins: int = Field(default=15, ge=1)
+    fit_on: Literal["none", "clean", "adversarial", "mix"] = "mix"
+    n_samples: int | None = Field(default=None, ge=1)
+    threat: str | None = None
+    attack: AttackSpec = Field(default_factory=_default_calibration_attack)
+
+
+class AuditSpec(_Strict):
+    """The gradient-masking audit (see :mod:`robustops.evaluation.masking`), per threat.
+
+    Attributes:
+        threats: names of the threats to audit (default: all).
+        n_samples: the first test samples audited.
+        steps, square_queries, noise_draws, eot_samples: budgets of the audit's attacks.
+    """
+
+    threats: list[str] | None = None
+    n_samples: int = Field(default=100, ge=1)
+    steps: int = Field(default=20, ge=1)
+    square_queries: int = Field(default=500, ge=1)
+    noise_draws: int = Field(default=100, ge=1)
+    eot_samples: int = Field(default=10, ge=1)
+
+
+class CertificationSpec(_Strict):
+    """Randomized-smoothing certification (Cohen et al. 2019) of the spec's model.
+
+    Attributes:
+        sigma: standard deviation of the Gaussian noise, in input units.
+        n0, n: noisy samples to pick the class and to estimate its probability.
+        alpha: failure probability of each certificate.
+        batch_size: noisy samples per forward pass.
+        n_samples: test samples certified (default: the evaluation's ``n_samples``).
+        radii: L2 radii at which certified accuracy is reported.
+    """
+
+    sigma: float = Field(gt=0)
+    n0: int = Field(default=100, ge=1)
+    n: int = Field(default=10_000, ge=1)
+    alpha: float = Field(default=0.001, gt=0, lt=1)
+    batch_size: int = Field(default=1000, ge=1)
+    n_samples: int | None = Field(default=None, ge=1)
+    radii: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0])
+
+    @field_validator("radii")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if not v or any(r < 0 for r in v):
+            raise ValueError("radii must be a non-empty list of numbers >= 0")
+        return sorted(v)
+
+
 class EvaluationSpec(_Strict):
-    """The suite: threats with their attacks, on ``n_samples`` test samples (all when null)."""
+    """The suite: threats with their attacks, on ``n_samples`` test samples (all when null), and
+    the optional calibration, gradient-masking audit and certification."""
 
     n_samples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=500, ge=1)
-    threats: list[ThreatSpec] = Field(min_length=1)
+    threats: list[ThreatSpec] = Field(default_factory=list)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    audit: AuditSpec | None = None
+    certification: CertificationSpec | None = None
 
     @model_validator(mode="after")
-    def _unique_names(self) -> EvaluationSpec:
+    def _consistent(self) -> EvaluationSpec:
         names = [t.name for t in self.threats]
+        if not names and self.certification is None:
+            raise ValueError("give at least one threat (or a certification section)")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"threat names must be unique; repeated: {dup}")
         return self
+
+    def reference_errors(self) -> list[tuple[str, str]]:
+        """Names that must match a threat but do not, as ``(field path, message)``."""
+        names = [t.name for t in self.threats]
+        errors = []
+        if self.calibration.threat is not None and self.calibration.threat not in names:
+            errors.append(
+                (
+                    "evaluation.calibration.threat",
+                    f"{self.calibration.threat!r} is not one of the threats {names}",
+                )
+            )
+        for i, name in enumerate(self.audit.threats or [] if self.audit else []):
+            if name not in names:
+                errors.append(
+                    (f"evaluation.audit.threats.{i}", f"{name!r} is not one of the threats {names}")
+                )
+        return errors
+
+    def calibration_threat(self) -> int | None:
+        """Index of the threat whose budget the adversarial calibration inputs use."""
+        if not self.threats:
+            return None
+        names = [t.name for t in self.threats]
+        return names.index(self.calibration.threat) if self.calibration.threat else 0
 
 
 class PipelineSpec(_Strict):
@@ -162,27 +267,51 @@ class PipelineSpec(_Strict):
 
     def build_threats(self, seed: int | None = None) -> list[SuiteThreat]:
         """Instantiate the suite's attacks; errors name ``evaluation.threats.I.attacks.J.<param>``."""
+        ev = self._evaluation()
+        base_seed = self.seed if seed is None else seed
+        return [
+            SuiteThreat(
+                ts.threat(),
+                [
+                    _build_attack(a, ts.threat(), f"evaluation.threats.{i}.attacks.{j}", base_seed)
+                    for j, a in enumerate(ts.attacks)
+                ],
+            )
+            for i, ts in enumerate(ev.threats)
+        ]
+
+    def build_calibration_attack(self, seed: int | None = None) -> Attack | None:
+        """The attack that makes the adversarial held-out inputs of the temperature fit, or
+        ``None`` when the fit uses clean inputs only (or there is no threat)."""
+        ev = self._evaluation()
+        idx = ev.calibration_threat()
+        if idx is None or ev.calibration.fit_on in ("none", "clean"):
+            return None
+        return _build_attack(
+            ev.calibration.attack,
+            ev.threats[idx].threat(),
+            "evaluation.calibration.attack",
+            self.seed if seed is None else seed,
+        )
+
+    def _evaluation(self) -> EvaluationSpec:
         if self.evaluation is None:
             raise SpecError.single("evaluation", "the spec has no evaluation section")
-        base_seed = self.seed if seed is None else seed
-        out = []
-        for i, ts in enumerate(self.evaluation.threats):
-            threat = ts.threat()
-            attacks: list[Attack] = []
-            for j, a in enumerate(ts.attacks):
-                prefix = f"evaluation.threats.{i}.attacks.{j}"
-                params = a.params()
-                params.setdefault("seed", base_seed)
-                try:
-                    attacks.append(build_attack(a.name, threat, **params))
-                except SpecError as exc:
-                    raise SpecError(
-                        [(f"{prefix}.{p}" if p != "<root>" else prefix, m) for p, m in exc.errors]
-                    ) from None
-                except (TypeError, ValueError) as exc:
-                    raise SpecError.single(prefix, str(exc)) from None
-            out.append(SuiteThreat(threat, attacks))
-        return out
+        return self.evaluation
+
+
+def _build_attack(spec: AttackSpec, threat: ThreatModel, prefix: str, seed: int) -> Attack:
+    """``build_attack`` with errors renamed to ``<prefix>.<param>``; ``seed`` unless given."""
+    params = spec.params()
+    params.setdefault("seed", seed)
+    try:
+        return build_attack(spec.name, threat, **params)
+    except SpecError as exc:
+        raise SpecError(
+            [(f"{prefix}.{p}" if p != "<root>" else prefix, m) for p, m in exc.errors]
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise SpecError.single(prefix, str(exc)) from None
 
 
 def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
@@ -228,8 +357,12 @@ def load_spec(path: str | Path) -> PipelineSpec:
         raise validation_error_to_spec_error(exc, source=str(path)) from None
     spec = _resolve_paths(spec, path.parent)
     if spec.evaluation is not None:
+        refs = spec.evaluation.reference_errors()
+        if refs:
+            raise SpecError(refs, source=str(path))
         try:
             spec.build_threats()
+            spec.build_calibration_attack()
         except SpecError as exc:
             raise SpecError(exc.errors, source=str(path)) from None
     return spec

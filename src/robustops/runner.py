@@ -10,11 +10,13 @@ from typing import Any
 
 import torch
 
-from robustops._util import environment, file_sha256, state_dict_sha256
+from robustops._util import environment, file_sha256, make_generator, state_dict_sha256
 from robustops.config import PipelineSpec
 from robustops.data import Dataset, load_dataset
+from robustops.defenses import fit_temperature_on
 from robustops.errors import SpecError
 from robustops.evaluation import ProgressEvent, SuiteResult, run_suite
+from robustops.evaluation.metrics import TemperatureFit
 from robustops.models import build_model, save_weights
 from robustops.training import BatchEvent, EpochMetrics, fit, init_distributed
 
@@ -140,6 +142,7 @@ def evaluate_spec(
         if spec.evaluation.n_samples is None
         else min(spec.evaluation.n_samples, data.x_test.shape[0])
     )
+    temperature = _fit_temperature(spec, model, data, n, run_seed, device)
     model_info = {
         "factory": spec.model.factory,
         "kwargs": spec.model.kwargs,
@@ -160,4 +163,49 @@ def evaluate_spec(
         data_info=data.describe(),
         model_info=model_info,
         progress=progress,
+        calibration=spec.evaluation.calibration.enabled,
+        temperature=temperature,
+        n_bins=spec.evaluation.calibration.n_bins,
+    )
+
+
+def _fit_temperature(
+    spec: PipelineSpec, model: torch.nn.Module, data: Dataset, n_eval: int, seed: int, device: str
+) -> TemperatureFit | None:
+    """Fit the temperature the spec asks for on the test samples after the evaluated ones."""
+    assert spec.evaluation is not None
+    ev = spec.evaluation
+    cal = ev.calibration
+    if not cal.enabled or cal.fit_on == "none":
+        return None
+    attack = spec.build_calibration_attack(seed=seed)
+    if cal.fit_on != "clean" and attack is None:
+        raise SpecError.single(
+            "evaluation.calibration.fit_on",
+            f"fit_on {cal.fit_on!r} needs a threat for its adversarial inputs; use clean or none",
+        )
+    available = data.x_test.shape[0] - n_eval
+    want = cal.n_samples if cal.n_samples is not None else available
+    if available <= 0 or want > available:
+        raise SpecError.single(
+            "evaluation.calibration.n_samples",
+            f"the temperature is fitted on test samples the suite does not evaluate; "
+            f"{max(available, 0)} are left after the {n_eval} evaluated ones (need {want}). "
+            "Lower evaluation.n_samples or calibration.n_samples, or set calibration.fit_on: none",
+        )
+    x = data.x_test[n_eval : n_eval + want]
+    y = data.y_test[n_eval : n_eval + want]
+    targets = None
+    if attack is not None and attack.threat.targeted:
+        shift = torch.randint(1, data.num_classes, (want,), generator=make_generator(seed))
+        targets = (y + shift) % data.num_classes
+    return fit_temperature_on(
+        model,
+        x,
+        y,
+        fit_on=cal.fit_on,
+        attack=attack,
+        targets=targets,
+        batch_size=ev.batch_size,
+        device=device,
     )

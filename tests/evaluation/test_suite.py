@@ -207,3 +207,47 @@ def test_same_seed_same_result_quick(trained_cnn: SmallCNN, mnist: Dataset) -> N
     a, b = run(), run()
     for ta, tb in zip(a.threats, b.threats, strict=True):
         assert ta.robust == tb.robust and ta.queries == tb.queries and ta.targets == tb.targets
+
+
+def test_calibration_clean_and_under_attack(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    from robustops.defenses import fit_temperature_on
+
+    threat = ThreatModel(name="linf-0.1", norm="linf", epsilon=0.1)
+    # Without early stop PGD keeps raising the loss after the label flips: confident mistakes,
+    # what an attacker who wants to be believed produces.
+    pgd = build_attack("pgd", threat, steps=10, early_stop=False, seed=0)
+    fit = fit_temperature_on(
+        trained_cnn, mnist.x_test[500:700], mnist.y_test[500:700], fit_on="mix", attack=pgd
+    )
+    res = run_suite(
+        trained_cnn,
+        mnist.x_test[:200],
+        mnist.y_test[:200],
+        [SuiteThreat(threat, [pgd])],
+        temperature=fit,
+    )
+    cal = res.calibration
+    assert cal is not None and cal.clean_scaled is not None and cal.temperature == fit
+    assert cal.clean.n == 200 and cal.clean.accuracy == res.clean_accuracy
+    t = res.threat("linf-0.1")
+    assert t.calibration is not None and t.calibration.attacked_scaled is not None
+    attacked = t.calibration.attacked
+    # Each sample's worst-case input is the one that broke it, so accuracy on them is exactly
+    # the robust accuracy of an untargeted threat.
+    assert attacked.accuracy == pytest.approx(t.robust_accuracy)
+    # Attacked inputs are confidently misclassified; temperature scaling fitted on a clean +
+    # adversarial mix softens that without touching a prediction.
+    assert attacked.ece > cal.clean.ece + 0.05
+    assert attacked.nll > 2 * cal.clean.nll
+    assert t.calibration.attacked_scaled.ece < attacked.ece
+    assert t.calibration.attacked_scaled.accuracy == attacked.accuracy
+    again = SuiteResult.model_validate_json(res.model_dump_json())
+    assert again.threat("linf-0.1").calibration == t.calibration
+    off = run_suite(
+        trained_cnn,
+        mnist.x_test[:20],
+        mnist.y_test[:20],
+        [_suite_threat(threat, attacks=LIGHT[:1])],
+        calibration=False,
+    )
+    assert off.calibration is None and off.threats[0].calibration is None

@@ -4,7 +4,9 @@ from robustops.evaluation.result import (
     SCHEMA_VERSION,
     AttackFigures,
     SamplesRecord,
+    SuiteCalibration,
     SuiteResult,
+    ThreatCalibration,
     ThreatResult,
 )
 from robustops.evaluation.suite import ProgressEvent, SuiteThreat, run_suite
@@ -14,8 +16,10 @@ __all__ = [
     "AttackFigures",
     "ProgressEvent",
     "SamplesRecord",
+    "SuiteCalibration",
     "SuiteResult",
     "SuiteThreat",
+    "ThreatCalibration",
     "ThreatResult",
     "run_suite",
 ]

@@ -13,11 +13,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from robustops.errors import SpecError
+from robustops.evaluation.metrics import CalibrationMetrics, TemperatureFit
 from robustops.threats import ThreatModel, validation_error_to_spec_error
 
-__all__ = ["SCHEMA_VERSION", "AttackFigures", "SamplesRecord", "SuiteResult", "ThreatResult"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "AttackFigures",
+    "SamplesRecord",
+    "SuiteCalibration",
+    "SuiteResult",
+    "ThreatCalibration",
+    "ThreatResult",
+]
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 
 
 class _Strict(BaseModel):
@@ -41,6 +50,30 @@ class AttackFigures(_Strict):
     wall_time_s: float
 
 
+class ThreatCalibration(_Strict):
+    """Calibration on the attacked inputs of one threat: per sample its worst case (the input
+    that broke it; else the attempt with the highest loss; else, for samples misclassified
+    clean and so never attacked, the clean input)."""
+
+    attacked: CalibrationMetrics
+    attacked_scaled: CalibrationMetrics | None = Field(
+        default=None,
+        description="the same after temperature scaling, when a temperature was fitted",
+    )
+
+
+class SuiteCalibration(_Strict):
+    """Calibration on the clean inputs, and the temperature fitted on held-out data if any."""
+
+    n_bins: int = Field(description="bins of every ECE and reliability diagram of the run")
+    clean: CalibrationMetrics
+    clean_scaled: CalibrationMetrics | None = None
+    temperature: TemperatureFit | None = Field(
+        default=None,
+        description="how the temperature was fitted (held-out, never the evaluated samples)",
+    )
+
+
 class ThreatResult(_Strict):
     """Figures for one threat: a sample is robust only if it was classified correctly and every
     attack of the threat failed on it (per-sample worst case)."""
@@ -60,6 +93,9 @@ class ThreatResult(_Strict):
     queries: list[int] = Field(description="per sample: queries spent by all attacks")
     targets: list[int] | None = Field(
         default=None, description="per sample target (targeted threats)"
+    )
+    calibration: ThreatCalibration | None = Field(
+        default=None, description="ECE, Brier, NLL on the attacked inputs (schema >= 1.1)"
     )
 
 
@@ -88,6 +124,9 @@ class SuiteResult(_Strict):
     environment: dict[str, str] = Field(description="package versions and platform")
     samples: SamplesRecord
     wall_time_s: float
+    calibration: SuiteCalibration | None = Field(
+        default=None, description="clean calibration and the fitted temperature (schema >= 1.1)"
+    )
 
     def threat(self, name: str) -> ThreatResult:
         """The threat result called ``name``."""

@@ -21,7 +21,16 @@ from torch import Tensor, nn
 
 from robustops._util import environment, make_generator
 from robustops.attacks import Attack
-from robustops.evaluation.result import AttackFigures, SamplesRecord, SuiteResult, ThreatResult
+from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
+from robustops.evaluation.result import (
+    AttackFigures,
+    SamplesRecord,
+    SuiteCalibration,
+    SuiteResult,
+    ThreatCalibration,
+    ThreatResult,
+)
+from robustops.models.classifier import predict_logits
 from robustops.threats import ThreatModel
 
 __all__ = ["ProgressEvent", "SuiteThreat", "run_suite"]
@@ -54,20 +63,6 @@ class ProgressEvent:
     total: int
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    out = [
-        model(x[i : i + batch_size].to(device)).argmax(1).cpu()
-        for i in range(0, x.shape[0], batch_size)
-    ]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
-
-
-def _num_classes(model: nn.Module, x: Tensor, device: torch.device) -> int:
-    with torch.no_grad():
-        return int(model(x[:1].to(device)).shape[1])
-
-
 def _contract_ok(adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
     """``(N,)`` bool: the adversarial input lies in the threat's ball (float32 rounding allowed)
     and bounds."""
@@ -94,6 +89,9 @@ def run_suite(
     data_info: dict[str, Any] | None = None,
     model_info: dict[str, Any] | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    calibration: bool = True,
+    temperature: TemperatureFit | None = None,
+    n_bins: int = 15,
 ) -> SuiteResult:
     """Evaluate ``model`` on ``inputs`` ``(N, ...)`` / ``labels`` ``(N,)`` under each threat.
 
@@ -106,6 +104,13 @@ def run_suite(
         indices: positions of ``inputs`` in their split, recorded in the result.
         data_info, model_info: identity records (fingerprints, hashes) copied into the result.
         progress: called after each batch, e.g. to drive a progress bar.
+        calibration: report ECE, Brier and NLL on clean inputs and, per threat, on the attacked
+            inputs (each sample's worst case: the input that broke it, else the attempt with the
+            highest loss, else the clean input for samples never attacked).
+        temperature: a temperature fitted on held-out data (see
+            :func:`robustops.defenses.fit_temperature_on`); the calibration figures are then
+            reported before and after scaling. Predictions, hence robust accuracy, do not change.
+        n_bins: equal-width (and equal-mass) bins of the calibration figures.
     """
     if inputs.shape[0] != labels.shape[0]:
         raise ValueError("inputs and labels differ in length")
@@ -121,16 +126,38 @@ def run_suite(
     try:
         x, y = inputs.detach().cpu(), labels.detach().cpu().to(torch.int64)
         n = x.shape[0]
-        clean_pred = _predict(model, x, batch_size, dev)
-        clean_correct = clean_pred == y
-        k = _num_classes(model, x, dev) if n else 0
+        clean_logits = predict_logits(model, x, batch_size, dev)
+        clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
         gen = make_generator(seed)
-        threat_results = [
-            _run_threat(model, x, y, clean_correct, st, k, batch_size, dev, gen, progress)
-            for st in threats
-        ]
+        threat_results = []
+        for st in threats:
+            tr, attacked_logits = _run_threat(
+                model, x, y, clean_logits, st, batch_size, dev, gen, progress
+            )
+            if calibration and n:
+                tr.calibration = ThreatCalibration(
+                    attacked=calibration_metrics(attacked_logits, y, n_bins=n_bins),
+                    attacked_scaled=calibration_metrics(
+                        attacked_logits, y, n_bins=n_bins, temperature=temperature.temperature
+                    )
+                    if temperature is not None
+                    else None,
+                )
+            threat_results.append(tr)
     finally:
         model.train(was_training)
+    suite_calibration = None
+    if calibration and n:
+        suite_calibration = SuiteCalibration(
+            n_bins=n_bins,
+            clean=calibration_metrics(clean_logits, y, n_bins=n_bins),
+            clean_scaled=calibration_metrics(
+                clean_logits, y, n_bins=n_bins, temperature=temperature.temperature
+            )
+            if temperature is not None
+            else None,
+            temperature=temperature,
+        )
     return SuiteResult(
         name=name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -148,6 +175,7 @@ def run_suite(
             clean_correct=clean_correct.tolist(),
         ),
         wall_time_s=time.perf_counter() - t_start,
+        calibration=suite_calibration,
     )
 
 
@@ -155,20 +183,26 @@ def _run_threat(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    clean_correct: Tensor,
+    clean_logits: Tensor,
     st: SuiteThreat,
-    num_classes: int,
     batch_size: int,
     dev: torch.device,
     gen: torch.Generator,
     progress: Callable[[ProgressEvent], None] | None,
-) -> ThreatResult:
+) -> tuple[ThreatResult, Tensor]:
+    """The threat's figures and, per sample, the logits ``(N, K)`` of its worst-case input."""
     threat = st.threat
     n = x.shape[0]
+    num_classes = int(clean_logits.shape[1]) if n else 0
+    clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
+    # Worst case per sample so far: its logits and loss (CE against the label, or minus CE
+    # against the target); the input that broke a sample is kept whatever its loss.
+    worst_logits = clean_logits.clone()
     targets: Tensor | None = None
     if threat.targeted:
         shift = torch.randint(1, max(num_classes, 2), (n,), generator=gen)
         targets = (y + shift) % max(num_classes, 2)
+    worst_loss = _threat_loss(clean_logits, y, targets)
     robust = clean_correct.clone()
     broken_by: list[str | None] = [None] * n
     queries = torch.zeros(n, dtype=torch.int64)
@@ -192,6 +226,12 @@ def _run_threat(
                     threat.name,
                 )
             success = res.success.cpu() & ok
+            with torch.no_grad():
+                adv_logits = model(res.adversarial).float().cpu()
+            loss = _threat_loss(adv_logits, y[b], targets[b] if targets is not None else None)
+            better = ok & (success | (loss > worst_loss[b]))
+            worst_logits[b[better]] = adv_logits[better]
+            worst_loss[b[better]] = loss[better]
             q = res.queries.cpu()
             queries[b] += q
             total_q += int(q.sum())
@@ -226,7 +266,7 @@ def _run_threat(
         )
     n_correct = int(clean_correct.sum())
     n_robust = int(robust.sum())
-    return ThreatResult(
+    result = ThreatResult(
         name=threat.name,
         threat=threat,
         robust_accuracy=n_robust / n if n else 0.0,
@@ -240,3 +280,11 @@ def _run_threat(
         queries=queries.tolist(),
         targets=targets.tolist() if targets is not None else None,
     )
+    return result, worst_logits
+
+
+def _threat_loss(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
+    """``(N,)`` what the attacker maximises: CE of the label, or minus CE of the target."""
+    if targets is None:
+        return torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    return -torch.nn.functional.cross_entropy(logits, targets, reduction="none")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Classifier", "ProbaClassifier", "as_classifier"]
+__all__ = ["Classifier", "ProbaClassifier", "as_classifier", "predict_logits"]
 
 
 @runtime_checkable
@@ -60,3 +60,24 @@ def as_classifier(model: Classifier) -> nn.Module:
     raise TypeError(
         f"not a classifier: {type(model).__name__} (need an nn.Module or predict_proba)"
     )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    inputs: Tensor,
+    batch_size: int = 500,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """``model``'s outputs ``(N, K)`` on ``inputs`` ``(N, ...)``, in batches of ``batch_size`` on
+    ``device`` (default: the model's), returned on the CPU. The model's mode is left as is."""
+    if device is None:
+        params = list(model.parameters())
+        device = params[0].device if params else torch.device("cpu")
+    out = [
+        model(inputs[i : i + batch_size].to(device)).float().cpu()
+        for i in range(0, inputs.shape[0], batch_size)
+    ]
+    if out:
+        return torch.cat(out)
+    return torch.empty(0, 0)
