@@ -22,7 +22,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/robustops train --spec configs/mnist.yaml
-	$(BIN)/robustops evaluate --spec configs/mnist.yaml --out artifacts/mnist_result.json
+	$(BIN)/robustops evaluate --spec configs/mnist.yaml --out artifacts/mnist_result.json --plots artifacts/figures
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

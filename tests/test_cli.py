@@ -141,6 +141,32 @@ def test_train_then_evaluate_end_to_end(tmp_path: Path) -> None:
     assert refused.exit_code == 2
     assert "evaluation.calibration.n_samples" in refused.output
 
+    # Audit and certification on demand, written into the same result.
+    extra = _with("evaluation.audit", {"threats": ["linf"], "n_samples": 30, "steps": 5})
+    extra["evaluation"]["certification"] = {"sigma": 0.25, "n0": 20, "n": 200, "n_samples": 10}
+    full_spec = _write(tmp_path, extra)
+    full = runner.invoke(
+        app, ["evaluate", "--spec", str(full_spec), "--out", str(out), "--plots", str(plots)]
+    )
+    assert full.exit_code == 0, full.output
+    res = SuiteResult.load(out)
+    assert [a.threat for a in res.audit] == ["linf"]
+    assert res.audit_verdict() in ("pass", "warn", "fail")
+    assert len(res.audit[0].checks) == 7
+    assert res.certification is not None and res.certification.n_samples == 10
+    assert "gradient-masking audit" in full.output and "randomized smoothing" in full.output
+    assert (plots / "certified_accuracy.png").stat().st_size > 1000
+    cert_out = tmp_path / "cert.json"
+    certified = runner.invoke(app, ["certify", "--spec", str(full_spec), "--out", str(cert_out)])
+    assert certified.exit_code == 0, certified.output
+    cert = SuiteResult.load(cert_out)
+    assert cert.threats == [] and cert.certification is not None
+    assert cert.certification.radii == res.certification.radii  # same seed, same certificates
+    # certify needs its section.
+    plain = _write(tmp_path, TINY)
+    no_cert = runner.invoke(app, ["certify", "--spec", str(plain), "--out", str(cert_out)])
+    assert no_cert.exit_code == 2 and "evaluation.certification" in no_cert.output
+
 
 def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
     spec_path = _write(tmp_path, TINY)

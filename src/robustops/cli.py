@@ -22,6 +22,7 @@ from robustops.errors import RobustOpsError, SpecError
 
 if TYPE_CHECKING:
     from robustops.evaluation import SuiteResult
+    from robustops.evaluation.masking import AuditResult
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Adversarial robustness for shipped models."
@@ -161,8 +162,12 @@ def evaluate(
 def _print_result(result: SuiteResult, out: Path, plots: Path | None) -> None:
     if result.threats:
         console.print(_summary_table(result))
-    if result.calibration is not None:
+    if result.calibration is not None and (result.threats or result.certification is None):
         console.print(_calibration_table(result))
+    for audit in result.audit:
+        console.print(_audit_table(audit))
+    if result.certification is not None:
+        console.print(_certification_table(result))
     console.print(f"result written to [green]{out}[/]")
     if plots is not None:
         from robustops.evaluation.plots import plot_result
@@ -229,6 +234,70 @@ def _calibration_table(result: SuiteResult) -> Table:
             cell(raw.nll, scaled.nll if scaled else None),
         )
     return table
+
+
+_STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+def _audit_table(audit: AuditResult) -> Table:
+    style = _STATUS_STYLE[audit.verdict]
+    eot = f", EOT over {audit.eot_samples} passes" if audit.eot_samples > 1 else ""
+    table = Table(
+        title=f"gradient-masking audit, {audit.threat} ({audit.n_samples} samples{eot}): "
+        f"[{style}]{audit.verdict}[/]",
+        caption=audit.summary,
+    )
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("reason")
+    for c in audit.checks:
+        table.add_row(c.name, f"[{_STATUS_STYLE[c.status]}]{c.status}[/]", c.reason)
+    return table
+
+
+def _certification_table(result: SuiteResult) -> Table:
+    cert = result.certification
+    assert cert is not None
+    table = Table(
+        title=f"randomized smoothing: σ={cert.sigma:g}, n={cert.n}, α={cert.alpha:g}, "
+        f"{cert.n_samples} samples; abstained {cert.abstain_rate:.1%}; "
+        f"ACR {cert.average_certified_radius:.3f}; max certifiable radius "
+        f"{cert.max_certifiable_radius:.2f}"
+    )
+    table.add_column("L2 radius", justify="right")
+    table.add_column("certified accuracy", justify="right", style="bold")
+    for r, acc in cert.certified_accuracy.items():
+        table.add_row(r, f"{acc:.1%}")
+    table.caption = f"{cert.samples_per_second:,.0f} noisy samples/s, {cert.wall_time_s:.1f} s"
+    return table
+
+
+@app.command()
+def certify(
+    spec: SpecOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="result JSON to write")] = Path(
+        "certification.json"
+    ),
+    seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option("--plots", help="write the certified-accuracy curve (PNG) to this folder"),
+    ] = None,
+) -> None:
+    """Certify the spec's model with randomized smoothing (``evaluation.certification``) and
+    write a result JSON holding the certificates."""
+    from robustops.config import load_spec
+    from robustops.runner import certify_spec
+
+    try:
+        s = load_spec(spec)
+        with console.status("certifying…"):
+            result = certify_spec(s, seed=seed)
+        result.save(out)
+    except RobustOpsError as exc:
+        _fail(exc)
+        return
+    _print_result(result, out, plots)
 
 
 @app.command("attacks")

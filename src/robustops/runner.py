@@ -14,13 +14,15 @@ from robustops._util import environment, file_sha256, make_generator, state_dict
 from robustops.config import PipelineSpec
 from robustops.data import Dataset, load_dataset
 from robustops.defenses import fit_temperature_on
+from robustops.defenses.smoothing import CertificationResult, certify_dataset
 from robustops.errors import SpecError
 from robustops.evaluation import ProgressEvent, SuiteResult, run_suite
+from robustops.evaluation.masking import audit_gradient_masking
 from robustops.evaluation.metrics import TemperatureFit
 from robustops.models import build_model, save_weights
 from robustops.training import BatchEvent, EpochMetrics, fit, init_distributed
 
-__all__ = ["evaluate_spec", "load_spec_dataset", "train_spec"]
+__all__ = ["certify_spec", "evaluate_spec", "load_spec_dataset", "train_spec"]
 
 
 def load_spec_dataset(spec: PipelineSpec) -> Dataset:
@@ -114,20 +116,14 @@ def train_spec(
         ctx.close()
 
 
-def evaluate_spec(
-    spec: PipelineSpec,
-    *,
-    seed: int | None = None,
-    progress: Callable[[ProgressEvent], None] | None = None,
-) -> SuiteResult:
-    """Run the spec's evaluation suite on its model and the first ``n_samples`` test samples."""
+def _load_for_evaluation(spec: PipelineSpec) -> tuple[Dataset, torch.nn.Module, str, int]:
+    """Data, model with its weights, device, and how many test samples the suite evaluates."""
     if spec.evaluation is None:
         raise SpecError.single("evaluation", "the spec has no evaluation section")
     if spec.model.weights is None:
         raise SpecError.single(
             "model.weights", "evaluation needs trained weights (a .safetensors file)"
         )
-    run_seed = spec.seed if seed is None else seed
     data = load_spec_dataset(spec)
     device = spec.resolved_device()
     model = build_model(
@@ -142,31 +138,132 @@ def evaluate_spec(
         if spec.evaluation.n_samples is None
         else min(spec.evaluation.n_samples, data.x_test.shape[0])
     )
-    temperature = _fit_temperature(spec, model, data, n, run_seed, device)
-    model_info = {
+    return data, model, device, n
+
+
+def _model_info(spec: PipelineSpec, model: torch.nn.Module) -> dict[str, Any]:
+    assert spec.model.weights is not None
+    return {
         "factory": spec.model.factory,
         "kwargs": spec.model.kwargs,
         "weights": str(spec.model.weights),
         "weights_sha256": file_sha256(spec.model.weights),
         "state_sha256": state_dict_sha256(model),
     }
-    return run_suite(
+
+
+def evaluate_spec(
+    spec: PipelineSpec,
+    *,
+    seed: int | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> SuiteResult:
+    """Run the spec's evaluation suite on its model and the first ``n_samples`` test samples,
+    with the calibration figures (temperature fitted on the test samples after them), and the
+    gradient-masking audit and certification when the spec asks for them."""
+    data, model, device, n = _load_for_evaluation(spec)
+    assert spec.evaluation is not None
+    ev = spec.evaluation
+    run_seed = spec.seed if seed is None else seed
+    temperature = _fit_temperature(spec, model, data, n, run_seed, device)
+    result = run_suite(
         model,
         data.x_test[:n],
         data.y_test[:n],
         spec.build_threats(seed=run_seed),
+        name=spec.name,
+        batch_size=ev.batch_size,
+        seed=run_seed,
+        device=device,
+        indices=list(range(n)),
+        data_info=data.describe(),
+        model_info=_model_info(spec, model),
+        progress=progress,
+        calibration=ev.calibration.enabled,
+        temperature=temperature,
+        n_bins=ev.calibration.n_bins,
+    )
+    audits = []
+    if ev.audit is not None:
+        au = ev.audit
+        names = au.threats or [t.name for t in ev.threats]
+        for ts in ev.threats:
+            if ts.name not in names:
+                continue
+            k = min(au.n_samples, data.x_test.shape[0])
+            audits.append(
+                audit_gradient_masking(
+                    model,
+                    data.x_test[:k],
+                    data.y_test[:k],
+                    ts.threat(),
+                    steps=au.steps,
+                    square_queries=au.square_queries,
+                    noise_draws=au.noise_draws,
+                    eot_samples=au.eot_samples,
+                    batch_size=ev.batch_size,
+                    seed=run_seed,
+                    device=device,
+                )
+            )
+    certification = (
+        _certify(spec, model, data, n, run_seed, device) if ev.certification is not None else None
+    )
+    return result.model_copy(update={"audit": audits, "certification": certification})
+
+
+def certify_spec(spec: PipelineSpec, *, seed: int | None = None) -> SuiteResult:
+    """Only the spec's ``evaluation.certification``: randomized-smoothing certificates of its
+    model on the first test samples, in a suite result without threats (clean accuracy and
+    calibration of the base model included)."""
+    data, model, device, n = _load_for_evaluation(spec)
+    assert spec.evaluation is not None
+    if spec.evaluation.certification is None:
+        raise SpecError.single(
+            "evaluation.certification", "the spec has no certification section (sigma, n, …)"
+        )
+    run_seed = spec.seed if seed is None else seed
+    result = run_suite(
+        model,
+        data.x_test[:n],
+        data.y_test[:n],
+        [],
         name=spec.name,
         batch_size=spec.evaluation.batch_size,
         seed=run_seed,
         device=device,
         indices=list(range(n)),
         data_info=data.describe(),
-        model_info=model_info,
-        progress=progress,
-        calibration=spec.evaluation.calibration.enabled,
-        temperature=temperature,
+        model_info=_model_info(spec, model),
         n_bins=spec.evaluation.calibration.n_bins,
     )
+    cert = _certify(spec, model, data, n, run_seed, device)
+    return result.model_copy(update={"certification": cert})
+
+
+def _certify(
+    spec: PipelineSpec, model: torch.nn.Module, data: Dataset, n_eval: int, seed: int, device: str
+) -> CertificationResult:
+    assert spec.evaluation is not None and spec.evaluation.certification is not None
+    c = spec.evaluation.certification
+    k = min(c.n_samples or n_eval, data.x_test.shape[0])
+    try:
+        return certify_dataset(
+            model,
+            data.x_test[:k],
+            data.y_test[:k],
+            num_classes=data.num_classes,
+            sigma=c.sigma,
+            n0=c.n0,
+            n=c.n,
+            alpha=c.alpha,
+            batch_size=c.batch_size,
+            seed=seed,
+            radii=c.radii,
+            device=device,
+        )
+    except SpecError as exc:
+        raise SpecError([(f"evaluation.certification.{p}", m) for p, m in exc.errors]) from None
 
 
 def _fit_temperature(

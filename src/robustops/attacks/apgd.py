@@ -28,8 +28,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from robustops.attacks._gradients import LOSSES, LossFn, ascent_direction, loss_and_grad
 from robustops.attacks.base import Attack, ModelFn, is_adversarial, project
-from robustops.attacks.pgd import LOSSES, LossFn, ascent_direction, loss_and_grad
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
@@ -154,12 +154,15 @@ class APGD(Attack):
         threat: norm (``"linf"`` or ``"l2"``), epsilon in input units, bounds and goal. When
             targeted, each call needs ``targets`` ``(N,)``; the losses then pull towards them
             (targeted DLR as in :func:`robustops.attacks.losses.dlr_loss`).
-        steps: iterations per restart; each is one forward+backward pass, so a sample costs at
-            most ``steps * restarts`` queries.
+        steps: iterations per restart; each is ``eot_samples`` forward+backward passes, so a
+            sample costs at most ``steps * restarts * eot_samples`` queries.
         restarts: runs from fresh random starts, each only on the samples not yet adversarial.
         rho: share of rising steps below which the step size halves at a checkpoint, in (0, 1].
         alpha: momentum weight of the new gradient step, in (0, 1] (1: no momentum).
         loss: ``"ce"``, ``"dlr"`` (needs >= 3 classes, >= 4 when targeted) or ``"margin"``.
+        eot_samples: passes averaged per iteration (Expectation over Transformation, for
+            stochastic models): the gradient, the loss behind the step-size decisions and the
+            logits behind early stop are means over them. 1: the plain attack.
         seed: seeds the random starts.
 
     Returns (through :class:`~robustops.attacks.base.AttackResult`) the first adversarial
@@ -177,11 +180,13 @@ class APGD(Attack):
         rho: float = 0.75,
         alpha: float = 0.75,
         loss: Literal["ce", "dlr", "margin"] = "ce",
+        eot_samples: int = 1,
         seed: int = 0,
     ) -> None:
         super().__init__(threat, seed=seed)
         self._check_positive("steps", steps, integer=True)
         self._check_positive("restarts", restarts, integer=True)
+        self._check_positive("eot_samples", eot_samples, integer=True)
         self._check_positive("rho", rho)
         self._check_positive("alpha", alpha)
         for pname, value in (("rho", rho), ("alpha", alpha)):
@@ -194,6 +199,7 @@ class APGD(Attack):
         self.rho = float(rho)
         self.alpha = float(alpha)
         self.loss = loss
+        self.eot_samples = eot_samples
 
     def _run(
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
@@ -230,14 +236,16 @@ class APGD(Attack):
         """One restart on ``x0`` ``(n, ...)`` (rows ``idx`` of the caller's batch).
 
         Writes adversarial points into ``best`` and marks them in ``done`` as they are found,
-        adds one to ``queries`` per forward+backward pass; returns the samples still robust at
-        the end (with their best points), or ``None`` when none are.
+        adds one to ``queries`` per forward+backward pass (``eot_samples`` per iteration);
+        returns the samples still robust at the end (with their best points), or ``None`` when
+        none are.
         """
         threat = self.threat
         loss_fn = _checked(self.loss, LOSSES[self.loss])
         start = _reference_start(x0, threat, gen)
-        logits, loss, grad = loss_and_grad(model, start, y0, t0, loss_fn)
-        queries[idx] += 1
+        eot = self.eot_samples
+        logits, loss, grad = loss_and_grad(model, start, y0, t0, loss_fn, eot)
+        queries[idx] += eot
         zeros = torch.zeros_like(loss, dtype=torch.int64)
         run = _Run(
             idx=idx,
@@ -268,8 +276,8 @@ class APGD(Attack):
             z = project(run.x_cur + eta * ascent_direction(run.grad, threat.norm), run.x0, threat)
             step = a * (z - run.x_cur) + (1.0 - a) * (run.x_cur - run.x_prev)
             x_new = project(run.x_cur + step, run.x0, threat)
-            logits, loss, grad = loss_and_grad(model, x_new, run.y0, run.t0, loss_fn)
-            queries[run.idx] += 1
+            logits, loss, grad = loss_and_grad(model, x_new, run.y0, run.t0, loss_fn, eot)
+            queries[run.idx] += eot
             run.x_prev, run.x_cur, run.grad = run.x_cur, x_new, grad
             run.rises = run.rises + (loss > run.loss_cur).to(torch.int64)
             run.loss_cur = loss
@@ -326,8 +334,16 @@ class APGDDLR(APGD):
         restarts: int = 1,
         rho: float = 0.75,
         alpha: float = 0.75,
+        eot_samples: int = 1,
         seed: int = 0,
     ) -> None:
         super().__init__(
-            threat, steps=steps, restarts=restarts, rho=rho, alpha=alpha, loss="dlr", seed=seed
+            threat,
+            steps=steps,
+            restarts=restarts,
+            rho=rho,
+            alpha=alpha,
+            loss="dlr",
+            eot_samples=eot_samples,
+            seed=seed,
         )

@@ -4,12 +4,18 @@ steps cost only what is still robust."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from robustops.attacks._gradients import (
+    LOSSES,
+    LossFn,
+    ascent_direction,
+    loss_and_grad,
+    mean_logits,
+)
 from robustops.attacks.base import (
     Attack,
     ModelFn,
@@ -20,36 +26,11 @@ from robustops.attacks.base import (
     project,
     random_start,
 )
-from robustops.attacks.losses import ce_loss, dlr_loss, margin_loss
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
 
 __all__ = ["LOSSES", "PGD", "LossFn", "ascent_direction", "loss_and_grad"]
-
-LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss, "margin": margin_loss}
-
-
-def ascent_direction(grad: Tensor, norm: str) -> Tensor:
-    """Steepest-ascent unit direction for ``grad`` ``(N, ...)``: sign for L∞, ``g/||g||₂``
-    for L2."""
-    if norm == "linf":
-        return grad.sign()
-    g_norm = grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-    out: Tensor = grad / g_norm.view(-1, *([1] * (grad.dim() - 1)))
-    return out
-
-
-def loss_and_grad(
-    model: ModelFn, x: Tensor, y: Tensor, t: Tensor | None, loss_fn: LossFn
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One forward+backward pass: ``(logits (N, K), per-sample loss (N,), input gradient)``."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    loss = loss_fn(logits, y, t)
-    (grad,) = torch.autograd.grad(loss.sum(), x)
-    return logits.detach(), loss.detach(), grad
 
 
 @register_attack
@@ -64,6 +45,10 @@ class PGD(Attack):
         random_start: start uniformly inside the ball instead of at the input.
         loss: ``"ce"``, ``"dlr"`` or ``"margin"``.
         early_stop: drop a sample from the batch as soon as it is adversarial.
+        eot_samples: forward+backward passes averaged per step (Expectation over
+            Transformation, for stochastic models); early stop and restarts judge the mean
+            logits. Every pass is a query, so a sample costs up to
+            ``steps * restarts * eot_samples``. 1: the plain attack.
         seed: seeds the random starts.
     """
 
@@ -79,11 +64,13 @@ class PGD(Attack):
         random_start: bool = True,
         loss: Literal["ce", "dlr", "margin"] = "ce",
         early_stop: bool = True,
+        eot_samples: int = 1,
         seed: int = 0,
     ) -> None:
         super().__init__(threat, seed=seed)
         self._check_positive("steps", steps, integer=True)
         self._check_positive("restarts", restarts, integer=True)
+        self._check_positive("eot_samples", eot_samples, integer=True)
         if step_size is not None:
             self._check_positive("step_size", step_size)
         if loss not in LOSSES:
@@ -94,6 +81,7 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.loss = loss
         self.early_stop = bool(early_stop)
+        self.eot_samples = eot_samples
 
     def _run(
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
@@ -101,6 +89,7 @@ class PGD(Attack):
         threat = self.threat
         alpha = self.step_size if self.step_size is not None else 2.5 * threat.epsilon / self.steps
         loss_fn = LOSSES[self.loss]
+        eot = self.eot_samples
         linf = threat.norm == "linf"
         low, high = threat.bounds
         best = x.clone()
@@ -121,14 +110,14 @@ class PGD(Attack):
             else:
                 adv = random_start(x0, threat, gen) if self.random_start else x0.clone()
             for step in range(self.steps):
-                logits, _, grad = loss_and_grad(model, adv, y0, t0, loss_fn)
+                logits, _, grad = loss_and_grad(model, adv, y0, t0, loss_fn, eot)
                 if self.early_stop:
                     hit = is_adversarial(logits, y0, t0)
                     if bool(hit.any()):
                         hit_idx = idx[hit]
                         best[hit_idx] = adv[hit]
                         done[hit_idx] = True
-                        queries[hit_idx] += step + 1
+                        queries[hit_idx] += (step + 1) * eot
                         keep = ~hit
                         idx, x0, y0, adv, grad = (t[keep] for t in (idx, x0, y0, adv, grad))
                         t0 = t0[keep] if t0 is not None else None
@@ -142,10 +131,9 @@ class PGD(Attack):
                 else:
                     adv = project(adv + alpha * ascent_direction(grad, threat.norm), x0, threat)
             if idx.numel():
-                queries[idx] += self.steps
+                queries[idx] += self.steps * eot
                 best[idx] = adv
                 if restart + 1 < self.restarts:
                     # Only a later restart reads `done`; the last one would spend a forward pass.
-                    with torch.no_grad():
-                        done[idx] = is_adversarial(model(adv), y0, t0)
+                    done[idx] = is_adversarial(mean_logits(model, adv, eot), y0, t0)
         return best, queries

@@ -1,5 +1,6 @@
 """The evaluation suite and its versioned result schema."""
 
+from robustops.evaluation.masking import AuditCheck, AuditResult, audit_gradient_masking
 from robustops.evaluation.result import (
     SCHEMA_VERSION,
     AttackFigures,
@@ -14,6 +15,8 @@ from robustops.evaluation.suite import ProgressEvent, SuiteThreat, run_suite
 __all__ = [
     "SCHEMA_VERSION",
     "AttackFigures",
+    "AuditCheck",
+    "AuditResult",
     "ProgressEvent",
     "SamplesRecord",
     "SuiteCalibration",
@@ -21,5 +24,6 @@ __all__ = [
     "SuiteThreat",
     "ThreatCalibration",
     "ThreatResult",
+    "audit_gradient_masking",
     "run_suite",
 ]

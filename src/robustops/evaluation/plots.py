@@ -87,4 +87,10 @@ def plot_result(result: SuiteResult, out_dir: str | Path) -> list[Path]:
                     title=f"{result.name}: temperature-scaled",
                 )
             )
+    if result.certification is not None:
+        from robustops.defenses.smoothing import plot_certified_accuracy
+
+        written.append(
+            plot_certified_accuracy([result.certification], out / "certified_accuracy.png")
+        )
     return written

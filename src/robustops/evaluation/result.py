@@ -12,7 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from robustops.defenses.smoothing import CertificationResult
 from robustops.errors import SpecError
+from robustops.evaluation.masking import AuditResult
 from robustops.evaluation.metrics import CalibrationMetrics, TemperatureFit
 from robustops.threats import ThreatModel, validation_error_to_spec_error
 
@@ -127,6 +129,18 @@ class SuiteResult(_Strict):
     calibration: SuiteCalibration | None = Field(
         default=None, description="clean calibration and the fitted temperature (schema >= 1.1)"
     )
+    audit: list[AuditResult] = Field(
+        default_factory=list, description="gradient-masking audit per audited threat (>= 1.1)"
+    )
+    certification: CertificationResult | None = Field(
+        default=None, description="randomized-smoothing certification (schema >= 1.1)"
+    )
+
+    def audit_verdict(self) -> str | None:
+        """Worst verdict over the audited threats (``fail`` > ``warn`` > ``pass``), or ``None``."""
+        order = {"pass": 0, "warn": 1, "fail": 2}
+        verdicts = [a.verdict for a in self.audit]
+        return max(verdicts, key=order.__getitem__) if verdicts else None
 
     def threat(self, name: str) -> ThreatResult:
         """The threat result called ``name``."""
