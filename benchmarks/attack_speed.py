@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustops._util import cpu_model
 from robustops.attacks import PGD
 from robustops.attacks.base import frozen_parameters, perturbation_norm, project, random_start
 from robustops.attacks.pgd import ascent_direction
@@ -75,17 +76,6 @@ Runner = Callable[[int], Tensor | None]
 """Runs one method with a given number of steps; returns the adversarial batch (or None)."""
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(pkg: str) -> str:
     try:
         return metadata.version(pkg)
@@ -97,7 +87,7 @@ def _environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -61,7 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustops._util import environment
+from robustops._util import cpu_model, environment
 from robustops.data import Dataset, load_mnist_subset
 from robustops.defenses.smoothing import (
     CertificationResult,
@@ -89,17 +88,6 @@ ANCHOR = {
 }
 N_INPUTS = 4
 PACKED_INPUTS = 16
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _loadavg() -> list[float]:
@@ -358,7 +346,7 @@ def main() -> None:
     env = environment()
     env.update(
         {
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "cpu_count": str(os.cpu_count()),
             "torch_threads_throughput": str(args.threads),
             "torch_threads_certification": str(args.cert_threads),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["environment", "file_sha256", "make_generator", "state_dict_sha256"]
+__all__ = ["cpu_model", "environment", "file_sha256", "make_generator", "state_dict_sha256"]
 
 
 def make_generator(
@@ -58,9 +58,25 @@ _TRACKED = (
 )
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, str]:
-    """Versions of Python, the platform and the packages a result depends on."""
-    env = {"python": platform.python_version(), "platform": platform.platform()}
+    """Versions of Python, the platform and the packages a result depends on, and the CPU."""
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+    }
     for pkg in _TRACKED:
         try:
             env[pkg] = metadata.version(pkg)
