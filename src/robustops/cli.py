@@ -168,6 +168,13 @@ def _print_result(result: SuiteResult, out: Path, plots: Path | None) -> None:
         console.print(_audit_table(audit))
     if result.certification is not None:
         console.print(_certification_table(result))
+    if result.latency is not None:
+        lat = result.latency
+        console.print(
+            f"latency (single input): p50 {lat.p50_ms:.2f} ms, p99 {lat.p99_ms:.2f} ms; "
+            f"throughput {lat.throughput_per_s:,.0f} samples/s in batches of {lat.batch_size}",
+            highlight=False,
+        )
     console.print(f"result written to [green]{out}[/]")
     if plots is not None:
         from robustops.evaluation.plots import plot_result

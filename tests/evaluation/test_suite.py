@@ -251,3 +251,13 @@ def test_calibration_clean_and_under_attack(trained_cnn: SmallCNN, mnist: Datase
         calibration=False,
     )
     assert off.calibration is None and off.threats[0].calibration is None
+
+
+def test_latency_is_measured(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    res = run_suite(trained_cnn, mnist.x_test[:50], mnist.y_test[:50], [], latency_calls=30)
+    lat = res.latency
+    assert lat is not None and lat.n_calls == 30 and lat.batch_size == 500
+    assert 0 < lat.p50_ms <= lat.p95_ms <= lat.p99_ms
+    assert lat.throughput_per_s > 0
+    none = run_suite(trained_cnn, mnist.x_test[:5], mnist.y_test[:5], [], latency_calls=0)
+    assert none.latency is None

@@ -4,6 +4,7 @@ from robustops.evaluation.masking import AuditCheck, AuditResult, audit_gradient
 from robustops.evaluation.result import (
     SCHEMA_VERSION,
     AttackFigures,
+    LatencyFigures,
     SamplesRecord,
     SuiteCalibration,
     SuiteResult,
@@ -17,6 +18,7 @@ __all__ = [
     "AttackFigures",
     "AuditCheck",
     "AuditResult",
+    "LatencyFigures",
     "ProgressEvent",
     "SamplesRecord",
     "SuiteCalibration",

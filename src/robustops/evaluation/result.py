@@ -21,6 +21,7 @@ from robustops.threats import ThreatModel, validation_error_to_spec_error
 __all__ = [
     "SCHEMA_VERSION",
     "AttackFigures",
+    "LatencyFigures",
     "SamplesRecord",
     "SuiteCalibration",
     "SuiteResult",
@@ -110,6 +111,19 @@ class SamplesRecord(_Strict):
     clean_correct: list[bool]
 
 
+class LatencyFigures(_Strict):
+    """How fast the model answers: single-input calls (what a serving endpoint sees per request)
+    and batched throughput at the suite's batch size. Wall-clock, on the run's device."""
+
+    n_calls: int = Field(description="single-input forward calls timed (after warm-up)")
+    p50_ms: float = Field(description="median single-input latency, milliseconds")
+    p95_ms: float = Field(description="95th percentile single-input latency, milliseconds")
+    p99_ms: float = Field(description="99th percentile single-input latency, milliseconds")
+    mean_ms: float = Field(description="mean single-input latency, milliseconds")
+    batch_size: int = Field(description="batch size of the throughput measurement")
+    throughput_per_s: float = Field(description="samples per second in batches of batch_size")
+
+
 class SuiteResult(_Strict):
     """One run of the evaluation suite on one model and data set."""
 
@@ -128,6 +142,9 @@ class SuiteResult(_Strict):
     wall_time_s: float
     calibration: SuiteCalibration | None = Field(
         default=None, description="clean calibration and the fitted temperature (schema >= 1.1)"
+    )
+    latency: LatencyFigures | None = Field(
+        default=None, description="single-input latency and batched throughput (schema >= 1.1)"
     )
     audit: list[AuditResult] = Field(
         default_factory=list, description="gradient-masking audit per audited threat (>= 1.1)"

@@ -24,6 +24,7 @@ from robustops.attacks import Attack
 from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
 from robustops.evaluation.result import (
     AttackFigures,
+    LatencyFigures,
     SamplesRecord,
     SuiteCalibration,
     SuiteResult,
@@ -92,6 +93,7 @@ def run_suite(
     calibration: bool = True,
     temperature: TemperatureFit | None = None,
     n_bins: int = 15,
+    latency_calls: int = 100,
 ) -> SuiteResult:
     """Evaluate ``model`` on ``inputs`` ``(N, ...)`` / ``labels`` ``(N,)`` under each threat.
 
@@ -111,6 +113,7 @@ def run_suite(
             :func:`robustops.defenses.fit_temperature_on`); the calibration figures are then
             reported before and after scaling. Predictions, hence robust accuracy, do not change.
         n_bins: equal-width (and equal-mass) bins of the calibration figures.
+        latency_calls: single-input forward calls timed for the latency percentiles (0: none).
     """
     if inputs.shape[0] != labels.shape[0]:
         raise ValueError("inputs and labels differ in length")
@@ -126,7 +129,14 @@ def run_suite(
     try:
         x, y = inputs.detach().cpu(), labels.detach().cpu().to(torch.int64)
         n = x.shape[0]
+        t_clean = time.perf_counter()
         clean_logits = predict_logits(model, x, batch_size, dev)
+        clean_s = time.perf_counter() - t_clean
+        latency = (
+            _latency(model, x, dev, latency_calls, batch_size, clean_s)
+            if latency_calls > 0 and n
+            else None
+        )
         clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
         gen = make_generator(seed)
         threat_results = []
@@ -176,6 +186,39 @@ def run_suite(
         ),
         wall_time_s=time.perf_counter() - t_start,
         calibration=suite_calibration,
+        latency=latency,
+    )
+
+
+@torch.no_grad()
+def _latency(
+    model: nn.Module, x: Tensor, dev: torch.device, calls: int, batch_size: int, batched_s: float
+) -> LatencyFigures:
+    """Time ``calls`` single-input forward passes (cycling over ``x``, after 5 warm-up calls);
+    throughput from the batched clean pass that took ``batched_s`` seconds."""
+    n = x.shape[0]
+    for i in range(min(5, n)):
+        model(x[i : i + 1].to(dev))
+    times = []
+    for i in range(calls):
+        xi = x[i % n : i % n + 1].to(dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        model(xi)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append((time.perf_counter() - t0) * 1e3)
+    ms = torch.tensor(times, dtype=torch.float64)
+    q = torch.quantile(ms, torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64))
+    return LatencyFigures(
+        n_calls=calls,
+        p50_ms=float(q[0]),
+        p95_ms=float(q[1]),
+        p99_ms=float(q[2]),
+        mean_ms=float(ms.mean()),
+        batch_size=batch_size,
+        throughput_per_s=n / batched_s if batched_s > 0 else 0.0,
     )
 
 
