@@ -24,6 +24,21 @@ TINY: dict[str, Any] = {
         "kwargs": {"input_dim": 64, "hidden": [32]},
         "weights": "w/mlp.safetensors",
     },
+    "catalog": {
+        "entries": [
+            {
+                "id": "digit-evasion",
+                "title": "bounded pixel changes",
+                "component": "model",
+                "channel": "image",
+                "perturbation": "linf",
+                "likelihood": 3,
+                "impact": 4,
+                "owner": "ml",
+                "exercised_by": ["linf", "l2"],
+            }
+        ]
+    },
     "train": {"epochs": 2, "batch_size": 64, "lr": 0.005, "out": "w/mlp.safetensors"},
     "evaluation": {
         "n_samples": 60,
@@ -126,6 +141,7 @@ def test_train_then_evaluate_end_to_end(tmp_path: Path) -> None:
     assert res.n_samples == 60 and [t.name for t in res.threats] == ["linf", "l2"]
     assert res.data["fingerprint"] and len(res.model["weights_sha256"]) == 64
     assert "robust acc" in evaluated.output
+    assert res.catalog_sha256 == load_spec(spec_path).catalog.content_hash()  # type: ignore[union-attr]
     # Calibration is on by default: a temperature fitted on the 300 test samples not evaluated.
     cal = res.calibration
     assert cal is not None and cal.temperature is not None

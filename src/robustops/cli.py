@@ -321,6 +321,88 @@ def list_attacks() -> None:
     console.print(table)
 
 
+_LEVEL_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "green"}
+
+
+@app.command()
+def threats(
+    spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML) with a catalog section")],
+    result: Annotated[
+        Path | None,
+        typer.Option("--result", "-r", help="a result JSON: add the residual robust accuracy"),
+    ] = None,
+) -> None:
+    """List the spec's threat catalog ranked by risk (likelihood × impact), with the evaluation
+    threats that exercise each entry; entries no threat exercises are flagged."""
+    from robustops.config import load_spec
+    from robustops.evaluation import SuiteResult
+
+    try:
+        s = load_spec(spec)
+        if s.catalog is None:
+            raise SpecError.single("catalog", "the spec has no threat catalog")
+        res = SuiteResult.load(result) if result is not None else None
+    except RobustOpsError as exc:
+        _fail(exc)
+        return
+    names = [t.name for t in s.evaluation.threats] if s.evaluation else []
+    accs = {t.name: t.robust_accuracy for t in res.threats} if res else None
+    rows = s.catalog.risk_register(names, accs)
+    table = Table(title=f"threat catalog {s.catalog.content_hash()[:12]} ({len(rows)} entries)")
+    for col in ("risk", "id", "component", "channel", "L×I", "owner", "exercised by"):
+        table.add_column(
+            col, justify="right" if col in ("risk", "L×I") else "left", no_wrap=col == "id"
+        )
+    if accs is not None:
+        table.add_column("robust acc.", justify="right")
+    for r in rows:
+        cells = [
+            f"[{_LEVEL_STYLE[r.level]}]{r.risk} {r.level}[/]",
+            r.id,
+            r.component,
+            r.channel,
+            f"{r.likelihood}×{r.impact}",
+            r.owner,
+            ", ".join(r.threats) if r.covered else "[bold red]not covered[/]",
+        ]
+        if accs is not None:
+            cells.append("" if r.robust_accuracy is None else f"{r.robust_accuracy:.1%}")
+        table.add_row(*cells)
+    console.print(table)
+    uncovered = [r.id for r in rows if not r.covered]
+    if uncovered:
+        console.print(
+            f"[bold red]{len(uncovered)} threat(s) no attack covers[/]: {', '.join(uncovered)}"
+        )
+
+
+@app.command()
+def schema(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="write here instead of stdout")
+    ] = None,
+    what: Annotated[str, typer.Option("--what", help="spec or result")] = "spec",
+) -> None:
+    """Print the JSON Schema of the pipeline spec (for editors) or of the result JSON."""
+    import json
+
+    from pydantic import BaseModel
+
+    from robustops.config import PipelineSpec
+    from robustops.evaluation import SuiteResult
+
+    models: dict[str, type[BaseModel]] = {"spec": PipelineSpec, "result": SuiteResult}
+    if what not in models:
+        _fail(SpecError.single("--what", f"must be one of {sorted(models)}, got {what!r}"))
+        return
+    text = json.dumps(models[what].model_json_schema(), indent=2)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n")
+        console.print(f"schema written to [green]{out}[/]")
+
+
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML)")]) -> None:
     """Validate a spec and print every error with its field path."""

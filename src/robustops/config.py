@@ -17,7 +17,7 @@ from robustops.attacks import Attack, build_attack
 from robustops.data import DATASETS
 from robustops.errors import SpecError
 from robustops.evaluation.suite import SuiteThreat
-from robustops.threats import ThreatModel, validation_error_to_spec_error
+from robustops.threats import ThreatCatalog, ThreatModel, validation_error_to_spec_error
 from robustops.training.recipe import Recipe
 
 __all__ = [
@@ -254,8 +254,24 @@ class PipelineSpec(_Strict):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec
+    catalog: ThreatCatalog | None = None
     train: TrainSpec | None = None
     evaluation: EvaluationSpec | None = None
+
+    def catalog_errors(self) -> list[tuple[str, str]]:
+        """Catalog entries that name an evaluation threat the spec does not have."""
+        if self.catalog is None:
+            return []
+        names = [t.name for t in self.evaluation.threats] if self.evaluation else []
+        return [
+            (
+                f"catalog.entries.{i}.exercised_by.{j}",
+                f"{name!r} is not one of the evaluation threats {names}",
+            )
+            for i, e in enumerate(self.catalog.entries)
+            for j, name in enumerate(e.exercised_by)
+            if name not in names
+        ]
 
     def resolved_device(self) -> str:
         """``"cuda"`` when asked for or when ``auto`` and CUDA is available, else ``"cpu"``."""
@@ -356,10 +372,12 @@ def load_spec(path: str | Path) -> PipelineSpec:
     except ValidationError as exc:
         raise validation_error_to_spec_error(exc, source=str(path)) from None
     spec = _resolve_paths(spec, path.parent)
+    refs = spec.catalog_errors()
     if spec.evaluation is not None:
-        refs = spec.evaluation.reference_errors()
-        if refs:
-            raise SpecError(refs, source=str(path))
+        refs += spec.evaluation.reference_errors()
+    if refs:
+        raise SpecError(refs, source=str(path))
+    if spec.evaluation is not None:
         try:
             spec.build_threats()
             spec.build_calibration_attack()

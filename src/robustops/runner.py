@@ -209,7 +209,13 @@ def evaluate_spec(
     certification = (
         _certify(spec, model, data, n, run_seed, device) if ev.certification is not None else None
     )
-    return result.model_copy(update={"audit": audits, "certification": certification})
+    return result.model_copy(
+        update={
+            "audit": audits,
+            "certification": certification,
+            "catalog_sha256": spec.catalog.content_hash() if spec.catalog else None,
+        }
+    )
 
 
 def certify_spec(spec: PipelineSpec, *, seed: int | None = None) -> SuiteResult:

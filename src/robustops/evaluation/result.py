@@ -143,6 +143,9 @@ class SuiteResult(_Strict):
     calibration: SuiteCalibration | None = Field(
         default=None, description="clean calibration and the fitted temperature (schema >= 1.1)"
     )
+    catalog_sha256: str | None = Field(
+        default=None, description="version (content hash) of the spec's threat catalog, if any"
+    )
     latency: LatencyFigures | None = Field(
         default=None, description="single-input latency and batched throughput (schema >= 1.1)"
     )

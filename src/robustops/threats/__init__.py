@@ -1,5 +1,15 @@
-"""Threat models (and, later, the threat catalog and risk scoring)."""
+"""Threat models, and the threat catalog with its risk register."""
 
+from robustops.threats.catalog import CatalogEntry, RiskRow, ThreatCatalog, risk_level
 from robustops.threats.model import Knowledge, Norm, ThreatModel, validation_error_to_spec_error
 
-__all__ = ["Knowledge", "Norm", "ThreatModel", "validation_error_to_spec_error"]
+__all__ = [
+    "CatalogEntry",
+    "Knowledge",
+    "Norm",
+    "RiskRow",
+    "ThreatCatalog",
+    "ThreatModel",
+    "risk_level",
+    "validation_error_to_spec_error",
+]
