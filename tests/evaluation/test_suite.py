@@ -261,3 +261,38 @@ def test_latency_is_measured(trained_cnn: SmallCNN, mnist: Dataset) -> None:
     assert lat.throughput_per_s > 0
     none = run_suite(trained_cnn, mnist.x_test[:5], mnist.y_test[:5], [], latency_calls=0)
     assert none.latency is None
+
+
+def test_examples_show_what_changed_and_why(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    threat = ThreatModel(name="linf-0.2", norm="linf", epsilon=0.2)
+    res = run_suite(
+        trained_cnn,
+        mnist.x_test[:60],
+        mnist.y_test[:60],
+        [_suite_threat(threat, attacks=LIGHT[:2])],
+        n_examples=3,
+    )
+    t = res.threats[0]
+    assert len(t.examples) == 3
+    for ex in t.examples:
+        assert t.broken_by[ex.index] == ex.attack and not t.robust[ex.index]
+        assert ex.label == res.samples.labels[ex.index] == ex.clean_prediction
+        assert ex.adversarial_prediction != ex.label
+        assert ex.shape == [1, 28, 28] and len(ex.clean) == len(ex.adversarial) == 784
+        clean, adv = torch.tensor(ex.clean), torch.tensor(ex.adversarial)
+        assert torch.allclose(clean, mnist.x_test[ex.index].flatten(), atol=1e-5)
+        assert float((adv - clean).abs().max()) <= 0.2 + 1e-4
+        assert ex.perturbation_norm <= 0.2 + 1e-6
+        # The attribution is zero where nothing changed, and its total (first-order margin
+        # gain) is positive: the changes pushed towards the wrong class.
+        attr = torch.tensor(ex.attribution)
+        assert bool((attr[(adv - clean).abs() < 1e-6] == 0).all())
+        assert float(attr.sum()) > 0
+    none = run_suite(
+        trained_cnn,
+        mnist.x_test[:20],
+        mnist.y_test[:20],
+        [_suite_threat(threat, attacks=LIGHT[:1])],
+        n_examples=0,
+    )
+    assert none.threats[0].examples == []

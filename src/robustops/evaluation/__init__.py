@@ -3,6 +3,7 @@
 from robustops.evaluation.masking import AuditCheck, AuditResult, audit_gradient_masking
 from robustops.evaluation.result import (
     SCHEMA_VERSION,
+    AdversarialExample,
     AttackFigures,
     LatencyFigures,
     SamplesRecord,
@@ -15,6 +16,7 @@ from robustops.evaluation.suite import ProgressEvent, SuiteThreat, run_suite
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AdversarialExample",
     "AttackFigures",
     "AuditCheck",
     "AuditResult",

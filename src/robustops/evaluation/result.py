@@ -20,6 +20,7 @@ from robustops.threats import ThreatModel, validation_error_to_spec_error
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AdversarialExample",
     "AttackFigures",
     "LatencyFigures",
     "SamplesRecord",
@@ -51,6 +52,27 @@ class AttackFigures(_Strict):
     total_queries: int
     median_perturbation: float | None = Field(description="median norm of successful perturbations")
     wall_time_s: float
+
+
+class AdversarialExample(_Strict):
+    """One broken sample kept for reports: what changed and why it mattered."""
+
+    index: int = Field(description="position among the evaluated samples")
+    label: int
+    target: int | None = Field(default=None, description="target class (targeted threats)")
+    attack: str = Field(description="the attack that broke it")
+    shape: list[int] = Field(description="one input's shape, e.g. [1, 28, 28]")
+    clean: list[float] = Field(description="the input, flattened (row-major)")
+    adversarial: list[float] = Field(description="the adversarial input, flattened")
+    attribution: list[float] = Field(
+        description="per feature: perturbation × gradient of the logit margin (adversarial "
+        "class − label) at the adversarial input, i.e. its first-order share of the flip"
+    )
+    clean_prediction: int
+    clean_confidence: float
+    adversarial_prediction: int
+    adversarial_confidence: float
+    perturbation_norm: float = Field(description="in the threat's norm")
 
 
 class ThreatCalibration(_Strict):
@@ -99,6 +121,9 @@ class ThreatResult(_Strict):
     )
     calibration: ThreatCalibration | None = Field(
         default=None, description="ECE, Brier, NLL on the attacked inputs (schema >= 1.1)"
+    )
+    examples: list[AdversarialExample] = Field(
+        default_factory=list, description="a few broken samples for reports (schema >= 1.1)"
     )
 
 

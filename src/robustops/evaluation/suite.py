@@ -20,9 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from robustops._util import environment, make_generator
-from robustops.attacks import Attack
+from robustops.attacks import Attack, perturbation_norm
 from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
 from robustops.evaluation.result import (
+    AdversarialExample,
     AttackFigures,
     LatencyFigures,
     SamplesRecord,
@@ -94,6 +95,7 @@ def run_suite(
     temperature: TemperatureFit | None = None,
     n_bins: int = 15,
     latency_calls: int = 100,
+    n_examples: int = 4,
 ) -> SuiteResult:
     """Evaluate ``model`` on ``inputs`` ``(N, ...)`` / ``labels`` ``(N,)`` under each threat.
 
@@ -114,6 +116,8 @@ def run_suite(
             reported before and after scaling. Predictions, hence robust accuracy, do not change.
         n_bins: equal-width (and equal-mass) bins of the calibration figures.
         latency_calls: single-input forward calls timed for the latency percentiles (0: none).
+        n_examples: adversarial examples kept per threat for reports (the first ones broken),
+            with their attribution maps.
     """
     if inputs.shape[0] != labels.shape[0]:
         raise ValueError("inputs and labels differ in length")
@@ -142,7 +146,7 @@ def run_suite(
         threat_results = []
         for st in threats:
             tr, attacked_logits = _run_threat(
-                model, x, y, clean_logits, st, batch_size, dev, gen, progress
+                model, x, y, clean_logits, st, batch_size, dev, gen, progress, n_examples
             )
             if calibration and n:
                 tr.calibration = ThreatCalibration(
@@ -232,6 +236,7 @@ def _run_threat(
     dev: torch.device,
     gen: torch.Generator,
     progress: Callable[[ProgressEvent], None] | None,
+    n_examples: int,
 ) -> tuple[ThreatResult, Tensor]:
     """The threat's figures and, per sample, the logits ``(N, K)`` of its worst-case input."""
     threat = st.threat
@@ -250,6 +255,7 @@ def _run_threat(
     broken_by: list[str | None] = [None] * n
     queries = torch.zeros(n, dtype=torch.int64)
     figures: list[AttackFigures] = []
+    kept: list[tuple[int, str, Tensor]] = []  # the first broken samples: index, attack, input
     t_threat = time.perf_counter()
     for attack in st.attacks:
         idx = robust.nonzero().squeeze(1)
@@ -282,6 +288,9 @@ def _run_threat(
             robust[hit] = False
             for i in hit.tolist():
                 broken_by[i] = attack.name
+            for j in success.nonzero().squeeze(1).tolist():
+                if len(kept) < n_examples:
+                    kept.append((int(b[j]), attack.name, res.adversarial[j].detach().cpu()))
             n_broken += int(success.sum())
             perts.append(res.perturbation.cpu()[success])
             if progress is not None:
@@ -322,8 +331,71 @@ def _run_threat(
         broken_by=broken_by,
         queries=queries.tolist(),
         targets=targets.tolist() if targets is not None else None,
+        examples=_examples(model, x, y, targets, clean_logits, kept, threat, dev),
     )
     return result, worst_logits
+
+
+def _examples(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    targets: Tensor | None,
+    clean_logits: Tensor,
+    kept: list[tuple[int, str, Tensor]],
+    threat: ThreatModel,
+    dev: torch.device,
+) -> list[AdversarialExample]:
+    """Records of the kept adversarial examples, with the attribution ``δ ⊙ ∇(z_adv − z_label)``
+    at the adversarial input: the first-order share of each feature's change in the logit
+    margin that flipped the prediction (zeros for a model without gradients)."""
+    if not kept:
+        return []
+    idx = torch.tensor([k[0] for k in kept])
+    adv = torch.stack([k[2] for k in kept]).to(dev)
+    clean = x[idx].to(dev)
+    labels = y[idx].to(dev)
+    differentiable = getattr(model, "differentiable", True)
+    with torch.enable_grad():
+        inp = adv.clone().requires_grad_(differentiable)
+        logits = model(inp)
+        pred = logits.argmax(1)
+        if differentiable:
+            rows = torch.arange(len(kept), device=dev)
+            margin = logits[rows, pred] - logits[rows, labels]
+            (grad,) = torch.autograd.grad(margin.sum(), inp)
+            attribution = ((adv - clean) * grad).detach().cpu()
+        else:
+            attribution = torch.zeros_like(adv).cpu()
+    adv_probs = logits.detach().float().softmax(1).cpu()
+    clean_probs = clean_logits[idx].softmax(1)
+    norms = perturbation_norm(adv.cpu() - clean.cpu(), threat.norm)
+
+    def flat(t: Tensor) -> list[float]:
+        return [round(v, 5) for v in t.flatten().tolist()]
+
+    out = []
+    for k, (i, attack, _) in enumerate(kept):
+        p_adv = int(pred[k])
+        p_clean = int(clean_probs[k].argmax())
+        out.append(
+            AdversarialExample(
+                index=i,
+                label=int(y[i]),
+                target=int(targets[i]) if targets is not None else None,
+                attack=attack,
+                shape=list(x.shape[1:]),
+                clean=flat(x[i]),
+                adversarial=flat(adv[k].cpu()),
+                attribution=[float(f"{v:.4g}") for v in attribution[k].flatten().tolist()],
+                clean_prediction=p_clean,
+                clean_confidence=float(clean_probs[k, p_clean]),
+                adversarial_prediction=p_adv,
+                adversarial_confidence=float(adv_probs[k, p_adv]),
+                perturbation_norm=float(norms[k]),
+            )
+        )
+    return out
 
 
 def _threat_loss(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
