@@ -102,6 +102,8 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         ("evaluation.audit", {"threats": ["linf", "x"]}, "evaluation.audit.threats.1"),
         ("evaluation.audit", {"n_samples": 0}, "evaluation.audit.n_samples"),
         ("evaluation.certification", {"sigma": -1}, "evaluation.certification.sigma"),
+        ("evaluation.tiers", {"quick": {"threats": ["nope"]}}, "evaluation.tiers.quick.threats.0"),
+        ("evaluation.tiers", {"quick": {"n_samples": 0}}, "evaluation.tiers.quick.n_samples"),
         (
             "evaluation.certification",
             {"sigma": 0.5, "alpha": 2},
@@ -196,3 +198,28 @@ def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
 def test_attacks_listing() -> None:
     result = CliRunner().invoke(app, ["attacks"])
     assert result.exit_code == 0 and "pgd" in result.output
+
+
+def test_budget_tiers_cut_the_suite_down(tmp_path: Path) -> None:
+    tiers = {
+        "quick": {"n_samples": 20, "attacks": ["pgd"], "audit": False},
+        "l2-only": {"threats": ["l2"]},
+        "broken": {"attacks": ["fgsm"]},
+        "nightly": {},
+    }
+    spec = _with("evaluation.tiers", tiers)
+    spec["evaluation"]["audit"] = {"n_samples": 10}
+    s = load_spec(_write(tmp_path, spec))
+    quick = s.with_tier("quick")
+    assert quick.evaluation is not None and quick.evaluation.n_samples == 20
+    assert [[a.name for a in t.attacks] for t in quick.evaluation.threats] == [["pgd"], ["pgd"]]
+    assert quick.evaluation.audit is None
+    only = s.with_tier("l2-only")
+    assert only.evaluation is not None and [t.name for t in only.evaluation.threats] == ["l2"]
+    assert s.with_tier("nightly").evaluation == s.evaluation
+    with pytest.raises(SpecError) as info:
+        s.with_tier("broken")  # the l2 threat has no fgsm
+    assert info.value.errors[0][0] == "evaluation.tiers.broken.attacks"
+    with pytest.raises(SpecError) as info:
+        s.with_tier("weekly")
+    assert info.value.errors[0][0] == "evaluation.tiers"

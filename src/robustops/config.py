@@ -199,6 +199,25 @@ class CertificationSpec(_Strict):
         return sorted(v)
 
 
+class TierSpec(_Strict):
+    """A budget tier of the suite, e.g. ``quick`` for pull requests and ``full`` for nightly:
+    what it keeps of the evaluation section (everything when a field is null).
+
+    Attributes:
+        n_samples: evaluated test samples.
+        threats: names of the threats kept.
+        attacks: names of the attacks kept in every threat (order unchanged); a threat left
+            without attacks is an error.
+        audit, certification: keep those sections.
+    """
+
+    n_samples: int | None = Field(default=None, ge=1)
+    threats: list[str] | None = None
+    attacks: list[str] | None = None
+    audit: bool = True
+    certification: bool = True
+
+
 class EvaluationSpec(_Strict):
     """The suite: threats with their attacks, on ``n_samples`` test samples (all when null), and
     the optional calibration, gradient-masking audit and certification."""
@@ -209,6 +228,7 @@ class EvaluationSpec(_Strict):
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     audit: AuditSpec | None = None
     certification: CertificationSpec | None = None
+    tiers: dict[str, TierSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> EvaluationSpec:
@@ -231,6 +251,15 @@ class EvaluationSpec(_Strict):
                     f"{self.calibration.threat!r} is not one of the threats {names}",
                 )
             )
+        for tier, ts in self.tiers.items():
+            for i, name in enumerate(ts.threats or []):
+                if name not in names:
+                    errors.append(
+                        (
+                            f"evaluation.tiers.{tier}.threats.{i}",
+                            f"{name!r} is not one of the threats {names}",
+                        )
+                    )
         for i, name in enumerate(self.audit.threats or [] if self.audit else []):
             if name not in names:
                 errors.append(
@@ -257,6 +286,43 @@ class PipelineSpec(_Strict):
     catalog: ThreatCatalog | None = None
     train: TrainSpec | None = None
     evaluation: EvaluationSpec | None = None
+
+    def with_tier(self, tier: str) -> PipelineSpec:
+        """This spec with the evaluation cut down to budget tier ``tier`` (see :class:`TierSpec`)."""
+        ev = self._evaluation()
+        if tier not in ev.tiers:
+            raise SpecError.single(
+                "evaluation.tiers", f"no tier {tier!r}; the spec defines {sorted(ev.tiers)}"
+            )
+        t = ev.tiers[tier]
+        threats = []
+        for ts in ev.threats:
+            if t.threats is not None and ts.name not in t.threats:
+                continue
+            attacks = [a for a in ts.attacks if t.attacks is None or a.name in t.attacks]
+            if not attacks:
+                raise SpecError.single(
+                    f"evaluation.tiers.{tier}.attacks",
+                    f"keeps no attack of threat {ts.name!r} (it has {[a.name for a in ts.attacks]})",
+                )
+            threats.append(ts.model_copy(update={"attacks": attacks}))
+        kept = {x.name for x in threats}
+        audit = ev.audit if t.audit else None
+        if audit is not None and audit.threats is not None:
+            audit = audit.model_copy(update={"threats": [n for n in audit.threats if n in kept]})
+        calibration = ev.calibration
+        if calibration.threat is not None and calibration.threat not in kept:
+            calibration = calibration.model_copy(update={"threat": None})
+        new_ev = ev.model_copy(
+            update={
+                "n_samples": t.n_samples if t.n_samples is not None else ev.n_samples,
+                "threats": threats,
+                "audit": audit,
+                "certification": ev.certification if t.certification else None,
+                "calibration": calibration,
+            }
+        )
+        return self.model_copy(update={"evaluation": new_ev})
 
     def catalog_errors(self) -> list[tuple[str, str]]:
         """Catalog entries that name an evaluation threat the spec does not have."""

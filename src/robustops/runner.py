@@ -157,10 +157,12 @@ def evaluate_spec(
     *,
     seed: int | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    tier: str | None = None,
 ) -> SuiteResult:
     """Run the spec's evaluation suite on its model and the first ``n_samples`` test samples,
     with the calibration figures (temperature fitted on the test samples after them), and the
-    gradient-masking audit and certification when the spec asks for them."""
+    gradient-masking audit and certification when the spec asks for them. ``tier`` is only
+    recorded in the result: cut the spec down with :meth:`PipelineSpec.with_tier` first."""
     data, model, device, n = _load_for_evaluation(spec)
     assert spec.evaluation is not None
     ev = spec.evaluation
@@ -214,6 +216,7 @@ def evaluate_spec(
             "audit": audits,
             "certification": certification,
             "catalog_sha256": spec.catalog.content_hash() if spec.catalog else None,
+            "tier": tier,
         }
     )
 

@@ -168,6 +168,9 @@ class SuiteResult(_Strict):
     calibration: SuiteCalibration | None = Field(
         default=None, description="clean calibration and the fitted temperature (schema >= 1.1)"
     )
+    tier: str | None = Field(
+        default=None, description="the spec's budget tier this run used (null: the whole suite)"
+    )
     catalog_sha256: str | None = Field(
         default=None, description="version (content hash) of the spec's threat catalog, if any"
     )
