@@ -127,6 +127,12 @@ def evaluate(
     plots: Annotated[
         Path | None, typer.Option("--plots", help="write reliability diagrams (PNG) to this folder")
     ] = None,
+    tier: Annotated[
+        str | None,
+        typer.Option(
+            "--tier", help="budget tier of evaluation.tiers, e.g. quick for pull requests"
+        ),
+    ] = None,
 ) -> None:
     """Run the spec's evaluation suite and write the result JSON."""
     from robustops.config import load_spec
@@ -135,6 +141,8 @@ def evaluate(
 
     try:
         s = load_spec(spec)
+        if tier is not None:
+            s = s.with_tier(tier)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -151,7 +159,7 @@ def evaluate(
                     tasks[key] = bar.add_task(f"{ev.threat} · {ev.attack}", total=max(ev.total, 1))
                 bar.update(tasks[key], completed=ev.done if ev.total else 1)
 
-            result = evaluate_spec(s, seed=seed, progress=on_progress)
+            result = evaluate_spec(s, seed=seed, progress=on_progress, tier=tier)
         result.save(out)
     except RobustOpsError as exc:
         _fail(exc)
@@ -307,6 +315,95 @@ def certify(
     _print_result(result, out, plots)
 
 
+if TYPE_CHECKING:
+    from robustops.gate import GateReport
+
+
+_GATE_STATUS = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+
+
+def _gate_table(report: GateReport) -> Table:
+    from rich.markup import escape
+
+    against = f" vs baseline {report.baseline.name}" if report.baseline is not None else ""
+    tier = f" (tier {report.tier})" if report.tier else ""
+    verdict = "[green]passed[/]" if report.passed else "[bold red]failed[/]"
+    table = Table(
+        title=f"robustness gate{escape(tier)}: {escape(report.new.name + against)}: {verdict}"
+    )
+    table.add_column("rule")
+    table.add_column("status")
+    table.add_column("reason")
+    for r in report.rules:
+        table.add_row(escape(r.rule), _GATE_STATUS[r.status], escape(r.reason))
+    return table
+
+
+def _write_junit(path: Path, xml: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(xml, encoding="utf-8")
+    except OSError as exc:
+        raise SpecError.single("--junit", f"cannot write {path}: {exc}") from None
+
+
+@app.command()
+def gate(
+    result: Annotated[Path, typer.Option("--result", "-r", help="the new result JSON")],
+    policy: Annotated[Path, typer.Option("--policy", "-p", help="gate policy (YAML)")],
+    baseline: Annotated[
+        Path | None,
+        typer.Option("--baseline", "-b", help="the accepted baseline result JSON"),
+    ] = None,
+    tier: Annotated[
+        str | None,
+        typer.Option(
+            "--tier",
+            help="rule set from the policy's tiers (default: the top-level rules, else 'full')",
+        ),
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option("--junit", help="write a JUnit XML report to this file")
+    ] = None,
+) -> None:
+    """Check a result against a policy and the accepted baseline (regressions beyond sampling
+    noise). Exit 0 when every rule passes, 1 when one fails, 2 for invalid input."""
+    from rich.markup import escape
+
+    from robustops.evaluation import SuiteResult
+    from robustops.gate import evaluate_gate, load_policy
+    from robustops.junit import to_junit_xml
+
+    try:
+        rules = load_policy(policy, tier)
+        new = SuiteResult.load(result)
+        base = SuiteResult.load(baseline) if baseline is not None else None
+        report = evaluate_gate(new, base, rules)
+        if junit is not None:
+            _write_junit(junit, to_junit_xml(new, report))
+    except RobustOpsError as exc:
+        _fail(exc)
+        return
+    console.print(_gate_table(report))
+    for w in report.warnings:
+        console.print(f"[yellow]warning[/]: {escape(w)}", highlight=False, soft_wrap=True)
+    if junit is not None:
+        console.print(f"JUnit XML written to [green]{escape(str(junit))}[/]")
+    failures = report.failures()
+    if not failures:
+        console.print(f"[green]gate passed[/]: {len(report.rules)} rules checked")
+        return
+    console.print(
+        f"[bold red]gate failed[/]: {len(failures)} of {len(report.rules)} rules failed",
+        highlight=False,
+    )
+    for r in failures:
+        console.print(
+            f"  [red]{escape(r.rule)}[/]: {escape(r.reason)}", highlight=False, soft_wrap=True
+        )
+    raise typer.Exit(code=1)
+
+
 @app.command("attacks")
 def list_attacks() -> None:
     """List the registered attacks."""
@@ -401,6 +498,46 @@ def schema(
     else:
         out.write_text(text + "\n")
         console.print(f"schema written to [green]{out}[/]")
+
+
+def _report_formats(text: str) -> list[str]:
+    from robustops.report import parse_formats
+
+    try:
+        return parse_formats(text)
+    except SpecError as exc:
+        raise SpecError([("--format", msg) for _, msg in exc.errors]) from None
+
+
+@app.command()
+def report(
+    result: Annotated[Path, typer.Argument(help="a result JSON (robustops evaluate / certify)")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="folder to write the report and its figures to")
+    ] = Path("report"),
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="comma-separated formats: md, html")
+    ] = "md,html",
+) -> None:
+    """Write a human-readable report of a result: Markdown with PNG figures beside it and/or
+    one self-contained HTML page (figures inlined, nothing fetched)."""
+    from rich.markup import escape
+
+    from robustops.evaluation import SuiteResult
+    from robustops.report import write_report
+
+    try:
+        formats = _report_formats(fmt)
+        res = SuiteResult.load(result)
+        try:
+            written = write_report(res, out, formats)
+        except OSError as exc:
+            raise SpecError.single("--out", f"cannot write {out}: {exc}") from None
+    except RobustOpsError as exc:
+        _fail(exc)
+        return
+    for path in written:
+        console.print(f"report written to [green]{escape(str(path))}[/]", soft_wrap=True)
 
 
 @app.command()

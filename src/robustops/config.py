@@ -17,6 +17,7 @@ from robustops.attacks import Attack, build_attack
 from robustops.data import DATASETS
 from robustops.errors import SpecError
 from robustops.evaluation.suite import SuiteThreat
+from robustops.gate import GatePolicyFile
 from robustops.threats import ThreatCatalog, ThreatModel, validation_error_to_spec_error
 from robustops.training.recipe import Recipe
 
@@ -286,6 +287,7 @@ class PipelineSpec(_Strict):
     catalog: ThreatCatalog | None = None
     train: TrainSpec | None = None
     evaluation: EvaluationSpec | None = None
+    gate: GatePolicyFile | None = None
 
     def with_tier(self, tier: str) -> PipelineSpec:
         """This spec with the evaluation cut down to budget tier ``tier`` (see :class:`TierSpec`)."""

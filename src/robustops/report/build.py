@@ -1,0 +1,582 @@
+"""From a :class:`~robustops.evaluation.result.SuiteResult` to a format-neutral
+:class:`~robustops.report.document.Document`: every figure, table and sentence of the report is
+decided here, once, so the Markdown and HTML reports say the same thing."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import Any
+
+from robustops.evaluation.masking import AuditResult
+from robustops.evaluation.metrics import CalibrationMetrics
+from robustops.evaluation.plots import (
+    certified_accuracy_figure,
+    figure_png,
+    reliability_curves,
+    reliability_figure,
+)
+from robustops.evaluation.result import SuiteResult, ThreatResult
+from robustops.report.document import (
+    Block,
+    Cell,
+    Document,
+    Figure,
+    Gallery,
+    KeyValues,
+    Paragraph,
+    Section,
+    Status,
+    Table,
+    slug,
+)
+from robustops.report.examples import ExampleContext, render_example
+from robustops.report.figures import (
+    AccuracyPoint,
+    SweepSeries,
+    robustness_curve_figure,
+)
+
+__all__ = ["MAX_EXAMPLES", "audit_sweep", "build_document", "wilson_interval"]
+
+MAX_EXAMPLES = 8
+"""Adversarial examples shown per threat."""
+
+_NORM_NAME = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
+_DASH = "—"
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``k / n`` (``(0, 1)`` when ``n == 0``)."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def audit_sweep(audit: AuditResult) -> tuple[list[tuple[float, float]], tuple[float, float] | None]:
+    """The epsilon sweep of an audit's ``monotone_in_epsilon`` check: ``([(epsilon, PGD
+    success)], (unbounded epsilon, success) or None)``, bounded budgets sorted by epsilon; empty
+    when the check is missing or skipped."""
+    try:
+        check = audit.check("monotone_in_epsilon")
+    except KeyError:
+        return [], None
+    if check.status == "skip":
+        return [], None
+    f = check.figures
+    points: list[tuple[float, float]] = []
+    unbounded: tuple[float, float] | None = None
+    for key, eps in f.items():
+        if not key.startswith("eps_"):
+            continue
+        suffix = key[len("eps_") :]
+        success = f.get(f"success_{suffix}")
+        if success is None:
+            continue
+        if suffix == "unbounded":
+            unbounded = (eps, success)
+        else:
+            points.append((eps, success))
+    return sorted(points), unbounded
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def _ci(lo_hi: tuple[float, float]) -> str:
+    return f"[{_pct(lo_hi[0])}, {_pct(lo_hi[1])}]"
+
+
+def _num(v: float | None, fmt: str = ".4g") -> str:
+    return _DASH if v is None else format(v, fmt)
+
+
+def _threat_line(t: ThreatResult) -> str:
+    tm = t.threat
+    parts = [
+        f"{_NORM_NAME.get(tm.norm, tm.norm)} ε = {tm.epsilon:g}",
+        tm.knowledge,
+        "targeted" if tm.targeted else "untargeted",
+        f"bounds [{tm.bounds[0]:g}, {tm.bounds[1]:g}]",
+    ]
+    if tm.query_budget is not None:
+        parts.append(f"query budget {tm.query_budget}")
+    return ", ".join(parts)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or _DASH
+
+
+def _verdict_callout(r: SuiteResult) -> Paragraph:
+    verdict = r.audit_verdict() or "skip"
+    worst = [a for a in r.audit if a.verdict == verdict]
+    detail = "; ".join(a.summary for a in worst if a.verdict != "pass")
+    return Paragraph.of(
+        "Gradient-masking audit: ",
+        Status(verdict),
+        f" (worst over {len(r.audit)} audited threat{'s' if len(r.audit) != 1 else ''})",
+        f": {detail}" if detail else "",
+        callout=verdict,
+    )
+
+
+class _Builder:
+    def __init__(self, result: SuiteResult) -> None:
+        self.r = result
+        self._names: set[str] = set()
+        self._anchors: set[str] = set()
+        self._audits = {a.threat: a for a in result.audit}
+
+    # --- unique names -------------------------------------------------------------------------
+
+    def figure_name(self, stem: str) -> str:
+        base = f"fig-{len(self._names) + 1:02d}-{slug(stem, 'figure')}"
+        name, i = f"{base}.png", 1
+        while name in self._names:
+            i += 1
+            name = f"{base}-{i}.png"
+        self._names.add(name)
+        return name
+
+    def anchor(self, text: str) -> str:
+        base = slug(text, "section")
+        a, i = base, 1
+        while a in self._anchors:
+            i += 1
+            a = f"{base}-{i}"
+        self._anchors.add(a)
+        return a
+
+    def section(self, title: str, level: int = 2, key: str | None = None) -> Section:
+        return Section(title=title, anchor=self.anchor(key or title), level=level)
+
+    def figure(self, stem: str, fig: Any, alt: str, caption: str = "") -> Figure:
+        return Figure(self.figure_name(stem), figure_png(fig), alt, caption)
+
+    # --- the document -------------------------------------------------------------------------
+
+    def build(self) -> Document:
+        r = self.r
+        doc = Document(title=f"Robustness report: {r.name}", header=[self.header()])
+        if r.audit:
+            doc.header.append(_verdict_callout(r))
+        doc.sections.append(self.summary())
+        if r.threats:
+            doc.sections.append(self.curves())
+            doc.sections.append(self.threats())
+        if r.audit:
+            doc.sections.append(self.audit())
+        if r.calibration is not None:
+            doc.sections.append(self.calibration())
+        if r.certification is not None:
+            doc.sections.append(self.certification())
+        if r.threats:
+            doc.sections.append(self.gallery())
+        return doc
+
+    def header(self) -> KeyValues:
+        r = self.r
+        env = r.environment
+        environment = ", ".join(
+            f"{k} {env[k]}" for k in ("torch", "python", "robustops", "numpy") if k in env
+        )
+        if "platform" in env:
+            environment += f"; {env['platform']}"
+        data = r.data
+        items: list[tuple[str, Cell]] = [
+            ("run", r.name),
+            ("created", r.created_at),
+            ("schema version", r.schema_version),
+            ("seed", str(r.seed)),
+            ("device", r.device),
+            ("samples", f"{r.n_samples} ({r.samples.split} split)"),
+            ("model", str(r.model.get("factory", _DASH))),
+            ("model sha256", str(r.model.get("weights_sha256") or _DASH)),
+            ("data", str(data.get("name", _DASH))),
+            ("data fingerprint", str(data.get("fingerprint") or _DASH)),
+            ("environment", environment or _DASH),
+        ]
+        if r.catalog_sha256:
+            items.append(("threat catalog sha256", r.catalog_sha256))
+        verdict = r.audit_verdict()
+        if verdict is not None:
+            items.append(("gradient-masking audit", Status(verdict)))
+        items.append(("wall time", f"{r.wall_time_s:.1f} s"))
+        return KeyValues(tuple(items))
+
+    def summary(self) -> Section:
+        r = self.r
+        sec = self.section("Summary")
+        n = r.n_samples
+        n_clean = sum(r.samples.clean_correct)
+        clean_ece = r.calibration.clean.ece if r.calibration is not None else None
+        rows: list[tuple[Cell, ...]] = [
+            (
+                "clean",
+                _DASH,
+                _pct(r.clean_accuracy),
+                _ci(wilson_interval(n_clean, n)),
+                _DASH,
+                _num(clean_ece, ".3f"),
+                _DASH,
+            )
+        ]
+        for t in r.threats:
+            audit = self._audits.get(t.name)
+            ece = t.calibration.attacked.ece if t.calibration is not None else None
+            rows.append(
+                (
+                    t.name,
+                    _threat_line(t),
+                    _pct(t.robust_accuracy),
+                    _ci(wilson_interval(t.n_robust, n)),
+                    _pct(t.attack_success_rate),
+                    _num(ece, ".3f"),
+                    Status(audit.verdict) if audit is not None else "not audited",
+                )
+            )
+        sec.blocks.append(
+            Table(
+                (
+                    "inputs",
+                    "threat model",
+                    "accuracy",
+                    "95% CI (Wilson)",
+                    "attack success",
+                    "ECE",
+                    "masking audit",
+                ),
+                tuple(rows),
+                numeric=frozenset({2, 3, 4, 5}),
+                caption=f"{n} evaluated samples; robust accuracy = correct and not broken by any "
+                "attack of the threat; ECE on the clean, resp. attacked, inputs",
+            )
+        )
+        lat = r.latency
+        if lat is not None:
+            sec.blocks.append(
+                Table(
+                    ("latency p50", "p95", "p99", "mean", "throughput"),
+                    (
+                        (
+                            f"{lat.p50_ms:.2f} ms",
+                            f"{lat.p95_ms:.2f} ms",
+                            f"{lat.p99_ms:.2f} ms",
+                            f"{lat.mean_ms:.2f} ms",
+                            f"{lat.throughput_per_s:,.0f} samples/s",
+                        ),
+                    ),
+                    numeric=frozenset({0, 1, 2, 3, 4}),
+                    caption=f"single-input latency over {lat.n_calls} calls on {r.device}; "
+                    f"throughput in batches of {lat.batch_size}",
+                )
+            )
+        else:
+            sec.blocks.append(Paragraph.of("Latency was not measured.", note=True))
+        return sec
+
+    def curves(self) -> Section:
+        r = self.r
+        sec = self.section("Robust accuracy against epsilon", key="curves")
+        sec.blocks.append(
+            Paragraph.of(
+                "Threats grouped by norm and goal; epsilon 0 is the clean accuracy. Dashed: the "
+                "gradient-masking audit's epsilon sweep, 1 − PGD success on the audited "
+                "(correctly classified) samples only, so it is not on the same base as the "
+                "robust accuracy.",
+                note=True,
+            )
+        )
+        groups: dict[tuple[str, bool], list[ThreatResult]] = {}
+        for t in r.threats:
+            groups.setdefault((t.threat.norm, t.threat.targeted), []).append(t)
+        n = r.n_samples
+        clean_ci = wilson_interval(sum(r.samples.clean_correct), n)
+        for (norm, targeted), threats in groups.items():
+            goal = "targeted" if targeted else "untargeted"
+            title = f"{_NORM_NAME.get(norm, norm)}, {goal}"
+            sub = self.section(title, level=3, key=f"curve {norm} {goal}")
+            points = [AccuracyPoint(0.0, r.clean_accuracy, *clean_ci, "clean")]
+            rows: list[tuple[Cell, ...]] = [("clean", "0", _pct(r.clean_accuracy), _ci(clean_ci))]
+            for t in sorted(threats, key=lambda t: t.threat.epsilon):
+                ci = wilson_interval(t.n_robust, n)
+                points.append(AccuracyPoint(t.threat.epsilon, t.robust_accuracy, *ci, t.name))
+                rows.append((t.name, f"{t.threat.epsilon:g}", _pct(t.robust_accuracy), _ci(ci)))
+            sweeps: list[SweepSeries] = []
+            sweep_rows: list[tuple[Cell, ...]] = []
+            for t in threats:
+                audit = self._audits.get(t.name)
+                if audit is None:
+                    continue
+                pts, unbounded = audit_sweep(audit)
+                if not pts and unbounded is None:
+                    continue
+                label = f"audit of {t.name}: 1 − PGD success on {audit.n_samples} audited samples"
+                sweeps.append(SweepSeries(label, tuple((e, 1 - s) for e, s in pts)))
+                for e, s in pts:
+                    sweep_rows.append((t.name, f"{e:g}", _pct(s), _pct(1 - s)))
+                if unbounded is not None:
+                    e, s = unbounded
+                    sweep_rows.append((t.name, f"{e:g} (unbounded)", _pct(s), _pct(1 - s)))
+            fig = robustness_curve_figure(
+                points, sweeps, title=f"robust accuracy, {title}", norm=norm
+            )
+            caption = f"robust accuracy against {_NORM_NAME.get(norm, norm)} epsilon ({goal})"
+            sub.blocks.append(self.figure(f"robustness-{norm}-{goal}", fig, caption, caption))
+            sub.blocks.append(
+                Table(
+                    ("threat", "epsilon", "robust accuracy", "95% CI (Wilson)"),
+                    tuple(rows),
+                    numeric=frozenset({1, 2, 3}),
+                )
+            )
+            if sweep_rows:
+                sub.blocks.append(
+                    Table(
+                        ("audited threat", "epsilon", "PGD success", "1 − success"),
+                        tuple(sweep_rows),
+                        numeric=frozenset({1, 2, 3}),
+                        caption="gradient-masking audit sweep, on the audited (correctly "
+                        "classified) samples; the unbounded budget is not plotted",
+                    )
+                )
+            sec.subsections.append(sub)
+        return sec
+
+    def threats(self) -> Section:
+        r = self.r
+        sec = self.section("Threats")
+        for t in r.threats:
+            sub = self.section(t.name, level=3, key=f"threat {t.name}")
+            audit = self._audits.get(t.name)
+            sub.status = Status(audit.verdict) if audit is not None else None
+            ci = wilson_interval(t.n_robust, r.n_samples)
+            sub.blocks.append(Paragraph.of(_threat_line(t)))
+            sub.blocks.append(
+                Paragraph.of(
+                    f"Robust accuracy {_pct(t.robust_accuracy)} ({t.n_robust}/{r.n_samples}, "
+                    f"95% CI {_ci(ci)}); attack success {_pct(t.attack_success_rate)} of the "
+                    f"correctly classified samples; {t.total_queries:,} queries; "
+                    f"{t.wall_time_s:.2f} s."
+                )
+            )
+            rows = tuple(
+                (
+                    a.name,
+                    _params(a.params),
+                    str(a.n_attacked),
+                    str(a.n_broken),
+                    _pct(a.success_rate),
+                    f"{a.mean_queries:.1f}",
+                    _num(a.median_perturbation),
+                    f"{a.wall_time_s:.2f}",
+                )
+                for a in t.attacks
+            )
+            sub.blocks.append(
+                Table(
+                    (
+                        "attack",
+                        "params",
+                        "attacked",
+                        "broken",
+                        "success rate",
+                        "mean queries",
+                        "median perturbation",
+                        "wall time (s)",
+                    ),
+                    rows,
+                    numeric=frozenset({2, 3, 4, 5, 6, 7}),
+                    caption="attacks run in order on the samples still robust; median "
+                    f"perturbation of the successes in {_NORM_NAME.get(t.threat.norm, t.threat.norm)}",
+                )
+            )
+            sec.subsections.append(sub)
+        return sec
+
+    def audit(self) -> Section:
+        r = self.r
+        sec = self.section("Gradient-masking audit", key="audit")
+        verdict = r.audit_verdict()
+        assert verdict is not None
+        sec.status = Status(verdict)
+        sec.blocks.append(_verdict_callout(r))
+        for a in r.audit:
+            sub = self.section(f"audit: {a.threat}", level=3, key=f"audit {a.threat}")
+            sub.status = Status(a.verdict)
+            eot = f"; stochastic model, EOT over {a.eot_samples} passes" if a.stochastic else ""
+            sub.blocks.append(Paragraph.of(Status(a.verdict), " ", a.summary))
+            sub.blocks.append(
+                Paragraph.of(
+                    f"{a.n_samples} of {a.n_inputs} inputs audited (those classified correctly)"
+                    f"{eot}; seed {a.seed}; {a.wall_time_s:.1f} s.",
+                    note=True,
+                )
+            )
+            sub.blocks.append(
+                Table(
+                    ("check", "status", "reason"),
+                    tuple((c.name, Status(c.status), c.reason) for c in a.checks),
+                )
+            )
+            sec.subsections.append(sub)
+        return sec
+
+    def calibration(self) -> Section:
+        r = self.r
+        cal = r.calibration
+        assert cal is not None
+        sec = self.section("Calibration")
+        raw, scaled = reliability_curves(r)
+        raw = [(k if k == "clean" else f"{k} attacked", m) for k, m in raw]
+        scaled = [(k if k == "clean" else f"{k} attacked", m) for k, m in scaled]
+        fit = cal.temperature
+        if fit is not None:
+            sec.blocks.append(
+                Paragraph.of(
+                    f"Temperature {fit.temperature:.3g} fitted on {fit.fit_on} held-out inputs "
+                    f"({fit.n_clean} clean, {fit.n_adversarial} adversarial); held-out NLL "
+                    f"{fit.nll_before:.3f} → {fit.nll_after:.3f}, ECE {fit.ece_before:.3f} → "
+                    f"{fit.ece_after:.3f}."
+                )
+            )
+        alt = "reliability diagram, clean and attacked inputs"
+        sec.blocks.append(
+            self.figure(
+                "reliability",
+                reliability_figure(raw, title="uncalibrated", dpi=100),
+                alt,
+                f"uncalibrated; ECE over {cal.n_bins} equal-width bins in the legend",
+            )
+        )
+        if scaled:
+            sec.blocks.append(
+                self.figure(
+                    "reliability-scaled",
+                    reliability_figure(scaled, title="temperature-scaled", dpi=100),
+                    alt + " after temperature scaling",
+                    "after temperature scaling",
+                )
+            )
+        rows: list[tuple[Cell, ...]] = []
+
+        def row(label: str, m: CalibrationMetrics) -> tuple[Cell, ...]:
+            return (
+                label,
+                f"{m.temperature:.3g}",
+                str(m.n),
+                _pct(m.accuracy),
+                f"{m.mean_confidence:.3f}",
+                f"{m.ece:.3f}",
+                f"{m.adaptive_ece:.3f}",
+                f"{m.brier:.3f}",
+                f"{m.nll:.3f}",
+            )
+
+        for label, m in raw:
+            rows.append(row(label, m))
+        for label, m in scaled:
+            rows.append(row(f"{label}, scaled", m))
+        sec.blocks.append(
+            Table(
+                (
+                    "inputs",
+                    "temperature",
+                    "n",
+                    "accuracy",
+                    "confidence",
+                    "ECE",
+                    "adaptive ECE",
+                    "Brier",
+                    "NLL",
+                ),
+                tuple(rows),
+                numeric=frozenset(range(1, 9)),
+                caption="attacked: each sample's worst case over the threat's attacks",
+            )
+        )
+        return sec
+
+    def certification(self) -> Section:
+        cert = self.r.certification
+        assert cert is not None
+        sec = self.section("Certification")
+        sec.blocks.append(
+            Paragraph.of(
+                f"Randomized smoothing: σ = {cert.sigma:g}, n0 = {cert.n0}, n = {cert.n}, "
+                f"α = {cert.alpha:g}, {cert.n_samples} samples. Smoothed clean accuracy "
+                f"{_pct(cert.clean_accuracy)}, abstained {_pct(cert.abstain_rate)}, average "
+                f"certified radius {cert.average_certified_radius:.3f}, largest certifiable "
+                f"radius {cert.max_certifiable_radius:.3f} (dotted); "
+                f"{cert.samples_per_second:,.0f} noisy samples/s, {cert.wall_time_s:.1f} s."
+            )
+        )
+        caption = "certified accuracy against L2 radius"
+        sec.blocks.append(
+            self.figure(
+                "certified-accuracy",
+                certified_accuracy_figure([cert], title=caption, dpi=100),
+                caption,
+                caption,
+            )
+        )
+        grid = sorted(cert.certified_accuracy.items(), key=lambda kv: float(kv[0]))
+        rows = tuple(
+            (
+                f"{float(radius):g}",
+                _pct(acc),
+                _ci(wilson_interval(round(acc * cert.n_samples), cert.n_samples)),
+            )
+            for radius, acc in grid
+        )
+        sec.blocks.append(
+            Table(
+                ("L2 radius", "certified accuracy", "95% CI (Wilson)"),
+                rows,
+                numeric=frozenset({0, 1, 2}),
+            )
+        )
+        return sec
+
+    def gallery(self) -> Section:
+        sec = self.section("Adversarial examples", key="examples")
+        sec.blocks.append(
+            Paragraph.of(
+                "A few samples each threat broke. Images: clean, adversarial, the perturbation "
+                "δ (signed) and the attribution δ ⊙ ∇(z_adversarial − z_label) (signed: red "
+                "pushed towards the adversarial class); both on a scale symmetric around 0. "
+                "Feature vectors: the features that changed, by |attribution|.",
+                note=True,
+            )
+        )
+        any_examples = False
+        for t in self.r.threats:
+            examples = list(t.examples)
+            if not examples:
+                continue
+            any_examples = True
+            sub = self.section(t.name, level=3, key=f"examples {t.name}")
+            ctx = ExampleContext(t.name, t.threat, self.figure_name)
+            items = tuple(render_example(ex, ctx) for ex in examples[:MAX_EXAMPLES])
+            blocks: list[Block] = [Gallery(items)]
+            if len(examples) > MAX_EXAMPLES:
+                blocks.append(
+                    Paragraph.of(f"{len(examples) - MAX_EXAMPLES} more not shown.", note=True)
+                )
+            sub.blocks.extend(blocks)
+            sec.subsections.append(sub)
+        if not any_examples:
+            sec.blocks.append(Paragraph.of("The result records no adversarial examples."))
+        return sec
+
+
+def build_document(result: SuiteResult) -> Document:
+    """The report of ``result`` as a :class:`Document` (figures rendered)."""
+    return _Builder(result).build()
