@@ -23,6 +23,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/robustops train --spec configs/mnist.yaml
 	$(BIN)/robustops evaluate --spec configs/mnist.yaml --out artifacts/mnist_result.json --plots artifacts/figures
+	$(BIN)/robustops threats configs/mnist.yaml --result artifacts/mnist_result.json
+	$(BIN)/robustops report artifacts/mnist_result.json --out artifacts/report
+	$(BIN)/robustops gate --result artifacts/mnist_result.json --baseline baselines/mnist.json \
+		--policy configs/mnist.yaml --junit artifacts/gate.xml
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

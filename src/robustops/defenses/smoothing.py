@@ -32,7 +32,6 @@ inputs.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -637,43 +636,9 @@ def certified_accuracy_curve(
 def plot_certified_accuracy(
     results: Sequence[CertificationResult], path: str | Path, *, title: str | None = None
 ) -> Path:
-    """Plot certified accuracy against L2 radius (a step curve, one line per result, labelled
-    by its sigma) and save it as a PNG at ``path``; returns the path.
+    """Plot certified accuracy against L2 radius (a step curve per result, labelled by its
+    sigma, with the reported radii and the largest certifiable radius marked) and save it as a
+    PNG at ``path``; returns the path. Drawn on matplotlib's Agg canvas, never through pyplot."""
+    from robustops.evaluation.plots import certified_accuracy_figure, save_figure
 
-    Uses matplotlib's Agg backend (selected unless ``matplotlib.pyplot`` is already imported,
-    so an interactive session keeps its backend; the figure never goes through pyplot).
-    """
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6.0, 4.0), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    right = 0.0
-    for res in results:
-        pts = certified_accuracy_curve(res)
-        xs = [r for r, _ in pts]
-        ys = [a for _, a in pts]
-        end = max(xs[-1] * 1.05, xs[-1] + 0.05)
-        xs.append(end)
-        ys.append(0.0)
-        right = max(right, end)
-        ax.step(xs, ys, where="pre", label=f"σ = {res.sigma:g} (n = {res.n}, α = {res.alpha:g})")
-    ax.set_xlabel("L2 radius")
-    ax.set_ylabel("certified accuracy")
-    ax.set_xlim(0.0, right or 1.0)
-    ax.set_ylim(0.0, 1.02)
-    ax.grid(True, alpha=0.3)
-    if results:
-        ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(certified_accuracy_figure(results, title=title), path)
