@@ -113,3 +113,14 @@ def test_schema_command_exports_json_schema(tmp_path: Path) -> None:
     assert "catalog" in schema["properties"] and "evaluation" in schema["properties"]
     bad = CliRunner().invoke(app, ["schema", "--what", "nope"])
     assert bad.exit_code == 2 and "--what" in bad.output
+
+
+@pytest.mark.parametrize(("what", "name"), [("spec", "pipeline-spec"), ("result", "result")])
+def test_committed_json_schemas_are_current(tmp_path: Path, what: str, name: str) -> None:
+    out = tmp_path / "schema.json"
+    result = CliRunner().invoke(app, ["schema", "--what", what, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    committed = ROOT / "docs" / f"{name}.schema.json"
+    assert out.read_text() == committed.read_text(), (
+        f"docs/{name}.schema.json is stale: robustops schema --what {what} --out {committed}"
+    )
