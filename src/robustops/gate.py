@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scipy import stats
 
 from robustops.errors import SpecError
+from robustops.evaluation.metrics import wilson_interval as _wilson
 from robustops.evaluation.result import SuiteResult, ThreatResult
 from robustops.threats import validation_error_to_spec_error
 
@@ -249,20 +250,9 @@ class GateReport(_Strict):
 # -- statistics ----------------------------------------------------------------------------------
 
 
-def _z() -> float:
-    return float(stats.norm.ppf(0.5 + CONFIDENCE / 2))
-
-
 def wilson_interval(k: int, n: int) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion ``k / n`` (``(0, 1)`` when ``n == 0``)."""
-    if n <= 0:
-        return 0.0, 1.0
-    z = _z()
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """The Wilson score interval of ``k / n`` at the gate's confidence (95%)."""
+    return _wilson(k, n, CONFIDENCE)
 
 
 def mcnemar_exact(baseline: list[bool], new: list[bool]) -> tuple[int, int, float]:

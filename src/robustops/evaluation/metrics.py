@@ -13,6 +13,8 @@ and labels ``(N,)``. Confidence is the top softmax probability, a prediction its
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
 from typing import Literal
 
 import torch
@@ -29,6 +31,7 @@ __all__ = [
     "expected_calibration_error",
     "negative_log_likelihood",
     "reliability_bins",
+    "wilson_interval",
 ]
 
 
@@ -198,3 +201,18 @@ def calibration_metrics(
         nll=negative_log_likelihood(scaled, labels),
         bins=reliability_bins(scaled, labels, n_bins),
     )
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``k / n`` at ``confidence`` (``(0, 1)``
+    when ``n == 0``): well behaved near 0 and 1, unlike the normal approximation."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if k <= 0 else max(0.0, centre - half)
+    high = 1.0 if k >= n else min(1.0, centre + half)
+    return low, high

@@ -4,12 +4,10 @@ decided here, once, so the Markdown and HTML reports say the same thing."""
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
 from typing import Any
 
 from robustops.evaluation.masking import AuditResult
-from robustops.evaluation.metrics import CalibrationMetrics
+from robustops.evaluation.metrics import CalibrationMetrics, wilson_interval
 from robustops.evaluation.plots import (
     certified_accuracy_figure,
     figure_png,
@@ -44,18 +42,6 @@ MAX_EXAMPLES = 8
 
 _NORM_NAME = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
 _DASH = "—"
-
-
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion ``k / n`` (``(0, 1)`` when ``n == 0``)."""
-    if n <= 0:
-        return 0.0, 1.0
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def audit_sweep(audit: AuditResult) -> tuple[list[tuple[float, float]], tuple[float, float] | None]:
