@@ -35,18 +35,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robustops._util import cpu_model
+from robustops._util import environment
 from robustops.attacks import PGD, Attack
 from robustops.data import load_dataset
 from robustops.models import mlp
@@ -57,27 +54,6 @@ from robustops.training.standard import accuracy, train_standard
 
 SCHEMA = BREAST_CANCER_SCHEMA
 CONSTRAINED = ("tabular-pgd", "tabular-noise", "feature-masking")
-
-
-def _version(pkg: str) -> str:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "scikit-learn": _version("scikit-learn"),
-        "robustops": _version("robustops"),
-    }
 
 
 def _train(epochs: int, seed: int) -> tuple[nn.Module, Tensor, Tensor, dict[str, Any]]:
@@ -274,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "feature_masking_k": 5,
             "n_test_rows": int(x.shape[0]),
         },
-        "environment": _environment(),
+        "environment": {**environment(), "cpu_count": os.cpu_count()},
         "model": info,
         "results": results,
         "total_seconds": round(time.perf_counter() - started, 2),
