@@ -8,72 +8,128 @@ from __future__ import annotations
 
 import inspect
 from importlib import metadata
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from robustops.attacks.base import Attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
 
-__all__ = ["available_attacks", "build_attack", "get_attack", "register_attack"]
+__all__ = [
+    "ATTACKS",
+    "Registry",
+    "available_attacks",
+    "build_attack",
+    "get_attack",
+    "register_attack",
+]
 
-_REGISTRY: dict[str, type[Attack]] = {}
-_PLUGINS_LOADED = False
+C = TypeVar("C", bound=type)
+
+
+class Registry(Generic[C]):
+    """Name → class registry shared by the image/tabular attacks and the text attacks.
+
+    Args:
+        kind: what the classes are, for messages (``"attack"``, ``"text attack"``).
+        base: the class every registered one derives from (plug-ins are checked against it).
+        group: entry-point group whose plug-ins are loaded on first lookup, if any.
+        inherited_params: accept the keyword-only parameters of every ``__init__`` in the MRO
+            (for classes that pass ``**kwargs`` up), not only those of the class's own.
+    """
+
+    def __init__(
+        self, kind: str, base: type, group: str | None = None, *, inherited_params: bool = False
+    ) -> None:
+        self.kind = kind
+        self.base = base
+        self.group = group
+        self.inherited_params = inherited_params
+        self._classes: dict[str, C] = {}
+        self._plugins_loaded = group is None
+
+    def register(self, cls: C) -> C:
+        """Class decorator: make ``cls`` reachable by its ``name`` (lower-case, unique)."""
+        name = getattr(cls, "name", "")
+        if not name or name != name.lower():
+            raise ValueError(f"{self.kind} class {cls.__name__} needs a lower-case `name`")
+        if name in self._classes and self._classes[name] is not cls:
+            raise ValueError(
+                f"{self.kind} name {name!r} already registered by {self._classes[name].__name__}"
+            )
+        self._classes[name] = cls
+        return cls
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in metadata.entry_points(group=self.group or ""):
+            cls = ep.load()
+            if isinstance(cls, type) and issubclass(cls, self.base):
+                self.register(cls)  # type: ignore[arg-type]
+
+    def names(self) -> list[str]:
+        """Sorted names of every registered class."""
+        self._load_plugins()
+        return sorted(self._classes)
+
+    def get(self, name: str) -> C:
+        """The class registered as ``name``; :class:`SpecError` naming the choices otherwise."""
+        self._load_plugins()
+        try:
+            return self._classes[name]
+        except KeyError:
+            raise SpecError.single(
+                "name", f"unknown {self.kind} {name!r}; available: {sorted(self._classes)}"
+            ) from None
+
+    def check_params(self, name: str, params: dict[str, Any]) -> C:
+        """The class registered as ``name``, after checking that it accepts every key of
+        ``params`` (keyword-only constructor parameters); :class:`SpecError` per unknown key."""
+        cls = self.get(name)
+        inits: list[Any] = (
+            [vars(k)["__init__"] for k in cls.__mro__ if "__init__" in vars(k)]
+            if self.inherited_params
+            else [cls]  # the signature of a class is that of its constructor
+        )
+        accepted = {
+            p.name
+            for init in inits
+            for p in inspect.signature(init).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        unknown = sorted(set(params) - accepted)
+        if unknown:
+            raise SpecError(
+                [
+                    (k, f"unknown parameter for {self.kind} {name!r}; accepted: {sorted(accepted)}")
+                    for k in unknown
+                ]
+            )
+        return cls
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack", Attack, group="robustops.attacks")
+"""The attacks on tensor inputs (images, tabular rows), with the ``robustops.attacks`` plug-ins."""
 A = TypeVar("A", bound=type[Attack])
 
 
 def register_attack(cls: A) -> A:
     """Class decorator: make ``cls`` reachable by its ``name`` (lower-case, unique)."""
-    name = cls.name
-    if not name or name != name.lower():
-        raise ValueError(f"attack class {cls.__name__} needs a lower-case `name`")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"attack name {name!r} already registered by {_REGISTRY[name].__name__}")
-    _REGISTRY[name] = cls
+    ATTACKS.register(cls)
     return cls
-
-
-def _load_plugins() -> None:
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED:
-        return
-    _PLUGINS_LOADED = True
-    for ep in metadata.entry_points(group="robustops.attacks"):
-        cls = ep.load()
-        if isinstance(cls, type) and issubclass(cls, Attack):
-            register_attack(cls)
 
 
 def available_attacks() -> list[str]:
     """Sorted names of every registered attack."""
-    _load_plugins()
-    return sorted(_REGISTRY)
+    return ATTACKS.names()
 
 
 def get_attack(name: str) -> type[Attack]:
     """The attack class registered as ``name``; :class:`SpecError` naming the choices otherwise."""
-    _load_plugins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise SpecError.single(
-            "name", f"unknown attack {name!r}; available: {sorted(_REGISTRY)}"
-        ) from None
+    return ATTACKS.get(name)
 
 
 def build_attack(name: str, threat: ThreatModel, **params: Any) -> Attack:
     """Instantiate attack ``name`` for ``threat``; unknown parameters fail with their name."""
-    cls = get_attack(name)
-    accepted = {
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise SpecError(
-            [
-                (k, f"unknown parameter for attack {name!r}; accepted: {sorted(accepted)}")
-                for k in unknown
-            ]
-        )
-    return cls(threat, **params)
+    return ATTACKS.check_params(name, params)(threat, **params)

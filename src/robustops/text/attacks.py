@@ -37,7 +37,6 @@ same ``p``). Each :class:`TextEdit` records the objective change it caused when 
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import re
@@ -49,6 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
+from robustops.attacks.registry import Registry
 from robustops.errors import SpecError
 from robustops.text._tables import HOMOGLYPHS, INVISIBLE_CHARS, KEYBOARD_NEIGHBOURS, LEET
 
@@ -473,55 +473,32 @@ def _sample(rng: random.Random, population: Sequence[int], k: int) -> list[int]:
 
 # --- registry -----------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[TextAttack]] = {}
+TEXT_ATTACKS: Registry[type[TextAttack]] = Registry(
+    "text attack", TextAttack, inherited_params=True
+)
+"""The text attacks (their constructors pass shared options up as keyword arguments)."""
 T = TypeVar("T", bound=type[TextAttack])
 
 
 def register_text_attack(cls: T) -> T:
     """Class decorator: make ``cls`` reachable by its ``name`` (lower-case, unique)."""
-    name = cls.name
-    if not name or name != name.lower():
-        raise ValueError(f"text attack class {cls.__name__} needs a lower-case `name`")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"text attack {name!r} already registered by {_REGISTRY[name].__name__}")
-    _REGISTRY[name] = cls
+    TEXT_ATTACKS.register(cls)
     return cls
 
 
 def available_text_attacks() -> list[str]:
     """Sorted names of the registered text attacks."""
-    return sorted(_REGISTRY)
+    return TEXT_ATTACKS.names()
 
 
 def get_text_attack(name: str) -> type[TextAttack]:
     """The text attack class registered as ``name``; :class:`SpecError` naming the choices."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise SpecError.single(
-            "name", f"unknown text attack {name!r}; available: {sorted(_REGISTRY)}"
-        ) from None
+    return TEXT_ATTACKS.get(name)
 
 
 def build_text_attack(name: str, **params: Any) -> TextAttack:
     """Instantiate text attack ``name``; unknown parameters fail with their name."""
-    cls = get_text_attack(name)
-    accepted = {
-        p.name
-        for klass in cls.__mro__
-        if "__init__" in vars(klass)
-        for p in inspect.signature(vars(klass)["__init__"]).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise SpecError(
-            [
-                (k, f"unknown parameter for text attack {name!r}; accepted: {sorted(accepted)}")
-                for k in unknown
-            ]
-        )
-    return cls(**params)
+    return TEXT_ATTACKS.check_params(name, params)(**params)
 
 
 # --- the attacks --------------------------------------------------------------------------------
