@@ -139,6 +139,38 @@ def test_same_seed_same_result(trained_cnn: SmallCNN, mnist: Dataset) -> None:
     )
 
 
+class _Liar(Attack):
+    """Returns the inputs unchanged (inside the ball) but claims every sample was broken."""
+
+    name = "liar"
+
+    def _run(
+        self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        return x.clone(), torch.ones(x.shape[0], dtype=torch.int64)
+
+    def __call__(
+        self, model: ModelFn, inputs: Tensor, labels: Tensor, *, targets: Tensor | None = None
+    ) -> AttackResult:
+        res = super().__call__(model, inputs, labels, targets=targets)
+        return AttackResult(
+            res.adversarial,
+            torch.ones_like(res.success),
+            res.queries,
+            res.perturbation,
+            res.predictions,
+        )
+
+
+def test_claimed_successes_are_re_predicted(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    threat = ThreatModel(name="linf-0.1", norm="linf", epsilon=0.1)
+    res = run_suite(
+        trained_cnn, mnist.x_test[:50], mnist.y_test[:50], [SuiteThreat(threat, [_Liar(threat)])]
+    )
+    assert res.threats[0].robust_accuracy == res.clean_accuracy
+    assert res.threats[0].attacks[0].n_broken == 0
+
+
 class _Cheat(Attack):
     """Claims success with points far outside the ball."""
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from robustops._util import environment, make_generator
-from robustops.attacks import Attack, perturbation_norm
+from robustops.attacks import Attack, is_adversarial, perturbation_norm
 from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
 from robustops.evaluation.result import (
     AdversarialExample,
@@ -274,10 +274,12 @@ def _run_threat(
                     int((~ok).sum()),
                     threat.name,
                 )
-            success = res.success.cpu() & ok
             with torch.no_grad():
                 adv_logits = model(res.adversarial).float().cpu()
-            loss = _threat_loss(adv_logits, y[b], targets[b] if targets is not None else None)
+            tb_cpu = targets[b] if targets is not None else None
+            # The suite's own re-prediction decides, not what the attack reports.
+            success = ok & is_adversarial(adv_logits, y[b], tb_cpu)
+            loss = _threat_loss(adv_logits, y[b], tb_cpu)
             better = ok & (success | (loss > worst_loss[b]))
             worst_logits[b[better]] = adv_logits[better]
             worst_loss[b[better]] = loss[better]
