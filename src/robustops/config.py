@@ -353,16 +353,15 @@ class PipelineSpec(_Strict):
         """Instantiate the suite's attacks; errors name ``evaluation.threats.I.attacks.J.<param>``."""
         ev = self._evaluation()
         base_seed = self.seed if seed is None else seed
-        return [
-            SuiteThreat(
-                ts.threat(),
-                [
-                    _build_attack(a, ts.threat(), f"evaluation.threats.{i}.attacks.{j}", base_seed)
-                    for j, a in enumerate(ts.attacks)
-                ],
-            )
-            for i, ts in enumerate(ev.threats)
-        ]
+        out = []
+        for i, ts in enumerate(ev.threats):
+            threat = ts.threat()
+            attacks = [
+                _build_attack(a, threat, f"evaluation.threats.{i}.attacks.{j}", base_seed)
+                for j, a in enumerate(ts.attacks)
+            ]
+            out.append(SuiteThreat(threat, attacks))
+        return out
 
     def build_calibration_attack(self, seed: int | None = None) -> Attack | None:
         """The attack that makes the adversarial held-out inputs of the temperature fit, or
