@@ -21,7 +21,7 @@ from robustops.evaluation.metrics import (
     expected_calibration_error,
     negative_log_likelihood,
 )
-from robustops.models.classifier import predict_logits
+from robustops.models.classifier import predict_logits, resolve_device
 
 __all__ = ["FitOn", "TemperatureFit", "TemperatureScaled", "fit_temperature", "fit_temperature_on"]
 
@@ -104,7 +104,7 @@ def fit_temperature_on(
             parts.append(predict_logits(model, inputs, batch_size, device))
             n_clean = inputs.shape[0]
         if fit_on in ("adversarial", "mix") and attack is not None:
-            dev = device or next(iter(model.parameters())).device
+            dev = resolve_device(model, device)
             advs = []
             for i in range(0, inputs.shape[0], batch_size):
                 t = targets[i : i + batch_size].to(dev) if targets is not None else None

@@ -41,6 +41,7 @@ from robustops.attacks._gradients import loss_and_grad, mean_logits
 from robustops.attacks.base import frozen_parameters
 from robustops.attacks.losses import ce_loss, margin_loss
 from robustops.errors import SpecError
+from robustops.models.classifier import resolve_device
 from robustops.threats import ThreatModel
 
 __all__ = ["AuditCheck", "AuditResult", "CheckStatus", "audit_gradient_masking"]
@@ -226,12 +227,7 @@ def audit_gradient_masking(
         raise SpecError.single("labels", f"must be a tensor of shape ({inputs.shape[0]},)")
     if inputs.shape[0] == 0:
         raise SpecError.single("inputs", "no samples to audit")
-    params = list(model.parameters())
-    dev = (
-        torch.device(device)
-        if device is not None
-        else (params[0].device if params else torch.device("cpu"))
-    )
+    dev = resolve_device(model, device)
     modes = [(m, m.training) for m in model.modules()]  # restored one by one: they may differ
     model.eval()
     t_start = time.perf_counter()

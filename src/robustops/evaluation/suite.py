@@ -32,7 +32,7 @@ from robustops.evaluation.result import (
     ThreatCalibration,
     ThreatResult,
 )
-from robustops.models.classifier import predict_logits
+from robustops.models.classifier import predict_logits, resolve_device
 from robustops.threats import ThreatModel
 
 __all__ = ["ProgressEvent", "SuiteThreat", "run_suite"]
@@ -121,12 +121,7 @@ def run_suite(
     """
     if inputs.shape[0] != labels.shape[0]:
         raise ValueError("inputs and labels differ in length")
-    params = list(model.parameters())
-    dev = (
-        torch.device(device)
-        if device is not None
-        else (params[0].device if params else torch.device("cpu"))
-    )
+    dev = resolve_device(model, device)
     was_training = model.training
     model.eval()
     t_start = time.perf_counter()

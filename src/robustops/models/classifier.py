@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Classifier", "ProbaClassifier", "as_classifier", "predict_logits"]
+__all__ = ["Classifier", "ProbaClassifier", "as_classifier", "predict_logits", "resolve_device"]
 
 
 @runtime_checkable
@@ -62,6 +62,14 @@ def as_classifier(model: Classifier) -> nn.Module:
     )
 
 
+def resolve_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else the device of the model's first parameter (CPU without any)."""
+    if device is not None:
+        return torch.device(device)
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -71,9 +79,7 @@ def predict_logits(
 ) -> Tensor:
     """``model``'s outputs ``(N, K)`` on ``inputs`` ``(N, ...)``, in batches of ``batch_size`` on
     ``device`` (default: the model's), returned on the CPU. The model's mode is left as is."""
-    if device is None:
-        params = list(model.parameters())
-        device = params[0].device if params else torch.device("cpu")
+    device = resolve_device(model, device)
     out = [
         model(inputs[i : i + batch_size].to(device)).float().cpu()
         for i in range(0, inputs.shape[0], batch_size)
