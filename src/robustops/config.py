@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustops.attacks import Attack, build_attack
+from robustops.attacks.registry import AttackSpec
 from robustops.data import DATASETS
 from robustops.errors import SpecError
 from robustops.evaluation.suite import SuiteThreat
@@ -101,18 +102,6 @@ class TrainSpec(Recipe):
     def metrics_path(self) -> Path:
         """``metrics``, or ``<out>.metrics.jsonl`` next to the weights."""
         return self.metrics or self.out.with_name(self.out.name + ".metrics.jsonl")
-
-
-class AttackSpec(BaseModel):
-    """An attack by registry name; every other key is a hyper-parameter of that attack."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-
-    def params(self) -> dict[str, Any]:
-        """The hyper-parameters (everything but ``name``)."""
-        return dict(self.model_extra or {})
 
 
 class ThreatSpec(ThreatModel):

@@ -301,10 +301,11 @@ def _fit_temperature(
         )
     x = data.x_test[n_eval : n_eval + want]
     y = data.y_test[n_eval : n_eval + want]
-    targets = None
-    if attack is not None and attack.threat.targeted:
-        shift = torch.randint(1, data.num_classes, (want,), generator=make_generator(seed))
-        targets = (y + shift) % data.num_classes
+    targets = (
+        attack.threat.draw_targets(y, data.num_classes, make_generator(seed))
+        if attack is not None
+        else None
+    )
     return fit_temperature_on(
         model,
         x,

@@ -289,7 +289,7 @@ def test_nothing_to_audit() -> None:
     model, x, y = _tiny()
     with torch.no_grad():
         wrong = (model(x).argmax(1) + 1) % 10
-    with pytest.raises(SpecError, match="none of them"):
+    with pytest.raises(SpecError, match="none of the attacked ones"):
         _tiny_audit(model, x, wrong)
     with pytest.raises(SpecError, match="labels"):
         audit_gradient_masking(model, x, y[:3], LINF)

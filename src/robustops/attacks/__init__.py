@@ -15,7 +15,13 @@ from robustops.attacks.base import (
 from robustops.attacks.fgsm import FGSM
 from robustops.attacks.noise import UniformNoise
 from robustops.attacks.pgd import PGD
-from robustops.attacks.registry import available_attacks, build_attack, get_attack, register_attack
+from robustops.attacks.registry import (
+    AttackSpec,
+    available_attacks,
+    build_attack,
+    get_attack,
+    register_attack,
+)
 from robustops.attacks.square import Square
 
 __all__ = [
@@ -25,6 +31,7 @@ __all__ = [
     "PGD",
     "Attack",
     "AttackResult",
+    "AttackSpec",
     "ModelFn",
     "Square",
     "UniformNoise",

@@ -10,12 +10,15 @@ import inspect
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
+from pydantic import BaseModel, ConfigDict
+
 from robustops.attacks.base import Attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
 
 __all__ = [
     "ATTACKS",
+    "AttackSpec",
     "Registry",
     "available_attacks",
     "build_attack",
@@ -24,6 +27,19 @@ __all__ = [
 ]
 
 C = TypeVar("C", bound=type)
+
+
+class AttackSpec(BaseModel):
+    """An attack by registry name, as specs write it; every other key is a hyper-parameter of
+    that attack (checked against its constructor when it is built)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        """The hyper-parameters (everything but ``name``)."""
+        return dict(self.model_extra or {})
 
 
 class Registry(Generic[C]):

@@ -282,14 +282,10 @@ def _audit(
         ]
     )
     num_classes = int(logits.shape[1])
-    targets_all: Tensor | None = None
-    if threat.targeted:
-        k = max(num_classes, 2)
-        shift = torch.randint(1, k, (n_inputs,), generator=make_generator(seed))
-        targets_all = (y_all + shift) % k
-    correct = logits.argmax(dim=1) == y_all
+    targets_all = threat.draw_targets(y_all, num_classes, make_generator(seed))
+    correct = (logits.argmax(dim=1) == y_all) & threat.attacked(y_all)
     if not bool(correct.any()):
-        raise SpecError.single("inputs", "the model classifies none of them correctly")
+        raise SpecError.single("inputs", "the model classifies none of the attacked ones correctly")
     keep = correct.nonzero().squeeze(1)
     ctx = _Ctx(
         model=model,

@@ -22,6 +22,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AdversarialExample",
     "AttackFigures",
+    "ExampleEdit",
     "LatencyFigures",
     "SamplesRecord",
     "SuiteCalibration",
@@ -30,7 +31,7 @@ __all__ = [
     "ThreatResult",
 ]
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 
 
 class _Strict(BaseModel):
@@ -50,29 +51,75 @@ class AttackFigures(_Strict):
     success_rate: float = Field(description="n_broken / n_attacked (0 when nothing was attacked)")
     mean_queries: float = Field(description="mean model queries per attacked sample")
     total_queries: int
-    median_perturbation: float | None = Field(description="median norm of successful perturbations")
+    median_perturbation: float | None = Field(
+        description="median norm of successful perturbations (word-edits threats: edited share "
+        "of the words)"
+    )
     wall_time_s: float
+    mean_queries_per_success: float | None = Field(
+        default=None,
+        description="mean queries this attack spent on the samples it broke (schema >= 1.2)",
+    )
+    mean_edits: float | None = Field(
+        default=None,
+        description="word-edits threats: mean words edited per broken sample (schema >= 1.2)",
+    )
+
+
+class ExampleEdit(_Strict):
+    """One edited word of a text example (schema >= 1.2)."""
+
+    position: int = Field(description="index of the word in the whitespace split of the text")
+    kind: str = Field(description="the transformation, e.g. swap, homoglyph, synonym")
+    before: str
+    after: str
+    score_change: float = Field(
+        description="change of the attacker's objective (probability margin toward its goal) "
+        "when the attack applied this edit"
+    )
+    contribution: float = Field(
+        description="how much the objective drops when only this edit is reverted in the "
+        "final adversarial text (measured by the suite)"
+    )
 
 
 class AdversarialExample(_Strict):
-    """One broken sample kept for reports: what changed and why it mattered."""
+    """One broken sample kept for reports: what changed and why it mattered.
+
+    Tensor inputs fill ``shape``, ``clean``, ``adversarial`` and ``attribution``; texts fill
+    ``clean_text``, ``adversarial_text`` and ``edits`` (and leave the tensor fields empty).
+    """
 
     index: int = Field(description="position among the evaluated samples")
     label: int
     target: int | None = Field(default=None, description="target class (targeted threats)")
     attack: str = Field(description="the attack that broke it")
-    shape: list[int] = Field(description="one input's shape, e.g. [1, 28, 28]")
-    clean: list[float] = Field(description="the input, flattened (row-major)")
-    adversarial: list[float] = Field(description="the adversarial input, flattened")
+    shape: list[int] = Field(
+        default_factory=list, description="one input's shape, e.g. [1, 28, 28] (tensors)"
+    )
+    clean: list[float] = Field(default_factory=list, description="the input, flattened (row-major)")
+    adversarial: list[float] = Field(
+        default_factory=list, description="the adversarial input, flattened"
+    )
     attribution: list[float] = Field(
+        default_factory=list,
         description="per feature: perturbation × gradient of the logit margin (adversarial "
-        "class − label) at the adversarial input, i.e. its first-order share of the flip"
+        "class − label) at the adversarial input, i.e. its first-order share of the flip",
+    )
+    clean_text: str | None = Field(default=None, description="texts: the original text (>= 1.2)")
+    adversarial_text: str | None = Field(
+        default=None, description="texts: the adversarial text (>= 1.2)"
+    )
+    edits: list[ExampleEdit] = Field(
+        default_factory=list, description="texts: the edits, in the order applied (>= 1.2)"
     )
     clean_prediction: int
     clean_confidence: float
     adversarial_prediction: int
     adversarial_confidence: float
-    perturbation_norm: float = Field(description="in the threat's norm")
+    perturbation_norm: float = Field(
+        description="in the threat's norm (word-edits: edited share of the words)"
+    )
 
 
 class ThreatCalibration(_Strict):
@@ -107,9 +154,16 @@ class ThreatResult(_Strict):
     threat: ThreatModel
     robust_accuracy: float = Field(description="robust samples / evaluated samples, in [0, 1]")
     attack_success_rate: float = Field(
-        description="share of correctly classified samples that some attack broke, in [0, 1]"
+        description="share of the correctly classified samples attacked that some attack broke, "
+        "in [0, 1]"
     )
     n_robust: int
+    n_attacked: int | None = Field(
+        default=None,
+        description="correctly classified samples the threat attacked (the denominator of "
+        "attack_success_rate; fewer than the correct ones when a fixed target_class exempts "
+        "its own samples) (schema >= 1.2)",
+    )
     attacks: list[AttackFigures]
     total_queries: int
     wall_time_s: float

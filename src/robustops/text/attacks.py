@@ -48,9 +48,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
+from robustops.attacks.base import _KNOWLEDGE_RANK
 from robustops.attacks.registry import Registry
 from robustops.errors import SpecError
 from robustops.text._tables import HOMOGLYPHS, INVISIBLE_CHARS, KEYBOARD_NEIGHBOURS, LEET
+from robustops.threats import Knowledge, ThreatModel
 
 if TYPE_CHECKING:
     from robustops.text.embeddings import WordEmbeddings
@@ -71,6 +73,7 @@ __all__ = [
     "build_text_attack",
     "get_text_attack",
     "join_words",
+    "max_word_edits",
     "register_text_attack",
     "split_words",
 ]
@@ -203,7 +206,7 @@ class TextAttack(ABC):
     """
 
     name: ClassVar[str] = ""
-    knowledge: ClassVar[str] = "score-based"
+    knowledge: ClassVar[Knowledge] = "score-based"
 
     def __init__(
         self,
@@ -234,6 +237,7 @@ class TextAttack(ABC):
         self.targeted = targeted
         self.seed = seed
         self.batch_size = batch_size
+        self._threat: ThreatModel | None = None
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
@@ -244,12 +248,23 @@ class TextAttack(ABC):
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def max_edits(self, n_words: int) -> int:
-        """Edits allowed in a text of ``n_words`` words: the largest ``k`` with
-        ``k / n_words <= max_edit_share``."""
-        k = math.floor(self.max_edit_share * n_words + 1e-9)
-        while k > 0 and k / n_words > self.max_edit_share:
-            k -= 1
-        return k
+        """Edits allowed in a text of ``n_words`` words (see :func:`max_word_edits`)."""
+        return max_word_edits(self.max_edit_share, n_words)
+
+    @property
+    def threat(self) -> ThreatModel:
+        """The threat this attack was built for (:func:`build_text_attack` with ``threat``), else
+        the ``word-edits`` threat its own options describe."""
+        if self._threat is not None:
+            return self._threat
+        return ThreatModel(
+            name=f"{self.name}-words-{self.max_edit_share:g}",
+            norm="word-edits",
+            epsilon=self.max_edit_share,
+            knowledge=self.knowledge,
+            query_budget=self.query_budget,
+            targeted=self.targeted,
+        )
 
     # --- the call -----------------------------------------------------------------------------
 
@@ -451,6 +466,17 @@ class TextAttack(ABC):
         """Candidate replacements ``(kind, new core)`` of an eligible word's core."""
 
 
+def max_word_edits(share: float, n_words: int) -> int:
+    """Words that may be edited in a text of ``n_words`` words under an edit share ``share``:
+    the largest ``k`` with ``k / n_words <= share`` (0 for a text without words)."""
+    if n_words <= 0:
+        return 0
+    k = math.floor(share * n_words + 1e-9)
+    while k > 0 and k / n_words > share:
+        k -= 1
+    return k
+
+
 def _dedupe(cands: list[_Candidate], core: str) -> list[_Candidate]:
     seen = {core}
     out = []
@@ -496,9 +522,49 @@ def get_text_attack(name: str) -> type[TextAttack]:
     return TEXT_ATTACKS.get(name)
 
 
-def build_text_attack(name: str, **params: Any) -> TextAttack:
-    """Instantiate text attack ``name``; unknown parameters fail with their name."""
-    return TEXT_ATTACKS.check_params(name, params)(**params)
+_THREAT_OPTIONS = {
+    "max_edit_share": "epsilon",
+    "query_budget": "query_budget",
+    "targeted": "targeted",
+}
+
+
+def build_text_attack(name: str, threat: ThreatModel | None = None, **params: Any) -> TextAttack:
+    """Instantiate text attack ``name``; unknown parameters fail with their name.
+
+    With ``threat`` (a ``word-edits`` threat), its ``epsilon``, ``query_budget`` and
+    ``targeted`` set the attack's ``max_edit_share``, ``query_budget`` and ``targeted`` (giving
+    those again is an error) and the attack's :attr:`TextAttack.threat` is that threat, as for
+    the tensor attacks of :func:`robustops.attacks.build_attack`.
+    """
+    cls = TEXT_ATTACKS.check_params(name, params)
+    if threat is None:
+        return cls(**params)
+    if not isinstance(threat, ThreatModel):
+        raise SpecError.single("threat", f"expected a ThreatModel, got {type(threat).__name__}")
+    if threat.norm != "word-edits":
+        raise SpecError.single(
+            "threat.norm", f"text attack {name!r} needs a word-edits threat, not {threat.norm!r}"
+        )
+    if _KNOWLEDGE_RANK[cls.knowledge] > _KNOWLEDGE_RANK[threat.knowledge]:
+        raise SpecError.single(
+            "threat.knowledge",
+            f"text attack {name!r} needs {cls.knowledge} access but the threat grants "
+            f"{threat.knowledge}",
+        )
+    clash = sorted(k for k in params if k in _THREAT_OPTIONS)
+    if clash:
+        raise SpecError(
+            [(k, f"set by the threat's {_THREAT_OPTIONS[k]}, not per attack") for k in clash]
+        )
+    attack = cls(
+        max_edit_share=threat.epsilon,
+        query_budget=threat.query_budget,
+        targeted=threat.targeted,
+        **params,
+    )
+    attack._threat = threat
+    return attack
 
 
 # --- the attacks --------------------------------------------------------------------------------
