@@ -8,10 +8,11 @@ from robustops.data.embedded import (
     load_digits,
     load_mnist_subset,
 )
-from robustops.data.sms_spam import TextDataset, load_sms_spam
+from robustops.data.sms_spam import TEXT_DATASETS, TextDataset, load_sms_spam
 
 __all__ = [
     "DATASETS",
+    "TEXT_DATASETS",
     "Dataset",
     "TextDataset",
     "load_breast_cancer",

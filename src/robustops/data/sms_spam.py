@@ -32,6 +32,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -42,7 +43,7 @@ from torch import Tensor
 from robustops.data.embedded import _interleave_by_class
 from robustops.errors import DataIntegrityError, SpecError
 
-__all__ = ["SMS_SPAM_CLASSES", "SMS_SPAM_SHA256", "TextDataset", "load_sms_spam"]
+__all__ = ["SMS_SPAM_CLASSES", "SMS_SPAM_SHA256", "TEXT_DATASETS", "TextDataset", "load_sms_spam"]
 
 SMS_SPAM_SHA256 = "e02da11c37054cb2ae8c10b74dfef4b7c1459c4f92ffce2bb8027c303e2ae5df"
 """Fingerprint of the 4862 decoded (label, text) rows (see the module docstring)."""
@@ -195,3 +196,7 @@ def load_sms_spam(
         test_fraction=test_fraction,
         deduplicated=deduplicate,
     )
+
+
+TEXT_DATASETS: dict[str, Callable[..., TextDataset]] = {"sms_spam": load_sms_spam}
+"""The embedded text data sets by name (each takes ``test_fraction`` and ``seed``)."""

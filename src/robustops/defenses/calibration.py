@@ -10,6 +10,7 @@ scalar search over ``log T`` finds the global minimum deterministically.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,8 @@ from robustops.evaluation.metrics import (
     negative_log_likelihood,
 )
 from robustops.models.classifier import predict_logits, resolve_device
+from robustops.text.attacks import TextAttack
+from robustops.text.models import TextClassifier
 
 __all__ = ["FitOn", "TemperatureFit", "TemperatureScaled", "fit_temperature", "fit_temperature_on"]
 
@@ -73,17 +76,18 @@ class TemperatureScaled(nn.Module):
 
 
 def fit_temperature_on(
-    model: nn.Module,
-    inputs: Tensor,
+    model: nn.Module | TextClassifier,
+    inputs: Tensor | Sequence[str],
     labels: Tensor,
     *,
     fit_on: FitOn = "mix",
-    attack: Attack | None = None,
+    attack: Attack | TextAttack | None = None,
     targets: Tensor | None = None,
     batch_size: int = 500,
     device: str | torch.device | None = None,
 ) -> TemperatureFit:
-    """Fit a temperature for ``model`` on held-out ``inputs`` ``(N, ...)`` / ``labels`` ``(N,)``.
+    """Fit a temperature for ``model`` on held-out ``inputs`` / ``labels`` ``(N,)``: tensors
+    ``(N, ...)`` with an ``nn.Module``, or texts with a text classifier and a text attack.
 
     Args:
         fit_on: ``"clean"`` (the inputs), ``"adversarial"`` (``attack``'s outputs on them) or
@@ -91,34 +95,27 @@ def fit_temperature_on(
         attack: needed unless ``fit_on="clean"``; run against the uncalibrated model.
         targets: ``(N,)`` target classes when the attack's threat is targeted.
 
-    The model's mode is restored afterwards; it is evaluated in eval mode.
+    A module's mode is restored afterwards; it is evaluated in eval mode.
     """
     if fit_on != "clean" and attack is None:
         raise ValueError(f"fit_on={fit_on!r} needs an attack to make adversarial inputs")
-    was_training = model.training
-    model.eval()
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
     try:
         parts: list[Tensor] = []
         n_clean = n_adv = 0
         if fit_on in ("clean", "mix"):
-            parts.append(predict_logits(model, inputs, batch_size, device))
-            n_clean = inputs.shape[0]
+            parts.append(_logits(model, inputs, batch_size, device))
+            n_clean = len(inputs)
         if fit_on in ("adversarial", "mix") and attack is not None:
-            dev = resolve_device(model, device)
-            advs = []
-            for i in range(0, inputs.shape[0], batch_size):
-                t = targets[i : i + batch_size].to(dev) if targets is not None else None
-                res = attack(
-                    model,
-                    inputs[i : i + batch_size].to(dev),
-                    labels[i : i + batch_size].to(dev),
-                    targets=t,
-                )
-                advs.append(res.adversarial.cpu())
-            parts.append(predict_logits(model, torch.cat(advs), batch_size, device))
-            n_adv = inputs.shape[0]
+            adv = _adversarial(model, attack, inputs, labels, targets, batch_size, device)
+            parts.append(_logits(model, adv, batch_size, device))
+            n_adv = len(inputs)
     finally:
-        model.train(was_training)
+        if module is not None:
+            module.train(was_training)
     logits = torch.cat(parts)
     y = labels.cpu().repeat(len(parts))
     temperature = fit_temperature(logits, y)
@@ -135,3 +132,51 @@ def fit_temperature_on(
         ece_before=expected_calibration_error(logits, y),
         ece_after=expected_calibration_error(logits / temperature, y),
     )
+
+
+def _logits(
+    model: nn.Module | TextClassifier,
+    inputs: Tensor | Sequence[str],
+    batch_size: int,
+    device: str | torch.device | None,
+) -> Tensor:
+    """``(N, K)`` CPU logits of tensors (an ``nn.Module``) or texts (a text classifier)."""
+    if isinstance(inputs, Tensor):
+        assert isinstance(model, nn.Module)
+        return predict_logits(model, inputs, batch_size, device)
+    assert not isinstance(model, nn.Module)
+    out = [
+        model.predict_logits(list(inputs[i : i + batch_size])).float().cpu()
+        for i in range(0, len(inputs), batch_size)
+    ]
+    return torch.cat(out) if out else torch.empty(0, model.num_classes)
+
+
+def _adversarial(
+    model: nn.Module | TextClassifier,
+    attack: Attack | TextAttack,
+    inputs: Tensor | Sequence[str],
+    labels: Tensor,
+    targets: Tensor | None,
+    batch_size: int,
+    device: str | torch.device | None,
+) -> Tensor | list[str]:
+    """``attack``'s outputs on ``inputs``, batch by batch (tensors back on the CPU)."""
+    if isinstance(attack, TextAttack):
+        if isinstance(inputs, Tensor) or isinstance(model, nn.Module):
+            raise TypeError(f"text attack {attack.name!r} needs texts and a text classifier")
+        return attack(model, inputs, labels.cpu(), targets).adversarial
+    if not isinstance(inputs, Tensor) or not isinstance(model, nn.Module):
+        raise TypeError(f"attack {attack.name!r} needs tensor inputs and an nn.Module")
+    dev = resolve_device(model, device)
+    advs = []
+    for i in range(0, inputs.shape[0], batch_size):
+        t = targets[i : i + batch_size].to(dev) if targets is not None else None
+        res = attack(
+            model,
+            inputs[i : i + batch_size].to(dev),
+            labels[i : i + batch_size].to(dev),
+            targets=t,
+        )
+        advs.append(res.adversarial.cpu())
+    return torch.cat(advs)

@@ -2,9 +2,14 @@
 
 Attacks of a threat run one after another on the samples still robust (AutoAttack's order), so
 a sample counts as robust only if it was classified correctly and *every* attack failed on it.
-A success is only counted when the adversarial input is verified to lie in the threat's ball
-and bounds and the model's re-prediction is wrong; an attack (e.g. a plug-in) that breaks
-this contract cannot inflate the numbers.
+A success is only counted when the adversarial input is verified to respect the threat (tensors:
+inside its ball and bounds; texts: the recorded edits replay onto the original text to give the
+adversarial one, within the edit share and the query budget) and the model's re-prediction is
+wrong; an attack (e.g. a plug-in) that breaks this contract cannot inflate the numbers.
+
+One suite serves every modality: tensor inputs (images, tabular rows) with an ``nn.Module``
+returning logits, and texts (a list of strings) with a
+:class:`~robustops.text.models.TextClassifier`; both give the same :class:`SuiteResult`.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from torch import Tensor, nn
 
 from robustops._util import environment, make_generator
 from robustops.attacks import Attack, is_adversarial, perturbation_norm
+from robustops.errors import SpecError
 from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
 from robustops.evaluation.result import (
     AdversarialExample,
     AttackFigures,
+    ExampleEdit,
     LatencyFigures,
     SamplesRecord,
     SuiteCalibration,
@@ -33,6 +40,15 @@ from robustops.evaluation.result import (
     ThreatResult,
 )
 from robustops.models.classifier import predict_logits, resolve_device
+from robustops.text.attacks import (
+    TextAttack,
+    TextEdit,
+    apply_edits,
+    margin_objective,
+    max_word_edits,
+    split_words,
+)
+from robustops.text.models import TextClassifier
 from robustops.threats import ThreatModel
 
 __all__ = ["ProgressEvent", "SuiteThreat", "run_suite"]
@@ -45,7 +61,7 @@ class SuiteThreat:
     """A threat and the attacks that exercise it, run in this order."""
 
     threat: ThreatModel
-    attacks: Sequence[Attack] = field(default_factory=list)
+    attacks: Sequence[Attack | TextAttack] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for attack in self.attacks:
@@ -65,6 +81,221 @@ class ProgressEvent:
     total: int
 
 
+@dataclass
+class _Attempt:
+    """One attack call on a batch, as the suite checked it.
+
+    ``ok``: the outputs respect the threat; ``logits``: the model's re-prediction ``(B, K)``
+    (CPU); ``size``: per sample, the perturbation in the threat's norm (texts: edited share);
+    ``item(j)``: what an example of sample ``j`` keeps (its adversarial input, on the CPU);
+    ``edits``: texts, per sample, the number of edited words."""
+
+    ok: Tensor
+    logits: Tensor
+    queries: Tensor
+    size: Tensor
+    item: Callable[[int], Any]
+    edits: Tensor | None = None
+
+
+class _TensorBackend:
+    """Tensor inputs ``(N, ...)`` and an ``nn.Module`` returning logits."""
+
+    modality = "tensor"
+
+    def __init__(self, model: nn.Module, x: Tensor, batch_size: int, dev: torch.device) -> None:
+        self.model, self.x, self.batch_size, self.dev = model, x.detach().cpu(), batch_size, dev
+        self.n = int(self.x.shape[0])
+
+    def clean_logits(self) -> Tensor:
+        return predict_logits(self.model, self.x, self.batch_size, self.dev)
+
+    def call_one(self, i: int) -> None:
+        self.model(self.x[i : i + 1].to(self.dev))
+
+    def sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+
+    @torch.no_grad()
+    def _forward(self, adv: Tensor) -> Tensor:
+        out: Tensor = self.model(adv)
+        return out.float().cpu()
+
+    def attack(
+        self, attack: Attack | TextAttack, b: Tensor, y: Tensor, t: Tensor | None
+    ) -> _Attempt:
+        if not isinstance(attack, Attack):
+            raise TypeError(f"{attack.name!r} is not an attack on tensor inputs")
+        xb = self.x[b].to(self.dev)
+        res = attack(
+            self.model, xb, y.to(self.dev), targets=t.to(self.dev) if t is not None else None
+        )
+        ok = _contract_ok(res.adversarial, xb, attack.threat).cpu()
+        adv = res.adversarial.detach()
+        return _Attempt(
+            ok=ok,
+            logits=self._forward(adv),
+            queries=res.queries.cpu(),
+            size=res.perturbation.cpu(),
+            item=lambda j: adv[j].cpu(),
+        )
+
+    def examples(
+        self,
+        y: Tensor,
+        targets: Tensor | None,
+        clean_logits: Tensor,
+        kept: list[tuple[int, str, Any]],
+        threat: ThreatModel,
+    ) -> list[AdversarialExample]:
+        """Records of the kept examples, with the attribution ``δ ⊙ ∇(z_adv − z_label)`` at the
+        adversarial input: the first-order share of each feature's change in the logit margin
+        that flipped the prediction (zeros for a model without gradients)."""
+        model, dev, x = self.model, self.dev, self.x
+        idx = torch.tensor([k[0] for k in kept])
+        adv = torch.stack([k[2] for k in kept]).to(dev)
+        clean = x[idx].to(dev)
+        labels = y[idx].to(dev)
+        differentiable = getattr(model, "differentiable", True)
+        with torch.enable_grad():
+            inp = adv.clone().requires_grad_(differentiable)
+            logits = model(inp)
+            pred = logits.argmax(1)
+            if differentiable:
+                rows = torch.arange(len(kept), device=dev)
+                margin = logits[rows, pred] - logits[rows, labels]
+                (grad,) = torch.autograd.grad(margin.sum(), inp)
+                attribution = ((adv - clean) * grad).detach().cpu()
+            else:
+                attribution = torch.zeros_like(adv).cpu()
+        adv_logits = logits.detach().float().cpu()
+        norms = perturbation_norm(adv.cpu() - clean.cpu(), threat.norm)
+
+        def flat(v: Tensor) -> list[float]:
+            return [round(f, 5) for f in v.flatten().tolist()]
+
+        return [
+            _example(
+                i,
+                attack,
+                y,
+                targets,
+                clean_logits,
+                adv_logits[k],
+                float(norms[k]),
+                shape=list(x.shape[1:]),
+                clean=flat(x[i]),
+                adversarial=flat(adv[k].cpu()),
+                attribution=[float(f"{v:.4g}") for v in attribution[k].flatten().tolist()],
+            )
+            for k, (i, attack, _) in enumerate(kept)
+        ]
+
+
+class _TextBackend:
+    """Texts and a :class:`~robustops.text.models.TextClassifier` (``predict_logits``)."""
+
+    modality = "text"
+
+    def __init__(self, model: TextClassifier, texts: Sequence[str], batch_size: int) -> None:
+        self.model, self.texts, self.batch_size = model, list(texts), batch_size
+        self.n = len(self.texts)
+        self.dev = torch.device("cpu")
+
+    def predict(self, texts: Sequence[str]) -> Tensor:
+        out = [
+            self.model.predict_logits(list(texts[s : s + self.batch_size])).float().cpu()
+            for s in range(0, len(texts), self.batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, getattr(self.model, "num_classes", 2))
+
+    def clean_logits(self) -> Tensor:
+        return self.predict(self.texts)
+
+    def call_one(self, i: int) -> None:
+        self.model.predict_logits([self.texts[i]])
+
+    def sync(self) -> None:
+        pass
+
+    def attack(
+        self, attack: Attack | TextAttack, b: Tensor, y: Tensor, t: Tensor | None
+    ) -> _Attempt:
+        if not isinstance(attack, TextAttack):
+            raise TypeError(f"{attack.name!r} is not a text attack")
+        threat = attack.threat
+        originals = [self.texts[i] for i in b.tolist()]
+        res = attack(self.model, originals, y, t)
+        ok = torch.tensor(
+            [
+                _edits_ok(text, adv, edits, q, threat)
+                for text, adv, edits, q in zip(
+                    originals, res.adversarial, res.edits, res.queries.tolist(), strict=True
+                )
+            ],
+            dtype=torch.bool,
+        )
+        return _Attempt(
+            ok=ok,
+            logits=self.predict(res.adversarial),
+            queries=res.queries.cpu(),
+            size=res.edit_share.float(),
+            item=lambda j: (res.adversarial[j], res.edits[j]),
+            edits=torch.tensor([len(e) for e in res.edits], dtype=torch.float64),
+        )
+
+    def examples(
+        self,
+        y: Tensor,
+        targets: Tensor | None,
+        clean_logits: Tensor,
+        kept: list[tuple[int, str, Any]],
+        threat: ThreatModel,
+    ) -> list[AdversarialExample]:
+        """Records of the kept examples; each edit's ``contribution`` is the drop of the
+        attacker's objective when only that edit is reverted (one query per edit)."""
+        out = []
+        for i, attack, (adv_text, edits) in kept:
+            original = self.texts[i]
+            reverted = [
+                apply_edits(original, [e for e in edits if e is not skip]) for skip in edits
+            ]
+            logits = self.predict([adv_text, *reverted])
+            label = y[i : i + 1].expand(logits.shape[0])
+            tgt = targets[i : i + 1].expand(logits.shape[0]) if targets is not None else None
+            obj, _ = margin_objective(logits, label, tgt)
+            n_words = len(split_words(original)[0])
+            out.append(
+                _example(
+                    i,
+                    attack,
+                    y,
+                    targets,
+                    clean_logits,
+                    logits[0],
+                    len(edits) / n_words if n_words else 0.0,
+                    clean_text=original,
+                    adversarial_text=adv_text,
+                    edits=[
+                        ExampleEdit(
+                            position=e.position,
+                            kind=e.kind,
+                            before=e.before,
+                            after=e.after,
+                            score_change=round(e.score_change, 6),
+                            contribution=round(float(obj[0] - obj[k + 1]), 6),
+                        )
+                        for k, e in enumerate(edits)
+                    ],
+                )
+            )
+        return out
+
+
+_Backend = _TensorBackend | _TextBackend
+
+
 def _contract_ok(adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
     """``(N,)`` bool: the adversarial input lies in the threat's ball (float32 rounding allowed)
     and bounds."""
@@ -77,9 +308,51 @@ def _contract_ok(adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
     return in_ball & in_bounds
 
 
+def _edits_ok(
+    text: str, adversarial: str, edits: Sequence[TextEdit], queries: int, threat: ThreatModel
+) -> bool:
+    """The text attack's contract: its edits replay onto ``text`` to give ``adversarial``, edit
+    at most the threat's share of the words, and it kept to the query budget."""
+    if len(edits) > max_word_edits(threat.epsilon, len(split_words(text)[0])):
+        return False
+    if threat.query_budget is not None and queries > threat.query_budget:
+        return False
+    try:
+        return apply_edits(text, edits) == adversarial
+    except SpecError:
+        return False
+
+
+def _example(
+    i: int,
+    attack: str,
+    y: Tensor,
+    targets: Tensor | None,
+    clean_logits: Tensor,
+    adv_logits: Tensor,
+    norm: float,
+    **fields: Any,
+) -> AdversarialExample:
+    clean_probs = clean_logits[i].float().softmax(0)
+    adv_probs = adv_logits.float().softmax(0)
+    p_clean, p_adv = int(clean_probs.argmax()), int(adv_probs.argmax())
+    return AdversarialExample(
+        index=i,
+        label=int(y[i]),
+        target=int(targets[i]) if targets is not None else None,
+        attack=attack,
+        clean_prediction=p_clean,
+        clean_confidence=float(clean_probs[p_clean]),
+        adversarial_prediction=p_adv,
+        adversarial_confidence=float(adv_probs[p_adv]),
+        perturbation_norm=norm,
+        **fields,
+    )
+
+
 def run_suite(
-    model: nn.Module,
-    inputs: Tensor,
+    model: nn.Module | TextClassifier,
+    inputs: Tensor | Sequence[str],
     labels: Tensor,
     threats: Sequence[SuiteThreat],
     *,
@@ -97,14 +370,18 @@ def run_suite(
     latency_calls: int = 100,
     n_examples: int = 4,
 ) -> SuiteResult:
-    """Evaluate ``model`` on ``inputs`` ``(N, ...)`` / ``labels`` ``(N,)`` under each threat.
+    """Evaluate ``model`` on ``inputs`` / ``labels`` ``(N,)`` under each threat.
 
     Args:
-        model: a module returning logits; put in eval mode for the run and restored after.
-        threats: threats with their attacks, in the order they should run.
+        model: an ``nn.Module`` returning logits for tensor ``inputs`` ``(N, ...)`` (put in eval
+            mode for the run and restored after), or a text classifier (``predict_logits(texts)
+            -> (N, K)``) for ``inputs`` given as a list of strings.
+        threats: threats with their attacks, in the order they should run; ``word-edits``
+            threats (text attacks) for texts, ``linf``/``l2`` threats for tensors.
         batch_size: samples per attack call.
-        seed: draws the targets of targeted threats (a random wrong class per sample).
-        device: where to run; default the model's device.
+        seed: draws the targets of targeted threats (a random wrong class per sample, unless
+            the threat fixes a ``target_class``).
+        device: where to run tensor models; default the model's device (texts: the CPU).
         indices: positions of ``inputs`` in their split, recorded in the result.
         data_info, model_info: identity records (fingerprints, hashes) copied into the result.
         progress: called after each batch, e.g. to drive a progress bar.
@@ -117,22 +394,39 @@ def run_suite(
         n_bins: equal-width (and equal-mass) bins of the calibration figures.
         latency_calls: single-input forward calls timed for the latency percentiles (0: none).
         n_examples: adversarial examples kept per threat for reports (the first ones broken),
-            with their attribution maps.
+            with their attribution maps (texts: their edits and each edit's contribution).
     """
-    if inputs.shape[0] != labels.shape[0]:
+    if len(inputs) != labels.shape[0]:
         raise ValueError("inputs and labels differ in length")
-    dev = resolve_device(model, device)
-    was_training = model.training
-    model.eval()
+    backend: _Backend
+    if isinstance(inputs, Tensor):
+        if not isinstance(model, nn.Module):
+            raise TypeError("tensor inputs need an nn.Module returning logits")
+        dev = resolve_device(model, device)
+        backend = _TensorBackend(model, inputs, batch_size, dev)
+    else:
+        if isinstance(inputs, str) or not callable(getattr(model, "predict_logits", None)):
+            raise TypeError("texts must be a sequence of strings, with a text classifier")
+        backend = _TextBackend(model, inputs, batch_size)  # type: ignore[arg-type]
+    for st in threats:
+        if st.threat.modality != backend.modality:
+            raise ValueError(
+                f"threat {st.threat.name!r} ({st.threat.norm}) is for {st.threat.modality} "
+                f"inputs, not {backend.modality} ones"
+            )
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
     t_start = time.perf_counter()
     try:
-        x, y = inputs.detach().cpu(), labels.detach().cpu().to(torch.int64)
-        n = x.shape[0]
+        y = labels.detach().cpu().to(torch.int64)
+        n = backend.n
         t_clean = time.perf_counter()
-        clean_logits = predict_logits(model, x, batch_size, dev)
+        clean_logits = backend.clean_logits()
         clean_s = time.perf_counter() - t_clean
         latency = (
-            _latency(model, x, dev, latency_calls, batch_size, clean_s)
+            _latency(backend, latency_calls, batch_size, clean_s)
             if latency_calls > 0 and n
             else None
         )
@@ -141,7 +435,7 @@ def run_suite(
         threat_results = []
         for st in threats:
             tr, attacked_logits = _run_threat(
-                model, x, y, clean_logits, st, batch_size, dev, gen, progress, n_examples
+                backend, y, clean_logits, st, batch_size, gen, progress, n_examples
             )
             if calibration and n:
                 tr.calibration = ThreatCalibration(
@@ -154,7 +448,8 @@ def run_suite(
                 )
             threat_results.append(tr)
     finally:
-        model.train(was_training)
+        if module is not None:
+            module.train(was_training)
     suite_calibration = None
     if calibration and n:
         suite_calibration = SuiteCalibration(
@@ -171,7 +466,7 @@ def run_suite(
         name=name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         seed=seed,
-        device=str(dev),
+        device=str(backend.dev),
         n_samples=n,
         clean_accuracy=int(clean_correct.sum()) / n if n else 0.0,
         threats=threat_results,
@@ -190,23 +485,18 @@ def run_suite(
 
 
 @torch.no_grad()
-def _latency(
-    model: nn.Module, x: Tensor, dev: torch.device, calls: int, batch_size: int, batched_s: float
-) -> LatencyFigures:
-    """Time ``calls`` single-input forward passes (cycling over ``x``, after 5 warm-up calls);
-    throughput from the batched clean pass that took ``batched_s`` seconds."""
-    n = x.shape[0]
+def _latency(backend: _Backend, calls: int, batch_size: int, batched_s: float) -> LatencyFigures:
+    """Time ``calls`` single-input forward passes (cycling over the inputs, after 5 warm-up
+    calls); throughput from the batched clean pass that took ``batched_s`` seconds."""
+    n = backend.n
     for i in range(min(5, n)):
-        model(x[i : i + 1].to(dev))
+        backend.call_one(i)
     times = []
     for i in range(calls):
-        xi = x[i % n : i % n + 1].to(dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        backend.sync()
         t0 = time.perf_counter()
-        model(xi)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        backend.call_one(i % n)
+        backend.sync()
         times.append((time.perf_counter() - t0) * 1e3)
     ms = torch.tensor(times, dtype=torch.float64)
     q = torch.quantile(ms, torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64))
@@ -222,74 +512,71 @@ def _latency(
 
 
 def _run_threat(
-    model: nn.Module,
-    x: Tensor,
+    backend: _Backend,
     y: Tensor,
     clean_logits: Tensor,
     st: SuiteThreat,
     batch_size: int,
-    dev: torch.device,
     gen: torch.Generator,
     progress: Callable[[ProgressEvent], None] | None,
     n_examples: int,
 ) -> tuple[ThreatResult, Tensor]:
     """The threat's figures and, per sample, the logits ``(N, K)`` of its worst-case input."""
     threat = st.threat
-    n = x.shape[0]
+    n = backend.n
     num_classes = int(clean_logits.shape[1]) if n else 0
     clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
     # Worst case per sample so far: its logits and loss (CE against the label, or minus CE
     # against the target); the input that broke a sample is kept whatever its loss.
     worst_logits = clean_logits.clone()
-    targets: Tensor | None = None
-    if threat.targeted:
-        shift = torch.randint(1, max(num_classes, 2), (n,), generator=gen)
-        targets = (y + shift) % max(num_classes, 2)
+    targets = threat.draw_targets(y, num_classes, gen)
     worst_loss = _threat_loss(clean_logits, y, targets)
     robust = clean_correct.clone()
+    attacked = clean_correct & threat.attacked(y)
     broken_by: list[str | None] = [None] * n
     queries = torch.zeros(n, dtype=torch.int64)
     figures: list[AttackFigures] = []
-    kept: list[tuple[int, str, Tensor]] = []  # the first broken samples: index, attack, input
+    kept: list[tuple[int, str, Any]] = []  # the first broken samples: index, attack, input
     t_threat = time.perf_counter()
     for attack in st.attacks:
-        idx = robust.nonzero().squeeze(1)
+        idx = (robust & attacked).nonzero().squeeze(1)
         t0 = time.perf_counter()
-        n_broken, total_q, perts = 0, 0, []
+        n_broken, total_q, succ_q = 0, 0, 0
+        perts: list[Tensor] = []
+        edit_counts: list[Tensor] = []
         for start in range(0, idx.numel(), batch_size):
             b = idx[start : start + batch_size]
-            xb, yb = x[b].to(dev), y[b].to(dev)
-            tb = targets[b].to(dev) if targets is not None else None
-            res = attack(model, xb, yb, targets=tb)
-            ok = _contract_ok(res.adversarial, xb, threat).cpu()
+            tb = targets[b] if targets is not None else None
+            att = backend.attack(attack, b, y[b], tb)
+            ok = att.ok
             if not bool(ok.all()):
                 log.warning(
-                    "attack %s returned %d inputs outside threat %s; their successes are not counted",
+                    "attack %s returned %d inputs that break threat %s; their successes are "
+                    "not counted",
                     attack.name,
                     int((~ok).sum()),
                     threat.name,
                 )
-            with torch.no_grad():
-                adv_logits = model(res.adversarial).float().cpu()
-            tb_cpu = targets[b] if targets is not None else None
             # The suite's own re-prediction decides, not what the attack reports.
-            success = ok & is_adversarial(adv_logits, y[b], tb_cpu)
-            loss = _threat_loss(adv_logits, y[b], tb_cpu)
+            success = ok & is_adversarial(att.logits, y[b], tb)
+            loss = _threat_loss(att.logits, y[b], tb)
             better = ok & (success | (loss > worst_loss[b]))
-            worst_logits[b[better]] = adv_logits[better]
+            worst_logits[b[better]] = att.logits[better]
             worst_loss[b[better]] = loss[better]
-            q = res.queries.cpu()
-            queries[b] += q
-            total_q += int(q.sum())
+            queries[b] += att.queries
+            total_q += int(att.queries.sum())
+            succ_q += int(att.queries[success].sum())
             hit = b[success]
             robust[hit] = False
             for i in hit.tolist():
                 broken_by[i] = attack.name
             for j in success.nonzero().squeeze(1).tolist():
                 if len(kept) < n_examples:
-                    kept.append((int(b[j]), attack.name, res.adversarial[j].detach().cpu()))
+                    kept.append((int(b[j]), attack.name, att.item(j)))
             n_broken += int(success.sum())
-            perts.append(res.perturbation.cpu()[success])
+            perts.append(att.size[success])
+            if att.edits is not None:
+                edit_counts.append(att.edits[success])
             if progress is not None:
                 progress(
                     ProgressEvent(
@@ -299,6 +586,7 @@ def _run_threat(
         if progress is not None and idx.numel() == 0:
             progress(ProgressEvent(threat.name, attack.name, 0, 0))
         succ_perts = torch.cat(perts) if perts else torch.empty(0)
+        edits_all = torch.cat(edit_counts) if edit_counts else None
         n_att = int(idx.numel())
         figures.append(
             AttackFigures(
@@ -311,16 +599,22 @@ def _run_threat(
                 total_queries=total_q,
                 median_perturbation=float(succ_perts.median()) if succ_perts.numel() else None,
                 wall_time_s=time.perf_counter() - t0,
+                mean_queries_per_success=succ_q / n_broken if n_broken else None,
+                mean_edits=float(edits_all.mean())
+                if edits_all is not None and edits_all.numel()
+                else None,
             )
         )
-    n_correct = int(clean_correct.sum())
     n_robust = int(robust.sum())
+    n_attacked = int(attacked.sum())
+    n_broken_all = int((attacked & ~robust).sum())
     result = ThreatResult(
         name=threat.name,
         threat=threat,
         robust_accuracy=n_robust / n if n else 0.0,
-        attack_success_rate=(n_correct - n_robust) / n_correct if n_correct else 0.0,
+        attack_success_rate=n_broken_all / n_attacked if n_attacked else 0.0,
         n_robust=n_robust,
+        n_attacked=n_attacked,
         attacks=figures,
         total_queries=int(queries.sum()),
         wall_time_s=time.perf_counter() - t_threat,
@@ -328,71 +622,9 @@ def _run_threat(
         broken_by=broken_by,
         queries=queries.tolist(),
         targets=targets.tolist() if targets is not None else None,
-        examples=_examples(model, x, y, targets, clean_logits, kept, threat, dev),
+        examples=backend.examples(y, targets, clean_logits, kept, threat) if kept else [],
     )
     return result, worst_logits
-
-
-def _examples(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    targets: Tensor | None,
-    clean_logits: Tensor,
-    kept: list[tuple[int, str, Tensor]],
-    threat: ThreatModel,
-    dev: torch.device,
-) -> list[AdversarialExample]:
-    """Records of the kept adversarial examples, with the attribution ``δ ⊙ ∇(z_adv − z_label)``
-    at the adversarial input: the first-order share of each feature's change in the logit
-    margin that flipped the prediction (zeros for a model without gradients)."""
-    if not kept:
-        return []
-    idx = torch.tensor([k[0] for k in kept])
-    adv = torch.stack([k[2] for k in kept]).to(dev)
-    clean = x[idx].to(dev)
-    labels = y[idx].to(dev)
-    differentiable = getattr(model, "differentiable", True)
-    with torch.enable_grad():
-        inp = adv.clone().requires_grad_(differentiable)
-        logits = model(inp)
-        pred = logits.argmax(1)
-        if differentiable:
-            rows = torch.arange(len(kept), device=dev)
-            margin = logits[rows, pred] - logits[rows, labels]
-            (grad,) = torch.autograd.grad(margin.sum(), inp)
-            attribution = ((adv - clean) * grad).detach().cpu()
-        else:
-            attribution = torch.zeros_like(adv).cpu()
-    adv_probs = logits.detach().float().softmax(1).cpu()
-    clean_probs = clean_logits[idx].softmax(1)
-    norms = perturbation_norm(adv.cpu() - clean.cpu(), threat.norm)
-
-    def flat(t: Tensor) -> list[float]:
-        return [round(v, 5) for v in t.flatten().tolist()]
-
-    out = []
-    for k, (i, attack, _) in enumerate(kept):
-        p_adv = int(pred[k])
-        p_clean = int(clean_probs[k].argmax())
-        out.append(
-            AdversarialExample(
-                index=i,
-                label=int(y[i]),
-                target=int(targets[i]) if targets is not None else None,
-                attack=attack,
-                shape=list(x.shape[1:]),
-                clean=flat(x[i]),
-                adversarial=flat(adv[k].cpu()),
-                attribution=[float(f"{v:.4g}") for v in attribution[k].flatten().tolist()],
-                clean_prediction=p_clean,
-                clean_confidence=float(clean_probs[k, p_clean]),
-                adversarial_prediction=p_adv,
-                adversarial_confidence=float(adv_probs[k, p_adv]),
-                perturbation_norm=float(norms[k]),
-            )
-        )
-    return out
 
 
 def _threat_loss(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:

@@ -73,6 +73,7 @@ __all__ = [
     "build_text_attack",
     "get_text_attack",
     "join_words",
+    "margin_objective",
     "max_word_edits",
     "register_text_attack",
     "split_words",
@@ -172,8 +173,11 @@ def _affixes(word: str) -> tuple[str, str, str]:
     return m.group(1), m.group(2), m.group(3)
 
 
-def _objective(logits: Tensor, labels: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Attacker objective (probability margin, to maximise) and success flags, ``(n,)`` each."""
+def margin_objective(
+    logits: Tensor, labels: Tensor, targets: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The attacker's objective (probability margin toward its goal, to maximise; see the module
+    doc) and success flags, ``(n,)`` each, for ``logits`` ``(n, K)``."""
     probs = torch.softmax(logits.detach().to(torch.float64), dim=1)
     cls = targets if targets is not None else labels
     own = probs.gather(1, cls[:, None]).squeeze(1)
@@ -302,14 +306,16 @@ class TextAttack(ABC):
                 m = len(pending[i])
                 cls_y = y[i].expand(m)
                 cls_t = t[i].expand(m) if t is not None else None
-                obj, ok = _objective(logits[start : start + m], cls_y, cls_t)
+                obj, ok = margin_objective(logits[start : start + m], cls_y, cls_t)
                 start += m
                 queries[i] += m
                 self._advance(i, searches, pending, results, (obj.tolist(), ok.tolist()))
         adversarial = [text for text, _ in results]
         edits = [e for _, e in results]
         final = self._predict(model, adversarial) if n else torch.zeros(0, 1, dtype=torch.float32)
-        _, success = _objective(final, y, t) if n else (None, torch.zeros(0, dtype=torch.bool))
+        _, success = (
+            margin_objective(final, y, t) if n else (None, torch.zeros(0, dtype=torch.bool))
+        )
         shares = []
         for text, e in zip(texts, edits, strict=True):
             words = len(split_words(text)[0])
