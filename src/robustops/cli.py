@@ -200,21 +200,25 @@ def _summary_table(result: SuiteResult) -> Table:
     table.add_column("attacked", justify="right")
     table.add_column("broken", justify="right")
     table.add_column("mean queries", justify="right")
+    edits = any(a.mean_edits is not None for t in result.threats for a in t.attacks)
+    if edits:
+        table.add_column("edits / success", justify="right")
     table.add_column("time (s)", justify="right")
     table.add_column("robust acc.", justify="right", style="bold")
     for t in result.threats:
         for i, a in enumerate(t.attacks):
             last = i == len(t.attacks) - 1
-            table.add_row(
+            cells = [
                 t.name if i == 0 else "",
                 a.name,
                 str(a.n_attacked),
                 str(a.n_broken),
                 f"{a.mean_queries:.1f}",
-                f"{a.wall_time_s:.2f}",
-                f"{t.robust_accuracy:.1%}" if last else "",
-                end_section=last,
-            )
+            ]
+            if edits:
+                cells.append(f"{a.mean_edits:.2f}" if a.mean_edits is not None else "")
+            cells += [f"{a.wall_time_s:.2f}", f"{t.robust_accuracy:.1%}" if last else ""]
+            table.add_row(*cells, end_section=last)
     return table
 
 
@@ -406,8 +410,9 @@ def gate(
 
 @app.command("attacks")
 def list_attacks() -> None:
-    """List the registered attacks."""
+    """List the registered attacks: tensor attacks (images, tables) and text attacks."""
     from robustops.attacks import available_attacks, get_attack
+    from robustops.text.attacks import available_text_attacks, get_text_attack
 
     table = Table("name", "knowledge", "norms", "class")
     for name in available_attacks():
@@ -415,6 +420,9 @@ def list_attacks() -> None:
         table.add_row(
             name, cls.knowledge, ", ".join(cls.norms), f"{cls.__module__}.{cls.__qualname__}"
         )
+    for name in available_text_attacks():
+        tcls = get_text_attack(name)
+        table.add_row(name, tcls.knowledge, "word-edits", f"{tcls.__module__}.{tcls.__qualname__}")
     console.print(table)
 
 

@@ -14,7 +14,7 @@ from robustops.evaluation.plots import (
     reliability_curves,
     reliability_figure,
 )
-from robustops.evaluation.result import SuiteResult, ThreatResult
+from robustops.evaluation.result import AttackFigures, SuiteResult, ThreatResult
 from robustops.report.document import (
     Block,
     Cell,
@@ -28,7 +28,12 @@ from robustops.report.document import (
     Table,
     slug,
 )
-from robustops.report.examples import ExampleContext, render_example
+from robustops.report.examples import (
+    ExampleContext,
+    class_label,
+    find_renderer,
+    render_example,
+)
 from robustops.report.figures import (
     AccuracyPoint,
     SweepSeries,
@@ -41,7 +46,21 @@ MAX_EXAMPLES = 8
 """Adversarial examples shown per threat."""
 
 _NORM_NAME = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
+_WORD_EDITS = "word-edits"
 _DASH = "—"
+
+_LEGEND = {
+    "image": "Images: clean, adversarial, the perturbation δ (signed) and the attribution "
+    "δ ⊙ ∇(z_adversarial − z_label) (signed: red pushed towards the adversarial class); both on "
+    "a scale symmetric around 0.",
+    "features": "Feature vectors: the features that changed, by |attribution|.",
+    "text": "Texts: each edited word struck through and followed by its replacement in bold; "
+    "invisible characters are shown as ⟨U+…⟩ and characters an edit brought in from other "
+    "scripts (look-alikes) are followed by their code point. Per edit: the change of the "
+    "attacker's objective (its probability margin) when the attack applied it, and its drop "
+    "when only that edit is reverted in the final text (edits interact: these need not add up).",
+}
+"""What the gallery's note says about the examples of each renderer modality present."""
 
 
 def audit_sweep(audit: AuditResult) -> tuple[list[tuple[float, float]], tuple[float, float] | None]:
@@ -83,17 +102,96 @@ def _num(v: float | None, fmt: str = ".4g") -> str:
     return _DASH if v is None else format(v, fmt)
 
 
-def _threat_line(t: ThreatResult) -> str:
+def _share(v: float) -> str:
+    """A share as a percentage: 0.2 → ``20%``, 0.125 → ``12.5%``."""
+    return f"{100 * v:.4g}%"
+
+
+def _norm_title(norm: str) -> str:
+    """``L∞``, ``L2``, ``word edits``."""
+    return "word edits" if norm == _WORD_EDITS else _NORM_NAME.get(norm, norm)
+
+
+def _epsilon(norm: str, epsilon: float) -> str:
+    """A budget in its unit: ``0.1`` (a norm ball's radius), ``20%`` (a share of the words)."""
+    return _share(epsilon) if norm == _WORD_EDITS else f"{epsilon:g}"
+
+
+def _budget(norm: str, epsilon: float) -> str:
+    """``L∞ ε = 0.1``, or ``word edits ≤ 20% of the words``."""
+    if norm == _WORD_EDITS:
+        return f"word edits ≤ {_share(epsilon)} of the words"
+    return f"{_NORM_NAME.get(norm, norm)} ε = {epsilon:g}"
+
+
+def _threat_line(t: ThreatResult, class_names: tuple[str, ...] = ()) -> str:
     tm = t.threat
-    parts = [
-        f"{_NORM_NAME.get(tm.norm, tm.norm)} ε = {tm.epsilon:g}",
-        tm.knowledge,
-        "targeted" if tm.targeted else "untargeted",
-        f"bounds [{tm.bounds[0]:g}, {tm.bounds[1]:g}]",
-    ]
+    if not tm.targeted:
+        goal = "untargeted"
+    elif tm.target_class is not None:
+        goal = f"targeted at class {class_label(tm.target_class, class_names)}"
+    else:
+        goal = "targeted"
+    parts = [_budget(tm.norm, tm.epsilon), tm.knowledge, goal]
+    if tm.norm != _WORD_EDITS:
+        parts.append(f"bounds [{tm.bounds[0]:g}, {tm.bounds[1]:g}]")
     if tm.query_budget is not None:
         parts.append(f"query budget {tm.query_budget}")
     return ", ".join(parts)
+
+
+def _class_names(data: dict[str, Any]) -> tuple[str, ...]:
+    """The class names the result's data records (``data["classes"]``), if any."""
+    classes = data.get("classes")
+    if not isinstance(classes, list | tuple):
+        return ()
+    return tuple(str(c) for c in classes)
+
+
+def _attack_table(t: ThreatResult) -> Table:
+    """The attacks of a threat; queries per success and mean words edited when recorded."""
+    text = t.threat.norm == _WORD_EDITS
+    attacks = t.attacks
+    per_success = any(a.mean_queries_per_success is not None for a in attacks)
+    edits = any(a.mean_edits is not None for a in attacks)
+
+    def size(a: AttackFigures) -> str:
+        v = a.median_perturbation
+        return _DASH if v is None else _share(v) if text else _num(v)
+
+    columns = ["attack", "params", "attacked", "broken", "success rate", "mean queries"]
+    if per_success:
+        columns.append("queries per success")
+    if edits:
+        columns.append("mean words edited")
+    columns += ["median share of words edited" if text else "median perturbation"]
+    columns.append("wall time (s)")
+    rows: list[tuple[Cell, ...]] = []
+    for a in attacks:
+        row: list[Cell] = [
+            a.name,
+            _params(a.params),
+            str(a.n_attacked),
+            str(a.n_broken),
+            _pct(a.success_rate),
+            f"{a.mean_queries:.1f}",
+        ]
+        if per_success:
+            row.append(_num(a.mean_queries_per_success, ".1f"))
+        if edits:
+            row.append(_num(a.mean_edits, ".2f"))
+        row += [size(a), f"{a.wall_time_s:.2f}"]
+        rows.append(tuple(row))
+    caption = "attacks run in order on the samples still robust; "
+    if text:
+        caption += "words edited and their share: medians and means over the successes"
+    else:
+        caption += f"median perturbation of the successes in {_norm_title(t.threat.norm)}"
+    if per_success:
+        caption += "; queries per success: mean queries spent on the samples the attack broke"
+    return Table(
+        tuple(columns), tuple(rows), numeric=frozenset(range(2, len(columns))), caption=caption
+    )
 
 
 def _params(params: dict[str, Any]) -> str:
@@ -119,6 +217,7 @@ class _Builder:
         self._names: set[str] = set()
         self._anchors: set[str] = set()
         self._audits = {a.threat: a for a in result.audit}
+        self.class_names = _class_names(result.data)
 
     # --- unique names -------------------------------------------------------------------------
 
@@ -220,7 +319,7 @@ class _Builder:
             rows.append(
                 (
                     t.name,
-                    _threat_line(t),
+                    _threat_line(t, self.class_names),
                     _pct(t.robust_accuracy),
                     _ci(wilson_interval(t.n_robust, n)),
                     _pct(t.attack_success_rate),
@@ -270,16 +369,24 @@ class _Builder:
 
     def curves(self) -> Section:
         r = self.r
-        sec = self.section("Robust accuracy against epsilon", key="curves")
-        sec.blocks.append(
-            Paragraph.of(
-                "Threats grouped by norm and goal; epsilon 0 is the clean accuracy. Dashed: the "
-                "gradient-masking audit's epsilon sweep, 1 − PGD success on the audited "
-                "(correctly classified) samples only, so it is not on the same base as the "
-                "robust accuracy.",
-                note=True,
-            )
+        any_text = any(t.threat.norm == _WORD_EDITS for t in r.threats)
+        title = (
+            "Robust accuracy against the budget" if any_text else "Robust accuracy against epsilon"
         )
+        sec = self.section(title, key="curves")
+        note = "Threats grouped by norm and goal; epsilon 0 is the clean accuracy."
+        if any_text:
+            note = (
+                "Threats grouped by budget (a norm, or word edits for texts) and goal; a budget "
+                "of 0 is the clean accuracy."
+            )
+        if r.audit:
+            note += (
+                " Dashed: the gradient-masking audit's epsilon sweep, 1 − PGD success on the "
+                "audited (correctly classified) samples only, so it is not on the same base as "
+                "the robust accuracy."
+            )
+        sec.blocks.append(Paragraph.of(note, note=True))
         groups: dict[tuple[str, bool], list[ThreatResult]] = {}
         for t in r.threats:
             groups.setdefault((t.threat.norm, t.threat.targeted), []).append(t)
@@ -287,14 +394,19 @@ class _Builder:
         clean_ci = wilson_interval(sum(r.samples.clean_correct), n)
         for (norm, targeted), threats in groups.items():
             goal = "targeted" if targeted else "untargeted"
-            title = f"{_NORM_NAME.get(norm, norm)}, {goal}"
+            title = f"{_norm_title(norm)}, {goal}"
+            text = norm == _WORD_EDITS
             sub = self.section(title, level=3, key=f"curve {norm} {goal}")
             points = [AccuracyPoint(0.0, r.clean_accuracy, *clean_ci, "clean")]
-            rows: list[tuple[Cell, ...]] = [("clean", "0", _pct(r.clean_accuracy), _ci(clean_ci))]
+            rows: list[tuple[Cell, ...]] = [
+                ("clean", _epsilon(norm, 0.0), _pct(r.clean_accuracy), _ci(clean_ci))
+            ]
             for t in sorted(threats, key=lambda t: t.threat.epsilon):
                 ci = wilson_interval(t.n_robust, n)
                 points.append(AccuracyPoint(t.threat.epsilon, t.robust_accuracy, *ci, t.name))
-                rows.append((t.name, f"{t.threat.epsilon:g}", _pct(t.robust_accuracy), _ci(ci)))
+                rows.append(
+                    (t.name, _epsilon(norm, t.threat.epsilon), _pct(t.robust_accuracy), _ci(ci))
+                )
             sweeps: list[SweepSeries] = []
             sweep_rows: list[tuple[Cell, ...]] = []
             for t in threats:
@@ -312,13 +424,26 @@ class _Builder:
                     e, s = unbounded
                     sweep_rows.append((t.name, f"{e:g} (unbounded)", _pct(s), _pct(1 - s)))
             fig = robustness_curve_figure(
-                points, sweeps, title=f"robust accuracy, {title}", norm=norm
+                points,
+                sweeps,
+                title=f"robust accuracy, {title}",
+                norm=norm,
+                xlabel="word-edit budget (share of the words)" if text else "",
+                percent=text,
             )
-            caption = f"robust accuracy against {_NORM_NAME.get(norm, norm)} epsilon ({goal})"
+            if text:
+                caption = f"robust accuracy against the word-edit budget ({goal})"
+            else:
+                caption = f"robust accuracy against {_norm_title(norm)} epsilon ({goal})"
             sub.blocks.append(self.figure(f"robustness-{norm}-{goal}", fig, caption, caption))
             sub.blocks.append(
                 Table(
-                    ("threat", "epsilon", "robust accuracy", "95% CI (Wilson)"),
+                    (
+                        "threat",
+                        "word-edit budget" if text else "epsilon",
+                        "robust accuracy",
+                        "95% CI (Wilson)",
+                    ),
                     tuple(rows),
                     numeric=frozenset({1, 2, 3}),
                 )
@@ -344,46 +469,25 @@ class _Builder:
             audit = self._audits.get(t.name)
             sub.status = Status(audit.verdict) if audit is not None else None
             ci = wilson_interval(t.n_robust, r.n_samples)
-            sub.blocks.append(Paragraph.of(_threat_line(t)))
+            sub.blocks.append(Paragraph.of(_threat_line(t, self.class_names)))
+            if t.n_attacked is None:
+                attacked = "of the correctly classified samples"
+            elif t.threat.target_class is not None:
+                target = class_label(t.threat.target_class, self.class_names)
+                attacked = (
+                    f"of the {t.n_attacked} samples attacked (correctly classified and not "
+                    f"already of the target class {target})"
+                )
+            else:
+                attacked = f"of the {t.n_attacked} correctly classified samples"
             sub.blocks.append(
                 Paragraph.of(
                     f"Robust accuracy {_pct(t.robust_accuracy)} ({t.n_robust}/{r.n_samples}, "
-                    f"95% CI {_ci(ci)}); attack success {_pct(t.attack_success_rate)} of the "
-                    f"correctly classified samples; {t.total_queries:,} queries; "
-                    f"{t.wall_time_s:.2f} s."
+                    f"95% CI {_ci(ci)}); attack success {_pct(t.attack_success_rate)} "
+                    f"{attacked}; {t.total_queries:,} queries; {t.wall_time_s:.2f} s."
                 )
             )
-            rows = tuple(
-                (
-                    a.name,
-                    _params(a.params),
-                    str(a.n_attacked),
-                    str(a.n_broken),
-                    _pct(a.success_rate),
-                    f"{a.mean_queries:.1f}",
-                    _num(a.median_perturbation),
-                    f"{a.wall_time_s:.2f}",
-                )
-                for a in t.attacks
-            )
-            sub.blocks.append(
-                Table(
-                    (
-                        "attack",
-                        "params",
-                        "attacked",
-                        "broken",
-                        "success rate",
-                        "mean queries",
-                        "median perturbation",
-                        "wall time (s)",
-                    ),
-                    rows,
-                    numeric=frozenset({2, 3, 4, 5, 6, 7}),
-                    caption="attacks run in order on the samples still robust; median "
-                    f"perturbation of the successes in {_NORM_NAME.get(t.threat.norm, t.threat.norm)}",
-                )
-            )
+            sub.blocks.append(_attack_table(t))
             sec.subsections.append(sub)
         return sec
 
@@ -533,15 +637,17 @@ class _Builder:
 
     def gallery(self) -> Section:
         sec = self.section("Adversarial examples", key="examples")
-        sec.blocks.append(
-            Paragraph.of(
-                "A few samples each threat broke. Images: clean, adversarial, the perturbation "
-                "δ (signed) and the attribution δ ⊙ ∇(z_adversarial − z_label) (signed: red "
-                "pushed towards the adversarial class); both on a scale symmetric around 0. "
-                "Feature vectors: the features that changed, by |attribution|.",
-                note=True,
+        modalities: list[str] = []
+        for t in self.r.threats:
+            for ex in t.examples[:MAX_EXAMPLES]:
+                renderer = find_renderer(ex)
+                if renderer is not None and renderer.modality not in modalities:
+                    modalities.append(renderer.modality)
+        legend = [_LEGEND[m] for m in modalities if m in _LEGEND]
+        if legend:
+            sec.blocks.append(
+                Paragraph.of(" ".join(["A few samples each threat broke.", *legend]), note=True)
             )
-        )
         any_examples = False
         for t in self.r.threats:
             examples = list(t.examples)
@@ -549,7 +655,7 @@ class _Builder:
                 continue
             any_examples = True
             sub = self.section(t.name, level=3, key=f"examples {t.name}")
-            ctx = ExampleContext(t.name, t.threat, self.figure_name)
+            ctx = ExampleContext(t.name, t.threat, self.figure_name, self.class_names)
             items = tuple(render_example(ex, ctx) for ex in examples[:MAX_EXAMPLES])
             blocks: list[Block] = [Gallery(items)]
             if len(examples) > MAX_EXAMPLES:

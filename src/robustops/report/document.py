@@ -2,13 +2,16 @@
 then written by a backend (:mod:`robustops.report.markdown`, :mod:`robustops.report.html`).
 
 Every string held here is plain text (never markup): each backend escapes it for its format.
-Figures hold rendered PNG bytes and a file name unique within the document.
+Inline meaning (a struck-out word, an inserted one, a label standing for an invisible character)
+is a :class:`Span` around plain text, never markup in the text. Figures hold rendered PNG bytes
+and a file name unique within the document.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = [
     "Block",
@@ -20,8 +23,11 @@ __all__ = [
     "KeyValues",
     "Paragraph",
     "Section",
+    "Span",
+    "SpanStyle",
     "Status",
     "Table",
+    "cell_text",
     "slug",
 ]
 
@@ -33,22 +39,66 @@ class Status:
     value: str
 
 
-Cell = str | Status
-"""A table cell or a piece of a paragraph: plain text or a status badge."""
+SpanStyle = Literal["plain", "removed", "added", "char"]
+"""What a :class:`Span` means: ``plain`` (a group, e.g. a word, kept on one line where the
+format allows; no emphasis), ``removed`` (struck through: e.g. an original word an edit
+replaced), ``added`` (emphasised: its replacement), ``char`` (a label such as ``⟨U+200B⟩``
+standing for a character a reader could not see or tell apart)."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Inline text with a meaning (:data:`SpanStyle`) each backend renders its own way (HTML:
+    a ``span``, ``del``, ``ins``, a marked ``span``; Markdown: plain, ``~~…~~``, ``**…**``,
+    plain). ``parts`` are plain text, badges or nested spans; ``title`` is a longer
+    description (an HTML tooltip, e.g. a character's Unicode name).
+
+    In Markdown, a ``removed`` or ``added`` span should be set apart by spaces (or start or end
+    the line) for its delimiters to be recognised whatever the text inside begins or ends with.
+    """
+
+    parts: tuple[Cell, ...]
+    style: SpanStyle = "plain"
+    title: str = ""
+
+    @classmethod
+    def of(cls, style: SpanStyle, *parts: Cell, title: str = "") -> Span:
+        return cls(tuple(parts), style, title)
+
+    def plain(self) -> str:
+        """The span's text without any styling (badges as their value)."""
+        return "".join(cell_text(p) for p in self.parts)
+
+
+Cell = str | Status | Span
+"""A table cell or a piece of a paragraph: plain text, a status badge or a styled span."""
+
+
+def cell_text(cell: Cell) -> str:
+    """``cell`` as plain text (badges as their value, spans without their styling)."""
+    if isinstance(cell, Status):
+        return cell.value
+    if isinstance(cell, Span):
+        return cell.plain()
+    return cell
 
 
 @dataclass(frozen=True)
 class Paragraph:
     """A line of text and badges; ``note``: de-emphasised; ``callout``: a status
-    (``pass``, ``warn``, ``fail``, ``skip``) whose colour frames the paragraph."""
+    (``pass``, ``warn``, ``fail``, ``skip``) whose colour frames the paragraph; ``quote``:
+    quoted data (e.g. a message under attack), set apart as a block quote."""
 
     parts: tuple[Cell, ...]
     note: bool = False
     callout: str | None = None
+    quote: bool = False
 
     @classmethod
-    def of(cls, *parts: Cell, note: bool = False, callout: str | None = None) -> Paragraph:
-        return cls(tuple(parts), note=note, callout=callout)
+    def of(
+        cls, *parts: Cell, note: bool = False, callout: str | None = None, quote: bool = False
+    ) -> Paragraph:
+        return cls(tuple(parts), note=note, callout=callout, quote=quote)
 
 
 @dataclass(frozen=True)
@@ -81,13 +131,15 @@ class Figure:
 
 @dataclass(frozen=True)
 class GalleryItem:
-    """One entry of a gallery: a title, a caption and any of a figure and a table."""
+    """One entry of a gallery: a title, a caption and any of a figure, paragraphs (``body``,
+    e.g. a text and its edits) and a table, in that order."""
 
     title: str
     caption: str
     figure: Figure | None = None
     table: Table | None = None
     note: str = ""
+    body: tuple[Paragraph, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,14 @@ def robustness_curve_figure(
     *,
     title: str = "",
     norm: str = "",
+    xlabel: str = "",
+    percent: bool = False,
     dpi: int = 100,
 ) -> Any:
     """Accuracy against epsilon: ``points`` (clean at 0 and each threat) joined in order of
-    epsilon with their confidence intervals as error bars, and each of ``sweeps`` dashed."""
+    epsilon with their confidence intervals as error bars, and each of ``sweeps`` dashed.
+    ``xlabel`` replaces the default ``epsilon (norm)`` axis label; ``percent`` shows the budget
+    as a percentage (a share, e.g. of the words edited)."""
     fig = new_figure((6.4, 4.2), dpi)
     ax = fig.add_subplot()
     pts = sorted(points, key=lambda p: p.epsilon)
@@ -85,7 +89,11 @@ def robustness_curve_figure(
     right = right if right > 0 else 1.0
     ax.set_xlim(-0.02 * right, right * 1.1)
     ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel(f"epsilon ({norm})" if norm else "epsilon")
+    ax.set_xlabel(mpl_text(xlabel) if xlabel else f"epsilon ({norm})" if norm else "epsilon")
+    if percent:
+        from matplotlib.ticker import PercentFormatter  # matplotlib is imported when drawing
+
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.set_ylabel("accuracy")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="x-small")

@@ -3,7 +3,9 @@
 Nothing is fetched: figures are inlined as ``data:image/png;base64,`` URIs, the CSS is inline,
 there is no JavaScript, no external font, and a Content-Security-Policy forbids any load other
 than inline data images and styles (so a mistake shows up as a blocked request, not a leak).
-Every string from the result goes through :func:`html.escape`.
+Every string from the result goes through :func:`html.escape`. Spans: ``removed`` as ``<del>``,
+``added`` as ``<ins>``, ``char`` labels as a marked ``<span>`` (its title the character's name),
+``plain`` as a ``<span>`` kept on one line.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from robustops.report.document import (
     KeyValues,
     Paragraph,
     Section,
+    Span,
     Status,
     Table,
 )
@@ -79,6 +82,16 @@ figcaption { color: var(--muted); font-size: 0.85rem; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 10px; background: #fff; }
 .card p { margin: 4px 0; font-size: 0.88rem; }
 .scroll { overflow-x: auto; }
+blockquote.quote { margin: 8px 0; padding: 6px 10px; border-left: 4px solid var(--line);
+  background: var(--bg-soft); line-height: 1.9; overflow-x: auto; }
+blockquote.quote p { margin: 0; }
+.group, del, ins { white-space: nowrap; }
+del { background: #ffebe9; color: #82071e; text-decoration: line-through; padding: 0 2px; }
+ins { background: #dafbe1; color: #116329; text-decoration: none; font-weight: 600;
+  padding: 0 2px; }
+.char { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  font-size: 0.78em; font-weight: 400; color: #8250df; background: #fbefff;
+  border: 1px solid #d8b9ff; border-radius: 3px; padding: 0 2px; margin: 0 1px; }
 footer { color: var(--muted); font-size: 0.8rem; padding-bottom: 24px; margin-top: 36px; }
 """
 
@@ -88,8 +101,34 @@ def _badge(s: Status) -> str:
     return f'<span class="badge badge-{v}">{escape(_STATUS_TEXT.get(s.value, s.value))}</span>'
 
 
+_SPAN_TAG = {"removed": "del", "added": "ins"}
+
+
 def _cell(c: Cell) -> str:
-    return _badge(c) if isinstance(c, Status) else escape(c)
+    if isinstance(c, Status):
+        return _badge(c)
+    if isinstance(c, Span):
+        inner = "".join(_cell(p) for p in c.parts)
+        title = f' title="{escape(c.title)}"' if c.title else ""
+        if c.style == "char":
+            return f'<span class="char"{title}>{inner}</span>'
+        tag = _SPAN_TAG.get(c.style)
+        if tag is None:
+            return f'<span class="group"{title}>{inner}</span>'
+        return f"<{tag}{title}>{inner}</{tag}>"
+    return escape(c)
+
+
+def _paragraph(b: Paragraph) -> str:
+    classes = []
+    if b.note:
+        classes.append("note")
+    if b.callout:
+        v = b.callout if b.callout in _STATUS_TEXT else "skip"
+        classes += ["callout", f"callout-{v}"]
+    attr = f' class="{" ".join(classes)}"' if classes else ""
+    p = f"<p{attr}>" + "".join(_cell(c) for c in b.parts) + "</p>"
+    return f'<blockquote class="quote">{p}</blockquote>' if b.quote else p
 
 
 def _table(t: Table) -> str:
@@ -124,6 +163,7 @@ def _card(item: GalleryItem, level: int) -> str:
     if item.figure is not None:
         parts.append(_img(item.figure))
     parts.append(f"<p>{escape(item.caption)}</p>")
+    parts.extend(_paragraph(p) for p in item.body)
     if item.table is not None:
         parts.append(_table(item.table))
     if item.note:
@@ -135,14 +175,7 @@ def _blocks(blocks: list[Block], level: int) -> str:
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Paragraph):
-            classes = []
-            if b.note:
-                classes.append("note")
-            if b.callout:
-                v = b.callout if b.callout in _STATUS_TEXT else "skip"
-                classes += ["callout", f"callout-{v}"]
-            attr = f' class="{" ".join(classes)}"' if classes else ""
-            out.append(f"<p{attr}>" + "".join(_cell(p) for p in b.parts) + "</p>")
+            out.append(_paragraph(b))
         elif isinstance(b, KeyValues):
             rows = "".join(f"<dt>{escape(k)}</dt><dd>{_cell(v)}</dd>" for k, v in b.items)
             out.append(f'<dl class="kv">{rows}</dl>')

@@ -1,7 +1,10 @@
 """The Markdown backend: ``report.md`` with its figures as PNG files next to it (relative links).
 
 Text from the result is escaped for Markdown (HTML-special characters as entities, Markdown
-punctuation with backslashes), so a name such as ``<script>`` or ``a|b`` renders literally.
+punctuation with backslashes, and a line never starts with block syntax such as ``#`` or
+``1.``), so a name such as ``<script>`` or ``a|b`` renders literally. Spans: ``removed`` as
+``~~struck~~`` (GitHub-flavoured strikethrough), ``added`` as ``**bold**``, ``char`` labels as
+plain text.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from robustops.report.document import (
     KeyValues,
     Paragraph,
     Section,
+    Span,
     Status,
     Table,
 )
@@ -30,6 +34,10 @@ MARKDOWN_NAME = "report.md"
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 _SPACE = re.compile(r"\s+")
 _STATUS = {"pass": "✓ pass", "warn": "⚠ warn", "fail": "✗ FAIL", "skip": "– skip"}
+# What would make a line a heading, list item, thematic break or setext underline (">" and "<"
+# are entities after md_escape, and "*", "_", "`", "~", "|" are backslash-escaped already).
+_BLOCK_START = re.compile(r"^( ?)(#|[-+=]|\d{1,9}(?=[.)]))")
+_SPAN_DELIMITER = {"removed": "~~", "added": "**"}
 
 
 def md_escape(text: str) -> str:
@@ -41,7 +49,31 @@ def md_escape(text: str) -> str:
 def _cell(c: Cell) -> str:
     if isinstance(c, Status):
         return f"**{md_escape(_STATUS.get(c.value, c.value))}**"
+    if isinstance(c, Span):
+        inner = "".join(_cell(p) for p in c.parts)
+        mark = _SPAN_DELIMITER.get(c.style, "")
+        return f"{mark}{inner}{mark}" if inner.strip() else inner
     return md_escape(c)
+
+
+def _line(text: str) -> str:
+    """``text`` (escaped inline Markdown) safe at the start of a line: leading block syntax
+    (``#``, ``-``, ``+``, ``=``, ``1.``) backslash-escaped so it stays text."""
+
+    def esc(m: re.Match[str]) -> str:
+        lead, mark = m.group(1), m.group(2)
+        if mark[0].isdigit():
+            return f"{lead}{mark}\\"  # "1." becomes "1\." (the escape goes before the . or ))
+        return f"{lead}\\{mark}"
+
+    return _BLOCK_START.sub(esc, text, count=1)
+
+
+def _paragraph(b: Paragraph) -> str:
+    text = _line("".join(_cell(p) for p in b.parts))
+    if b.note:
+        text = f"*{text}*"
+    return f"> {text}" if b.callout or b.quote else text
 
 
 def _table(t: Table) -> list[str]:
@@ -68,10 +100,7 @@ def _blocks(blocks: list[Block], level: int) -> list[str]:
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Paragraph):
-            text = "".join(_cell(p) for p in b.parts)
-            if b.note:
-                text = f"*{text}*"
-            out += [f"> {text}" if b.callout else text, ""]
+            out += [_paragraph(b), ""]
         elif isinstance(b, KeyValues):
             out += [f"- **{md_escape(k)}**: {_cell(v)}" for k, v in b.items] + [""]
         elif isinstance(b, Table):
@@ -81,9 +110,11 @@ def _blocks(blocks: list[Block], level: int) -> list[str]:
         elif isinstance(b, Gallery):
             for item in b.items:
                 out += [f"{'#' * min(level + 1, 6)} {md_escape(item.title)}", ""]
-                out += [md_escape(item.caption), ""]
+                out += [_line(md_escape(item.caption)), ""]
                 if item.figure is not None:
                     out += [f"![{md_escape(item.figure.alt)}]({item.figure.name})", ""]
+                for p in item.body:
+                    out += [_paragraph(p), ""]
                 if item.table is not None:
                     out += [*_table(item.table), ""]
                 if item.note:
