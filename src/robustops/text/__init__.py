@@ -1,5 +1,6 @@
 """Text classification under character- and word-level attack: classifiers behind one
-interface (:class:`TextClassifier`) and an input sanitizer.
+interface (:class:`TextClassifier`), their factory and trainer (:func:`char_ngram_classifier`,
+:func:`fit_text`, with adversarial data augmentation) and an input sanitizer.
 
 The attacks live in :mod:`robustops.text.attacks` (imported on its own, not from here).
 """
@@ -10,6 +11,7 @@ from robustops.text.models import (
     SklearnTextClassifier,
     TextClassifier,
     TorchTextClassifier,
+    char_ngram_classifier,
     predict_labels,
     text_accuracy,
     train_text_classifier,
@@ -23,21 +25,36 @@ from robustops.text.sanitize import (
     sanitize,
     sanitize_many,
 )
+from robustops.text.training import (
+    AugmentedText,
+    AugmentRound,
+    TextEpochMetrics,
+    TextTrainResult,
+    fit_text,
+    text_recipe_errors,
+)
 
 __all__ = [
     "CONFUSABLES",
     "HOMOGLYPHS",
     "INVISIBLE",
     "LEET",
+    "AugmentRound",
+    "AugmentedText",
     "CharNgramVocab",
     "EmbeddingBagClassifier",
     "SanitizedClassifier",
     "SklearnTextClassifier",
     "TextClassifier",
+    "TextEpochMetrics",
+    "TextTrainResult",
     "TorchTextClassifier",
+    "char_ngram_classifier",
+    "fit_text",
     "predict_labels",
     "sanitize",
     "sanitize_many",
     "text_accuracy",
+    "text_recipe_errors",
     "train_text_classifier",
 ]

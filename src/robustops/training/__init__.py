@@ -11,6 +11,7 @@ from robustops.training.checkpoint import (
 )
 from robustops.training.distributed import DistContext, env_rank, init_distributed
 from robustops.training.recipe import (
+    AugmentSpec,
     AWPSpec,
     CurriculumSpec,
     EarlyStoppingSpec,
@@ -29,6 +30,7 @@ from robustops.training.trainer import BatchEvent, EpochMetrics, TrainResult, fi
 __all__ = [
     "CHECKPOINT_FORMAT",
     "AWPSpec",
+    "AugmentSpec",
     "BatchEvent",
     "CurriculumSpec",
     "DistContext",

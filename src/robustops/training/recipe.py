@@ -11,12 +11,20 @@ accepts it directly too::
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from robustops.attacks.registry import AttackSpec
+from robustops.errors import SpecError
+from robustops.threats.model import ThreatModel
+
+if TYPE_CHECKING:
+    from robustops.text.attacks import TextAttack
 
 __all__ = [
     "AWPSpec",
+    "AugmentSpec",
     "CurriculumSpec",
     "EarlyStoppingSpec",
     "GuardSpec",
@@ -304,6 +312,82 @@ class GuardSpec(_Strict):
     max_restores: int = Field(default=3, ge=0)
 
 
+class AugmentSpec(_Strict):
+    """Adversarial data augmentation for text models (the text trainer only,
+    :func:`robustops.text.training.fit_text`).
+
+    Before some epochs the trainer attacks a sample of the training texts with the current
+    model, and the adversarial texts that fooled it join the training data, with their true
+    labels, from that epoch on (as TextAttack's ``Trainer`` does adversarial training).
+
+    Attributes:
+        threat: the attacker's budget during augmentation; must be ``norm: word-edits``
+            (``epsilon`` is the largest share of a text's words edited, ``query_budget`` model
+            queries per text, ``targeted``/``target_class`` the attacker's goal).
+        attacks: text attacks by registry name (:mod:`robustops.text.attacks`) with their
+            hyper-parameters (``seed`` is set per round by the trainer; ``max_edit_share``,
+            ``query_budget`` and ``targeted`` come from ``threat``). The drawn samples are
+            shared round-robin (sample ``k`` gets attack ``k mod len(attacks)``), so a round
+            costs about one search per sample whatever the number of attacks.
+        samples: training samples attacked per round (count), drawn with a seeded generator
+            among those the threat attacks (``threat.attacked(labels)``: with ``target_class: 0``
+            only the samples not of class 0); all of them when there are fewer.
+        every: epochs between two rounds.
+        start_epoch: 1-based epoch before which the first round runs (the model first learns
+            from clean data); rounds then run before epochs ``start_epoch``,
+            ``start_epoch + every``, ... up to ``epochs``.
+        pool: ``accumulate`` keeps the adversarial texts of every round; ``replace`` trains on
+            the latest round's only.
+    """
+
+    threat: ThreatModel
+    attacks: list[AttackSpec] = Field(min_length=1)
+    samples: int = Field(default=256, ge=1)
+    every: int = Field(default=1, ge=1)
+    start_epoch: int = Field(default=2, ge=1)
+    pool: Literal["accumulate", "replace"] = "accumulate"
+
+    @field_validator("threat")
+    @classmethod
+    def _word_edits(cls, threat: ThreatModel) -> ThreatModel:
+        if threat.norm != "word-edits":
+            raise ValueError(
+                f"augmentation attacks texts: the threat needs norm 'word-edits', "
+                f"not {threat.norm!r}"
+            )
+        return threat
+
+    def build_attacks(self, seed: int) -> list[TextAttack]:
+        """The attacks, built for :attr:`threat` with ``seed`` (one per entry of
+        :attr:`attacks`, in order).
+
+        Raises :class:`SpecError` with paths ``augment.attacks.J.<param>`` (``.name`` for an
+        unknown attack) or ``augment.threat.<field>``; callers add their own prefix.
+        """
+        from robustops.text.attacks import build_text_attack
+
+        built: list[TextAttack] = []
+        errors: list[tuple[str, str]] = []
+        for j, spec in enumerate(self.attacks):
+            params = spec.params()
+            if "seed" in params:
+                errors.append(
+                    (f"augment.attacks.{j}.seed", "set per augmentation round by the trainer")
+                )
+                continue
+            try:
+                built.append(build_text_attack(spec.name, self.threat, seed=seed, **params))
+            except SpecError as exc:
+                for path, msg in exc.errors:
+                    if path.startswith("threat"):
+                        errors.append((f"augment.{path}", msg))
+                    else:
+                        errors.append((f"augment.attacks.{j}.{path}", msg))
+        if errors:
+            raise SpecError(errors)
+        return built
+
+
 class Recipe(_Strict):
     """A whole training recipe.
 
@@ -327,6 +411,8 @@ class Recipe(_Strict):
         inner_precision: ``bfloat16`` runs the search for adversarial inputs under autocast
             (mixed precision; about 2-3× faster on CPUs with AVX512-BF16 or AMX); the weight
             update, validation and the guard stay in float32.
+        augment: adversarial data augmentation of text models (see :class:`AugmentSpec`);
+            the image/tabular trainer refuses it.
     """
 
     epochs: int = Field(default=5, ge=1)
@@ -348,11 +434,17 @@ class Recipe(_Strict):
     bounds: tuple[float, float] = (0.0, 1.0)
     memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     inner_precision: Literal["float32", "bfloat16"] = "float32"
+    augment: AugmentSpec | None = None
 
     @model_validator(mode="after")
     def _coherent(self) -> Recipe:
         if not self.bounds[0] < self.bounds[1]:
             raise ValueError(f"bounds must satisfy low < high, got {self.bounds}")
+        if self.augment is not None and self.augment.start_epoch > self.epochs:
+            raise ValueError(
+                f"augment.start_epoch ({self.augment.start_epoch}) is after the last epoch "
+                f"({self.epochs}): no augmentation round would run"
+            )
         obj = self.objective
         if obj.adversarial and not self.threats:
             raise ValueError(f"objective {obj.name!r} needs at least one entry in threats")

@@ -530,6 +530,12 @@ def fit(
     Returns a :class:`TrainResult`; files are written by rank 0 only.
     """
     t_start = time.perf_counter()
+    if recipe.augment is not None:
+        raise SpecError.single(
+            "train.augment",
+            "augmentation is for text data (robustops.text.training.fit_text); image/tabular "
+            "training hardens with adversarial objectives (objective: pgd-at, trades, fast)",
+        )
     ctx = ctx or DistContext()
     if recipe.batch_size % ctx.world_size:
         raise SpecError.single(
