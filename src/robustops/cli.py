@@ -58,6 +58,7 @@ def train(
     """
     from robustops.config import load_spec
     from robustops.runner import train_spec
+    from robustops.text.training import TextEpochMetrics
     from robustops.training import BatchEvent, EpochMetrics, env_rank
 
     quiet = env_rank() != 0
@@ -74,7 +75,10 @@ def train(
             transient=False,
             disable=quiet,
         ) as bar:
-            epochs = bar.add_task(f"{s.train.objective.name}", total=s.train.epochs, label="epochs")
+            recipe: str = s.train.objective.name
+            if s.data.modality == "text":
+                recipe = "augment" if s.train.augment is not None else "standard"
+            epochs = bar.add_task(recipe, total=s.train.epochs, label="epochs")
             batches = bar.add_task("", total=None, label="batches", visible=False)
 
             def on_batch(e: BatchEvent) -> None:
@@ -86,12 +90,22 @@ def train(
                     visible=True,
                 )
 
-            def on_epoch(e: EpochMetrics) -> None:
+            def on_epoch(e: EpochMetrics | TextEpochMetrics) -> None:
                 parts = [
                     f"epoch {e.epoch}",
                     f"loss {e.loss:.3f}",
                     f"train acc {e.train_accuracy:.3f}",
                 ]
+                if isinstance(e, TextEpochMetrics):
+                    if e.augment is not None:
+                        a = e.augment
+                        parts.append(
+                            f"augment: {a.fooled}/{a.attacked} fooled, {a.added} added, "
+                            f"pool {a.pool_size}"
+                        )
+                    bar.update(epochs, completed=e.epoch, description=" · ".join(parts))
+                    console.print(" · ".join(parts), highlight=False)
+                    return
                 if e.val_clean_accuracy is not None:
                     parts.append(f"clean {e.val_clean_accuracy:.3f}")
                 if e.val_robust_accuracy is not None:

@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from robustops.attacks import Attack, build_attack
 from robustops.attacks.registry import AttackSpec
-from robustops.data import DATASETS
+from robustops.data import DATASETS, TEXT_DATASETS
 from robustops.errors import SpecError
 from robustops.evaluation.suite import SuiteThreat
 from robustops.gate import GatePolicyFile
+from robustops.text.attacks import TextAttack, build_text_attack
 from robustops.threats import ThreatCatalog, ThreatModel, validation_error_to_spec_error
 from robustops.training.recipe import Recipe
 
@@ -39,7 +40,9 @@ class _Strict(BaseModel):
 
 
 class DataSpec(_Strict):
-    """Which embedded data set and how to split it."""
+    """Which embedded data set and how to split it: images and tables (:data:`DATASETS`:
+    ``mnist_subset``, ``digits``, ``breast_cancer``) or texts (:data:`TEXT_DATASETS`:
+    ``sms_spam``)."""
 
     name: str = "mnist_subset"
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
@@ -48,9 +51,15 @@ class DataSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"unknown data set {v!r}; available: {sorted(DATASETS)}")
+        if v not in DATASETS and v not in TEXT_DATASETS:
+            known = sorted([*DATASETS, *TEXT_DATASETS])
+            raise ValueError(f"unknown data set {v!r}; available: {known}")
         return v
+
+    @property
+    def modality(self) -> Literal["tensor", "text"]:
+        """``"text"`` for a text data set, ``"tensor"`` for images and tables."""
+        return "text" if self.name in TEXT_DATASETS else "tensor"
 
 
 class ModelSpec(_Strict):
@@ -115,7 +124,10 @@ class ThreatSpec(ThreatModel):
         return ThreatModel.model_validate(self.model_dump(exclude={"attacks"}))
 
 
-def _default_calibration_attack() -> AttackSpec:
+def _default_calibration_attack(threat: ThreatModel) -> AttackSpec:
+    """PGD with 10 steps for tensor threats, character edits for text threats."""
+    if threat.modality == "text":
+        return AttackSpec.model_validate({"name": "char-edit"})
     return AttackSpec.model_validate({"name": "pgd", "steps": 10})
 
 
@@ -131,9 +143,10 @@ class CalibrationSpec(_Strict):
         n_samples: held-out samples: the test samples right after the evaluated ones (default:
             all of the rest).
         threat: the threat whose budget the adversarial held-out inputs use (default: the first).
-        attack: the attack that makes them (default PGD, 10 steps, which like the suite's
-            attacks stops on a sample as soon as it is misclassified; ``early_stop: false``
-            makes confident mistakes instead).
+        attack: the attack that makes them (default: for tensor threats PGD, 10 steps, which
+            like the suite's attacks stops on a sample as soon as it is misclassified;
+            ``early_stop: false`` makes confident mistakes instead; for text threats
+            ``char-edit``).
     """
 
     enabled: bool = True
@@ -141,7 +154,7 @@ class CalibrationSpec(_Strict):
     fit_on: Literal["none", "clean", "adversarial", "mix"] = "mix"
     n_samples: int | None = Field(default=None, ge=1)
     threat: str | None = None
-    attack: AttackSpec = Field(default_factory=_default_calibration_attack)
+    attack: AttackSpec | None = None
 
 
 class AuditSpec(_Strict):
@@ -330,6 +343,59 @@ class PipelineSpec(_Strict):
             if name not in names
         ]
 
+    def modality_errors(self) -> list[tuple[str, str]]:
+        """Sections that do not fit the data's modality (text data: ``word-edits`` threats,
+        no gradient-masking audit or certification, a text training recipe; images and tables:
+        no ``word-edits`` threats or text augmentation)."""
+        text = self.data.modality == "text"
+        errors: list[tuple[str, str]] = []
+        ev = self.evaluation
+        for i, ts in enumerate(ev.threats if ev else []):
+            if (ts.norm == "word-edits") != text:
+                want = "word-edits" if text else "linf or l2"
+                errors.append(
+                    (
+                        f"evaluation.threats.{i}.norm",
+                        f"{ts.norm!r} does not fit data set {self.data.name!r}: use {want}",
+                    )
+                )
+        if text and ev is not None:
+            if ev.audit is not None:
+                errors.append(
+                    (
+                        "evaluation.audit",
+                        "the gradient-masking audit compares gradient attacks with black-box "
+                        "ones; text models are attacked black-box only, so there is nothing "
+                        "to audit",
+                    )
+                )
+            if ev.certification is not None:
+                errors.append(
+                    (
+                        "evaluation.certification",
+                        "randomized smoothing certifies L2 balls of tensor inputs, not texts",
+                    )
+                )
+        if self.train is not None:
+            if text:
+                from robustops.text.training import text_recipe_errors
+
+                errors += text_recipe_errors(self.train)
+                if self.train.augment is not None:
+                    try:
+                        self.train.augment.build_attacks(self.seed)
+                    except SpecError as exc:
+                        errors += [(f"train.{p}", m) for p, m in exc.errors]
+            elif self.train.augment is not None:
+                errors.append(
+                    (
+                        "train.augment",
+                        "adversarial data augmentation is for text data; images and tables "
+                        "harden with an adversarial objective (pgd-at, trades, fast)",
+                    )
+                )
+        return errors
+
     def resolved_device(self) -> str:
         """``"cuda"`` when asked for or when ``auto`` and CUDA is available, else ``"cpu"``."""
         import torch
@@ -352,16 +418,17 @@ class PipelineSpec(_Strict):
             out.append(SuiteThreat(threat, attacks))
         return out
 
-    def build_calibration_attack(self, seed: int | None = None) -> Attack | None:
+    def build_calibration_attack(self, seed: int | None = None) -> Attack | TextAttack | None:
         """The attack that makes the adversarial held-out inputs of the temperature fit, or
         ``None`` when the fit uses clean inputs only (or there is no threat)."""
         ev = self._evaluation()
         idx = ev.calibration_threat()
         if idx is None or ev.calibration.fit_on in ("none", "clean"):
             return None
+        threat = ev.threats[idx].threat()
         return _build_attack(
-            ev.calibration.attack,
-            ev.threats[idx].threat(),
+            ev.calibration.attack or _default_calibration_attack(threat),
+            threat,
             "evaluation.calibration.attack",
             self.seed if seed is None else seed,
         )
@@ -372,11 +439,16 @@ class PipelineSpec(_Strict):
         return self.evaluation
 
 
-def _build_attack(spec: AttackSpec, threat: ThreatModel, prefix: str, seed: int) -> Attack:
-    """``build_attack`` with errors renamed to ``<prefix>.<param>``; ``seed`` unless given."""
+def _build_attack(
+    spec: AttackSpec, threat: ThreatModel, prefix: str, seed: int
+) -> Attack | TextAttack:
+    """``build_attack`` (``build_text_attack`` for a ``word-edits`` threat) with errors renamed
+    to ``<prefix>.<param>``; ``seed`` unless given."""
     params = spec.params()
     params.setdefault("seed", seed)
     try:
+        if threat.modality == "text":
+            return build_text_attack(spec.name, threat, **params)
         return build_attack(spec.name, threat, **params)
     except SpecError as exc:
         raise SpecError(
@@ -428,7 +500,7 @@ def load_spec(path: str | Path) -> PipelineSpec:
     except ValidationError as exc:
         raise validation_error_to_spec_error(exc, source=str(path)) from None
     spec = _resolve_paths(spec, path.parent)
-    refs = spec.catalog_errors()
+    refs = spec.catalog_errors() + spec.modality_errors()
     if spec.evaluation is not None:
         refs += spec.evaluation.reference_errors()
     if refs:

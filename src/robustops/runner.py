@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from robustops._util import environment, file_sha256, make_generator, state_dict_sha256
 from robustops.config import PipelineSpec
-from robustops.data import Dataset, load_dataset
+from robustops.data import TEXT_DATASETS, Dataset, TextDataset, load_dataset
 from robustops.defenses import fit_temperature_on
 from robustops.defenses.smoothing import CertificationResult, certify_dataset
 from robustops.errors import SpecError
@@ -20,16 +22,27 @@ from robustops.evaluation import ProgressEvent, SuiteResult, run_suite
 from robustops.evaluation.masking import audit_gradient_masking
 from robustops.evaluation.metrics import TemperatureFit
 from robustops.models import build_model, save_weights
+from robustops.text.models import TorchTextClassifier
 from robustops.training import BatchEvent, EpochMetrics, fit, init_distributed
 
 __all__ = ["certify_spec", "evaluate_spec", "load_spec_dataset", "train_spec"]
 
 
-def load_spec_dataset(spec: PipelineSpec) -> Dataset:
-    """The spec's data set, fingerprint-checked and split."""
+def load_spec_dataset(spec: PipelineSpec) -> Dataset | TextDataset:
+    """The spec's data set, fingerprint-checked and split (a :class:`TextDataset` for text)."""
+    if spec.data.modality == "text":
+        return TEXT_DATASETS[spec.data.name](
+            test_fraction=spec.data.test_fraction, seed=spec.data.split_seed
+        )
     return load_dataset(
         spec.data.name, test_fraction=spec.data.test_fraction, seed=spec.data.split_seed
     )
+
+
+def _tensor_data(spec: PipelineSpec) -> Dataset:
+    data = load_spec_dataset(spec)
+    assert isinstance(data, Dataset)
+    return data
 
 
 def train_spec(
@@ -51,13 +64,19 @@ def train_spec(
     """
     if spec.train is None:
         raise SpecError.single("train", "the spec has no train section")
+    if spec.data.modality == "text":
+        if resume:
+            raise SpecError.single(
+                "train", "text models train in seconds and keep no checkpoints; drop --resume"
+            )
+        return _train_text(spec, on_epoch)
     rec = spec.train
     device = spec.resolved_device()
     ctx = init_distributed(device)
     try:
         if device == "cuda" and ctx.enabled:
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-        data = load_spec_dataset(spec)
+        data = _tensor_data(spec)
         torch.manual_seed(spec.seed)
         model = build_model(spec.model.factory, spec.model.kwargs, device=device)
         result = fit(
@@ -116,8 +135,75 @@ def train_spec(
         ctx.close()
 
 
-def _load_for_evaluation(spec: PipelineSpec) -> tuple[Dataset, torch.nn.Module, str, int]:
-    """Data, model with its weights, device, and how many test samples the suite evaluates."""
+def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> dict[str, Any]:
+    """Text branch of :func:`train_spec`: build the classifier with the spec's factory from the
+    training texts, train it with :func:`robustops.text.training.fit_text` (adversarial
+    augmentation when the recipe has ``augment``), write the safetensors file (vocabulary in its
+    metadata), the metrics (JSON lines), the augmented texts (``<out>.augment.jsonl``, one
+    record per adversarial text added to training: lineage of what the model learnt from) and
+    the JSON sidecar."""
+    from robustops.models.loading import resolve_factory
+    from robustops.text.training import fit_text
+
+    assert spec.train is not None
+    rec = spec.train
+    data = load_spec_dataset(spec)
+    assert isinstance(data, TextDataset)
+    factory = resolve_factory(spec.model.factory, field="model.factory")
+    try:
+        clf = factory(
+            data.texts_train, seed=spec.seed, num_classes=data.num_classes, **spec.model.kwargs
+        )
+    except TypeError as exc:
+        raise SpecError.single("model.kwargs", f"{spec.model.factory}: {exc}") from None
+    if not isinstance(clf, TorchTextClassifier):
+        raise SpecError.single(
+            "model.factory",
+            f"{spec.model.factory} must return a TorchTextClassifier for text data "
+            f"(e.g. robustops.text:char_ngram_classifier), got {type(clf).__name__}",
+        )
+    result = fit_text(clf, data.texts_train, data.y_train, rec, seed=spec.seed, on_epoch=on_epoch)
+    out = rec.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path = rec.metrics_path()
+    augment_path = out.with_name(out.name + ".augment.jsonl")
+    meta = {
+        "recipe": "augment" if rec.augment is not None else "standard",
+        "spec_name": spec.name,
+        "train": rec.model_dump(mode="json"),
+        "seed": spec.seed,
+        "model_factory": spec.model.factory,
+        "model_kwargs": spec.model.kwargs,
+        "data": data.describe(),
+        "state_sha256": state_dict_sha256(clf.module),
+        "final": "last",
+        "epochs_run": len(result.history),
+        "augmented_texts": len(result.augmented),
+    }
+    sha = clf.save(out, metadata=meta)
+    metrics_path.write_text("".join(json.dumps(h.to_json()) + "\n" for h in result.history))
+    augment_path.write_text(
+        "".join(json.dumps(asdict(a), ensure_ascii=False) + "\n" for a in result.augmented)
+    )
+    sidecar = {
+        **meta,
+        "weights": str(out),
+        "sha256": sha,
+        "metrics": str(metrics_path),
+        "augment_log": str(augment_path),
+        "wall_time_s": result.wall_time_s,
+        "history": [h.to_json() for h in result.history],
+        "environment": environment(),
+    }
+    Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2))
+    return sidecar
+
+
+def _load_for_evaluation(
+    spec: PipelineSpec,
+) -> tuple[Dataset | TextDataset, torch.nn.Module | TorchTextClassifier, str, int]:
+    """Data, model with its weights, device, and how many test samples the suite evaluates
+    (text: a :class:`TorchTextClassifier` read from its safetensors file, on the CPU)."""
     if spec.evaluation is None:
         raise SpecError.single("evaluation", "the spec has no evaluation section")
     if spec.model.weights is None:
@@ -125,30 +211,41 @@ def _load_for_evaluation(spec: PipelineSpec) -> tuple[Dataset, torch.nn.Module, 
             "model.weights", "evaluation needs trained weights (a .safetensors file)"
         )
     data = load_spec_dataset(spec)
-    device = spec.resolved_device()
-    model = build_model(
-        spec.model.factory,
-        spec.model.kwargs,
-        spec.model.weights,
-        sha256=spec.model.sha256,
-        device=device,
-    )
-    n = (
-        data.x_test.shape[0]
-        if spec.evaluation.n_samples is None
-        else min(spec.evaluation.n_samples, data.x_test.shape[0])
-    )
+    model: torch.nn.Module | TorchTextClassifier
+    if isinstance(data, TextDataset):
+        device = "cpu"
+        model = TorchTextClassifier.load(spec.model.weights, sha256=spec.model.sha256)
+        n_test = len(data.texts_test)
+    else:
+        device = spec.resolved_device()
+        model = build_model(
+            spec.model.factory,
+            spec.model.kwargs,
+            spec.model.weights,
+            sha256=spec.model.sha256,
+            device=device,
+        )
+        n_test = data.x_test.shape[0]
+    n = n_test if spec.evaluation.n_samples is None else min(spec.evaluation.n_samples, n_test)
     return data, model, device, n
 
 
-def _model_info(spec: PipelineSpec, model: torch.nn.Module) -> dict[str, Any]:
+def _test_split(data: Dataset | TextDataset) -> tuple[Tensor | list[str], Tensor]:
+    """The test inputs (tensor or texts) and labels."""
+    if isinstance(data, TextDataset):
+        return data.texts_test, data.y_test
+    return data.x_test, data.y_test
+
+
+def _model_info(spec: PipelineSpec, model: torch.nn.Module | TorchTextClassifier) -> dict[str, Any]:
     assert spec.model.weights is not None
+    module = model.module if isinstance(model, TorchTextClassifier) else model
     return {
         "factory": spec.model.factory,
         "kwargs": spec.model.kwargs,
         "weights": str(spec.model.weights),
         "weights_sha256": file_sha256(spec.model.weights),
-        "state_sha256": state_dict_sha256(model),
+        "state_sha256": state_dict_sha256(module),
     }
 
 
@@ -168,10 +265,11 @@ def evaluate_spec(
     ev = spec.evaluation
     run_seed = spec.seed if seed is None else seed
     temperature = _fit_temperature(spec, model, data, n, run_seed, device)
+    inputs, labels = _test_split(data)
     result = run_suite(
         model,
-        data.x_test[:n],
-        data.y_test[:n],
+        inputs[:n],
+        labels[:n],
         spec.build_threats(seed=run_seed),
         name=spec.name,
         batch_size=ev.batch_size,
@@ -189,6 +287,7 @@ def evaluate_spec(
     if ev.audit is not None:
         au = ev.audit
         names = au.threats or [t.name for t in ev.threats]
+        assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec
         for ts in ev.threats:
             if ts.name not in names:
                 continue
@@ -208,9 +307,10 @@ def evaluate_spec(
                     device=device,
                 )
             )
-    certification = (
-        _certify(spec, model, data, n, run_seed, device) if ev.certification is not None else None
-    )
+    certification = None
+    if ev.certification is not None:
+        assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec
+        certification = _certify(spec, model, data, n, run_seed, device)
     return result.model_copy(
         update={
             "audit": audits,
@@ -232,6 +332,7 @@ def certify_spec(spec: PipelineSpec, *, seed: int | None = None) -> SuiteResult:
             "evaluation.certification", "the spec has no certification section (sigma, n, …)"
         )
     run_seed = spec.seed if seed is None else seed
+    assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec checks
     result = run_suite(
         model,
         data.x_test[:n],
@@ -276,7 +377,12 @@ def _certify(
 
 
 def _fit_temperature(
-    spec: PipelineSpec, model: torch.nn.Module, data: Dataset, n_eval: int, seed: int, device: str
+    spec: PipelineSpec,
+    model: torch.nn.Module | TorchTextClassifier,
+    data: Dataset | TextDataset,
+    n_eval: int,
+    seed: int,
+    device: str,
 ) -> TemperatureFit | None:
     """Fit the temperature the spec asks for on the test samples after the evaluated ones."""
     assert spec.evaluation is not None
@@ -290,7 +396,8 @@ def _fit_temperature(
             "evaluation.calibration.fit_on",
             f"fit_on {cal.fit_on!r} needs a threat for its adversarial inputs; use clean or none",
         )
-    available = data.x_test.shape[0] - n_eval
+    inputs, labels = _test_split(data)
+    available = len(inputs) - n_eval
     want = cal.n_samples if cal.n_samples is not None else available
     if available <= 0 or want > available:
         raise SpecError.single(
@@ -299,8 +406,8 @@ def _fit_temperature(
             f"{max(available, 0)} are left after the {n_eval} evaluated ones (need {want}). "
             "Lower evaluation.n_samples or calibration.n_samples, or set calibration.fit_on: none",
         )
-    x = data.x_test[n_eval : n_eval + want]
-    y = data.y_test[n_eval : n_eval + want]
+    x = inputs[n_eval : n_eval + want]
+    y = labels[n_eval : n_eval + want]
     targets = (
         attack.threat.draw_targets(y, data.num_classes, make_generator(seed))
         if attack is not None
