@@ -3,7 +3,9 @@ the sanitizer in front.
 
 Models: the char n-gram EmbeddingBag classifier from ``train_text_classifier`` and a TF-IDF
 (sublinear tf) + logistic regression (C=10) pipeline, built as the test fixtures build them,
-each plain and trained + served with ``preprocess=sanitize``. For each model and each text
+each plain and trained + served with ``preprocess=sanitize``, and the hardened filter of
+``configs/sms_spam.yaml`` (sanitizer + adversarial data augmentation) next to the same recipe
+without augmentation. For each model and each text
 attack, the test spam messages the model detects are attacked with the default budgets (at most
 20% of the words edited, no query limit); reported: evasion success rate, mean edits and mean
 queries per success, mean queries per message, seconds.
@@ -34,12 +36,20 @@ from sklearn.pipeline import make_pipeline
 from torch import Tensor
 
 from robustops._util import environment
+from robustops.config import load_spec
 from robustops.data.sms_spam import TextDataset, load_sms_spam
 from robustops.text.attacks import available_text_attacks, build_text_attack
-from robustops.text.models import SklearnTextClassifier, TextClassifier, train_text_classifier
+from robustops.text.models import (
+    SklearnTextClassifier,
+    TextClassifier,
+    char_ngram_classifier,
+    train_text_classifier,
+)
 from robustops.text.sanitize import sanitize
+from robustops.text.training import fit_text
 
 RESULTS = Path(__file__).parent / "results" / "text_attacks.json"
+SPEC = Path(__file__).parents[1] / "configs" / "sms_spam.yaml"
 
 
 def _models(data: TextDataset) -> dict[str, TextClassifier]:
@@ -56,9 +66,34 @@ def _models(data: TextDataset) -> dict[str, TextClassifier]:
         "char-ngram + sanitize": train_text_classifier(
             data.texts_train, data.y_train, seed=0, preprocess=sanitize
         ),
+        **_spec_models(data),
         "tfidf-lr": tfidf(),
         "tfidf-lr + sanitize": tfidf(sanitize),
     }
+
+
+def _spec_models(data: TextDataset) -> dict[str, TextClassifier]:
+    """The hardened filter of ``configs/sms_spam.yaml`` (sanitizer + adversarial augmentation:
+    char-edit, split and synonym attacks on the training spam before epochs 2-6) and the same
+    model and recipe with ``augment`` removed, which isolates what augmentation adds."""
+    spec = load_spec(SPEC)
+    assert spec.train is not None
+    out: dict[str, TextClassifier] = {}
+    for name, recipe in (
+        (
+            "char-ngram + sanitize (spec recipe, no augment)",
+            spec.train.model_copy(update={"augment": None}),
+        ),
+        ("char-ngram + sanitize + augment (spec)", spec.train),
+    ):
+        clf = char_ngram_classifier(
+            data.texts_train, seed=spec.seed, num_classes=data.num_classes, **spec.model.kwargs
+        )
+        start = time.perf_counter()
+        fit_text(clf, data.texts_train, data.y_train, recipe, seed=spec.seed)
+        print(f"trained {name} in {time.perf_counter() - start:.1f}s", flush=True)
+        out[name] = clf
+    return out
 
 
 def _detected_spam(model: TextClassifier, data: TextDataset) -> list[str]:

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from robustops.cli import app
 from robustops.config import load_spec
 from robustops.errors import SpecError
 from robustops.evaluation import SuiteResult
+from spec_helpers import spec_with, write_spec
 
 TINY: dict[str, Any] = {
     "name": "tiny",
@@ -56,25 +56,11 @@ TINY: dict[str, Any] = {
 
 
 def _write(tmp_path: Path, spec: dict[str, Any]) -> Path:
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_spec(tmp_path, spec)
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
-    import copy
-
-    spec = copy.deepcopy(TINY)
-    node: Any = spec
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node[int(k)] if isinstance(node, list) else node[k]
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return spec
+    return spec_with(TINY, path, value)
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,11 @@ evaluate, report and gate work on the SMS spam filter with the same result JSON 
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from robustops.cli import app
@@ -18,6 +16,7 @@ from robustops.errors import SpecError
 from robustops.evaluation import SuiteResult
 from robustops.text.attacks import TextEdit, apply_edits
 from robustops.text.models import TorchTextClassifier
+from spec_helpers import spec_with, write_spec
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -60,12 +59,6 @@ TINY_TEXT: dict[str, Any] = {
 }
 
 
-def _write(tmp_path: Path, spec: dict[str, Any]) -> Path:
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
-    return path
-
-
 @pytest.mark.parametrize("name", ["sms_spam.yaml", "sms_spam_standard.yaml"])
 def test_shipped_text_specs_are_valid(name: str) -> None:
     spec = load_spec(CONFIGS / name)
@@ -75,7 +68,7 @@ def test_shipped_text_specs_are_valid(name: str) -> None:
 
 
 def test_train_evaluate_report_gate(tmp_path: Path) -> None:
-    spec_path = _write(tmp_path, TINY_TEXT)
+    spec_path = write_spec(tmp_path, TINY_TEXT)
     runner = CliRunner()
     trained = runner.invoke(app, ["train", "--spec", str(spec_path)])
     assert trained.exit_code == 0, trained.output
@@ -124,20 +117,6 @@ def test_train_evaluate_report_gate(tmp_path: Path) -> None:
     assert gated.exit_code == 0, gated.output
 
 
-def _set(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(spec)
-    node: Any = spec
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node[int(k)] if isinstance(node, list) else node[k]
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return spec
-
-
 @pytest.mark.parametrize(
     ("path", "value", "where"),
     [
@@ -152,7 +131,7 @@ def _set(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 )
 def test_text_spec_errors_name_the_field(tmp_path: Path, path: str, value: Any, where: str) -> None:
     with pytest.raises(SpecError) as info:
-        load_spec(_write(tmp_path, _set(TINY_TEXT, path, value)))
+        load_spec(write_spec(tmp_path, spec_with(TINY_TEXT, path, value)))
     assert any(p.startswith(where) for p, _ in info.value.errors), info.value.errors
 
 
@@ -166,11 +145,13 @@ TINY_IMAGE: dict[str, Any] = {
 
 
 def test_image_specs_refuse_text_pieces(tmp_path: Path) -> None:
-    word = _set(TINY_IMAGE, "evaluation.threats.0", {**THREAT, "attacks": [{"name": "char-edit"}]})
+    word = spec_with(
+        TINY_IMAGE, "evaluation.threats.0", {**THREAT, "attacks": [{"name": "char-edit"}]}
+    )
     with pytest.raises(SpecError) as info:
-        load_spec(_write(tmp_path, word))
+        load_spec(write_spec(tmp_path, word))
     assert any(p == "evaluation.threats.0.norm" for p, _ in info.value.errors)
-    augmented = _set(TINY_IMAGE, "train.augment", TINY_TEXT["train"]["augment"])
+    augmented = spec_with(TINY_IMAGE, "train.augment", TINY_TEXT["train"]["augment"])
     with pytest.raises(SpecError) as info:
-        load_spec(_write(tmp_path, augmented))
+        load_spec(write_spec(tmp_path, augmented))
     assert any(p == "train.augment" for p, _ in info.value.errors), info.value.errors
