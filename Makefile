@@ -31,6 +31,11 @@ demo: $(STAMP)
 	$(BIN)/robustops report artifacts/mnist_result.json --out artifacts/report
 	$(BIN)/robustops gate --result artifacts/mnist_result.json --baseline baselines/mnist.json \
 		--policy configs/mnist.yaml --junit artifacts/gate.xml
+	$(BIN)/robustops train --spec configs/sms_spam.yaml
+	$(BIN)/robustops evaluate --spec configs/sms_spam.yaml --out artifacts/sms_spam_result.json
+	$(BIN)/robustops report artifacts/sms_spam_result.json --out artifacts/sms_spam_report
+	$(BIN)/robustops gate --result artifacts/sms_spam_result.json --baseline baselines/sms_spam.json \
+		--policy configs/sms_spam.yaml --junit artifacts/sms_spam_gate.xml
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

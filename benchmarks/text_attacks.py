@@ -11,6 +11,7 @@ attack, the test spam messages the model detects are attacked with the default b
 queries per success, mean queries per message, seconds.
 
     .venv/bin/python benchmarks/text_attacks.py    # table; JSON in benchmarks/results/
+    .venv/bin/python benchmarks/text_attacks.py --seeds 5 --out benchmarks/results/text_attacks_defenses.json
 
 ``--textattack`` also runs TextAttack's DeepWordBug recipe (Gao et al. 2018) on the two plain
 models and the same messages, as it ships and with a 20%-of-words limit. It needs an environment
@@ -72,11 +73,14 @@ def _models(data: TextDataset) -> dict[str, TextClassifier]:
     }
 
 
-def _spec_models(data: TextDataset) -> dict[str, TextClassifier]:
+def _spec_models(data: TextDataset, seed: int | None = None) -> dict[str, TextClassifier]:
     """The hardened filter of ``configs/sms_spam.yaml`` (sanitizer + adversarial augmentation:
     char-edit, split and synonym attacks on the training spam before epochs 2-6) and the same
-    model and recipe with ``augment`` removed, which isolates what augmentation adds."""
+    model and recipe with ``augment`` removed, which isolates what augmentation adds; ``seed``
+    replaces the spec's (initialisation, batch order, augmentation draws)."""
     spec = load_spec(SPEC)
+    if seed is not None:
+        spec = spec.model_copy(update={"seed": seed})
     assert spec.train is not None
     out: dict[str, TextClassifier] = {}
     for name, recipe in (
@@ -112,6 +116,7 @@ def run_ours(models: dict[str, TextClassifier], data: TextDataset) -> list[dict[
     for model_name, model in models.items():
         texts = _detected_spam(model, data)
         ones = torch.ones(len(texts), dtype=torch.int64)
+        evaded = [False] * len(texts)
         for name in available_text_attacks():
             attack = build_text_attack(name, targeted=True, seed=0)
             start = time.perf_counter()
@@ -143,11 +148,26 @@ def run_ours(models: dict[str, TextClassifier], data: TextDataset) -> list[dict[
                 }
             )
             r = rows[-1]
+            evaded = [a or b for a, b in zip(evaded, ok, strict=True)]
             print(
                 f"{model_name:22s} {name:10s} {r['success_rate']:.3f} "
                 f"({r['successes']}/{len(texts)}) {seconds:.1f}s",
                 flush=True,
             )
+        # The suite's worst case: a message evades when any of the attacks got it through.
+        rows.append(
+            {
+                "model": model_name,
+                "attack": "any of the six (worst case)",
+                "spam_test": n_spam,
+                "detected": len(texts),
+                "success_rate": round(sum(evaded) / len(texts), 4) if texts else None,
+                "successes": sum(evaded),
+                "mean_edits_per_success": None,
+                "mean_queries_per_success": None,
+                "seconds": round(sum(r["seconds"] for r in rows[-6:]), 2),
+            }
+        )
     return rows
 
 
@@ -259,6 +279,13 @@ def main() -> None:
     parser.add_argument(
         "--textattack", action="store_true", help="also run TextAttack's DeepWordBug"
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="also train the two configs/sms_spam.yaml models with seeds 1..N-1 (augmentation's "
+        "effect across training seeds)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_sms_spam()
@@ -266,6 +293,9 @@ def main() -> None:
     models = _models(data)
     print(f"trained {len(models)} models in {time.perf_counter() - start:.1f}s", flush=True)
     rows = run_ours(models, data)
+    for seed in range(1, args.seeds):
+        for row in run_ours(_spec_models(data, seed), data):
+            rows.append({**row, "model": f"{row['model']}, seed {seed}"})
     if args.textattack:
         rows += run_textattack(models, data)
     table = _table(rows)
