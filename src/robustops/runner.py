@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +182,7 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
     sha = clf.save(out, metadata=meta)
     metrics_path.write_text("".join(json.dumps(h.to_json()) + "\n" for h in result.history))
     augment_path.write_text(
-        "".join(json.dumps(asdict(a), ensure_ascii=False) + "\n" for a in result.augmented)
+        "".join(json.dumps(a.to_json(), ensure_ascii=False) + "\n" for a in result.augmented)
     )
     sidecar = {
         **meta,
