@@ -186,6 +186,15 @@ def _print_result(result: SuiteResult, out: Path, plots: Path | None) -> None:
         console.print(_summary_table(result))
     if result.calibration is not None and (result.threats or result.certification is None):
         console.print(_calibration_table(result))
+    st = result.stochastic
+    if st is not None and st.detected:
+        adapted = ", ".join(st.adapted_attacks) or "none"
+        console.print(
+            f"[yellow]stochastic model[/] (two passes differ by up to {st.max_logit_gap:.3g} in a "
+            f"logit): predictions average {st.eot_samples} passes; attacks given EOT "
+            f"{st.eot_samples} and no early stop: {adapted}",
+            highlight=False,
+        )
     for audit in result.audit:
         console.print(_audit_table(audit))
     if result.certification is not None:

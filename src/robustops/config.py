@@ -223,10 +223,18 @@ class TierSpec(_Strict):
 
 class EvaluationSpec(_Strict):
     """The suite: threats with their attacks, on ``n_samples`` test samples (all when null), and
-    the optional calibration, gradient-masking audit and certification."""
+    the optional calibration, gradient-masking audit and certification. ``eot_samples``: see
+    :func:`robustops.evaluation.run_suite` (a stochastic model is evaluated on its mean logits
+    and attacked with EOT)."""
 
     n_samples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=500, ge=1)
+    eot_samples: int = Field(
+        default=10,
+        ge=1,
+        description="for a model found stochastic (two passes differ): forward passes averaged "
+        "per prediction, and EOT samples for the gradient attacks left at one pass (1: off)",
+    )
     threats: list[ThreatSpec] = Field(default_factory=list)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     audit: AuditSpec | None = None

@@ -281,6 +281,7 @@ def evaluate_spec(
         calibration=ev.calibration.enabled,
         temperature=temperature,
         n_bins=ev.calibration.n_bins,
+        eot_samples=ev.eot_samples,
     )
     audits = []
     if ev.audit is not None:

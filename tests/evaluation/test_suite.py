@@ -328,3 +328,73 @@ def test_examples_show_what_changed_and_why(trained_cnn: SmallCNN, mnist: Datase
         n_examples=0,
     )
     assert none.threats[0].examples == []
+
+
+class _NoisyInput(torch.nn.Module):
+    """A randomized "defense": ``model(x + sigma * N(0, 1))`` on every pass, in eval mode too."""
+
+    def __init__(self, model: torch.nn.Module, sigma: float) -> None:
+        super().__init__()
+        self.model, self.sigma = model, sigma
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.model(x + self.sigma * torch.randn_like(x))
+        return out
+
+
+def test_stochastic_model_is_judged_on_mean_logits_and_attacked_with_eot(
+    trained_cnn: SmallCNN, mnist: Dataset
+) -> None:
+    """Single noisy passes overstate the robustness of a randomized model: an outside attacker
+    (PGD without EOT but without early stop, judged on the mean of 50 passes) beats that figure;
+    the suite's adaptation (mean logits + EOT) does not leave it that room."""
+    from robustops.attacks._gradients import mean_logits
+
+    noisy = _NoisyInput(trained_cnn, sigma=0.3).eval()
+    x, y = mnist.x_test[:100], mnist.y_test[:100]
+    threat = ThreatModel(name="linf", epsilon=0.1)
+    pgd = build_attack("pgd", threat, steps=10, seed=0)
+
+    def suite(eot: int) -> SuiteResult:
+        torch.manual_seed(0)
+        return run_suite(
+            noisy,
+            x,
+            y,
+            [SuiteThreat(threat, [pgd])],
+            eot_samples=eot,
+            latency_calls=0,
+            calibration=False,
+        )
+
+    naive, adapted = suite(1), suite(10)
+    torch.manual_seed(0)
+    adv = build_attack("pgd", threat, steps=10, seed=0, early_stop=False)(noisy, x, y).adversarial
+    outside = float(
+        ((mean_logits(noisy, adv, 50).argmax(1) == y) & (mean_logits(noisy, x, 50).argmax(1) == y))
+        .float()
+        .mean()
+    )
+    assert naive.threats[0].robust_accuracy >= outside + 0.08  # the problem is real
+    assert adapted.threats[0].robust_accuracy <= outside + 0.02
+    st = adapted.stochastic
+    assert st is not None and st.detected and st.eot_samples == 10
+    assert st.adapted_attacks == ["pgd"] and st.max_logit_gap > 0.1
+    params = adapted.threats[0].attacks[0].params
+    assert params["eot_samples"] == 10 and params["early_stop"] is False
+    assert pgd.eot_samples == 1 and pgd.early_stop  # the caller's attack is left alone
+    assert naive.stochastic is not None and naive.stochastic.eot_samples == 1
+
+
+def test_deterministic_model_is_left_alone(trained_cnn: SmallCNN, mnist: Dataset) -> None:
+    threat = ThreatModel(name="linf", epsilon=0.1)
+    res = run_suite(
+        trained_cnn,
+        mnist.x_test[:20],
+        mnist.y_test[:20],
+        [SuiteThreat(threat, [build_attack("pgd", threat, steps=3)])],
+        latency_calls=0,
+    )
+    assert res.stochastic is not None and not res.stochastic.detected
+    assert res.stochastic.eot_samples == 1 and res.stochastic.adapted_attacks == []
+    assert res.threats[0].attacks[0].params["eot_samples"] == 1

@@ -10,6 +10,7 @@ bit as before EOT existed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -78,3 +79,21 @@ def mean_logits(model: ModelFn, x: Tensor, samples: int = 1) -> Tensor:
     for _ in range(samples - 1):
         out = out + model(x)
     return out / samples if samples > 1 else out
+
+
+STOCHASTIC_TOLERANCE = 1e-5
+"""Two passes differ when a logit moves by more than this times ``1 + max |logit|`` (smaller gaps
+are floating-point non-determinism, e.g. GPU atomics, not a randomised model)."""
+
+
+@torch.no_grad()
+def is_stochastic(model: ModelFn, x: Tensor) -> tuple[bool, float]:
+    """Whether two forward passes on ``x`` ``(n, ...)`` differ (beyond
+    :data:`STOCHASTIC_TOLERANCE`), and their largest logit gap (finite: NaN as 0, ∞ as the
+    largest float)."""
+    a, b = model(x), model(x)
+    if torch.equal(a, b):
+        return False, 0.0
+    gap = float(torch.nan_to_num((a - b).abs().nan_to_num(nan=math.inf).amax().double()))
+    scale = 1.0 + float(torch.nan_to_num(a.abs().nan_to_num(nan=0.0).amax().double()))
+    return gap > STOCHASTIC_TOLERANCE * scale, gap

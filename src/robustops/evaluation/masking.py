@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from robustops._util import make_generator
 from robustops.attacks import build_attack, is_adversarial
-from robustops.attacks._gradients import loss_and_grad, mean_logits
+from robustops.attacks._gradients import is_stochastic, loss_and_grad, mean_logits
 from robustops.attacks.base import frozen_parameters
 from robustops.attacks.losses import ce_loss, margin_loss
 from robustops.errors import SpecError
@@ -66,9 +66,6 @@ DEAD_GRADIENT_WARN, DEAD_GRADIENT_FAIL = 0.01, 0.10
 """Share of samples with a zero, underflowing or non-finite input gradient."""
 MORE_STEPS_WARN = 0.05
 """Gain of PGD's success from doubling its steps above which the attack is under-converged."""
-STOCHASTIC_TOLERANCE = 1e-5
-"""Two passes differ when a logit moves by more than this times ``1 + max |logit|`` (smaller gaps
-are floating-point non-determinism, e.g. GPU atomics, not a randomised model)."""
 EPSILON_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """Budgets of the epsilon sweep, in multiples of the threat's epsilon (then the unbounded one)."""
 
@@ -273,7 +270,7 @@ def _audit(
     n_inputs = int(x_all.shape[0])
     audit_threat = threat.model_copy(update={"knowledge": "white-box", "query_budget": None})
 
-    stochastic, max_diff = _is_stochastic(model, x_all[:batch_size].to(dev))
+    stochastic, max_diff = is_stochastic(model, x_all[:batch_size].to(dev))
     eot = eot_samples if stochastic else 1
     logits = torch.cat(
         [
@@ -348,18 +345,6 @@ def _audit(
 
 
 # --- measurements -----------------------------------------------------------------------------
-
-
-def _is_stochastic(model: nn.Module, x: Tensor) -> tuple[bool, float]:
-    """Whether two forward passes on ``x`` ``(n, ...)`` differ (beyond
-    :data:`STOCHASTIC_TOLERANCE`), and their largest logit gap."""
-    with torch.no_grad():
-        a, b = model(x), model(x)
-    if torch.equal(a, b):
-        return False, 0.0
-    gap = _finite(float((a - b).abs().nan_to_num(nan=math.inf).amax()))
-    scale = 1.0 + _finite(float(a.abs().nan_to_num(nan=0.0).amax()))
-    return gap > STOCHASTIC_TOLERANCE * scale, gap
 
 
 def _unbounded_epsilon(threat: ThreatModel, x: Tensor) -> float:

@@ -25,6 +25,7 @@ __all__ = [
     "ExampleEdit",
     "LatencyFigures",
     "SamplesRecord",
+    "StochasticRecord",
     "SuiteCalibration",
     "SuiteResult",
     "ThreatCalibration",
@@ -203,6 +204,21 @@ class LatencyFigures(_Strict):
     throughput_per_s: float = Field(description="samples per second in batches of batch_size")
 
 
+class StochasticRecord(_Strict):
+    """Whether the (tensor) model answered differently on two passes over the same inputs, and
+    how the suite adapted (schema >= 1.2)."""
+
+    detected: bool = Field(description="two forward passes on the first batch differed")
+    max_logit_gap: float = Field(description="largest logit difference between those passes")
+    eot_samples: int = Field(
+        description="forward passes averaged per prediction of the suite (1: a single pass)"
+    )
+    adapted_attacks: list[str] = Field(
+        default_factory=list,
+        description="attacks run with that many EOT samples per gradient and no early stop",
+    )
+
+
 class SuiteResult(_Strict):
     """One run of the evaluation suite on one model and data set."""
 
@@ -236,6 +252,10 @@ class SuiteResult(_Strict):
     )
     certification: CertificationResult | None = Field(
         default=None, description="randomized-smoothing certification (schema >= 1.1)"
+    )
+    stochastic: StochasticRecord | None = Field(
+        default=None,
+        description="tensor models: stochasticity check and EOT adaptation (schema >= 1.2)",
     )
 
     def audit_verdict(self) -> str | None:

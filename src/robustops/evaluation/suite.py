@@ -14,6 +14,7 @@ returning logits, and texts (a list of strings) with a
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from robustops._util import environment, make_generator
 from robustops.attacks import Attack, is_adversarial, perturbation_norm
+from robustops.attacks._gradients import is_stochastic, mean_logits
 from robustops.errors import SpecError
 from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
 from robustops.evaluation.result import (
@@ -34,6 +36,7 @@ from robustops.evaluation.result import (
     ExampleEdit,
     LatencyFigures,
     SamplesRecord,
+    StochasticRecord,
     SuiteCalibration,
     SuiteResult,
     ThreatCalibration,
@@ -99,16 +102,60 @@ class _Attempt:
 
 
 class _TensorBackend:
-    """Tensor inputs ``(N, ...)`` and an ``nn.Module`` returning logits."""
+    """Tensor inputs ``(N, ...)`` and an ``nn.Module`` returning logits.
+
+    A model whose two forward passes on the same inputs differ (random input transformations,
+    noise layers, dropout left on) is *stochastic*: with ``eot_samples > 1`` every prediction
+    the suite makes is then the mean logits of ``eot_samples`` passes, and :meth:`adapt` gives
+    the gradient attacks as many EOT samples (Athalye et al. 2018) and turns their per-step
+    early stop off (a point across the boundary for one draw of the noise is not one for its
+    mean)."""
 
     modality = "tensor"
 
-    def __init__(self, model: nn.Module, x: Tensor, batch_size: int, dev: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, x: Tensor, batch_size: int, dev: torch.device, eot_samples: int
+    ) -> None:
         self.model, self.x, self.batch_size, self.dev = model, x.detach().cpu(), batch_size, dev
         self.n = int(self.x.shape[0])
+        self.stochastic, self.gap = (
+            is_stochastic(model, self.x[: min(self.n, batch_size)].to(dev))
+            if self.n
+            else (False, 0.0)
+        )
+        self.eot = eot_samples if self.stochastic else 1
+        self.adapted: list[str] = []
+
+    def adapt(self, attack: Attack | TextAttack) -> Attack | TextAttack:
+        """``attack`` with ``eot_samples`` passes per gradient and no early stop when the model
+        is stochastic and the attack left those at one pass / on (a copy; the original is not
+        changed); else ``attack`` itself."""
+        if self.eot == 1 or getattr(attack, "eot_samples", None) != 1:
+            return attack
+        adapted = copy.copy(attack)
+        adapted.eot_samples = self.eot  # type: ignore[union-attr]
+        if getattr(adapted, "early_stop", False):
+            adapted.early_stop = False  # type: ignore[union-attr]
+        self.adapted.append(attack.name)
+        return adapted
+
+    def record(self) -> StochasticRecord:
+        return StochasticRecord(
+            detected=self.stochastic,
+            max_logit_gap=self.gap,
+            eot_samples=self.eot,
+            adapted_attacks=sorted(set(self.adapted)),
+        )
 
     def clean_logits(self) -> Tensor:
-        return predict_logits(self.model, self.x, self.batch_size, self.dev)
+        if self.eot == 1:
+            return predict_logits(self.model, self.x, self.batch_size, self.dev)
+        return torch.cat(
+            [
+                self._forward(self.x[i : i + self.batch_size].to(self.dev))
+                for i in range(0, self.n, self.batch_size)
+            ]
+        )
 
     def call_one(self, i: int) -> None:
         self.model(self.x[i : i + 1].to(self.dev))
@@ -117,10 +164,8 @@ class _TensorBackend:
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
 
-    @torch.no_grad()
-    def _forward(self, adv: Tensor) -> Tensor:
-        out: Tensor = self.model(adv)
-        return out.float().cpu()
+    def _forward(self, x: Tensor) -> Tensor:
+        return mean_logits(self.model, x, self.eot).float().cpu()
 
     def attack(
         self, attack: Attack | TextAttack, b: Tensor, y: Tensor, t: Tensor | None
@@ -202,6 +247,12 @@ class _TextBackend:
         self.model, self.texts, self.batch_size = model, list(texts), batch_size
         self.n = len(self.texts)
         self.dev = torch.device("cpu")
+
+    def adapt(self, attack: Attack | TextAttack) -> Attack | TextAttack:
+        return attack  # text classifiers are queried as they are
+
+    def record(self) -> StochasticRecord | None:
+        return None
 
     def predict(self, texts: Sequence[str]) -> Tensor:
         out = [
@@ -369,6 +420,7 @@ def run_suite(
     n_bins: int = 15,
     latency_calls: int = 100,
     n_examples: int = 4,
+    eot_samples: int = 10,
 ) -> SuiteResult:
     """Evaluate ``model`` on ``inputs`` / ``labels`` ``(N,)`` under each threat.
 
@@ -395,7 +447,14 @@ def run_suite(
         latency_calls: single-input forward calls timed for the latency percentiles (0: none).
         n_examples: adversarial examples kept per threat for reports (the first ones broken),
             with their attribution maps (texts: their edits and each edit's contribution).
+        eot_samples: for a tensor model found stochastic (two passes on the first batch
+            differ), forward passes averaged for every prediction the suite makes (clean,
+            success, calibration) and EOT samples given to the gradient attacks that use one
+            pass (which also lose their early stop); recorded in ``SuiteResult.stochastic``.
+            ``1`` keeps single passes and the attacks as configured.
     """
+    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
+        raise ValueError(f"eot_samples must be an int >= 1, got {eot_samples!r}")
     if len(inputs) != labels.shape[0]:
         raise ValueError("inputs and labels differ in length")
     backend: _Backend
@@ -403,7 +462,7 @@ def run_suite(
         if not isinstance(model, nn.Module):
             raise TypeError("tensor inputs need an nn.Module returning logits")
         dev = resolve_device(model, device)
-        backend = _TensorBackend(model, inputs, batch_size, dev)
+        backend = _TensorBackend(model, inputs, batch_size, dev, eot_samples)
     else:
         if isinstance(inputs, str) or not callable(getattr(model, "predict_logits", None)):
             raise TypeError("texts must be a sequence of strings, with a text classifier")
@@ -418,6 +477,14 @@ def run_suite(
     was_training = module.training if module is not None else False
     if module is not None:
         module.eval()
+    if isinstance(backend, _TensorBackend) and backend.stochastic:
+        log.warning(
+            "the model is stochastic (two passes differ by up to %.3g in a logit): %s",
+            backend.gap,
+            f"predictions average {backend.eot} passes and gradient attacks use EOT"
+            if backend.eot > 1
+            else "single passes as asked (eot_samples=1); robust accuracy may be overstated",
+        )
     t_start = time.perf_counter()
     try:
         y = labels.detach().cpu().to(torch.int64)
@@ -481,6 +548,7 @@ def run_suite(
         wall_time_s=time.perf_counter() - t_start,
         calibration=suite_calibration,
         latency=latency,
+        stochastic=backend.record(),
     )
 
 
@@ -538,7 +606,7 @@ def _run_threat(
     figures: list[AttackFigures] = []
     kept: list[tuple[int, str, Any]] = []  # the first broken samples: index, attack, input
     t_threat = time.perf_counter()
-    for attack in st.attacks:
+    for attack in map(backend.adapt, st.attacks):
         idx = (robust & attacked).nonzero().squeeze(1)
         t0 = time.perf_counter()
         n_broken, total_q, succ_q = 0, 0, 0
