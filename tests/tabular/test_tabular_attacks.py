@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robustops import SpecError, ThreatModel
-from robustops.attacks import PGD, build_attack
+from robustops.attacks import PGD, ModelFn, build_attack, project
 from robustops.config import load_spec
 from robustops.evaluation import SuiteThreat, run_suite
 from robustops.models import MLP
@@ -202,3 +202,43 @@ def test_the_tabular_spec_trains_and_evaluates_end_to_end(tmp_path: Path) -> Non
     unconstrained = by_name["linf-0.1-unconstrained"]
     assert constrained.attacks[0].name == "tabular-pgd" and constrained.attacks[0].n_broken > 0
     assert unconstrained.robust_accuracy <= constrained.robust_accuracy
+
+
+class _SchemaBreaker(TabularPGD):
+    """Constrained PGD whose last projection forgets the schema (only the ball and bounds)."""
+
+    name = "schema-breaker"
+
+    def _finalize(self, adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return project(adv, x, self.threat)
+
+    def _run(
+        self,
+        model: ModelFn,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        targets: torch.Tensor | None,
+        gen: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # unconstrained PGD's points: in the ball, but off the schema
+        pgd = build_attack("pgd", self.threat, steps=self.steps)
+        res = pgd(model, x, y, targets=targets)
+        return res.adversarial, res.queries
+
+
+def test_suite_refuses_rows_that_break_the_schema(cancer_mlp: MLP, cancer: object) -> None:
+    from robustops.data import Dataset
+
+    assert isinstance(cancer, Dataset)
+    threat = _threat("linf", 0.1)
+    x, y = cancer.x_test[:40], cancer.y_test[:40]
+    breaker = _SchemaBreaker(threat, schema=S, steps=10)
+    res = breaker(cancer_mlp, x, y)
+    assert bool(res.success.any())  # it does flip predictions ...
+    assert not bool(breaker.respects(res.adversarial, x)[res.success].all())  # ... off-schema
+    result = run_suite(
+        cancer_mlp, x, y, [SuiteThreat(threat, [breaker])], calibration=False, latency_calls=0
+    )
+    counted = result.threats[0].attacks[0].n_broken
+    feasible = int((res.success & breaker.respects(res.adversarial, x)).sum())
+    assert counted == feasible < int(res.success.sum())

@@ -290,6 +290,13 @@ class Attack(ABC):
         (attacks with extra constraints, e.g. a tabular schema, extend it)."""
         return project(adv, x, self.threat)
 
+    def respects(self, adversarial: Tensor, inputs: Tensor) -> Tensor:
+        """``(N,)`` bool: the attack's own constraints beyond the threat's ball and bounds hold
+        for ``adversarial`` around ``inputs`` (e.g. a tabular schema). The evaluation suite
+        checks this on every output and does not count a success that breaks it; the base
+        attack has no extra constraint."""
+        return torch.ones(adversarial.shape[0], dtype=torch.bool, device=adversarial.device)
+
     def _check_call(
         self, model: ModelFn, inputs: Tensor, labels: Tensor, targets: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:

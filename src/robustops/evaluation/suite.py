@@ -3,9 +3,10 @@
 Attacks of a threat run one after another on the samples still robust (AutoAttack's order), so
 a sample counts as robust only if it was classified correctly and *every* attack failed on it.
 A success is only counted when the adversarial input is verified to respect the threat (tensors:
-inside its ball and bounds; texts: the recorded edits replay onto the original text to give the
-adversarial one, within the edit share and the query budget) and the model's re-prediction is
-wrong; an attack (e.g. a plug-in) that breaks this contract cannot inflate the numbers.
+inside its ball and bounds, and the attack's own constraints such as a tabular schema; texts:
+the recorded edits replay onto the original text to give the adversarial one, within the edit
+share and the query budget) and the model's re-prediction is wrong; an attack (e.g. a plug-in)
+that breaks this contract cannot inflate the numbers.
 
 One suite serves every modality: tensor inputs (images, tabular rows) with an ``nn.Module``
 returning logits, and texts (a list of strings) with a
@@ -176,7 +177,9 @@ class _TensorBackend:
         res = attack(
             self.model, xb, y.to(self.dev), targets=t.to(self.dev) if t is not None else None
         )
-        ok = _contract_ok(res.adversarial, xb, attack.threat).cpu()
+        ok = (
+            _contract_ok(res.adversarial, xb, attack.threat) & attack.respects(res.adversarial, xb)
+        ).cpu()
         adv = res.adversarial.detach()
         return _Attempt(
             ok=ok,

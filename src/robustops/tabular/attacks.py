@@ -108,6 +108,13 @@ class TabularAttack(Attack):
         """The schema projection (feasible set ∩ the threat's ball and bounds)."""
         return project_feasible(adv, x, self._constraints_for(x), self.threat)
 
+    def respects(self, adversarial: Tensor, inputs: Tensor) -> Tensor:
+        """``(N,)`` bool: each adversarial row satisfies the schema (ranges, integers, one-hot
+        groups, immutable and monotone columns relative to its input); all true without one."""
+        if self.schema_ is None:
+            return super().respects(adversarial, inputs)
+        return self.schema_.is_feasible(adversarial, inputs)
+
 
 @register_attack
 class TabularPGD(TabularAttack):
