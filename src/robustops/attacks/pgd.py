@@ -33,8 +33,43 @@ from robustops.threats import ThreatModel
 __all__ = ["LOSSES", "PGD", "LossFn", "ascent_direction", "loss_and_grad"]
 
 
+class PGDOptions:
+    """PGD's options, checked (errors name the parameter) and stored by :meth:`_set_pgd_options`;
+    shared by :class:`PGD` and the schema-constrained ``tabular-pgd``."""
+
+    steps: int
+    step_size: float | None
+    restarts: int
+    random_start: bool
+    loss: str
+    early_stop: bool
+
+    def _set_pgd_options(
+        self,
+        steps: int,
+        step_size: float | None,
+        restarts: int,
+        random_start: bool,
+        loss: str,
+        early_stop: bool,
+    ) -> None:
+        check = Attack._check_positive
+        check("steps", steps, integer=True)
+        check("restarts", restarts, integer=True)
+        if step_size is not None:
+            check("step_size", step_size)
+        if loss not in LOSSES:
+            raise SpecError.single("loss", f"must be one of {sorted(LOSSES)}, got {loss!r}")
+        self.steps = steps
+        self.step_size = step_size
+        self.restarts = restarts
+        self.random_start = bool(random_start)
+        self.loss = loss
+        self.early_stop = bool(early_stop)
+
+
 @register_attack
-class PGD(Attack):
+class PGD(PGDOptions, Attack):
     """PGD: ``steps`` signed (L∞) or normalised (L2) gradient steps, projected after each.
 
     Args:
@@ -68,19 +103,8 @@ class PGD(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(threat, seed=seed)
-        self._check_positive("steps", steps, integer=True)
-        self._check_positive("restarts", restarts, integer=True)
+        self._set_pgd_options(steps, step_size, restarts, random_start, loss, early_stop)
         self._check_positive("eot_samples", eot_samples, integer=True)
-        if step_size is not None:
-            self._check_positive("step_size", step_size)
-        if loss not in LOSSES:
-            raise SpecError.single("loss", f"must be one of {sorted(LOSSES)}, got {loss!r}")
-        self.steps = steps
-        self.step_size = step_size
-        self.restarts = restarts
-        self.random_start = bool(random_start)
-        self.loss = loss
-        self.early_stop = bool(early_stop)
         self.eot_samples = eot_samples
 
     def _run(

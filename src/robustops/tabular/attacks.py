@@ -35,6 +35,7 @@ from robustops.attacks.base import (
     is_adversarial,
 )
 from robustops.attacks.losses import margin_loss
+from robustops.attacks.pgd import PGDOptions
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.tabular.constraints import (
@@ -117,7 +118,7 @@ class TabularAttack(Attack):
 
 
 @register_attack
-class TabularPGD(TabularAttack):
+class TabularPGD(PGDOptions, TabularAttack):
     """Constrained PGD (L∞, L2): every step is followed by the schema projection.
 
     The iterate ``z`` lives in the convex relaxation (schema box and ball; one-hot members
@@ -157,18 +158,7 @@ class TabularPGD(TabularAttack):
         seed: int = 0,
     ) -> None:
         super().__init__(threat, schema=schema, seed=seed)
-        self._check_positive("steps", steps, integer=True)
-        self._check_positive("restarts", restarts, integer=True)
-        if step_size is not None:
-            self._check_positive("step_size", step_size)
-        if loss not in LOSSES:
-            raise SpecError.single("loss", f"must be one of {sorted(LOSSES)}, got {loss!r}")
-        self.steps = steps
-        self.step_size = step_size
-        self.restarts = restarts
-        self.random_start = bool(random_start)
-        self.loss = loss
-        self.early_stop = bool(early_stop)
+        self._set_pgd_options(steps, step_size, restarts, random_start, loss, early_stop)
 
     def _run(
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
