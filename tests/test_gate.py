@@ -276,6 +276,16 @@ def test_absolute_rules_and_the_default_key() -> None:
     # No baseline: the regression rules are skipped, the absolute ones still decide.
     assert _rule(low, "regression").status == "skip"
 
+    # Attack success over the attacked samples: clean-correct 0-79, robust 0-59 (linf) and
+    # 0-39 (l2): broken 20/80 = 25% and 40/80 = 50%.
+    asr = evaluate_gate(new, None, GatePolicy(max_attack_success_rate={"*": 0.3}, regression=False))
+    assert [r.rule for r in asr.failures()] == ["max_attack_success_rate[l2-1.0]"]
+    assert _rule(asr, "max_attack_success_rate[linf-0.3]").figures["value"] == pytest.approx(0.25)
+    bad = asr.failures()[0]
+    assert bad.figures["value"] == pytest.approx(0.5) and "40/80" in bad.reason
+    missing = evaluate_gate(new, None, GatePolicy(max_attack_success_rate={"nope": 0.1}))
+    assert [r.rule for r in missing.failures()] == ["max_attack_success_rate[nope]"]
+
     # Attacked ECE, per threat with "*".
     ece = evaluate_gate(new, None, GatePolicy(max_attacked_ece={"*": 0.2}))
     assert [r.rule for r in ece.failures()] == ["max_attacked_ece[l2-1.0]"]

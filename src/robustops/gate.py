@@ -3,7 +3,8 @@ accepted baseline by more than sampling noise?
 
 A policy (:class:`GatePolicy`, a YAML file read by :func:`load_policy`) holds two kinds of rules:
 
-* **absolute rules** on the new result alone: minimum robust accuracy per threat, minimum clean
+* **absolute rules** on the new result alone: minimum robust accuracy and maximum attack success
+  rate (share of the attacked samples broken) per threat, minimum clean
   accuracy, maximum ECE on attacked inputs, maximum p99 single-input latency, a passing
   gradient-masking audit, minimum certified accuracy per radius. Threat-keyed rules take the key
   ``"*"`` as the default for every threat. A rule whose figure is missing from the result (no
@@ -80,6 +81,10 @@ class GatePolicy(_Strict):
     Attributes:
         tier: name of the rule set (recorded in the report; set from ``tiers:`` when selected).
         min_robust_accuracy: threat name (or ``"*"``) → minimum robust accuracy in [0, 1].
+        max_attack_success_rate: threat name (or ``"*"``) → maximum share of the attacked
+            samples (correctly classified; not of a fixed target class) that some attack broke,
+            in [0, 1]: e.g. the evasion rate of a spam filter, which robust accuracy over all
+            messages dilutes with the ham nobody attacks.
         min_clean_accuracy: minimum clean accuracy in [0, 1].
         max_clean_accuracy_drop: maximum drop of clean accuracy from the baseline, in absolute
             points in [0, 1] (point estimates; needs a baseline).
@@ -95,6 +100,7 @@ class GatePolicy(_Strict):
 
     tier: str | None = None
     min_robust_accuracy: dict[str, Share] = Field(default_factory=dict)
+    max_attack_success_rate: dict[str, Share] = Field(default_factory=dict)
     min_clean_accuracy: Share | None = None
     max_clean_accuracy_drop: Share | None = None
     max_attacked_ece: dict[str, Share] = Field(default_factory=dict)
@@ -461,8 +467,11 @@ def _identity_warnings(new: SuiteResult, base: SuiteResult) -> list[str]:
     return out
 
 
-def _absolute_threat_rules(t: ThreatResult, n: int, policy: GatePolicy) -> list[RuleOutcome]:
+def _absolute_threat_rules(
+    t: ThreatResult, new: SuiteResult, policy: GatePolicy
+) -> list[RuleOutcome]:
     out = []
+    n = new.n_samples
     minimum = _threshold(policy.min_robust_accuracy, t.name)
     if minimum is not None:
         lo, hi, ci = _ci(t.n_robust, n)
@@ -475,6 +484,23 @@ def _absolute_threat_rules(t: ThreatResult, n: int, policy: GatePolicy) -> list[
                 reason=f"robust accuracy {_pct(t.robust_accuracy)} ({t.n_robust}/{n}, {ci}) is "
                 f"{'at least' if ok else 'below'} the minimum {_pct(minimum)}.",
                 figures={"value": t.robust_accuracy, "low": lo, "high": hi, "threshold": minimum},
+            )
+        )
+    most = _threshold(policy.max_attack_success_rate, t.name)
+    if most is not None:
+        broken = sum(c and not r for c, r in zip(new.samples.clean_correct, t.robust, strict=False))
+        attacked = t.n_attacked if t.n_attacked is not None else sum(new.samples.clean_correct)
+        rate = broken / attacked if attacked else 0.0
+        lo, hi, ci = _ci(broken, attacked)
+        ok = rate <= most
+        out.append(
+            RuleOutcome(
+                rule=f"max_attack_success_rate[{t.name}]",
+                threat=t.name,
+                status="pass" if ok else "fail",
+                reason=f"attacks broke {_pct(rate)} of the attacked samples ({broken}/{attacked}, "
+                f"{ci}), {'at most' if ok else 'above'} the maximum {_pct(most)}.",
+                figures={"value": rate, "low": lo, "high": hi, "threshold": most},
             )
         )
     maximum = _threshold(policy.max_attacked_ece, t.name)
@@ -512,6 +538,7 @@ def _missing_threat_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutc
     out = []
     for field, rule_map in (
         ("min_robust_accuracy", policy.min_robust_accuracy),
+        ("max_attack_success_rate", policy.max_attack_success_rate),
         ("max_attacked_ece", policy.max_attacked_ece),
     ):
         for name, threshold in rule_map.items():
@@ -768,7 +795,7 @@ def evaluate_gate(new: SuiteResult, baseline: SuiteResult | None, policy: GatePo
         )
     rules = _clean_rules(new, baseline, policy)
     for t in new.threats:
-        rules += _absolute_threat_rules(t, new.n_samples, policy)
+        rules += _absolute_threat_rules(t, new, policy)
     rules += _missing_threat_rules(new, policy)
     rules += _audit_rules(new, policy)
     rules += _certification_rules(new, policy)
