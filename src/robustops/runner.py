@@ -181,15 +181,16 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
     }
     sha = clf.save(out, metadata=meta)
     metrics_path.write_text("".join(json.dumps(h.to_json()) + "\n" for h in result.history))
-    augment_path.write_text(
-        "".join(json.dumps(a.to_json(), ensure_ascii=False) + "\n" for a in result.augmented)
-    )
+    if rec.augment is not None:
+        augment_path.write_text(
+            "".join(json.dumps(a.to_json(), ensure_ascii=False) + "\n" for a in result.augmented)
+        )
     sidecar = {
         **meta,
         "weights": str(out),
         "sha256": sha,
         "metrics": str(metrics_path),
-        "augment_log": str(augment_path),
+        "augment_log": str(augment_path) if rec.augment is not None else None,
         "wall_time_s": result.wall_time_s,
         "history": [h.to_json() for h in result.history],
         "environment": environment(),
