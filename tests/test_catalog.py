@@ -49,9 +49,11 @@ def test_risk_levels_and_ranking() -> None:
     assert [e.id for e in cat.ranked()] == ["c", "b", "d", "a"]
     assert [e.id for e in cat.uncovered(["t1", "t2"])] == ["b"]
     assert [e.id for e in cat.uncovered(["t1"])] == ["c", "b"]
-    rows = cat.risk_register(["t1", "t2"], {"t1": 0.7, "t2": 0.4})
+    rows = cat.risk_register(["t1", "t2"], {"t1": 0.7, "t2": 0.4}, {"t1": 0.1, "t2": 0.5})
     by_id = {r.id: r for r in rows}
     assert by_id["d"].robust_accuracy == 0.4  # the worst threat exercising it
+    assert by_id["d"].attack_success_rate == 0.5
+    assert by_id["b"].attack_success_rate is None
     assert by_id["b"].covered is False and by_id["b"].robust_accuracy is None
     assert by_id["c"].level == "critical" and by_id["c"].risk == 20
 

@@ -475,7 +475,8 @@ def threats(
         return
     names = [t.name for t in s.evaluation.threats] if s.evaluation else []
     accs = {t.name: t.robust_accuracy for t in res.threats} if res else None
-    rows = s.catalog.risk_register(names, accs)
+    rates = {t.name: t.attack_success_rate for t in res.threats} if res else None
+    rows = s.catalog.risk_register(names, accs, rates)
     table = Table(title=f"threat catalog {s.catalog.content_hash()[:12]} ({len(rows)} entries)")
     for col in ("risk", "id", "component", "channel", "L×I", "owner", "exercised by"):
         table.add_column(
@@ -483,6 +484,7 @@ def threats(
         )
     if accs is not None:
         table.add_column("robust acc.", justify="right")
+        table.add_column("attack success", justify="right")
     for r in rows:
         cells = [
             f"[{_LEVEL_STYLE[r.level]}]{r.risk} {r.level}[/]",
@@ -495,6 +497,7 @@ def threats(
         ]
         if accs is not None:
             cells.append("" if r.robust_accuracy is None else f"{r.robust_accuracy:.1%}")
+            cells.append("" if r.attack_success_rate is None else f"{r.attack_success_rate:.1%}")
         table.add_row(*cells)
     console.print(table)
     uncovered = [r.id for r in rows if not r.covered]

@@ -96,6 +96,11 @@ class RiskRow(BaseModel):
         default=None,
         description="worst robust accuracy over the threats exercising it (when a result is given)",
     )
+    attack_success_rate: float | None = Field(
+        default=None,
+        description="highest attack success rate (share of the attacked samples broken) over "
+        "the threats exercising it (when a result is given)",
+    )
     threats: list[str]
 
 
@@ -134,16 +139,24 @@ class ThreatCatalog(BaseModel):
         return [e for e in self.ranked() if not known.intersection(e.exercised_by)]
 
     def risk_register(
-        self, threat_names: Sequence[str], robust_accuracy: Mapping[str, float] | None = None
+        self,
+        threat_names: Sequence[str],
+        robust_accuracy: Mapping[str, float] | None = None,
+        attack_success_rate: Mapping[str, float] | None = None,
     ) -> list[RiskRow]:
         """The risk register, ranked: each entry with its coverage by ``threat_names`` and, given
-        ``robust_accuracy`` (threat name → robust accuracy of a result), the worst robust
-        accuracy over the threats exercising it."""
+        a result's ``robust_accuracy`` and ``attack_success_rate`` (threat name → figure), the
+        worst of each over the threats exercising it."""
         known = set(threat_names)
         rows = []
         for e in self.ranked():
             threats = [t for t in e.exercised_by if t in known]
             accs = [robust_accuracy[t] for t in threats if robust_accuracy and t in robust_accuracy]
+            rates = [
+                attack_success_rate[t]
+                for t in threats
+                if attack_success_rate and t in attack_success_rate
+            ]
             rows.append(
                 RiskRow(
                     id=e.id,
@@ -157,6 +170,7 @@ class ThreatCatalog(BaseModel):
                     level=e.level,
                     covered=bool(threats),
                     robust_accuracy=min(accs) if accs else None,
+                    attack_success_rate=max(rates) if rates else None,
                     threats=threats,
                 )
             )
