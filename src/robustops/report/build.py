@@ -324,7 +324,9 @@ class _Builder:
                     _ci(wilson_interval(t.n_robust, n)),
                     _pct(t.attack_success_rate),
                     _num(ece, ".3f"),
-                    Status(audit.verdict) if audit is not None else "not audited",
+                    Status(audit.verdict)
+                    if audit is not None
+                    else ("n/a (black-box text)" if t.threat.modality == "text" else "not audited"),
                 )
             )
         sec.blocks.append(
