@@ -103,17 +103,15 @@ def train(
                             f"augment: {a.fooled}/{a.attacked} fooled, {a.added} added, "
                             f"pool {a.pool_size}"
                         )
-                    bar.update(epochs, completed=e.epoch, description=" · ".join(parts))
-                    console.print(" · ".join(parts), highlight=False)
-                    return
-                if e.val_clean_accuracy is not None:
-                    parts.append(f"clean {e.val_clean_accuracy:.3f}")
-                if e.val_robust_accuracy is not None:
-                    parts.append(f"robust {e.val_robust_accuracy:.3f}")
-                if e.epsilon is not None:
-                    parts.append(f"eps {e.epsilon:.3g}")
-                if e.guard_restored:
-                    parts.append("[red]guard: restored[/]")
+                else:
+                    if e.val_clean_accuracy is not None:
+                        parts.append(f"clean {e.val_clean_accuracy:.3f}")
+                    if e.val_robust_accuracy is not None:
+                        parts.append(f"robust {e.val_robust_accuracy:.3f}")
+                    if e.epsilon is not None:
+                        parts.append(f"eps {e.epsilon:.3g}")
+                    if e.guard_restored:
+                        parts.append("[red]guard: restored[/]")
                 bar.update(epochs, completed=e.epoch, description=" · ".join(parts))
                 if not quiet:
                     console.print(" · ".join(parts), highlight=False)

@@ -24,7 +24,7 @@ from robustops.evaluation.metrics import (
 )
 from robustops.models.classifier import predict_logits, resolve_device
 from robustops.text.attacks import TextAttack
-from robustops.text.models import TextClassifier
+from robustops.text.models import TextClassifier, predict_text_logits
 
 __all__ = ["FitOn", "TemperatureFit", "TemperatureScaled", "fit_temperature", "fit_temperature_on"]
 
@@ -145,11 +145,7 @@ def _logits(
         assert isinstance(model, nn.Module)
         return predict_logits(model, inputs, batch_size, device)
     assert not isinstance(model, nn.Module)
-    out = [
-        model.predict_logits(list(inputs[i : i + batch_size])).float().cpu()
-        for i in range(0, len(inputs), batch_size)
-    ]
-    return torch.cat(out) if out else torch.empty(0, model.num_classes)
+    return predict_text_logits(model, inputs, batch_size)
 
 
 def _adversarial(

@@ -52,7 +52,7 @@ from robustops.text.attacks import (
     max_word_edits,
     split_words,
 )
-from robustops.text.models import TextClassifier
+from robustops.text.models import TextClassifier, predict_text_logits
 from robustops.threats import ThreatModel
 
 __all__ = ["ProgressEvent", "SuiteThreat", "run_suite"]
@@ -258,11 +258,7 @@ class _TextBackend:
         return None
 
     def predict(self, texts: Sequence[str]) -> Tensor:
-        out = [
-            self.model.predict_logits(list(texts[s : s + self.batch_size])).float().cpu()
-            for s in range(0, len(texts), self.batch_size)
-        ]
-        return torch.cat(out) if out else torch.empty(0, getattr(self.model, "num_classes", 2))
+        return predict_text_logits(self.model, texts, self.batch_size)
 
     def clean_logits(self) -> Tensor:
         return self.predict(self.texts)

@@ -39,6 +39,7 @@ __all__ = [
     "TorchTextClassifier",
     "char_ngram_classifier",
     "predict_labels",
+    "predict_text_logits",
     "text_accuracy",
     "train_text_classifier",
 ]
@@ -537,6 +538,15 @@ class SklearnTextClassifier:
         if out:
             return torch.cat(out)
         return torch.empty(0, self.num_classes)
+
+
+def predict_text_logits(model: TextClassifier, texts: Sequence[str], batch_size: int) -> Tensor:
+    """``model``'s ``(N, K)`` float32 CPU logits for ``texts``, ``batch_size`` texts per call."""
+    out = [
+        model.predict_logits(list(texts[i : i + batch_size])).float().cpu()
+        for i in range(0, len(texts), batch_size)
+    ]
+    return torch.cat(out) if out else torch.empty(0, model.num_classes)
 
 
 def predict_labels(model: TextClassifier, texts: Sequence[str]) -> Tensor:
