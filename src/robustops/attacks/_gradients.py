@@ -19,7 +19,14 @@ from torch import Tensor
 from robustops.attacks.base import ModelFn
 from robustops.attacks.losses import ce_loss, dlr_loss, margin_loss
 
-__all__ = ["LOSSES", "LossFn", "ascent_direction", "loss_and_grad", "mean_logits"]
+__all__ = [
+    "LOSSES",
+    "LossFn",
+    "ascent_direction",
+    "averaged_model",
+    "loss_and_grad",
+    "mean_logits",
+]
 
 LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 """A per-sample loss: ``(logits (N, K), labels (N,), targets (N,) or None) -> (N,)``."""
@@ -79,6 +86,15 @@ def mean_logits(model: ModelFn, x: Tensor, samples: int = 1) -> Tensor:
     for _ in range(samples - 1):
         out = out + model(x)
     return out / samples if samples > 1 else out
+
+
+def averaged_model(model: ModelFn, samples: int) -> ModelFn:
+    """``model`` judged on the mean logits of ``samples`` forward passes (EOT for attacks that
+    only query scores or decisions); ``model`` itself when ``samples == 1``. Each call costs
+    ``samples`` queries."""
+    if samples == 1:
+        return model
+    return lambda x: mean_logits(model, x, samples)
 
 
 STOCHASTIC_TOLERANCE = 1e-5

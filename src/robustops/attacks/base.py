@@ -8,10 +8,11 @@ Attacks work in the model's input space; bounds come from the threat.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor
@@ -261,6 +262,25 @@ class Attack(ABC):
     def params(self) -> dict[str, Any]:
         """Hyper-parameters as stored at construction (for results and reports)."""
         return {k: v for k, v in vars(self).items() if k != "threat" and not k.endswith("_")}
+
+    def with_params(self, **changes: Any) -> Self:
+        """A new attack of this class and threat with :meth:`params` updated by ``changes``,
+        built (and so validated) by the constructor from the parameters it accepts (scikit-learn's
+        ``clone`` rule: what the constructor stored is what it is given back); this attack is
+        left as it is.
+
+        Raises :class:`SpecError` naming a parameter this attack does not have.
+        """
+        accepted = {
+            p.name
+            for p in inspect.signature(type(self)).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        params = {k: v for k, v in self.params().items() if k in accepted}
+        for key in changes:
+            if key not in params:
+                raise SpecError.single(key, f"attack {self.name!r} has no parameter {key!r}")
+        return type(self)(self.threat, **{**params, **changes})
 
     def __call__(
         self, model: ModelFn, inputs: Tensor, labels: Tensor, *, targets: Tensor | None = None

@@ -68,6 +68,22 @@ class PGDOptions:
         self.early_stop = bool(early_stop)
 
 
+class _Best:
+    """Per sample, the best iterate seen so far: an adversarial one over any other, then the
+    highest loss (ties keep the earlier)."""
+
+    def __init__(self, start: Tensor) -> None:
+        self.adv = start.clone()
+        self.loss = torch.full(start.shape[:1], -torch.inf, device=start.device)
+        self.hit = torch.zeros(start.shape[0], dtype=torch.bool, device=start.device)
+
+    def update(self, adv: Tensor, loss: Tensor, hit: Tensor) -> None:
+        better = (hit & ~self.hit) | ((hit == self.hit) & (loss > self.loss))
+        self.adv = torch.where(better.view(-1, *([1] * (adv.dim() - 1))), adv, self.adv)
+        self.loss = torch.where(better, loss.to(self.loss.dtype), self.loss)
+        self.hit = self.hit | hit
+
+
 @register_attack
 class PGD(PGDOptions, Attack):
     """PGD: ``steps`` signed (L∞) or normalised (L2) gradient steps, projected after each.
@@ -79,7 +95,9 @@ class PGD(PGDOptions, Attack):
         restarts: random restarts, each run only on the samples still not adversarial.
         random_start: start uniformly inside the ball instead of at the input.
         loss: ``"ce"``, ``"dlr"`` or ``"margin"``.
-        early_stop: drop a sample from the batch as soon as it is adversarial.
+        early_stop: drop a sample from the batch as soon as it is adversarial. Without early
+            stop every sample runs all steps and the result is its best iterate (adversarial
+            first, then the highest loss), which costs one more query per restart.
         eot_samples: forward+backward passes averaged per step (Expectation over
             Transformation, for stochastic models); early stop and restarts judge the mean
             logits. Every pass is a query, so a sample costs up to
@@ -133,31 +151,41 @@ class PGD(PGDOptions, Attack):
                 adv = torch.clamp(start, lo, hi)
             else:
                 adv = random_start(x0, threat, gen) if self.random_start else x0.clone()
+            top = None if self.early_stop else _Best(adv)
             for step in range(self.steps):
-                logits, _, grad = loss_and_grad(model, adv, y0, t0, loss_fn, eot)
-                if self.early_stop:
-                    hit = is_adversarial(logits, y0, t0)
-                    if bool(hit.any()):
-                        hit_idx = idx[hit]
-                        best[hit_idx] = adv[hit]
-                        done[hit_idx] = True
-                        queries[hit_idx] += (step + 1) * eot
-                        keep = ~hit
-                        idx, x0, y0, adv, grad = (t[keep] for t in (idx, x0, y0, adv, grad))
-                        t0 = t0[keep] if t0 is not None else None
-                        if linf:
-                            lo, hi = lo[keep], hi[keep]
-                        if idx.numel() == 0:
-                            break
+                logits, loss, grad = loss_and_grad(model, adv, y0, t0, loss_fn, eot)
+                if top is not None:
+                    top.update(adv, loss, is_adversarial(logits, y0, t0))
+                elif bool((hit := is_adversarial(logits, y0, t0)).any()):
+                    hit_idx = idx[hit]
+                    best[hit_idx] = adv[hit]
+                    done[hit_idx] = True
+                    queries[hit_idx] += (step + 1) * eot
+                    keep = ~hit
+                    idx, x0, y0, adv, grad = (t[keep] for t in (idx, x0, y0, adv, grad))
+                    t0 = t0[keep] if t0 is not None else None
+                    if linf:
+                        lo, hi = lo[keep], hi[keep]
+                    if idx.numel() == 0:
+                        break
                 if linf:
                     # adv + alpha * sign(grad) is exact-equal to the out-of-place form.
                     adv = torch.add(adv, grad.sign(), alpha=alpha).clamp_(lo, hi)
                 else:
                     adv = project(adv + alpha * ascent_direction(grad, threat.norm), x0, threat)
+            if top is not None:
+                # Without early stop the answer is the best iterate (adversarial first, then the
+                # highest loss), not the last: the last one is judged too (one more query).
+                logits = mean_logits(model, adv, eot)
+                top.update(adv, loss_fn(logits, y0, t0), is_adversarial(logits, y0, t0))
+                queries[idx] += eot
+                adv = top.adv
             if idx.numel():
                 queries[idx] += self.steps * eot
                 best[idx] = adv
-                if restart + 1 < self.restarts:
+                if top is not None:
+                    done[idx] = top.hit
+                elif restart + 1 < self.restarts:
                     # Only a later restart reads `done`; the last one would spend a forward pass.
                     done[idx] = is_adversarial(mean_logits(model, adv, eot), y0, t0)
         return best, queries

@@ -99,21 +99,35 @@ class Registry(Generic[C]):
                 "name", f"unknown {self.kind} {name!r}; available: {sorted(self._classes)}"
             ) from None
 
-    def check_params(self, name: str, params: dict[str, Any]) -> C:
-        """The class registered as ``name``, after checking that it accepts every key of
-        ``params`` (keyword-only constructor parameters); :class:`SpecError` per unknown key."""
-        cls = self.get(name)
+    def _keyword_params(self, cls: C) -> dict[str, inspect.Parameter]:
+        """The keyword-only constructor parameters of ``cls`` (of every ``__init__`` in its MRO
+        with ``inherited_params``; the most derived one wins)."""
         inits: list[Any] = (
             [vars(k)["__init__"] for k in cls.__mro__ if "__init__" in vars(k)]
             if self.inherited_params
             else [cls]  # the signature of a class is that of its constructor
         )
-        accepted = {
-            p.name
-            for init in inits
-            for p in inspect.signature(init).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        out: dict[str, inspect.Parameter] = {}
+        for init in inits:
+            for p in inspect.signature(init).parameters.values():
+                if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                    out.setdefault(p.name, p)
+        return out
+
+    def defaults(self, name: str) -> dict[str, Any]:
+        """Hyper-parameter defaults of the class registered as ``name`` (the keyword-only
+        constructor parameters that have one)."""
+        return {
+            k: p.default
+            for k, p in self._keyword_params(self.get(name)).items()
+            if p.default is not inspect.Parameter.empty
         }
+
+    def check_params(self, name: str, params: dict[str, Any]) -> C:
+        """The class registered as ``name``, after checking that it accepts every key of
+        ``params`` (keyword-only constructor parameters); :class:`SpecError` per unknown key."""
+        cls = self.get(name)
+        accepted = set(self._keyword_params(cls))
         unknown = sorted(set(params) - accepted)
         if unknown:
             raise SpecError(

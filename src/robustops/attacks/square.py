@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from robustops.attacks._gradients import averaged_model
 from robustops.attacks.base import Attack, ModelFn, is_adversarial, project
 from robustops.attacks.losses import ce_loss, margin_loss
 from robustops.attacks.registry import register_attack
@@ -124,6 +125,12 @@ class Square(Attack):
             adversarial; capped at the budget.
         loss: ``"margin"`` or ``"ce"``; default the paper's choice, margin when untargeted and
             cross-entropy to the target when targeted.
+        early_stop: a sample leaves the batch at the first query that finds it adversarial.
+            ``False`` keeps searching to the end of the budget for the highest loss (for a
+            stochastic model one draw across the boundary is not its mean across it).
+        eot_samples: forward passes whose logits are averaged to score each candidate
+            (Expectation over Transformation, for stochastic models). Every pass is a query,
+            so a run makes ``queries // eot_samples`` candidate evaluations. 1: the plain attack.
         seed: seeds every random draw (initialisation, square positions, colours).
     """
 
@@ -138,10 +145,13 @@ class Square(Attack):
         p_init: float = 0.8,
         restarts: int = 1,
         loss: Literal["margin", "ce"] | None = None,
+        early_stop: bool = True,
+        eot_samples: int = 1,
         seed: int = 0,
     ) -> None:
         super().__init__(threat, seed=seed)
         self._check_positive("queries", queries, integer=True)
+        self._check_positive("eot_samples", eot_samples, integer=True)
         self._check_positive("p_init", p_init)
         if p_init > 1:
             raise SpecError.single("p_init", f"must be in (0, 1], got {p_init!r}")
@@ -154,6 +164,8 @@ class Square(Attack):
         self.p_init = float(p_init)
         self.restarts = min(restarts, queries)
         self.loss = loss
+        self.early_stop = bool(early_stop)
+        self.eot_samples = eot_samples
 
     def _loss(self, logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
         """Per-sample objective ``(N,)`` to maximise."""
@@ -172,9 +184,13 @@ class Square(Attack):
         best = images.clone()
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        share, extra = divmod(self.queries, self.restarts)
+        eot = self.eot_samples
+        evaluations = max(self.queries // eot, 1)
+        restarts = min(self.restarts, evaluations)
+        share, extra = divmod(evaluations, restarts)
+        model = averaged_model(model, eot)
         with torch.no_grad():
-            for r in range(self.restarts):
+            for r in range(restarts):
                 idx = (~done).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
@@ -183,7 +199,7 @@ class Square(Attack):
                 adv, used, hit = self._single_run(
                     model, x.shape, images[idx], y[idx], t, budget, gen
                 )
-                queries[idx] += used
+                queries[idx] += used * eot
                 if r == 0:
                     best[idx] = adv
                 else:
@@ -203,8 +219,9 @@ class Square(Attack):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One run of at most ``budget`` queries on images ``x`` ``(n, C, H, W)``.
 
-        Returns the best inputs ``(n, C, H, W)``, the queries spent ``(n,)`` int64 and whether
-        each sample was found adversarial ``(n,)`` bool.
+        Returns the best inputs ``(n, C, H, W)``, the evaluations spent ``(n,)`` int64 and
+        whether each sample was found adversarial ``(n,)`` bool. Without early stop every sample
+        runs the whole budget and ends at its highest-loss candidate.
         """
 
         def query(inputs: Tensor, st: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -226,8 +243,10 @@ class Square(Attack):
         used = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
         result = state["best"].clone()
 
-        act = (~success).nonzero().squeeze(1)
+        act = (~success).nonzero().squeeze(1) if self.early_stop else torch.arange(x.shape[0])
+        act = act.to(x.device)
         state = {k: v[act] for k, v in state.items()}
+        state["hit"] = success[act]
         for it in range(budget - 1):
             if act.numel() == 0:
                 break
@@ -235,15 +254,17 @@ class Square(Attack):
             cand = self._step_linf(state, p, gen) if linf else self._step_l2(state, p, gen)
             loss, adv = query(cand, state)
             used[act] += 1
-            better = (loss > state["loss"]) | adv
+            better = (loss > state["loss"]) | (adv & self.early_stop)
             state["best"] = torch.where(better[:, None, None, None], cand, state["best"])
             state["loss"] = torch.where(better, loss, state["loss"])
-            if bool(adv.any()):
+            state["hit"] = torch.where(better, adv, state["hit"])
+            if self.early_stop and bool(adv.any()):
                 result[act[adv]] = cand[adv]
                 success[act[adv]] = True
                 keep = ~adv
                 act = act[keep]
                 state = {k: v[keep] for k, v in state.items()}
+        success[act] = state["hit"]
         result[act] = state["best"]
         return result, used, success
 
