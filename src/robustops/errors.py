@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "DataIntegrityError",
+    "ModelOutputError",
     "RobustOpsError",
     "SpecError",
     "UnsafeArtifactError",
@@ -40,3 +41,8 @@ class DataIntegrityError(RobustOpsError):
 
 class UnsafeArtifactError(RobustOpsError):
     """An artifact would need an unsafe loader (pickle) or failed its hash check."""
+
+
+class ModelOutputError(RobustOpsError):
+    """A model returned outputs that cannot be judged: non-finite logits (NaN, ±∞) or logits of
+    the wrong shape. The message names the batch and what was wrong."""

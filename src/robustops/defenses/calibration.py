@@ -22,7 +22,7 @@ from robustops.evaluation.metrics import (
     expected_calibration_error,
     negative_log_likelihood,
 )
-from robustops.models.classifier import predict_logits, resolve_device
+from robustops.models.classifier import eval_mode, predict_logits, resolve_device
 from robustops.text.attacks import TextAttack
 from robustops.text.models import TextClassifier, predict_text_logits
 
@@ -95,15 +95,12 @@ def fit_temperature_on(
         attack: needed unless ``fit_on="clean"``; run against the uncalibrated model.
         targets: ``(N,)`` target classes when the attack's threat is targeted.
 
-    A module's mode is restored afterwards; it is evaluated in eval mode.
+    A module is evaluated with every submodule in eval mode; each submodule's mode is restored
+    afterwards.
     """
     if fit_on != "clean" and attack is None:
         raise ValueError(f"fit_on={fit_on!r} needs an attack to make adversarial inputs")
-    module = model if isinstance(model, nn.Module) else None
-    was_training = module.training if module is not None else False
-    if module is not None:
-        module.eval()
-    try:
+    with eval_mode(model):
         parts: list[Tensor] = []
         n_clean = n_adv = 0
         if fit_on in ("clean", "mix"):
@@ -113,9 +110,6 @@ def fit_temperature_on(
             adv = _adversarial(model, attack, inputs, labels, targets, batch_size, device)
             parts.append(_logits(model, adv, batch_size, device))
             n_adv = len(inputs)
-    finally:
-        if module is not None:
-            module.train(was_training)
     logits = torch.cat(parts)
     y = labels.cpu().repeat(len(parts))
     temperature = fit_temperature(logits, y)

@@ -41,7 +41,7 @@ from robustops.attacks._gradients import is_stochastic, loss_and_grad, mean_logi
 from robustops.attacks.base import frozen_parameters
 from robustops.attacks.losses import ce_loss, margin_loss
 from robustops.errors import SpecError
-from robustops.models.classifier import resolve_device
+from robustops.models.classifier import eval_mode, resolve_device
 from robustops.threats import ThreatModel
 
 __all__ = ["AuditCheck", "AuditResult", "CheckStatus", "audit_gradient_masking"]
@@ -225,29 +225,23 @@ def audit_gradient_masking(
     if inputs.shape[0] == 0:
         raise SpecError.single("inputs", "no samples to audit")
     dev = resolve_device(model, device)
-    modes = [(m, m.training) for m in model.modules()]  # restored one by one: they may differ
-    model.eval()
     t_start = time.perf_counter()
     cuda = [dev.index or 0] if dev.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            result = _audit(
-                model,
-                inputs,
-                labels,
-                threat,
-                steps=steps,
-                square_queries=square_queries,
-                noise_draws=noise_draws,
-                eot_samples=eot_samples,
-                batch_size=batch_size,
-                seed=seed,
-                dev=dev,
-            )
-    finally:
-        for module, training in modes:
-            module.train(training)
+    with eval_mode(model), torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        result = _audit(
+            model,
+            inputs,
+            labels,
+            threat,
+            steps=steps,
+            square_queries=square_queries,
+            noise_draws=noise_draws,
+            eot_samples=eot_samples,
+            batch_size=batch_size,
+            seed=seed,
+            dev=dev,
+        )
     return result.model_copy(update={"wall_time_s": time.perf_counter() - t_start})
 
 

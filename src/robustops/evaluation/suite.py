@@ -15,7 +15,6 @@ returning logits, and texts (a list of strings) with a
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from robustops._util import environment, make_generator
 from robustops.attacks import Attack, is_adversarial, perturbation_norm
 from robustops.attacks._gradients import is_stochastic, mean_logits
-from robustops.errors import SpecError
+from robustops.errors import ModelOutputError, SpecError
 from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
 from robustops.evaluation.result import (
     AdversarialExample,
@@ -43,11 +42,12 @@ from robustops.evaluation.result import (
     ThreatCalibration,
     ThreatResult,
 )
-from robustops.models.classifier import predict_logits, resolve_device
+from robustops.models.classifier import eval_mode, resolve_device
 from robustops.text.attacks import (
     TextAttack,
     TextEdit,
     apply_edits,
+    edit_violation,
     margin_objective,
     max_word_edits,
     split_words,
@@ -108,9 +108,9 @@ class _TensorBackend:
     A model whose two forward passes on the same inputs differ (random input transformations,
     noise layers, dropout left on) is *stochastic*: with ``eot_samples > 1`` every prediction
     the suite makes is then the mean logits of ``eot_samples`` passes, and :meth:`adapt` gives
-    the gradient attacks as many EOT samples (Athalye et al. 2018) and turns their per-step
+    every attack as many EOT samples per gradient or score (Athalye et al. 2018) and turns its
     early stop off (a point across the boundary for one draw of the noise is not one for its
-    mean)."""
+    mean). An attack that cannot be adapted is recorded as run unadapted."""
 
     modality = "tensor"
 
@@ -119,26 +119,42 @@ class _TensorBackend:
     ) -> None:
         self.model, self.x, self.batch_size, self.dev = model, x.detach().cpu(), batch_size, dev
         self.n = int(self.x.shape[0])
-        self.stochastic, self.gap = (
-            is_stochastic(model, self.x[: min(self.n, batch_size)].to(dev))
-            if self.n
-            else (False, 0.0)
-        )
+        self.num_classes: int | None = None
+        self.stochastic, self.gap = False, 0.0
+        if self.n:
+            first = self.x[: min(self.n, batch_size)].to(dev)
+            with torch.no_grad():
+                self._check(model(first), first.shape[0], _rows("clean samples", 0, len(first)))
+            self.stochastic, self.gap = is_stochastic(model, first)
         self.eot = eot_samples if self.stochastic else 1
         self.adapted: list[str] = []
+        self.unadapted: list[str] = []
+
+    def _check(self, logits: Tensor, rows: int, where: str) -> Tensor:
+        """``logits`` ``(rows, K)`` as float32 on the CPU, once checked (see :func:`_checked`)."""
+        out = _checked(logits, rows, where, self.num_classes)
+        self.num_classes = int(out.shape[1])
+        return out
 
     def adapt(self, attack: Attack | TextAttack) -> Attack | TextAttack:
-        """``attack`` with ``eot_samples`` passes per gradient and no early stop when the model
-        is stochastic and the attack left those at one pass / on (a copy; the original is not
-        changed); else ``attack`` itself."""
-        if self.eot == 1 or getattr(attack, "eot_samples", None) != 1:
+        """For a stochastic model, ``attack`` rebuilt with ``eot_samples`` passes per query or
+        gradient and without early stop, when it left those at one pass / on (the original is
+        not changed); else ``attack`` itself. An attack without an ``eot_samples`` parameter
+        cannot be adapted and is recorded as run unadapted (so is every attack when the caller
+        asked for single passes on a stochastic model)."""
+        if not self.stochastic:
             return attack
-        adapted = copy.copy(attack)
-        adapted.eot_samples = self.eot  # type: ignore[union-attr]
-        if getattr(adapted, "early_stop", False):
-            adapted.early_stop = False  # type: ignore[union-attr]
+        params = attack.params()
+        if self.eot == 1 or not isinstance(attack, Attack) or "eot_samples" not in params:
+            self.unadapted.append(attack.name)
+            return attack
+        if params["eot_samples"] != 1:
+            return attack  # the caller chose its EOT budget
+        changes: dict[str, Any] = {"eot_samples": self.eot}
+        if params.get("early_stop"):
+            changes["early_stop"] = False
         self.adapted.append(attack.name)
-        return adapted
+        return attack.with_params(**changes)
 
     def record(self) -> StochasticRecord:
         return StochasticRecord(
@@ -146,14 +162,16 @@ class _TensorBackend:
             max_logit_gap=self.gap,
             eot_samples=self.eot,
             adapted_attacks=sorted(set(self.adapted)),
+            unadapted_attacks=sorted(set(self.unadapted)),
         )
 
     def clean_logits(self) -> Tensor:
-        if self.eot == 1:
-            return predict_logits(self.model, self.x, self.batch_size, self.dev)
         return torch.cat(
             [
-                self._forward(self.x[i : i + self.batch_size].to(self.dev))
+                self._forward(
+                    self.x[i : i + self.batch_size].to(self.dev),
+                    _rows("clean samples", i, min(i + self.batch_size, self.n)),
+                )
                 for i in range(0, self.n, self.batch_size)
             ]
         )
@@ -165,8 +183,8 @@ class _TensorBackend:
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
 
-    def _forward(self, x: Tensor) -> Tensor:
-        return mean_logits(self.model, x, self.eot).float().cpu()
+    def _forward(self, x: Tensor, where: str) -> Tensor:
+        return self._check(mean_logits(self.model, x, self.eot), x.shape[0], where)
 
     def attack(
         self, attack: Attack | TextAttack, b: Tensor, y: Tensor, t: Tensor | None
@@ -183,7 +201,7 @@ class _TensorBackend:
         adv = res.adversarial.detach()
         return _Attempt(
             ok=ok,
-            logits=self._forward(adv),
+            logits=self._forward(adv, _batch(attack.name, b)),
             queries=res.queries.cpu(),
             size=res.perturbation.cpu(),
             item=lambda j: adv[j].cpu(),
@@ -250,6 +268,7 @@ class _TextBackend:
         self.model, self.texts, self.batch_size = model, list(texts), batch_size
         self.n = len(self.texts)
         self.dev = torch.device("cpu")
+        self.num_classes: int | None = None
 
     def adapt(self, attack: Attack | TextAttack) -> Attack | TextAttack:
         return attack  # text classifiers are queried as they are
@@ -257,11 +276,14 @@ class _TextBackend:
     def record(self) -> StochasticRecord | None:
         return None
 
-    def predict(self, texts: Sequence[str]) -> Tensor:
-        return predict_text_logits(self.model, texts, self.batch_size)
+    def predict(self, texts: Sequence[str], where: str) -> Tensor:
+        logits = predict_text_logits(self.model, texts, self.batch_size)
+        out = _checked(logits, len(texts), where, self.num_classes)
+        self.num_classes = int(out.shape[1])
+        return out
 
     def clean_logits(self) -> Tensor:
-        return self.predict(self.texts)
+        return self.predict(self.texts, _rows("clean texts", 0, self.n))
 
     def call_one(self, i: int) -> None:
         self.model.predict_logits([self.texts[i]])
@@ -288,7 +310,7 @@ class _TextBackend:
         )
         return _Attempt(
             ok=ok,
-            logits=self.predict(res.adversarial),
+            logits=self.predict(res.adversarial, _batch(attack.name, b)),
             queries=res.queries.cpu(),
             size=res.edit_share.float(),
             item=lambda j: (res.adversarial[j], res.edits[j]),
@@ -311,7 +333,7 @@ class _TextBackend:
             reverted = [
                 apply_edits(original, [e for e in edits if e is not skip]) for skip in edits
             ]
-            logits = self.predict([adv_text, *reverted])
+            logits = self.predict([adv_text, *reverted], f"the edits of sample {i}")
             label = y[i : i + 1].expand(logits.shape[0])
             tgt = targets[i : i + 1].expand(logits.shape[0]) if targets is not None else None
             obj, _ = margin_objective(logits, label, tgt)
@@ -346,6 +368,46 @@ class _TextBackend:
 _Backend = _TensorBackend | _TextBackend
 
 
+def _rows(what: str, start: int, stop: int) -> str:
+    return f"{what} {start}-{stop - 1}"
+
+
+def _batch(attack: str, b: Tensor) -> str:
+    idx = b.tolist()
+    shown = ", ".join(map(str, idx[:5])) + (", ..." if len(idx) > 5 else "")
+    return f"the outputs of attack {attack!r} on samples [{shown}]"
+
+
+def _checked(logits: object, rows: int, where: str, num_classes: int | None) -> Tensor:
+    """``logits`` as float32 on the CPU once they are a finite ``(rows, K)`` tensor (``K`` equal
+    to ``num_classes`` when given); else :class:`ModelOutputError` naming ``where`` they came from
+    and the first bad row. A score computed from NaN is not a robustness figure."""
+    expected = f"({rows}, {num_classes if num_classes is not None else 'classes'})"
+    if not isinstance(logits, Tensor):
+        raise ModelOutputError(
+            f"the model returned {type(logits).__name__} for {where}, expected a logits tensor "
+            f"{expected}"
+        )
+    if (
+        logits.dim() != 2
+        or logits.shape[0] != rows
+        or (num_classes is not None and logits.shape[1] != num_classes)
+    ):
+        raise ModelOutputError(
+            f"the model returned logits of shape {tuple(logits.shape)} for {where}, expected "
+            f"{expected}"
+        )
+    out = logits.detach().float().cpu()
+    bad = ~torch.isfinite(out).all(1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise ModelOutputError(
+            f"the model returned non-finite logits (NaN or infinite) for {where}: first at row "
+            f"{row} of that batch ({int(bad.sum())} bad rows of {out.shape[0]})"
+        )
+    return out
+
+
 def _contract_ok(adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
     """``(N,)`` bool: the adversarial input lies in the threat's ball (float32 rounding allowed)
     and bounds."""
@@ -361,9 +423,12 @@ def _contract_ok(adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
 def _edits_ok(
     text: str, adversarial: str, edits: Sequence[TextEdit], queries: int, threat: ThreatModel
 ) -> bool:
-    """The text attack's contract: its edits replay onto ``text`` to give ``adversarial``, edit
-    at most the threat's share of the words, and it kept to the query budget."""
+    """The text attack's contract: its edits replay onto ``text`` to give ``adversarial``, each
+    is what its kind allows (:func:`~robustops.text.attacks.edit_violation`), they edit at most
+    the threat's share of the words, and the attack kept to the query budget."""
     if len(edits) > max_word_edits(threat.epsilon, len(split_words(text)[0])):
+        return False
+    if any(edit_violation(e) is not None for e in edits):
         return False
     if threat.query_budget is not None and queries > threat.query_budget:
         return False
@@ -400,6 +465,28 @@ def _example(
     )
 
 
+def _modality(inputs: Tensor | Sequence[str]) -> str:
+    return "tensor" if isinstance(inputs, Tensor) else "text"
+
+
+def _backend(
+    model: nn.Module | TextClassifier,
+    inputs: Tensor | Sequence[str],
+    batch_size: int,
+    device: str | torch.device | None,
+    eot_samples: int,
+) -> _Backend:
+    """The backend for ``inputs``: tensors with an ``nn.Module``, texts with a text classifier."""
+    if isinstance(inputs, Tensor):
+        if not isinstance(model, nn.Module):
+            raise TypeError("tensor inputs need an nn.Module returning logits")
+        dev = resolve_device(model, device)
+        return _TensorBackend(model, inputs, batch_size, dev, eot_samples)
+    if isinstance(inputs, str) or not callable(getattr(model, "predict_logits", None)):
+        raise TypeError("texts must be a sequence of strings, with a text classifier")
+    return _TextBackend(model, inputs, batch_size)  # type: ignore[arg-type]
+
+
 def run_suite(
     model: nn.Module | TextClassifier,
     inputs: Tensor | Sequence[str],
@@ -424,9 +511,11 @@ def run_suite(
     """Evaluate ``model`` on ``inputs`` / ``labels`` ``(N,)`` under each threat.
 
     Args:
-        model: an ``nn.Module`` returning logits for tensor ``inputs`` ``(N, ...)`` (put in eval
-            mode for the run and restored after), or a text classifier (``predict_logits(texts)
-            -> (N, K)``) for ``inputs`` given as a list of strings.
+        model: an ``nn.Module`` returning logits for tensor ``inputs`` ``(N, ...)`` (every
+            submodule in eval mode for the run, each restored to its own mode after), or a text
+            classifier (``predict_logits(texts) -> (N, K)``) for ``inputs`` given as a list of
+            strings. Outputs must be finite logits of one shape ``(B, K)``, else
+            :class:`~robustops.errors.ModelOutputError` names the first bad batch.
         threats: threats with their attacks, in the order they should run; ``word-edits``
             threats (text attacks) for texts, ``linf``/``l2`` threats for tensors.
         batch_size: samples per attack call.
@@ -448,49 +537,44 @@ def run_suite(
             with their attribution maps (texts: their edits and each edit's contribution).
         eot_samples: for a tensor model found stochastic (two passes on the first batch
             differ), forward passes averaged for every prediction the suite makes (clean,
-            success, calibration) and EOT samples given to the gradient attacks that use one
-            pass (which also lose their early stop); recorded in ``SuiteResult.stochastic``.
-            ``1`` keeps single passes and the attacks as configured.
+            success, calibration) and EOT samples given to every attack left at one pass (which
+            also loses its early stop), gradient- and score-based alike; recorded in
+            ``SuiteResult.stochastic`` with the attacks that could not be adapted. ``1`` keeps
+            single passes and the attacks as configured (all recorded as unadapted).
     """
     if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
         raise ValueError(f"eot_samples must be an int >= 1, got {eot_samples!r}")
     if len(inputs) != labels.shape[0]:
         raise ValueError("inputs and labels differ in length")
-    backend: _Backend
-    if isinstance(inputs, Tensor):
-        if not isinstance(model, nn.Module):
-            raise TypeError("tensor inputs need an nn.Module returning logits")
-        dev = resolve_device(model, device)
-        backend = _TensorBackend(model, inputs, batch_size, dev, eot_samples)
-    else:
-        if isinstance(inputs, str) or not callable(getattr(model, "predict_logits", None)):
-            raise TypeError("texts must be a sequence of strings, with a text classifier")
-        backend = _TextBackend(model, inputs, batch_size)  # type: ignore[arg-type]
-    for st in threats:
-        if st.threat.modality != backend.modality:
-            raise ValueError(
-                f"threat {st.threat.name!r} ({st.threat.norm}) is for {st.threat.modality} "
-                f"inputs, not {backend.modality} ones"
-            )
-    module = model if isinstance(model, nn.Module) else None
-    was_training = module.training if module is not None else False
-    if module is not None:
-        module.eval()
-    if isinstance(backend, _TensorBackend) and backend.stochastic:
-        log.warning(
-            "the model is stochastic (two passes differ by up to %.3g in a logit): %s",
-            backend.gap,
-            f"predictions average {backend.eot} passes and gradient attacks use EOT"
-            if backend.eot > 1
-            else "single passes as asked (eot_samples=1); robust accuracy may be overstated",
+    if any(st.threat.modality != _modality(inputs) for st in threats):
+        st = next(st for st in threats if st.threat.modality != _modality(inputs))
+        raise ValueError(
+            f"threat {st.threat.name!r} ({st.threat.norm}) is for {st.threat.modality} "
+            f"inputs, not {_modality(inputs)} ones"
         )
     t_start = time.perf_counter()
-    try:
+    # Every submodule in eval mode before the first pass (the stochasticity probe included):
+    # a batch-norm left in training would learn from the test batch, a dropout would look random.
+    with eval_mode(model):
+        backend = _backend(model, inputs, batch_size, device, eot_samples)
+        if isinstance(backend, _TensorBackend) and backend.stochastic:
+            log.warning(
+                "the model is stochastic (two passes differ by up to %.3g in a logit): %s",
+                backend.gap,
+                f"predictions average {backend.eot} passes and attacks use EOT"
+                if backend.eot > 1
+                else "single passes as asked (eot_samples=1); robust accuracy may be overstated",
+            )
         y = labels.detach().cpu().to(torch.int64)
         n = backend.n
         t_clean = time.perf_counter()
         clean_logits = backend.clean_logits()
         clean_s = time.perf_counter() - t_clean
+        if n and int(y.max()) >= clean_logits.shape[1]:
+            raise ModelOutputError(
+                f"the model has {clean_logits.shape[1]} outputs but the labels go up to "
+                f"{int(y.max())}"
+            )
         latency = (
             _latency(backend, latency_calls, batch_size, clean_s)
             if latency_calls > 0 and n
@@ -513,9 +597,6 @@ def run_suite(
                     else None,
                 )
             threat_results.append(tr)
-    finally:
-        if module is not None:
-            module.train(was_training)
     suite_calibration = None
     if calibration and n:
         suite_calibration = SuiteCalibration(

@@ -3,13 +3,22 @@ anything with ``predict_proba``, adapted into a module returning log-probabiliti
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Classifier", "ProbaClassifier", "as_classifier", "predict_logits", "resolve_device"]
+__all__ = [
+    "Classifier",
+    "ProbaClassifier",
+    "as_classifier",
+    "eval_mode",
+    "predict_logits",
+    "resolve_device",
+]
 
 
 @runtime_checkable
@@ -60,6 +69,23 @@ def as_classifier(model: Classifier) -> nn.Module:
     raise TypeError(
         f"not a classifier: {type(model).__name__} (need an nn.Module or predict_proba)"
     )
+
+
+@contextlib.contextmanager
+def eval_mode(model: object) -> Iterator[None]:
+    """Every submodule of ``model`` (an ``nn.Module``; anything else is left alone) in eval mode
+    for the block, each restored to its own mode afterwards (submodules' modes may differ from
+    their parent's, e.g. a frozen batch-norm inside a model in training)."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def resolve_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
