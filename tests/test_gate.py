@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -53,10 +54,19 @@ FP = "f" * 64
 
 
 def _threat(
-    name: str, robust: list[bool], *, ece: float | None = 0.1, wall: float = 1.25
+    name: str,
+    robust: list[bool],
+    *,
+    ece: float | None = 0.1,
+    wall: float = 1.25,
+    clean: list[bool] | None = None,
 ) -> ThreatResult:
+    """A threat result consistent with its per-sample record (robust only where clean-correct)."""
     n = len(robust)
+    clean = clean if clean is not None else [True] * n
+    robust = [r and c for r, c in zip(robust, clean, strict=True)]
     k = sum(robust)
+    attacked = sum(clean)
     cal = (
         ThreatCalibration(
             attacked=CalibrationMetrics(
@@ -77,15 +87,15 @@ def _threat(
         name=name,
         threat=ThreatModel(name=name, norm="linf", epsilon=0.3),
         robust_accuracy=k / n,
-        attack_success_rate=(n - k) / n,
+        attack_success_rate=(attacked - k) / attacked if attacked else 0.0,
         n_robust=k,
         attacks=[
             AttackFigures(
                 name="pgd",
                 params={"steps": 10},
-                n_attacked=n,
-                n_broken=n - k,
-                success_rate=(n - k) / n,
+                n_attacked=attacked,
+                n_broken=attacked - k,
+                success_rate=(attacked - k) / attacked if attacked else 0.0,
                 mean_queries=10.0,
                 total_queries=10 * n,
                 median_perturbation=0.3,
@@ -95,7 +105,7 @@ def _threat(
         total_queries=10 * n,
         wall_time_s=wall,
         robust=robust,
-        broken_by=[None if r else "pgd" for r in robust],
+        broken_by=[None if r or not c else "pgd" for r, c in zip(robust, clean, strict=True)],
         queries=[10] * n,
         calibration=cal,
     )
@@ -119,7 +129,9 @@ def _result(
         device="cpu",
         n_samples=n,
         clean_accuracy=sum(clean) / n,
-        threats=[_threat(t, r, ece=(ece or {}).get(t, 0.1)) for t, r in threats.items()],
+        threats=[
+            _threat(t, r, ece=(ece or {}).get(t, 0.1), clean=clean) for t, r in threats.items()
+        ],
         data={"name": "mnist_subset", "fingerprint": fingerprint, "split_seed": 0},
         model={"weights_sha256": name[0] * 64},
         environment={},
@@ -208,41 +220,63 @@ def test_unpaired_fallback_when_the_samples_differ() -> None:
     assert reg.status == ("fail" if p <= 0.05 else "pass")
     assert reg.figures["drop_low"] < 0.2 < reg.figures["drop_high"]
     assert any("unpaired" in w for w in report.warnings)
-    # A different data set fingerprint: unpaired too, and a warning says so.
+    # A different data set: nothing to compare; every regression rule fails and says why.
     other = _result({"linf-0.3": new_r}, fingerprint="0" * 64)
     report = evaluate_gate(other, baseline, GatePolicy())
-    assert "fingerprints differ" in _rule(report, "regression[linf-0.3]").reason
-    assert any("data fingerprints differ" in w for w in report.warnings)
+    for rule in ("regression[linf-0.3]", "regression[clean]"):
+        assert _rule(report, rule).status == "fail"
+        assert "data sets differ" in _rule(report, rule).reason
+    assert not report.passed
 
 
-def test_identity_and_tier_warnings() -> None:
+def test_unlike_results_are_not_compared() -> None:
+    """Another tier, a smaller epsilon under the same threat name, fewer or weaker attacks: the
+    regression rules fail naming the difference (they used to pass with a warning); another
+    attack seed is what noise looks like and still compares."""
     base_r, _ = _mcnemar_pair()
     baseline = _result({"linf-0.3": base_r}, name="base").model_copy(update={"tier": "full"})
-    new = _result({"linf-0.3": base_r}).model_copy(update={"tier": "quick"})
-    report = evaluate_gate(new, baseline, GatePolicy(tier="full"))
-    assert report.passed
-    assert any("tiers differ" in w for w in report.warnings)
+    same = _result({"linf-0.3": base_r}).model_copy(update={"tier": "full"})
+    assert evaluate_gate(same, baseline, GatePolicy(tier="full")).passed
+
+    quick = same.model_copy(update={"tier": "quick"})
+    report = evaluate_gate(quick, baseline, GatePolicy(tier="full"))
+    assert not report.passed
+    assert "tiers differ" in _rule(report, "regression[linf-0.3]").reason
+    assert _rule(report, "regression[clean]").status == "fail"
     assert any("policy's tier 'full'" in w for w in report.warnings)
     assert report.new.tier == "quick" and report.baseline is not None
     assert report.baseline.tier == "full" and report.baseline.data_fingerprint == FP
-    old = baseline.model_copy(update={"schema_version": "1.0.0", "tier": "quick"})
+    old = baseline.model_copy(update={"schema_version": "1.0.0"})
     assert any(
-        "schema versions differ" in w for w in evaluate_gate(new, old, GatePolicy()).warnings
+        "schema versions differ" in w for w in evaluate_gate(same, old, GatePolicy()).warnings
     )
-    # A changed threat or attack is worth a warning; another attack seed is not.
-    t = new.threats[0]
-    other_seed = t.attacks[0].model_copy(update={"params": {"steps": 10, "seed": 7}})
-    seeded = new.model_copy(update={"threats": [t.model_copy(update={"attacks": [other_seed]})]})
-    assert not [w for w in evaluate_gate(seeded, old, GatePolicy()).warnings if "threat" in w]
-    stronger = t.attacks[0].model_copy(update={"params": {"steps": 20}})
-    changed = t.model_copy(
-        update={"threat": t.threat.model_copy(update={"epsilon": 0.1}), "attacks": [stronger]}
-    )
-    warnings = evaluate_gate(
-        new.model_copy(update={"threats": [changed]}), old, GatePolicy()
-    ).warnings
-    assert any("epsilon 0.3 → 0.1" in w for w in warnings)
-    assert any("steps 10 → 20" in w for w in warnings)
+
+    t = same.threats[0]
+
+    def with_threat(**update: Any) -> SuiteResult:
+        return same.model_copy(update={"threats": [t.model_copy(update=update)]})
+
+    def with_params(params: dict[str, Any]) -> SuiteResult:
+        return with_threat(attacks=[t.attacks[0].model_copy(update={"params": params})])
+
+    assert evaluate_gate(with_params({"steps": 10, "seed": 7}), baseline, GatePolicy()).passed
+    smaller = t.threat.model_copy(update={"epsilon": 0.1})
+    renamed = t.attacks[0].model_copy(update={"name": "fgsm"})
+    for changed, why in (
+        (with_threat(threat=smaller), "epsilon 0.3 → 0.1"),
+        (with_params({"steps": 2}), "steps 10 → 2"),
+        (with_threat(attacks=[renamed]), "['pgd'] → ['fgsm']"),
+    ):
+        rule = _rule(evaluate_gate(changed, baseline, GatePolicy()), "regression[linf-0.3]")
+        assert rule.status == "fail" and why in rule.reason and "not comparable" in rule.reason
+    # A parameter recorded on one side only counts as its default (a library upgrade that adds
+    # a parameter does not make old baselines incomparable); a non-default one does not.
+    assert evaluate_gate(
+        with_params({"steps": 10, "eot_samples": 1}), baseline, GatePolicy()
+    ).passed
+    assert not evaluate_gate(
+        with_params({"steps": 10, "eot_samples": 5}), baseline, GatePolicy()
+    ).passed
 
 
 # -- absolute rules ------------------------------------------------------------------------------
@@ -719,3 +753,132 @@ def test_policy_read_from_the_pipeline_spec(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_policy(bad)
     assert info.value.errors[0][0] == "gate"
+
+
+# -- results that lie about themselves (honest-numbers and hostile-file probes) ------------------
+
+
+def _edit(path: Path, edit: Any) -> Path:
+    """Rewrite the JSON file at ``path`` through ``edit(data)`` (in place), as a hand would."""
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_an_edited_result_file_is_refused(tmp_path: Path) -> None:
+    """A robust accuracy edited from 0.63 to 0.99, or a clean accuracy from 0.86 to 0.99, used
+    to load and pass a 0.95 minimum; now the figures are recomputed from the per-sample record,
+    and a consistent edit still breaks the content hash."""
+    result = _result({"linf-0.3": _pattern(63, 100)}, clean=_pattern(86, 100))
+    path = result.save(tmp_path / "r.json")
+    loaded = SuiteResult.load(path)
+    assert loaded.content_sha256 is not None and loaded.threats == result.threats
+
+    def robust(d: dict[str, Any]) -> None:
+        d["threats"][0]["robust_accuracy"] = 0.99
+
+    def clean(d: dict[str, Any]) -> None:
+        d["clean_accuracy"] = 0.99
+
+    for edit, field in ((robust, "robust_accuracy"), (clean, "clean_accuracy")):
+        bad = _edit(result.save(tmp_path / f"{field}.json"), edit)
+        with pytest.raises(SpecError) as info:
+            SuiteResult.load(bad)
+        assert field in str(info.value) and "per-sample record" in str(info.value)
+
+    def consistent(d: dict[str, Any]) -> None:  # every figure edited together
+        t = d["threats"][0]
+        t["robust"] = [True] * 86 + [False] * 14
+        t["broken_by"] = [None] * 86 + ["pgd"] * 0 + [None] * 14
+        t["n_robust"], t["robust_accuracy"] = 86, 0.86
+        t["attack_success_rate"] = 0.0
+        t["attacks"][0].update(n_broken=0, success_rate=0.0)
+
+    forged = _edit(result.save(tmp_path / "forged.json"), consistent)
+    with pytest.raises(SpecError) as info:
+        SuiteResult.load(forged)
+    assert "content_sha256" in str(info.value) and "edited" in str(info.value)
+    stripped = _edit(result.save(tmp_path / "stripped.json"), lambda d: d.pop("content_sha256"))
+    with pytest.raises(SpecError, match="content_sha256"):
+        SuiteResult.load(stripped)
+
+    runner = CliRunner()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"min_robust_accuracy": {"linf-0.3": 0.95}}))
+    bad = _edit(result.save(tmp_path / "bad.json"), robust)
+    out = runner.invoke(app, ["gate", "-r", str(bad), "--policy", str(policy)])
+    assert out.exit_code == 2 and "Traceback" not in out.output
+
+
+@pytest.mark.parametrize("version", ["9.9.9", "1.99.0", "2.0.0", "one"])
+def test_unknown_schema_versions_are_refused(tmp_path: Path, version: str) -> None:
+    path = _result({"linf-0.3": _pattern(6, 10)}).save(tmp_path / "r.json")
+    _edit(path, lambda d: d.update(schema_version=version, content_sha256=None))
+    with pytest.raises(SpecError) as info:
+        SuiteResult.load(path)
+    assert "schema_version" in str(info.value)
+
+
+def test_older_schemas_without_a_hash_still_load(tmp_path: Path) -> None:
+    path = _result({"linf-0.3": _pattern(6, 10)}).save(tmp_path / "r.json")
+
+    def old(d: dict[str, Any]) -> None:
+        d.update(schema_version="1.2.0")
+        del d["content_sha256"]
+
+    assert SuiteResult.load(_edit(path, old)).schema_version == "1.2.0"
+
+
+def test_a_wildcard_rule_needs_a_threat_and_the_spec_its_threats(tmp_path: Path) -> None:
+    empty = _result({}, clean=_pattern(9, 10))
+    report = evaluate_gate(empty, None, GatePolicy(min_robust_accuracy={"*": 0.5}))
+    assert not report.passed
+    assert "no threat" in _rule(report, "min_robust_accuracy[*]").reason
+    # A policy read from a spec knows which threats its evaluation declares (per tier).
+    root = Path(__file__).resolve().parent.parent
+    policy = load_policy(root / "configs" / "mnist.yaml")
+    assert policy.threats == ["linf-0.3", "l2-2.0"]
+    only_linf = _result({"linf-0.3": _pattern(9, 10)})
+    report = evaluate_gate(only_linf, None, policy.model_copy(update={"max_p99_latency_ms": None}))
+    missing = _rule(report, "threats[l2-2.0]")
+    assert missing.status == "fail" and "declares" in missing.reason
+    raw = yaml.safe_load((root / "configs" / "mnist.yaml").read_text())
+    raw["evaluation"]["tiers"]["quick"]["threats"] = ["linf-0.3"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    assert load_policy(spec, tier="quick").threats == ["linf-0.3"]
+
+
+def test_interval_judging_does_not_let_a_small_sample_pass_by_luck() -> None:
+    small = _result({"linf-0.3": _pattern(19, 20)})  # 95% robust on 20 samples
+    rules = {"min_robust_accuracy": {"*": 0.9}, "max_attack_success_rate": {"*": 0.1}}
+    assert evaluate_gate(small, None, GatePolicy(**rules)).passed
+    strict = evaluate_gate(small, None, GatePolicy(judge="interval", **rules))
+    low = _rule(strict, "min_robust_accuracy[linf-0.3]")
+    high = _rule(strict, "max_attack_success_rate[linf-0.3]")
+    assert low.status == "fail" and low.figures["judged"] == pytest.approx(
+        wilson_interval(19, 20)[0]
+    )
+    assert high.status == "fail" and "upper end" in high.reason
+    large = _result({"linf-0.3": _pattern(1900, 2000)})
+    assert evaluate_gate(large, None, GatePolicy(judge="interval", **rules)).passed
+
+
+def test_unadapted_attacks_on_a_stochastic_model_fail_unless_allowed() -> None:
+    from robustops.evaluation.result import StochasticRecord
+
+    record = StochasticRecord(
+        detected=True,
+        max_logit_gap=2.0,
+        eot_samples=10,
+        adapted_attacks=["pgd"],
+        unadapted_attacks=["my-plugin"],
+    )
+    new = _result({"linf-0.3": _pattern(6, 10)}).model_copy(update={"stochastic": record})
+    report = evaluate_gate(new, None, GatePolicy())
+    rule = _rule(report, "adapted_attacks")
+    assert rule.status == "fail" and "my-plugin" in rule.reason
+    assert evaluate_gate(new, None, GatePolicy(allow_unadapted_attacks=True)).passed
+    adapted = record.model_copy(update={"unadapted_attacks": []})
+    assert evaluate_gate(new.model_copy(update={"stochastic": adapted}), None, GatePolicy()).passed

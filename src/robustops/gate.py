@@ -42,9 +42,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from scipy import stats
 
+from robustops.attacks.registry import ATTACKS
 from robustops.errors import SpecError
 from robustops.evaluation.metrics import wilson_interval as _wilson
 from robustops.evaluation.result import SuiteResult, ThreatResult
+from robustops.text.attacks import TEXT_ATTACKS
 from robustops.threats import validation_error_to_spec_error
 
 __all__ = [
@@ -93,7 +95,19 @@ class GatePolicy(_Strict):
         require_audit_pass: fail when any gradient-masking audit verdict is ``fail`` (``warn`` is
             reported but passes), and when the result has no audit.
         min_certified_accuracy: L2 radius (e.g. ``"0.5"``) → minimum certified accuracy.
-        regression: compare with the baseline, when one is given.
+        judge: how absolute rules on shares (robust, clean and certified accuracy, attack
+            success rate) read a figure: ``"estimate"``, the point estimate; ``"interval"``,
+            the unfavourable end of its 95% Wilson interval (the lower end for a minimum, the
+            upper end for a maximum), so a small sample cannot pass by luck.
+        threats: the threats the result must contain (the gate section of a pipeline spec fills
+            it with the threats its evaluation declares, for the policy's tier); one missing
+            fails, as does a ``"*"`` rule that matches no threat of the result.
+        allow_unadapted_attacks: pass a result whose stochastic model was attacked by attacks
+            that could not be given EOT (they can overstate robustness); refused by default.
+        regression: compare with the baseline, when one is given. The baseline must be
+            comparable: the same data set (fingerprint), the same tier, and per threat the same
+            threat model, attack list and attack parameters (seeds aside); otherwise every
+            regression rule it concerns fails, naming the difference.
         alpha: significance level of the regression tests (one-sided).
         min_effect: drops of accuracy not larger than this are never regressions, in [0, 1].
     """
@@ -107,6 +121,9 @@ class GatePolicy(_Strict):
     max_p99_latency_ms: float | None = Field(default=None, gt=0)
     require_audit_pass: bool = False
     min_certified_accuracy: dict[str, Share] = Field(default_factory=dict)
+    judge: Literal["estimate", "interval"] = "estimate"
+    threats: list[str] | None = None
+    allow_unadapted_attacks: bool = False
     regression: bool = True
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
     min_effect: Share = 0.0
@@ -185,10 +202,27 @@ def load_policy(path: str | Path, tier: str | None = None) -> GatePolicy:
         if not isinstance(raw.get("gate"), dict):
             raise SpecError([("gate", "the pipeline spec has no gate section")], source=str(path))
         try:
-            return parse_policy(raw["gate"], tier)
+            policy = parse_policy(raw["gate"], tier)
         except SpecError as exc:
             raise SpecError([(f"gate.{p}", m) for p, m in exc.errors], source=str(path)) from None
+        if policy.threats is None:
+            declared = _declared_threats(raw.get("evaluation"), policy.tier)
+            policy = policy.model_copy(update={"threats": declared})
+        return policy
     return parse_policy(raw, tier, source=str(path))
+
+
+def _declared_threats(evaluation: object, tier: str | None) -> list[str] | None:
+    """Names of the threats a spec's ``evaluation`` section runs in ``tier`` (its ``threats``
+    filter, when the evaluation has that tier), or ``None`` when it declares none."""
+    if not isinstance(evaluation, Mapping) or not isinstance(evaluation.get("threats"), list):
+        return None
+    names = [t["name"] for t in evaluation["threats"] if isinstance(t, Mapping) and "name" in t]
+    tiers = evaluation.get("tiers")
+    kept = tiers.get(tier) if isinstance(tiers, Mapping) and tier is not None else None
+    if isinstance(kept, Mapping) and isinstance(kept.get("threats"), list):
+        names = [n for n in names if n in kept["threats"]]
+    return [str(n) for n in names]
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -315,6 +349,21 @@ def _p(p: float) -> str:
     return f"{p:.3g}"
 
 
+def _judged(policy: GatePolicy, k: int, n: int, estimate: float, *, minimum: bool) -> float:
+    """The figure an absolute rule compares with its threshold: the estimate, or with
+    ``judge: interval`` the unfavourable end of its Wilson interval."""
+    if policy.judge == "estimate":
+        return estimate
+    lo, hi = wilson_interval(k, n)
+    return lo if minimum else hi
+
+
+def _judged_note(policy: GatePolicy, value: float, *, minimum: bool) -> str:
+    if policy.judge == "estimate":
+        return ""
+    return f", judged on the {'lower' if minimum else 'upper'} end of its interval {_pct(value)},"
+
+
 def _same_samples(new: SuiteResult, base: SuiteResult) -> str | None:
     """``None`` when both results were evaluated on the same samples, else why not."""
     fa, fb = new.data.get("fingerprint"), base.data.get("fingerprint")
@@ -420,27 +469,54 @@ def _regression(
     )
 
 
+def _attack_defaults(name: str) -> dict[str, Any]:
+    """Hyper-parameter defaults of the registered (tensor or text) attack ``name``; ``{}`` for
+    one this installation does not know."""
+    for registry in (ATTACKS, TEXT_ATTACKS):
+        try:
+            return registry.defaults(name)
+        except SpecError:
+            continue
+    return {}
+
+
 def _threat_differences(new: ThreatResult, base: ThreatResult) -> list[str]:
+    """Why ``new`` is not the same experiment as ``base``: another threat model, attack list
+    or attack parameters (seeds aside; a parameter recorded on one side only counts as its
+    default)."""
     out = []
     if new.threat != base.threat:
         old, now = base.threat.model_dump(), new.threat.model_dump()
         diff = ", ".join(f"{k} {old[k]} → {now[k]}" for k in old if old[k] != now[k])
-        out.append(f"threat {new.name!r}: the threat model differs from the baseline's ({diff})")
+        out.append(f"the threat model differs from the baseline's ({diff})")
     na, ba = [a.name for a in new.attacks], [a.name for a in base.attacks]
     if na != ba:
-        out.append(f"threat {new.name!r}: the attacks differ from the baseline's ({ba} → {na})")
+        out.append(f"the attacks differ from the baseline's ({ba} → {na})")
         return out
     for a, b in zip(new.attacks, base.attacks, strict=True):
         # The seed only picks random starts: a different one is what noise looks like.
         keys = sorted((set(a.params) | set(b.params)) - {"seed"})
-        changed = [k for k in keys if a.params.get(k) != b.params.get(k)]
+        now = {**_attack_defaults(a.name), **a.params}
+        then = {**_attack_defaults(b.name), **b.params}
+        changed = [k for k in keys if k not in now or k not in then or now[k] != then[k]]
         if changed:
             diff = ", ".join(f"{k} {b.params.get(k)} → {a.params.get(k)}" for k in changed)
-            out.append(
-                f"threat {new.name!r}: attack {a.name!r} has other parameters than in the "
-                f"baseline ({diff})"
-            )
+            out.append(f"attack {a.name!r} has other parameters than in the baseline ({diff})")
     return out
+
+
+def _not_comparable(new: SuiteResult, base: SuiteResult) -> str | None:
+    """Why no regression of ``new`` against ``base`` can be judged at all, or ``None``."""
+    fa, fb = new.data.get("fingerprint"), base.data.get("fingerprint")
+    if fa != fb:
+        return f"the data sets differ (fingerprint {fb} in the baseline, {fa} now)"
+    ta, tb = getattr(new, "tier", None), getattr(base, "tier", None)
+    if ta != tb:
+        return (
+            f"the evaluation tiers differ (baseline {tb or 'whole suite'}, new "
+            f"{ta or 'whole suite'}): compare a tier's result with a baseline of the same tier"
+        )
+    return None
 
 
 def _identity_warnings(new: SuiteResult, base: SuiteResult) -> list[str]:
@@ -449,17 +525,8 @@ def _identity_warnings(new: SuiteResult, base: SuiteResult) -> list[str]:
         out.append(
             f"schema versions differ: baseline {base.schema_version}, new {new.schema_version}"
         )
-    fa, fb = new.data.get("fingerprint"), base.data.get("fingerprint")
-    if fa != fb:
-        out.append(f"data fingerprints differ: baseline {fb}, new {fa}")
-    ta, tb = getattr(new, "tier", None), getattr(base, "tier", None)
-    if ta != tb:
-        out.append(
-            f"evaluation tiers differ: baseline {tb or 'whole suite'}, new {ta or 'whole suite'} "
-            "(compare a tier's result with a baseline of the same tier)"
-        )
     why_not = _same_samples(new, base)
-    if why_not is not None:
+    if why_not is not None and _not_comparable(new, base) is None:
         out.append(
             f"not the same samples ({why_not}; baseline {base.n_samples}, new {new.n_samples} "
             "samples): regressions are tested unpaired"
@@ -475,15 +542,23 @@ def _absolute_threat_rules(
     minimum = _threshold(policy.min_robust_accuracy, t.name)
     if minimum is not None:
         lo, hi, ci = _ci(t.n_robust, n)
-        ok = t.robust_accuracy >= minimum
+        judged = _judged(policy, t.n_robust, n, t.robust_accuracy, minimum=True)
+        ok = judged >= minimum
         out.append(
             RuleOutcome(
                 rule=f"min_robust_accuracy[{t.name}]",
                 threat=t.name,
                 status="pass" if ok else "fail",
-                reason=f"robust accuracy {_pct(t.robust_accuracy)} ({t.n_robust}/{n}, {ci}) is "
+                reason=f"robust accuracy {_pct(t.robust_accuracy)} ({t.n_robust}/{n}, {ci})"
+                f"{_judged_note(policy, judged, minimum=True)} is "
                 f"{'at least' if ok else 'below'} the minimum {_pct(minimum)}.",
-                figures={"value": t.robust_accuracy, "low": lo, "high": hi, "threshold": minimum},
+                figures={
+                    "value": t.robust_accuracy,
+                    "low": lo,
+                    "high": hi,
+                    "judged": judged,
+                    "threshold": minimum,
+                },
             )
         )
     most = _threshold(policy.max_attack_success_rate, t.name)
@@ -492,15 +567,17 @@ def _absolute_threat_rules(
         attacked = t.n_attacked if t.n_attacked is not None else sum(new.samples.clean_correct)
         rate = broken / attacked if attacked else 0.0
         lo, hi, ci = _ci(broken, attacked)
-        ok = rate <= most
+        judged = _judged(policy, broken, attacked, rate, minimum=False)
+        ok = judged <= most
         out.append(
             RuleOutcome(
                 rule=f"max_attack_success_rate[{t.name}]",
                 threat=t.name,
                 status="pass" if ok else "fail",
                 reason=f"attacks broke {_pct(rate)} of the attacked samples ({broken}/{attacked}, "
-                f"{ci}), {'at most' if ok else 'above'} the maximum {_pct(most)}.",
-                figures={"value": rate, "low": lo, "high": hi, "threshold": most},
+                f"{ci}){_judged_note(policy, judged, minimum=False)} "
+                f"{'at most' if ok else 'above'} the maximum {_pct(most)}.",
+                figures={"value": rate, "low": lo, "high": hi, "judged": judged, "threshold": most},
             )
         )
     maximum = _threshold(policy.max_attacked_ece, t.name)
@@ -534,6 +611,8 @@ def _absolute_threat_rules(
 
 
 def _missing_threat_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutcome]:
+    """Fail what a policy expects of the result's threats but cannot find: a threat its rules
+    (or its spec) name, or any threat at all for a ``"*"`` rule."""
     names = {t.name for t in new.threats}
     out = []
     for field, rule_map in (
@@ -542,18 +621,59 @@ def _missing_threat_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutc
         ("max_attacked_ece", policy.max_attacked_ece),
     ):
         for name, threshold in rule_map.items():
-            if name != DEFAULT_KEY and name not in names:
+            if name == DEFAULT_KEY and names:
+                continue
+            if name not in names:
+                what = (
+                    "a rule for every threat ('*'), but the new result has no threat"
+                    if name == DEFAULT_KEY
+                    else f"threat {name!r} but the new result has no such threat (it has "
+                    f"{sorted(names)})"
+                )
                 out.append(
                     RuleOutcome(
                         rule=f"{field}[{name}]",
-                        threat=name,
+                        threat=None if name == DEFAULT_KEY else name,
                         status="fail",
-                        reason=f"the policy names threat {name!r} but the new result has no such "
-                        f"threat (it has {sorted(names)}).",
+                        reason=f"the policy has {what}.",
                         figures={"threshold": threshold},
                     )
                 )
+    for name in policy.threats or []:
+        if name not in names:
+            out.append(
+                RuleOutcome(
+                    rule=f"threats[{name}]",
+                    threat=name,
+                    status="fail",
+                    reason=f"the spec declares threat {name!r} but the new result does not "
+                    f"contain it (it has {sorted(names)}).",
+                )
+            )
     return out
+
+
+def _adaptation_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutcome]:
+    """A stochastic model attacked without EOT: those attacks' failures prove little."""
+    st = new.stochastic
+    if st is None or not st.detected or not st.unadapted_attacks:
+        return []
+    ok = policy.allow_unadapted_attacks
+    return [
+        RuleOutcome(
+            rule="adapted_attacks",
+            threat=None,
+            status="pass" if ok else "fail",
+            reason=f"the model is stochastic and attacks {st.unadapted_attacks} ran without EOT "
+            f"(single noisy passes), which can overstate its robustness; "
+            + (
+                "allowed by the policy (allow_unadapted_attacks)."
+                if ok
+                else "give them eot_samples, or set allow_unadapted_attacks to accept this."
+            ),
+            figures={"n_unadapted": float(len(st.unadapted_attacks))},
+        )
+    ]
 
 
 def _clean_rules(
@@ -564,18 +684,21 @@ def _clean_rules(
     k = sum(new.samples.clean_correct)
     if policy.min_clean_accuracy is not None:
         lo, hi, ci = _ci(k, n)
-        ok = new.clean_accuracy >= policy.min_clean_accuracy
+        judged = _judged(policy, k, n, new.clean_accuracy, minimum=True)
+        ok = judged >= policy.min_clean_accuracy
         out.append(
             RuleOutcome(
                 rule="min_clean_accuracy",
                 threat=None,
                 status="pass" if ok else "fail",
-                reason=f"clean accuracy {_pct(new.clean_accuracy)} ({k}/{n}, {ci}) is "
+                reason=f"clean accuracy {_pct(new.clean_accuracy)} ({k}/{n}, {ci})"
+                f"{_judged_note(policy, judged, minimum=True)} is "
                 f"{'at least' if ok else 'below'} the minimum {_pct(policy.min_clean_accuracy)}.",
                 figures={
                     "value": new.clean_accuracy,
                     "low": lo,
                     "high": hi,
+                    "judged": judged,
                     "threshold": policy.min_clean_accuracy,
                 },
             )
@@ -673,20 +796,22 @@ def _certification_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutco
         acc = cert.certified_accuracy_at(float(radius))
         k = round(acc * cert.n_samples)
         lo, hi, ci = _ci(k, cert.n_samples)
-        ok = acc >= minimum
+        judged = _judged(policy, k, cert.n_samples, acc, minimum=True)
+        ok = judged >= minimum
         out.append(
             RuleOutcome(
                 rule=rule,
                 threat=None,
                 status="pass" if ok else "fail",
                 reason=f"certified accuracy at L2 radius {radius} is {_pct(acc)} "
-                f"({k}/{cert.n_samples}, {ci}), {'at least' if ok else 'below'} the minimum "
-                f"{_pct(minimum)}.",
+                f"({k}/{cert.n_samples}, {ci}){_judged_note(policy, judged, minimum=True)} "
+                f"{'at least' if ok else 'below'} the minimum {_pct(minimum)}.",
                 figures={
                     "radius": float(radius),
                     "value": acc,
                     "low": lo,
                     "high": hi,
+                    "judged": judged,
                     "threshold": minimum,
                 },
             )
@@ -730,13 +855,25 @@ def _latency_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutcome]:
     ]
 
 
+def _incomparable(rule: str, threat: str | None, why: str) -> RuleOutcome:
+    return RuleOutcome(
+        rule=rule,
+        threat=threat,
+        status="fail",
+        reason=f"not comparable with the baseline: {why}; accept a new baseline evaluated the "
+        "same way instead of comparing unlike things.",
+    )
+
+
 def _regression_rules(
     new: SuiteResult, baseline: SuiteResult, policy: GatePolicy
-) -> tuple[list[RuleOutcome], list[str]]:
+) -> list[RuleOutcome]:
     why_not = _same_samples(new, baseline)
-    warnings: list[str] = []
+    unlike = _not_comparable(new, baseline)
     out = [
-        _regression(
+        _incomparable("regression[clean]", None, unlike)
+        if unlike is not None
+        else _regression(
             "regression[clean]",
             None,
             "clean accuracy",
@@ -764,7 +901,10 @@ def _regression_rules(
             )
             continue
         nt = new.threat(bt.name)
-        warnings += _threat_differences(nt, bt)
+        differences = _threat_differences(nt, bt)
+        if unlike is not None or differences:
+            out.append(_incomparable(rule, bt.name, unlike or "; ".join(differences)))
+            continue
         out.append(
             _regression(
                 rule, bt.name, "robust accuracy", "robust", bt.robust, nt.robust, why_not, policy
@@ -782,7 +922,7 @@ def _regression_rules(
                     figures={"new": nt.robust_accuracy},
                 )
             )
-    return out, warnings
+    return out
 
 
 def evaluate_gate(new: SuiteResult, baseline: SuiteResult | None, policy: GatePolicy) -> GateReport:
@@ -797,15 +937,14 @@ def evaluate_gate(new: SuiteResult, baseline: SuiteResult | None, policy: GatePo
     for t in new.threats:
         rules += _absolute_threat_rules(t, new, policy)
     rules += _missing_threat_rules(new, policy)
+    rules += _adaptation_rules(new, policy)
     rules += _audit_rules(new, policy)
     rules += _certification_rules(new, policy)
     rules += _latency_rules(new, policy)
     if baseline is not None:
         warnings += _identity_warnings(new, baseline)
         if policy.regression:
-            reg, more = _regression_rules(new, baseline, policy)
-            rules += reg
-            warnings += more
+            rules += _regression_rules(new, baseline, policy)
     elif policy.regression:
         rules.append(
             RuleOutcome(

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from robustops._util import make_generator
 from robustops.errors import SpecError
+from robustops.models.classifier import eval_mode
 
 __all__ = [
     "ABSTAIN",
@@ -383,44 +384,42 @@ class SmoothedClassifier:
         noise = torch.empty((rows, *store.shape[1:]), dtype=x.dtype, device=x.device)
         gathered: Tensor | None = None
         flat_counts = counts.view(-1)
-        was_training = self.base.training
         restore_format = channels_last and self._to_channels_last()
-        self.base.eval()
-        try:
-            with torch.inference_mode():
-                for m, pieces in _chunks(n_in, reps, batch_size):
-                    buf = noise[:m].normal_(0.0, self.sigma, generator=gen)
-                    j0, lo0, _ = pieces[0]
-                    j1, _, hi1 = pieces[-1]
-                    first = j0 * n_in + lo0 // reps[j0]  # slot of the batch's first row
-                    last = j1 * n_in + (hi1 - 1) // reps[j1]  # and of its last row
-                    slots: Tensor | None = None
-                    if first == last:  # all rows are copies of one input: broadcast
-                        buf.add_(store[first % n_in])
-                    else:
-                        if gathered is None:
-                            gathered = torch.empty_like(noise)
-                        inputs = _batch_inputs(pieces, reps, x.device)
-                        torch.index_select(store, 0, inputs, out=gathered[:m])
-                        buf.add_(gathered[:m])
-                        slots = _batch_slots(inputs, pieces, n_in)
-                    logits = self.base(to_model(buf))
-                    if logits.dim() != 2 or logits.shape != (m, k):
-                        raise SpecError.single(
-                            "num_classes",
-                            f"the base classifier returned logits of shape {tuple(logits.shape)} "
-                            f"for {m} inputs, expected ({m}, {k})",
+        with eval_mode(self.base):
+            try:
+                with torch.inference_mode():
+                    for m, pieces in _chunks(n_in, reps, batch_size):
+                        buf = noise[:m].normal_(0.0, self.sigma, generator=gen)
+                        j0, lo0, _ = pieces[0]
+                        j1, _, hi1 = pieces[-1]
+                        first = j0 * n_in + lo0 // reps[j0]  # slot of the batch's first row
+                        last = j1 * n_in + (hi1 - 1) // reps[j1]  # and of its last row
+                        slots: Tensor | None = None
+                        if first == last:  # all rows are copies of one input: broadcast
+                            buf.add_(store[first % n_in])
+                        else:
+                            if gathered is None:
+                                gathered = torch.empty_like(noise)
+                            inputs = _batch_inputs(pieces, reps, x.device)
+                            torch.index_select(store, 0, inputs, out=gathered[:m])
+                            buf.add_(gathered[:m])
+                            slots = _batch_slots(inputs, pieces, n_in)
+                        logits = self.base(to_model(buf))
+                        if logits.dim() != 2 or logits.shape != (m, k):
+                            raise SpecError.single(
+                                "num_classes",
+                                f"the base classifier returned logits of shape {tuple(logits.shape)} "
+                                f"for {m} inputs, expected ({m}, {k})",
+                            )
+                        pred = logits.argmax(dim=1)
+                        # Count on the device: row -> (slot - first) * K + class, one bincount.
+                        local = pred if slots is None else (slots - first).mul_(k).add_(pred)
+                        flat_counts[first * k : (last + 1) * k].add_(
+                            torch.bincount(local, minlength=(last - first + 1) * k)
                         )
-                    pred = logits.argmax(dim=1)
-                    # Count on the device: row -> (slot - first) * K + class, one bincount.
-                    local = pred if slots is None else (slots - first).mul_(k).add_(pred)
-                    flat_counts[first * k : (last + 1) * k].add_(
-                        torch.bincount(local, minlength=(last - first + 1) * k)
-                    )
-        finally:
-            self.base.train(was_training)
-            if restore_format:
-                self.base.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+            finally:
+                if restore_format:
+                    self.base.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         return [counts[j * n_in : (j + 1) * n_in] for j in range(len(reps))]
 
     def _to_channels_last(self) -> bool:
@@ -535,6 +534,34 @@ class CertificationResult(BaseModel):
             return 0.0
         hits = sum(1 for ok, rad in zip(self.correct, self.radii, strict=True) if ok and rad >= r)
         return hits / self.n_samples
+
+    def inconsistencies(self) -> list[str]:
+        """The summary figures that disagree with the per-sample record, as ``"field: why"``
+        (empty when none): a certification edited after the run is refused by its result."""
+        n = self.n_samples
+        if {len(self.labels), len(self.predictions), len(self.radii), len(self.correct)} != {n}:
+            return [f"labels, predictions, radii and correct must have n_samples = {n} entries"]
+        out = []
+        expected = [p != -1 and p == y for p, y in zip(self.predictions, self.labels, strict=True)]
+        if expected != self.correct:
+            out.append("correct: does not match predictions == labels (abstentions excluded)")
+        share = (lambda k: k / n) if n else (lambda k: 0.0)
+        acr = sum(r for ok, r in zip(self.correct, self.radii, strict=True) if ok)
+        figures = [
+            ("abstain_rate", self.abstain_rate, share(self.predictions.count(-1))),
+            ("clean_accuracy", self.clean_accuracy, share(sum(self.correct))),
+            ("average_certified_radius", self.average_certified_radius, share(acr)),
+            *(
+                (f"certified_accuracy.{r}", v, self.certified_accuracy_at(float(r)))
+                for r, v in self.certified_accuracy.items()
+            ),
+        ]
+        out += [
+            f"{name}: {stored!r} disagrees with the per-sample record ({value!r})"
+            for name, stored, value in figures
+            if abs(stored - value) > 1e-9 * max(1.0, abs(value))
+        ]
+        return out
 
 
 def _radius_key(r: float) -> str:

@@ -6,11 +6,12 @@ or removed field a major one. ``SuiteResult.model_json_schema()`` gives the JSON
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustops.defenses.smoothing import CertificationResult
 from robustops.errors import SpecError
@@ -32,7 +33,11 @@ __all__ = [
     "ThreatResult",
 ]
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
+
+_TOLERANCE = 1e-9
+"""How far a stored share may be from the one recomputed from the per-sample record (JSON
+floats round-trip exactly; this only absorbs a different order of the division)."""
 
 
 class _Strict(BaseModel):
@@ -181,6 +186,70 @@ class ThreatResult(_Strict):
         default_factory=list, description="a few broken samples for reports (schema >= 1.1)"
     )
 
+    def check_against(self, samples: SamplesRecord, index: int) -> list[str]:
+        """Where this threat's figures disagree with its own per-sample record and the clean
+        record ``samples`` (each a message naming the field under ``threats.<index>``)."""
+        at = f"threats.{index} ({self.name!r})"
+        n = len(samples.labels)
+        out = [
+            f"{at}.{name}: {len(values)} entries for {n} samples"
+            for name, values in (
+                ("robust", self.robust),
+                ("broken_by", self.broken_by),
+                ("queries", self.queries),
+                ("targets", self.targets or [0] * n),
+            )
+            if len(values) != n
+        ]
+        if out:
+            return out
+        correct = samples.clean_correct
+        fixed = self.threat.target_class
+        attacked = [
+            c and not (fixed is not None and lab == fixed)
+            for c, lab in zip(correct, samples.labels, strict=True)
+        ]
+        broken = [c and not r for c, r in zip(correct, self.robust, strict=True)]
+        n_robust, n_attacked, n_broken = sum(self.robust), sum(attacked), sum(broken)
+        if any(r and not c for r, c in zip(self.robust, correct, strict=True)):
+            out.append(f"{at}.robust: a sample misclassified when clean is counted robust")
+        if any((b is not None) != k for b, k in zip(self.broken_by, broken, strict=True)):
+            out.append(f"{at}.broken_by: does not name an attack exactly for the broken samples")
+        out += _disagreements(
+            at,
+            [
+                ("n_robust", self.n_robust, n_robust, f"{n_robust} robust in the record"),
+                ("robust_accuracy", self.robust_accuracy, _share(n_robust, n), f"{n_robust}/{n}"),
+                ("n_attacked", self.n_attacked, n_attacked, f"{n_attacked} attacked samples"),
+                (
+                    "attack_success_rate",
+                    self.attack_success_rate,
+                    _share(n_broken, n_attacked),
+                    f"{n_broken}/{n_attacked}",
+                ),
+                ("total_queries", self.total_queries, sum(self.queries), "the per-sample sum"),
+            ],
+        )
+        still = n_attacked
+        for k, a in enumerate(self.attacks):
+            by_name = sum(1 for b in self.broken_by if b == a.name)
+            same_name = sum(f.n_broken for f in self.attacks if f.name == a.name)
+            out += _disagreements(
+                f"{at}.attacks.{k} ({a.name!r})",
+                [
+                    ("n_attacked", a.n_attacked, still, f"{still} still robust before it"),
+                    (
+                        "success_rate",
+                        a.success_rate,
+                        _share(a.n_broken, a.n_attacked),
+                        f"{a.n_broken}/{a.n_attacked}",
+                    ),
+                    ("n_broken", same_name, by_name, f"{by_name} samples broken_by it"),
+                ],
+            )
+            still -= a.n_broken
+        return out
+
 
 class SamplesRecord(_Strict):
     """Which samples were evaluated and how the clean model did on them."""
@@ -215,12 +284,62 @@ class StochasticRecord(_Strict):
     )
     adapted_attacks: list[str] = Field(
         default_factory=list,
-        description="attacks run with that many EOT samples per gradient and no early stop",
+        description="attacks run with that many EOT samples per query or gradient and no early "
+        "stop",
+    )
+    unadapted_attacks: list[str] = Field(
+        default_factory=list,
+        description="attacks that ran on the stochastic model without EOT (they have no "
+        "eot_samples parameter, or single passes were asked for): their failures may overstate "
+        "robustness; the gate refuses them unless its policy allows (schema >= 1.3)",
     )
 
 
+def _share(k: int, n: int) -> float:
+    return k / n if n else 0.0
+
+
+def _disagreements(
+    at: str, checks: list[tuple[str, float | int | None, float | int, str]]
+) -> list[str]:
+    """Messages for the ``(field, stored, recomputed, from what)`` whose stored value (unless
+    absent: ``None``) differs from the recomputed one."""
+    return [
+        f"{at}.{name}: {stored!r} disagrees with the per-sample record ({why} = {value!r})"
+        for name, stored, value, why in checks
+        if stored is not None and abs(stored - value) > _TOLERANCE
+    ]
+
+
+def content_hash(data: dict[str, Any]) -> str:
+    """sha256 of a result's JSON content without its ``content_sha256`` field (keys sorted,
+    compact separators, UTF-8): what :meth:`SuiteResult.save` records and ``load`` checks."""
+    body = {k: v for k, v in data.items() if k != "content_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        parts = tuple(int(p) for p in text.split("."))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise ValueError(f"{text!r} is not a MAJOR.MINOR.PATCH version")
+    return parts
+
+
 class SuiteResult(_Strict):
-    """One run of the evaluation suite on one model and data set."""
+    """One run of the evaluation suite on one model and data set.
+
+    A result is checked for internal consistency whenever it is built or read: the per-sample
+    records have one entry per sample, and every summary figure (clean and robust accuracy,
+    attack success rates, counts, query totals, per-attack figures, certified accuracies) equals
+    what those records give; a file whose figures were edited is refused. ``save`` records a
+    content hash (``content_sha256``) that ``load`` verifies, so any edit of a saved file,
+    consistent or not, is detected (a registry can pin that hash). Schema versions newer than
+    this library's are refused.
+    """
 
     schema_version: str = SCHEMA_VERSION
     name: str
@@ -257,6 +376,47 @@ class SuiteResult(_Strict):
         default=None,
         description="tensor models: stochasticity check and EOT adaptation (schema >= 1.2)",
     )
+    content_sha256: str | None = Field(
+        default=None,
+        description="sha256 of the file's JSON content without this field (keys sorted, compact "
+        "separators), written by save and checked by load (schema >= 1.3)",
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: str) -> str:
+        version, ours = _version(v), _version(SCHEMA_VERSION)
+        if version[0] != ours[0] or version > ours:
+            raise ValueError(
+                f"schema {v} is not readable by this RobustOps (it reads {ours[0]}.x up to "
+                f"{SCHEMA_VERSION})"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SuiteResult:
+        problems = self.inconsistencies()
+        if problems:
+            raise ValueError(
+                "the summary figures disagree with the per-sample record: " + "; ".join(problems)
+            )
+        return self
+
+    def inconsistencies(self) -> list[str]:
+        """Every summary figure that disagrees with the per-sample records (empty when none)."""
+        s, n = self.samples, self.n_samples
+        lengths = {len(s.indices), len(s.labels), len(s.clean_correct)}
+        if lengths != {n}:
+            return [f"samples: indices, labels and clean_correct must have n_samples = {n} entries"]
+        k = sum(s.clean_correct)
+        out = _disagreements(
+            "result", [("clean_accuracy", self.clean_accuracy, _share(k, n), f"{k}/{n}")]
+        )
+        for i, t in enumerate(self.threats):
+            out += t.check_against(s, i)
+        if self.certification is not None:
+            out += [f"certification.{m}" for m in self.certification.inconsistencies()]
+        return out
 
     def audit_verdict(self) -> str | None:
         """Worst verdict over the audited threats (``fail`` > ``warn`` > ``pass``), or ``None``."""
@@ -275,23 +435,50 @@ class SuiteResult(_Strict):
         """``{"clean": acc, threat name: robust accuracy, ...}``."""
         return {"clean": self.clean_accuracy, **{t.name: t.robust_accuracy for t in self.threats}}
 
+    def sealed(self) -> SuiteResult:
+        """A copy carrying the content hash of its JSON form (what :meth:`save` writes)."""
+        data = self.model_dump(mode="json")
+        return self.model_copy(update={"content_sha256": content_hash(data)})
+
     def save(self, path: str | Path) -> Path:
-        """Write as indented JSON (atomically: a crash never leaves half a file)."""
+        """Write as indented JSON with its content hash (atomically: a crash never leaves half
+        a file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.write_text(self.sealed().model_dump_json(indent=2))
         tmp.replace(path)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> SuiteResult:
-        """Read and validate a result file; :class:`SpecError` with field paths if invalid."""
+        """Read and validate a result file; :class:`SpecError` with field paths if invalid,
+        inconsistent (see the class docstring), or edited after it was saved."""
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SpecError.single("result", f"cannot read {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise SpecError([("<root>", "a result must be a JSON object")], source=str(path))
         try:
-            return cls.model_validate(data)
+            result = cls.model_validate(data)
         except ValidationError as exc:
             raise validation_error_to_spec_error(exc, source=str(path)) from None
+        stored = data.get("content_sha256")
+        if stored is None and _version(result.schema_version) >= (1, 3, 0):
+            raise SpecError(
+                [("content_sha256", "missing: results of schema >= 1.3 carry their hash")],
+                source=str(path),
+            )
+        if stored is not None and stored != content_hash(data):
+            raise SpecError(
+                [
+                    (
+                        "content_sha256",
+                        "the file's content does not match its hash: it was "
+                        "edited after RobustOps wrote it",
+                    )
+                ],
+                source=str(path),
+            )
+        return result
