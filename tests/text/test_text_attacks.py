@@ -31,6 +31,7 @@ from robustops.text.attacks import (
     apply_edits,
     available_text_attacks,
     build_text_attack,
+    edit_violation,
     get_text_attack,
     split_words,
 )
@@ -138,6 +139,7 @@ def check_result(
         assert share == (len(edits) / n if n else 0.0)
         assert share <= attack.max_edit_share
         assert all(e.before != e.after for e in edits)
+        assert [edit_violation(e) for e in edits] == [None] * len(edits)  # what the suite checks
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -482,3 +484,37 @@ def test_apply_edits_checks_what_it_replaces() -> None:
     with pytest.raises(SpecError):
         apply_edits("win", [edit])
     assert split_words(" a  b ") == (["a", "b"], [" ", "  ", " "])
+
+
+@pytest.mark.parametrize(
+    ("kind", "before", "after", "ok"),
+    [
+        ("swap", "cash!", "csah!", True),
+        ("swap", "cash", "hsac", False),
+        ("delete", "(free)", "(fee)", True),
+        ("delete", "free", "", False),
+        ("insert", "free", "fxree", True),
+        ("insert", "free", "free money now", False),
+        ("keyboard", "free", "frer", True),
+        ("keyboard", "free", "frez", False),
+        ("homoglyph", "cash", "c\u0430sh", True),
+        ("homoglyph", "cash", "cbsh", False),
+        ("leet", "cash", "c4sh", True),
+        ("leet", "cash", "c9sh", False),
+        ("invisible", "cash", "ca\u200bsh", True),
+        ("invisible", "cash", "ca-sh", False),
+        ("split-space", "cash", "c a s h", True),
+        ("split-punct", "cash,", "c.ash,", True),
+        ("split-space", "cash", "ca sh today", False),
+        ("synonym", "money", "cash", True),
+        ("synonym", "money", "", False),
+        ("synonym", "money", "call me later", False),
+        ("synonym", "money.", "cash", False),  # the punctuation is dropped
+        ("rewrite", "money", "cash", False),  # no such kind
+    ],
+)
+def test_an_edit_is_what_its_kind_allows(kind: str, before: str, after: str, ok: bool) -> None:
+    """``apply_edits`` replays any replacement; the suite also refuses an empty string or a
+    sentence passed off as one word edit."""
+    edit = TextEdit(position=0, kind=kind, before=before, after=after, score_change=0.0)
+    assert (edit_violation(edit) is None) == ok, edit_violation(edit)

@@ -20,6 +20,7 @@ from robustops.text.attacks import (
     apply_edits,
     build_text_attack,
     margin_objective,
+    max_word_edits,
     split_words,
 )
 from robustops.text.models import TorchTextClassifier
@@ -73,9 +74,17 @@ def test_only_the_attackers_class_is_attacked(result: SuiteResult, sms: TextData
     first = t.attacks[0]
     assert first.n_attacked == t.n_attacked
     assert sum(a.n_broken for a in t.attacks) == broken
+    texts = sms.texts_test[:N]
     for a in t.attacks:
         if a.n_broken:
-            assert a.mean_edits is not None and 1 <= a.mean_edits <= 0.2 * 200
+            # no more edits than each broken message's own budget allows, on average
+            allowed = [
+                max_word_edits(0.2, len(split_words(texts[i])[0]))
+                for i, by in enumerate(t.broken_by)
+                if by == a.name
+            ]
+            assert len(allowed) == a.n_broken
+            assert a.mean_edits is not None and 1 <= a.mean_edits <= sum(allowed) / len(allowed)
             assert a.mean_queries_per_success is not None and a.mean_queries_per_success <= 300
             assert a.median_perturbation is not None and 0 < a.median_perturbation <= 0.2
 
@@ -117,7 +126,7 @@ def test_worst_case_calibration_matches_robust_accuracy(result: SuiteResult) -> 
 
 def test_result_round_trips(result: SuiteResult, tmp_path: Any) -> None:
     back = SuiteResult.load(result.save(tmp_path / "r.json"))
-    assert back == result
+    assert back == result.sealed()
     assert back.threats[0].threat.norm == "word-edits"
 
 
@@ -147,6 +156,10 @@ class _Forger(TextAttack):
             elif self.mode == "overspend":  # rewrites every word: far beyond the share
                 adversarial.append(" ".join("ok" for _ in words))
                 edits.append([TextEdit(i, "synonym", w, "ok", 0.0) for i, w in enumerate(words)])
+            elif self.mode in ("sentence", "empty"):  # one "word edit" that is not one
+                after = "Sorry, I'll call later" if self.mode == "sentence" else ""
+                adversarial.append(apply_edits(text, [TextEdit(0, "synonym", words[0], after, 0)]))
+                edits.append([TextEdit(0, "synonym", words[0], after, 0.0)])
             else:  # "unrecorded": a harmless-looking text whose edits do not produce it
                 adversarial.append("Sorry, I'll call later")
                 edits.append([])
@@ -160,7 +173,7 @@ class _Forger(TextAttack):
         )
 
 
-@pytest.mark.parametrize("mode", ["lie", "overspend", "unrecorded"])
+@pytest.mark.parametrize("mode", ["lie", "overspend", "unrecorded", "sentence", "empty"])
 def test_contract_breaches_are_not_counted(
     mode: str, spam_model: TorchTextClassifier, sms: TextDataset
 ) -> None:

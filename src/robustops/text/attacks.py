@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import string
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ __all__ = [
     "TextAttackResult",
     "TextEdit",
     "apply_edits",
+    "edit_violation",
     "available_text_attacks",
     "build_text_attack",
     "get_text_attack",
@@ -164,6 +166,78 @@ def apply_edits(text: str, edits: Sequence[TextEdit]) -> str:
         seen.add(edit.position)
         words[edit.position] = edit.after
     return join_words(words, seps)
+
+
+def _inserts(core: str, new: str, allowed: str | Sequence[str]) -> int | None:
+    """How many characters ``new`` has beyond ``core`` when it is ``core`` with only characters
+    of ``allowed`` inserted (anywhere), else ``None``."""
+    i, extra = 0, 0
+    for ch in new:
+        if i < len(core) and ch == core[i]:
+            i += 1
+        elif ch in allowed:
+            extra += 1
+        else:
+            return None
+    return extra if i == len(core) else None
+
+
+def _substitutions(core: str, new: str) -> list[int]:
+    """Positions where ``new`` differs from ``core`` (same length; all positions otherwise)."""
+    if len(new) != len(core):
+        return list(range(max(len(new), len(core))))
+    return [p for p in range(len(core)) if core[p] != new[p]]
+
+
+def _kind_allows(kind: str, core: str, new: str) -> bool:
+    """Whether ``new`` is a transformation of the word core ``core`` of the given ``kind`` (see
+    :class:`TextEdit`)."""
+    diff = _substitutions(core, new)
+    if kind == "swap":
+        p = diff[0] if len(diff) == 2 else -1
+        return p >= 0 and diff[1] == p + 1 and new[p] == core[p + 1] and new[p + 1] == core[p]
+    if kind == "delete":
+        return len(new) == len(core) - 1 and _inserts(new, core, core) == 1
+    if kind == "insert":
+        return _inserts(core, new, string.ascii_letters) == 1
+    if kind == "keyboard":
+        return len(diff) == 1 and new[diff[0]].lower() in KEYBOARD_NEIGHBOURS.get(
+            core[diff[0]].lower(), ""
+        )
+    if kind == "homoglyph":
+        return bool(diff) and len(new) == len(core) and all(
+            new[p] in HOMOGLYPHS.get(core[p], ()) for p in diff
+        )
+    if kind == "leet":
+        return bool(diff) and len(new) == len(core) and all(
+            LEET.get(core[p]) == new[p] for p in diff
+        )
+    inserted = {"invisible": INVISIBLE_CHARS, "split-space": " ", "split-punct": "."}
+    if kind in inserted:
+        return (_inserts(core, new, inserted[kind]) or 0) >= 1
+    if kind == "synonym":  # one other word: no empty string, no phrase
+        return 0 < len(new) <= _MAX_SYNONYM_CHARS and new.isalpha() and new != core
+    return False
+
+
+_MAX_SYNONYM_CHARS = 40
+
+
+def edit_violation(edit: TextEdit) -> str | None:
+    """Why ``edit`` is not what its ``kind`` allows, or ``None`` when it is: the replacement
+    keeps the word's leading and trailing punctuation and changes its core only as the kind
+    says (one adjacent swap, one deleted or inserted letter, one keyboard neighbour, look-alike
+    or leet characters in place, inserted invisible characters, spaces or full stops, or one
+    other alphabetic word for a synonym). The suite refuses a success whose edits break this:
+    a "word edit" may not be an empty string or a sentence."""
+    lead, core, trail = _affixes(edit.before)
+    after = edit.after
+    if not (after.startswith(lead) and after.endswith(trail)) or len(after) < len(lead + trail):
+        return f"edit {edit.kind!r} of {edit.before!r} changes its punctuation"
+    new = after[len(lead) : len(after) - len(trail)]
+    if not _kind_allows(edit.kind, core, new):
+        return f"{edit.after!r} is not a {edit.kind!r} edit of {edit.before!r}"
+    return None
 
 
 def _affixes(word: str) -> tuple[str, str, str]:
