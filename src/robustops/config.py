@@ -125,10 +125,17 @@ class ThreatSpec(ThreatModel):
 
 
 def _default_calibration_attack(threat: ThreatModel) -> AttackSpec:
-    """PGD with 10 steps for tensor threats, character edits for text threats."""
+    """Character edits for text threats; for tensor threats an attack the threat's knowledge
+    allows: PGD with 10 steps (white-box), Square with 200 queries (score-based), 20 uniform
+    noise draws (decision-based)."""
     if threat.modality == "text":
         return AttackSpec.model_validate({"name": "char-edit"})
-    return AttackSpec.model_validate({"name": "pgd", "steps": 10})
+    by_knowledge: dict[str, dict[str, Any]] = {
+        "white-box": {"name": "pgd", "steps": 10},
+        "score-based": {"name": "square", "queries": 200},
+        "decision-based": {"name": "uniform_noise", "draws": 20},
+    }
+    return AttackSpec.model_validate(by_knowledge[threat.knowledge])
 
 
 class CalibrationSpec(_Strict):
@@ -143,10 +150,12 @@ class CalibrationSpec(_Strict):
         n_samples: held-out samples: the test samples right after the evaluated ones (default:
             all of the rest).
         threat: the threat whose budget the adversarial held-out inputs use (default: the first).
-        attack: the attack that makes them (default: for tensor threats PGD, 10 steps, which
-            like the suite's attacks stops on a sample as soon as it is misclassified;
-            ``early_stop: false`` makes confident mistakes instead; for text threats
-            ``char-edit``).
+        attack: the attack that makes them (default: for tensor threats one the threat's
+            knowledge allows: PGD, 10 steps, which like the suite's attacks stops on a sample as
+            soon as it is misclassified (``early_stop: false`` makes confident mistakes
+            instead), Square with 200 queries for score-based threats, 20 uniform noise draws
+            for decision-based ones; for text threats ``char-edit``). Not built, hence not
+            checked against the threat, when calibration is disabled.
     """
 
     enabled: bool = True
@@ -431,7 +440,7 @@ class PipelineSpec(_Strict):
         ``None`` when the fit uses clean inputs only (or there is no threat)."""
         ev = self._evaluation()
         idx = ev.calibration_threat()
-        if idx is None or ev.calibration.fit_on in ("none", "clean"):
+        if idx is None or not ev.calibration.enabled or ev.calibration.fit_on in ("none", "clean"):
             return None
         threat = ev.threats[idx].threat()
         return _build_attack(

@@ -270,3 +270,35 @@ def test_conv_model_trains_channels_last_and_comes_back_contiguous(digits: Datas
         model.state_dict().items(), contiguous.state_dict().items(), strict=True
     ):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3, msg=k)  # same maths, other layout
+
+
+class _RightOnlyWhenPerturbed(torch.nn.Module):
+    """Class 0 on inputs exactly on the {0, 1} lattice (every clean input here), class 1 off it:
+    wrong on every clean sample, right on every perturbed one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        on = ((x == 0) | (x == 1)).flatten(1).all(1).float()
+        return torch.stack([on, 1 - on], dim=1) + 0 * (self.w + x.flatten(1).sum(1, keepdim=True))
+
+
+def test_a_sample_wrong_when_clean_is_never_counted_robust() -> None:
+    """Holdout robust accuracy used to count a sample whose PGD iterate happened to be classified
+    correctly although its clean prediction was wrong (robust above clean accuracy)."""
+    x = torch.randint(0, 2, (120, 1, 4, 4), generator=torch.Generator().manual_seed(0)).float()
+    y = torch.ones(120, dtype=torch.int64)
+    rec = Recipe.model_validate(
+        {
+            "epochs": 1,
+            "batch_size": 40,
+            "objective": {"name": "pgd-at", "steps": 2},
+            "threats": LINF,
+            "validation": {"holdout": 60, "pgd_steps": 2},
+        }
+    )
+    last = fit(_RightOnlyWhenPerturbed(), x, y, rec).history[-1]
+    assert last.val_clean_accuracy == 0.0
+    assert last.val_robust_accuracy == 0.0

@@ -405,8 +405,9 @@ class _Trainer:
         gen: torch.Generator,
         limit: int = 0,
     ) -> tuple[int, int]:
-        """Correct predictions on this rank's shard of the holdout ``x`` under ``search``: over
-        the shard, and over its samples whose holdout index is below ``limit``. Random draws
+        """Samples of this rank's shard of the holdout ``x`` predicted correctly both clean and
+        under ``search``: over the shard, and over its samples whose holdout index is below
+        ``limit``. Random draws
         are made for the whole holdout, chunk by chunk, so they do not depend on the shards."""
         bs = self.recipe.validation.batch_size
         ctx = self.ctx
@@ -421,7 +422,9 @@ class _Trainer:
                 self.model, xl, yl, pert, rand, steps=steps, rel_step=rel_step,
                 random_start=random_start,
             )  # fmt: skip
-            ok = (self._predict(adv) == yl).cpu()
+            # Robust means correct when clean *and* under attack (an iterate that lands on the
+            # right class does not make a misclassified sample robust).
+            ok = ((self._predict(adv) == yl) & (self._predict(xl) == yl)).cpu()
             correct += int(ok.sum())
             correct_head += int((ok & (local + s < limit)).sum())
         return correct, correct_head
