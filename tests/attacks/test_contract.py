@@ -142,3 +142,21 @@ def test_project_is_exact_in_float32(eps: float, norm: str, scale: float, seed: 
     # a point already inside is left alone
     inside = project(x, x, threat)
     assert torch.equal(inside, x)
+
+
+@pytest.mark.parametrize(("name", "norm"), _cases())
+def test_with_params_rebuilds_through_the_constructor(name: str, norm: str) -> None:
+    """What the suite uses to give an attack EOT on a stochastic model: a new attack built and
+    validated by the constructor from the stored parameters; the original is left alone."""
+    threat = ThreatModel(name="t", norm=norm, epsilon=0.1)  # type: ignore[arg-type]
+    attack = _build(name, threat, seed=5)
+    same = attack.with_params()
+    assert type(same) is type(attack) and same is not attack
+    assert same.params() == attack.params() and same.threat == attack.threat
+    with pytest.raises(SpecError, match="nonsense"):
+        attack.with_params(nonsense=1)
+    if "eot_samples" in attack.params():
+        assert attack.with_params(eot_samples=3).params()["eot_samples"] == 3
+        assert attack.params()["eot_samples"] == 1
+        with pytest.raises(SpecError, match="eot_samples"):
+            attack.with_params(eot_samples=0)

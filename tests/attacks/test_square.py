@@ -237,3 +237,16 @@ def test_registry_knowledge_and_inputs(trained_cnn: SmallCNN, batch: Batch) -> N
     res = Square(_threat(eps=0.3), queries=20, seed=0)(model, x, y)
     assert res.adversarial.shape == x.shape
     assert np.isfinite(res.perturbation.numpy()).all()
+
+
+def test_eot_and_no_early_stop(trained_cnn: SmallCNN, batch: Batch) -> None:
+    """With ``eot_samples`` every candidate costs that many passes (within the same budget);
+    without early stop every sample spends the whole budget and ends at its best candidate."""
+    x, y = batch[0][:20], batch[1][:20]
+    threat = ThreatModel(name="t", epsilon=0.2, knowledge="score-based")
+    eot = Square(threat, queries=100, eot_samples=5)(trained_cnn, x, y)
+    assert bool((eot.queries % 5 == 0).all()) and int(eot.queries.max()) <= 100
+    full = Square(threat, queries=60, early_stop=False)(trained_cnn, x, y)
+    assert bool((full.queries == 60).all())
+    stopped = Square(threat, queries=60)(trained_cnn, x, y)
+    assert int(full.success.sum()) >= int(stopped.success.sum()) > 0
