@@ -377,3 +377,20 @@ def test_cli_report(result: SuiteResult, tmp_path: Path) -> None:
     assert fmt.exit_code == 2 and "--format" in fmt.output
     missing = runner.invoke(app, ["report", str(tmp_path / "nope.json")])
     assert missing.exit_code == 2
+
+
+def test_a_stochastic_model_and_its_unadapted_attacks_are_reported(
+    result: SuiteResult, tmp_path: Path
+) -> None:
+    from robustops.evaluation.result import StochasticRecord
+
+    st = StochasticRecord(
+        detected=True,
+        max_logit_gap=2.5,
+        eot_samples=10,
+        adapted_attacks=["pgd"],
+        unadapted_attacks=["plugin-noise"],
+    )
+    md = render_markdown(result.model_copy(update={"stochastic": st}), tmp_path / "md").read_text()
+    assert "Stochastic model" in md and "average 10 passes" in md
+    assert "without EOT" in md and "plugin-noise" in md

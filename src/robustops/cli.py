@@ -193,6 +193,13 @@ def _print_result(result: SuiteResult, out: Path, plots: Path | None) -> None:
             f"{st.eot_samples} and no early stop: {adapted}",
             highlight=False,
         )
+        if st.unadapted_attacks:
+            console.print(
+                f"[bold red]warning[/]: attacks {', '.join(st.unadapted_attacks)} ran without EOT "
+                "on this stochastic model (their failures may overstate robustness; the gate "
+                "refuses this unless allow_unadapted_attacks is set)",
+                highlight=False,
+            )
     for audit in result.audit:
         console.print(_audit_table(audit))
     if result.certification is not None:

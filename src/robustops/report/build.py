@@ -367,6 +367,23 @@ class _Builder:
             )
         else:
             sec.blocks.append(Paragraph.of("Latency was not measured.", note=True))
+        st = r.stochastic
+        if st is not None and st.detected:
+            adapted = ", ".join(st.adapted_attacks) or "none"
+            sec.blocks.append(
+                Paragraph.of(
+                    Status("warn" if st.unadapted_attacks else "pass"),
+                    f" Stochastic model (two passes differ by up to {st.max_logit_gap:.3g} in a "
+                    f"logit): predictions average {st.eot_samples} passes; attacks given EOT "
+                    f"and no early stop: {adapted}."
+                    + (
+                        f" Attacks run without EOT, whose failures may overstate robustness: "
+                        f"{', '.join(st.unadapted_attacks)}."
+                        if st.unadapted_attacks
+                        else ""
+                    ),
+                )
+            )
         return sec
 
     def curves(self) -> Section:

@@ -70,9 +70,9 @@ __all__ = [
     "TextAttackResult",
     "TextEdit",
     "apply_edits",
-    "edit_violation",
     "available_text_attacks",
     "build_text_attack",
+    "edit_violation",
     "get_text_attack",
     "join_words",
     "margin_objective",
@@ -205,12 +205,14 @@ def _kind_allows(kind: str, core: str, new: str) -> bool:
             core[diff[0]].lower(), ""
         )
     if kind == "homoglyph":
-        return bool(diff) and len(new) == len(core) and all(
-            new[p] in HOMOGLYPHS.get(core[p], ()) for p in diff
+        return (
+            bool(diff)
+            and len(new) == len(core)
+            and all(new[p] in HOMOGLYPHS.get(core[p], ()) for p in diff)
         )
     if kind == "leet":
-        return bool(diff) and len(new) == len(core) and all(
-            LEET.get(core[p]) == new[p] for p in diff
+        return (
+            bool(diff) and len(new) == len(core) and all(LEET.get(core[p]) == new[p] for p in diff)
         )
     inserted = {"invisible": INVISIBLE_CHARS, "split-space": " ", "split-punct": "."}
     if kind in inserted:
