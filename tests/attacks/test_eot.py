@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from model_helpers import NoisyInput
 from robustops import SpecError, ThreatModel
 from robustops.attacks import PGD, build_attack, project
 from robustops.attacks._gradients import LOSSES, loss_and_grad
@@ -16,20 +17,6 @@ from robustops.models import SmallCNN, mlp
 
 Batch = tuple[Tensor, Tensor]
 GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr")
-
-
-class NoisyInput(nn.Module):
-    """``model(x + sigma * N(0, 1))`` on every forward pass, in eval mode too (a randomised
-    "defence" whose single-pass gradients are noisy)."""
-
-    def __init__(self, model: nn.Module, sigma: float) -> None:
-        super().__init__()
-        self.model = model
-        self.sigma = sigma
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.model(x + self.sigma * torch.randn_like(x))
-        return out
 
 
 @pytest.fixture(scope="module")

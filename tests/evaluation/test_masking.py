@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from model_helpers import NoisyInput
 from robustops import SpecError, ThreatModel
 from robustops.data import Dataset
 from robustops.evaluation.masking import AuditResult, audit_gradient_masking
@@ -52,18 +53,6 @@ class Quantized(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.model(torch.round(x * 4) / 4)
-        return out
-
-
-class NoisyInput(nn.Module):
-    """``model(x + sigma * N(0, 1))`` on every pass, in eval mode too."""
-
-    def __init__(self, model: nn.Module, sigma: float) -> None:
-        super().__init__()
-        self.model, self.sigma = model, sigma
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.model(x + self.sigma * torch.randn_like(x))
         return out
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from model_helpers import NoisyInput
 from robustops import ThreatModel
 from robustops.attacks import Attack, AttackResult, ModelFn, build_attack
 from robustops.data import Dataset
@@ -355,18 +356,6 @@ def test_examples_show_what_changed_and_why(trained_cnn: SmallCNN, mnist: Datase
     assert none.threats[0].examples == []
 
 
-class _NoisyInput(torch.nn.Module):
-    """A randomized "defense": ``model(x + sigma * N(0, 1))`` on every pass, in eval mode too."""
-
-    def __init__(self, model: torch.nn.Module, sigma: float) -> None:
-        super().__init__()
-        self.model, self.sigma = model, sigma
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.model(x + self.sigma * torch.randn_like(x))
-        return out
-
-
 def test_stochastic_model_is_judged_on_mean_logits_and_attacked_with_eot(
     trained_cnn: SmallCNN, mnist: Dataset
 ) -> None:
@@ -375,7 +364,7 @@ def test_stochastic_model_is_judged_on_mean_logits_and_attacked_with_eot(
     the suite's adaptation (mean logits + EOT) does not leave it that room."""
     from robustops.attacks._gradients import mean_logits
 
-    noisy = _NoisyInput(trained_cnn, sigma=0.3).eval()
+    noisy = NoisyInput(trained_cnn, sigma=0.3).eval()
     x, y = mnist.x_test[:100], mnist.y_test[:100]
     threat = ThreatModel(name="linf", epsilon=0.1)
     pgd = build_attack("pgd", threat, steps=10, seed=0)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from model_helpers import NoisyInput
 from robustops import ThreatModel
 from robustops.attacks import Attack, ModelFn, build_attack
 from robustops.attacks._gradients import mean_logits
@@ -16,18 +17,6 @@ from robustops.errors import ModelOutputError
 from robustops.evaluation import SuiteResult, SuiteThreat, run_suite
 from robustops.gate import GatePolicy, evaluate_gate
 from robustops.models import SmallCNN
-
-
-class _NoisyInput(nn.Module):
-    """A randomized "defense": ``model(x + sigma * N(0, 1))`` on every pass, in eval mode too."""
-
-    def __init__(self, model: nn.Module, sigma: float) -> None:
-        super().__init__()
-        self.model, self.sigma = model, sigma
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.model(x + self.sigma * torch.randn_like(x))
-        return out
 
 
 class _Averaged(nn.Module):
@@ -52,7 +41,7 @@ def test_score_based_attacks_get_eot_on_a_randomized_model(
     """Square used to stop on a sample at the first noisy pass that looked adversarial, which
     the suite's mean-logit check then discarded for good; it is now rebuilt with EOT and no
     early stop, like the gradient attacks, and the caller's attack is left alone."""
-    noisy = _NoisyInput(trained_cnn, sigma=0.3).eval()
+    noisy = NoisyInput(trained_cnn, sigma=0.3).eval()
     threat = ThreatModel(name="sq", epsilon=0.15, knowledge="score-based", query_budget=100)
     square = build_attack("square", threat, queries=100)
     noise = build_attack("uniform_noise", threat, draws=5)
@@ -76,7 +65,7 @@ def test_square_on_a_randomized_model_is_as_strong_as_an_outside_eot_square(
     """The review's reproduction: σ = 0.3 input noise, L∞ 0.15, a score-based threat with 1000
     queries, 100 samples. The suite reported about 0.81; an outside Square scoring each query
     on the mean of 10 passes, with the same forward passes, about 0.71."""
-    noisy = _NoisyInput(trained_cnn, sigma=0.3).eval()
+    noisy = NoisyInput(trained_cnn, sigma=0.3).eval()
     x, y = mnist.x_test[:100], mnist.y_test[:100]
     threat = ThreatModel(name="sq", epsilon=0.15, knowledge="score-based", query_budget=1000)
     res = _quiet(noisy, x, y, [SuiteThreat(threat, [build_attack("square", threat)])])
@@ -105,7 +94,7 @@ class _Plugin(Attack):
 def test_an_attack_that_cannot_be_adapted_is_recorded_and_refused_by_the_gate(
     trained_cnn: SmallCNN, mnist: Dataset
 ) -> None:
-    noisy = _NoisyInput(trained_cnn, sigma=0.3).eval()
+    noisy = NoisyInput(trained_cnn, sigma=0.3).eval()
     threat = ThreatModel(name="t", epsilon=0.1, knowledge="decision-based")
     res = _quiet(
         noisy, mnist.x_test[:10], mnist.y_test[:10], [SuiteThreat(threat, [_Plugin(threat)])]
