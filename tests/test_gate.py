@@ -542,7 +542,7 @@ def test_junit_xml_round_trip() -> None:
     tcases = threats.findall("testcase")
     assert [c.get("name") for c in tcases] == ["linf-0.3", 'odd <name> & "quotes"', "fresh"]
     assert {c.get("classname") for c in tcases} == {"robustops.threat"}
-    assert all(c.get("time") == "1.250" for c in tcases)
+    assert all(float(c.get("time", "nan")) == 1.25 for c in tcases)  # seconds, to the ms
     failed_threats = [c.get("name") for c in tcases if c.find("failure") is not None]
     assert failed_threats == ["linf-0.3", "fresh"]
     out = tcases[0].findtext("system-out") or ""

@@ -246,6 +246,33 @@ def test_headless_chromium_renders_without_console_errors(page: str, tmp_path: P
     assert not console, console
 
 
+def test_attack_params_show_what_differs_from_the_defaults(
+    result: SuiteResult, page: str, tmp_path: Path
+) -> None:
+    # pgd ran with steps=10 (default 40): the cell shows that, the full set folds under it.
+    pgd = result.threats[0].attacks[0]
+    full = ", ".join(f"{k}={v}" for k, v in pgd.params.items())
+    assert pgd.name == "pgd" and pgd.params["steps"] == 10 and len(pgd.params) > 3
+    assert f'<details class="more"><summary>steps=10</summary>{full}</details>' in page
+    # fgsm ran with its defaults.
+    assert '<details class="more"><summary>defaults</summary>seed=0, ' in page
+    # Markdown cannot fold: the full set.
+    md = render_markdown(_lean(result), tmp_path / "md").read_text()
+    assert re.search(r"\| pgd \| seed=0, steps=10, step\\?_size=None, restarts=1, ", md), md
+    # An attack this installation does not know (a plug-in): every parameter, nothing folded.
+    renamed = [a.model_copy(update={"name": "elsewhere"}) for a in result.threats[0].attacks]
+    lean = _lean(result)
+    other = lean.model_copy(
+        update={
+            "threats": [lean.threats[0].model_copy(update={"attacks": renamed})],
+            "audit": [],
+            "certification": None,
+        }
+    )
+    html = to_html(build_document(other))
+    assert f"<td>{full}</td>" in html and "<summary>" not in html
+
+
 def test_markdown_has_the_tables_and_existing_figures(result: SuiteResult, tmp_path: Path) -> None:
     tabular = result.threats[1].model_copy(update={"examples": [_tabular()]})
     res = result.model_copy(update={"threats": [result.threats[0], tabular, result.threats[2]]})

@@ -24,13 +24,35 @@ if TYPE_CHECKING:
     from robustops.evaluation import SuiteResult
     from robustops.evaluation.masking import AuditResult
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Adversarial robustness for shipped models."
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown")
 console = Console()
 err_console = Console(stderr=True)
 
 SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="pipeline spec (YAML)")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"robustops {version('robustops')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Adversarial robustness for shipped models: threats, attacks, hardening, evaluation and
+    gates. A pipeline spec (YAML) describes the data, the model, the threats and the rules.
+
+    Start with: robustops validate SPEC, then train, evaluate, report and gate.
+    """
 
 
 def _fail(exc: RobustOpsError) -> None:
@@ -53,8 +75,10 @@ def train(
 ) -> None:
     """Train the spec's model with its recipe; save safetensors weights, checkpoints and metrics.
 
-    Run under ``torchrun --nproc_per_node N -m robustops train --spec FILE`` to train with N
-    processes (DistributedDataParallel); only rank 0 reports and writes.
+    To train with N processes (DistributedDataParallel; only rank 0 reports and writes), run
+    the command under torchrun:
+
+        torchrun --nproc_per_node N -m robustops train --spec FILE
     """
     from robustops.config import load_spec
     from robustops.runner import train_spec
@@ -331,8 +355,11 @@ def certify(
         typer.Option("--plots", help="write the certified-accuracy curve (PNG) to this folder"),
     ] = None,
 ) -> None:
-    """Certify the spec's model with randomized smoothing (``evaluation.certification``) and
-    write a result JSON holding the certificates."""
+    """Certify the spec's model with randomized smoothing; write the certificates as result JSON.
+
+    The spec's evaluation.certification section sets the noise level, the sample counts and the
+    radii to report.
+    """
     from robustops.config import load_spec
     from robustops.runner import certify_spec
 
@@ -398,8 +425,13 @@ def gate(
         Path | None, typer.Option("--junit", help="write a JUnit XML report to this file")
     ] = None,
 ) -> None:
-    """Check a result against a policy and the accepted baseline (regressions beyond sampling
-    noise). Exit 0 when every rule passes, 1 when one fails, 2 for invalid input."""
+    """Check a result against a policy's rules and, when given, an accepted baseline.
+
+    Against a baseline, a drop counts as a regression only beyond sampling noise (paired
+    McNemar test).
+
+    Exit code: 0 when every rule passes, 1 when one fails, 2 for invalid input.
+    """
     from rich.markup import escape
 
     from robustops.evaluation import SuiteResult
@@ -465,8 +497,11 @@ def threats(
         typer.Option("--result", "-r", help="a result JSON: add the residual robust accuracy"),
     ] = None,
 ) -> None:
-    """List the spec's threat catalog ranked by risk (likelihood × impact), with the evaluation
-    threats that exercise each entry; entries no threat exercises are flagged."""
+    """List the spec's threat catalog ranked by risk (likelihood × impact).
+
+    Each entry shows the evaluation threats that exercise it; entries that no threat exercises
+    are flagged. With --result, the residual robust accuracy of each entry is added.
+    """
     from robustops.config import load_spec
     from robustops.evaluation import SuiteResult
 
@@ -558,8 +593,11 @@ def report(
         str, typer.Option("--format", "-f", help="comma-separated formats: md, html")
     ] = "md,html",
 ) -> None:
-    """Write a human-readable report of a result: Markdown with PNG figures beside it and/or
-    one self-contained HTML page (figures inlined, nothing fetched)."""
+    """Write a human-readable report of a result: Markdown and/or one self-contained HTML page.
+
+    The Markdown report has its PNG figures beside it; the HTML page inlines them and fetches
+    nothing. Open report.html first.
+    """
     from rich.markup import escape
 
     from robustops.evaluation import SuiteResult

@@ -10,15 +10,17 @@ The document holds up to two ``<testsuite>`` elements inside ``<testsuites>``:
   reason is the message and ``<system-out>`` lists the rule's figures.
 
 Every element carries consistent ``tests``, ``failures``, ``errors``, ``skipped`` and ``time``
-counts. Characters that XML 1.0 cannot hold (control characters) are dropped.
+counts (junitparser builds the document and counts them). Characters that XML 1.0 cannot hold
+(control characters) are dropped; attribute values are single lines.
 """
 
 from __future__ import annotations
 
+import io
 import re
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from junitparser import Failure, JUnitXml, Skipped, TestCase, TestSuite
 
 from robustops.evaluation.result import SuiteResult, ThreatResult
 from robustops.gate import GateReport, RuleOutcome
@@ -29,8 +31,14 @@ _INVALID_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ff
 
 
 def _clean(text: str) -> str:
-    """``text`` without the characters XML 1.0 forbids (ElementTree escapes the rest)."""
+    """``text`` without the characters XML 1.0 forbids (the writer escapes the rest)."""
     return _INVALID_XML.sub("", text)
+
+
+def _attr(text: str) -> str:
+    """``text`` for an attribute value: cleaned, line breaks and tabs as spaces (the indented
+    output would otherwise turn them into spaces on reading, unannounced)."""
+    return re.sub("[\t\n\r]", " ", _clean(text))
 
 
 def _timestamp(iso: str) -> str | None:
@@ -44,37 +52,25 @@ def _timestamp(iso: str) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _suite(root: ET.Element, name: str, created_at: str) -> ET.Element:
-    suite = ET.SubElement(root, "testsuite", name=name)
+def _suite(name: str, created_at: str, properties: list[tuple[str, str]]) -> TestSuite:
+    suite = TestSuite(name)
     stamp = _timestamp(created_at)
     if stamp is not None:
-        suite.set("timestamp", stamp)
+        suite.timestamp = stamp
+    for key, value in properties:  # before the test cases, as the schema orders them
+        suite.add_property(key, _attr(value))
     return suite
 
 
-def _secs(t: float) -> str:
-    return f"{max(t, 0.0):.3f}"
+def _secs(t: float) -> float:
+    """Seconds rounded to the millisecond: the suites' sums of them stay exact."""
+    return round(max(t, 0.0), 3)
 
 
-@dataclass
-class _Counts:
-    tests: int = 0
-    failures: int = 0
-    skipped: int = 0
-    time: float = 0.0
-
-    def add(self, other: _Counts) -> None:
-        self.tests += other.tests
-        self.failures += other.failures
-        self.skipped += other.skipped
-        self.time += other.time
-
-    def stamp(self, el: ET.Element) -> None:
-        el.set("tests", str(self.tests))
-        el.set("failures", str(self.failures))
-        el.set("errors", "0")
-        el.set("skipped", str(self.skipped))
-        el.set("time", _secs(self.time))
+def _failure(message: str, text: str) -> Failure:
+    failure = Failure(_attr(message), "robustops.gate")
+    failure.text = _clean(text)
+    return failure
 
 
 def _threat_out(t: ThreatResult, n: int) -> str:
@@ -104,84 +100,62 @@ def _figures_out(rule: RuleOutcome) -> str:
     return "\n".join(f"{k} = {v:.6g}" for k, v in rule.figures.items())
 
 
-def _threat_suite(root: ET.Element, new: SuiteResult, report: GateReport | None) -> _Counts:
-    suite = _suite(root, "robustops.threats", new.created_at)
-    props = ET.SubElement(suite, "properties")
-    for name, value in (
-        ("result", new.name),
-        ("n_samples", str(new.n_samples)),
-        ("clean_accuracy", f"{new.clean_accuracy:.4f}"),
-        ("model_sha256", str(new.model.get("weights_sha256", ""))),
-        ("data_fingerprint", str(new.data.get("fingerprint", ""))),
-    ):
-        ET.SubElement(props, "property", name=name, value=_clean(value))
-    counts = _Counts()
+def _threat_suite(new: SuiteResult, report: GateReport | None) -> TestSuite:
+    suite = _suite(
+        "robustops.threats",
+        new.created_at,
+        [
+            ("result", new.name),
+            ("n_samples", str(new.n_samples)),
+            ("clean_accuracy", f"{new.clean_accuracy:.4f}"),
+            ("model_sha256", str(new.model.get("weights_sha256", ""))),
+            ("data_fingerprint", str(new.data.get("fingerprint", ""))),
+        ],
+    )
     for t in new.threats:
-        case = ET.SubElement(
-            suite,
-            "testcase",
-            classname="robustops.threat",
-            name=_clean(t.name),
-            time=_secs(t.wall_time_s),
-        )
-        counts.tests += 1
-        counts.time += float(case.get("time", "0"))  # the rounded figure: the sums stay exact
+        case = TestCase(_attr(t.name), "robustops.threat", _secs(t.wall_time_s))
         failed = [r for r in report.for_threat(t.name) if r.status == "fail"] if report else []
         if failed:
-            counts.failures += 1
-            failure = ET.SubElement(
-                case,
-                "failure",
-                message=_clean("; ".join(r.rule for r in failed)),
-                type="robustops.gate",
-            )
-            failure.text = _clean("\n".join(f"{r.rule}: {r.reason}" for r in failed))
-        ET.SubElement(case, "system-out").text = _clean(_threat_out(t, new.n_samples))
-    counts.stamp(suite)
-    return counts
+            case.result = [
+                _failure(
+                    "; ".join(r.rule for r in failed),
+                    "\n".join(f"{r.rule}: {r.reason}" for r in failed),
+                )
+            ]
+        case.system_out = _clean(_threat_out(t, new.n_samples))
+        suite.add_testcase(case)
+    return suite
 
 
-def _gate_suite(root: ET.Element, report: GateReport) -> _Counts:
-    suite = _suite(root, "robustops.gate", report.new.created_at)
-    props = ET.SubElement(suite, "properties")
-    pairs = [("passed", str(report.passed).lower()), ("tier", report.tier or "")]
+def _gate_suite(report: GateReport) -> TestSuite:
+    properties = [("passed", str(report.passed).lower()), ("tier", report.tier or "")]
     if report.baseline is not None:
-        pairs += [
+        properties += [
             ("baseline", report.baseline.name),
             ("baseline_created_at", report.baseline.created_at),
         ]
-    pairs += [(f"warning.{i}", w) for i, w in enumerate(report.warnings)]
-    for name, value in pairs:
-        ET.SubElement(props, "property", name=name, value=_clean(value))
-    counts = _Counts()
+    properties += [(f"warning.{i}", w) for i, w in enumerate(report.warnings)]
+    suite = _suite("robustops.gate", report.new.created_at, properties)
     for rule in report.rules:
-        case = ET.SubElement(
-            suite, "testcase", classname="robustops.gate", name=_clean(rule.rule), time=_secs(0.0)
-        )
-        counts.tests += 1
+        case = TestCase(_attr(rule.rule), "robustops.gate", 0.0)
         if rule.status == "fail":
-            counts.failures += 1
-            failure = ET.SubElement(
-                case, "failure", message=_clean(rule.reason), type="robustops.gate"
-            )
-            failure.text = _clean(rule.reason)
+            case.result = [_failure(rule.reason, rule.reason)]
         elif rule.status == "skip":
-            counts.skipped += 1
-            ET.SubElement(case, "skipped", message=_clean(rule.reason))
+            case.result = [Skipped(_attr(rule.reason))]
         out = rule.reason if not rule.figures else f"{rule.reason}\n{_figures_out(rule)}"
-        ET.SubElement(case, "system-out").text = _clean(out)
-    counts.stamp(suite)
-    return counts
+        case.system_out = _clean(out)
+        suite.add_testcase(case)
+    return suite
 
 
 def to_junit_xml(new: SuiteResult, report: GateReport | None) -> str:
     """The JUnit XML document (a string with an XML declaration) for ``new`` and, when given,
     the gate ``report`` about it."""
-    root = ET.Element("testsuites", name=_clean(f"robustops {new.name}"))
-    total = _Counts()
-    total.add(_threat_suite(root, new, report))
+    xml = JUnitXml(_attr(f"robustops {new.name}"))
+    xml.add_testsuite(_threat_suite(new, report))
     if report is not None:
-        total.add(_gate_suite(root, report))
-    total.stamp(root)
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+        xml.add_testsuite(_gate_suite(report))
+    xml.update_statistics()  # type: ignore[no-untyped-call]  # junitparser leaves it unannotated
+    out = io.BytesIO()
+    xml.write(out, pretty=True)
+    return out.getvalue().decode("utf-8")

@@ -13,8 +13,6 @@ and labels ``(N,)``. Confidence is the top softmax probability, a prediction its
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
 from typing import Literal
 
 import torch
@@ -205,14 +203,13 @@ def calibration_metrics(
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion ``k / n`` at ``confidence`` (``(0, 1)``
-    when ``n == 0``): well behaved near 0 and 1, unlike the normal approximation."""
+    when ``n == 0``): well behaved near 0 and 1, unlike the normal approximation.
+
+    scipy's ``binomtest(k, n).proportion_ci(method="wilson")`` computes it.
+    """
     if n <= 0:
         return 0.0, 1.0
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    low = 0.0 if k <= 0 else max(0.0, centre - half)
-    high = 1.0 if k >= n else min(1.0, centre + half)
-    return low, high
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)

@@ -16,6 +16,7 @@ from typing import Literal
 __all__ = [
     "Block",
     "Cell",
+    "Details",
     "Document",
     "Figure",
     "Gallery",
@@ -70,16 +71,29 @@ class Span:
         return "".join(cell_text(p) for p in self.parts)
 
 
-Cell = str | Status | Span
-"""A table cell or a piece of a paragraph: plain text, a status badge or a styled span."""
+@dataclass(frozen=True)
+class Details:
+    """A short text standing for a longer one: HTML shows ``summary`` and folds ``full`` away
+    under it (a ``details`` element); Markdown, which cannot fold, shows ``full``."""
+
+    summary: str
+    full: str
+
+
+Cell = str | Status | Span | Details
+"""A table cell or a piece of a paragraph: plain text, a status badge, a styled span or a
+folded text."""
 
 
 def cell_text(cell: Cell) -> str:
-    """``cell`` as plain text (badges as their value, spans without their styling)."""
+    """``cell`` as plain text (badges as their value, spans without their styling, folded
+    text as its summary)."""
     if isinstance(cell, Status):
         return cell.value
     if isinstance(cell, Span):
         return cell.plain()
+    if isinstance(cell, Details):
+        return cell.summary
     return cell
 
 

@@ -16,6 +16,7 @@ from html import escape
 from robustops.report.document import (
     Block,
     Cell,
+    Details,
     Document,
     Figure,
     Gallery,
@@ -82,6 +83,9 @@ figcaption { color: var(--muted); font-size: 0.85rem; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 10px; background: #fff; }
 .card p { margin: 4px 0; font-size: 0.88rem; }
 .scroll { overflow-x: auto; }
+details.more { max-width: 26em; overflow-wrap: anywhere; }
+details.more summary { cursor: pointer; }
+details.more[open] summary { margin-bottom: 2px; }
 blockquote.quote { margin: 8px 0; padding: 6px 10px; border-left: 4px solid var(--line);
   background: var(--bg-soft); line-height: 1.9; overflow-x: auto; }
 blockquote.quote p { margin: 0; }
@@ -107,6 +111,13 @@ _SPAN_TAG = {"removed": "del", "added": "ins"}
 def _cell(c: Cell) -> str:
     if isinstance(c, Status):
         return _badge(c)
+    if isinstance(c, Details):
+        if c.summary == c.full:
+            return escape(c.full)
+        return (
+            f'<details class="more"><summary>{escape(c.summary)}</summary>'
+            f"{escape(c.full)}</details>"
+        )
     if isinstance(c, Span):
         inner = "".join(_cell(p) for p in c.parts)
         title = f' title="{escape(c.title)}"' if c.title else ""

@@ -16,6 +16,7 @@ from pathlib import Path
 from robustops.report.document import (
     Block,
     Cell,
+    Details,
     Document,
     Figure,
     Gallery,
@@ -49,6 +50,8 @@ def md_escape(text: str) -> str:
 def _cell(c: Cell) -> str:
     if isinstance(c, Status):
         return f"**{md_escape(_STATUS.get(c.value, c.value))}**"
+    if isinstance(c, Details):
+        return md_escape(c.full)
     if isinstance(c, Span):
         inner = "".join(_cell(p) for p in c.parts)
         mark = _SPAN_DELIMITER.get(c.style, "")
