@@ -190,7 +190,7 @@ def _result(examples: list[AdversarialExample] | None = None) -> SuiteResult:
         wall_time_s=0.8,
         robust=robust,
         broken_by=broken_by,
-        queries=[40, 45, 80, 60, 60] + [0] * 5,
+        queries=[40, 45, 95, 100, 100] + [0] * 5,  # homoglyph 200, then invisible 3 x 60
         targets=[HAM] * 10,
         examples=examples if examples is not None else [_homoglyph(), _invisible(), _hostile()],
     )
