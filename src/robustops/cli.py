@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from robustops.errors import RobustOpsError, SpecError
+from robustops.io import atomic_write_text
 
 if TYPE_CHECKING:
     from robustops.evaluation import SuiteResult
@@ -366,8 +367,7 @@ def _gate_table(report: GateReport) -> Table:
 
 def _write_junit(path: Path, xml: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(xml, encoding="utf-8")
+        atomic_write_text(path, xml)
     except OSError as exc:
         raise SpecError.single("--junit", f"cannot write {path}: {exc}") from None
 
@@ -528,7 +528,7 @@ def schema(
     if out is None:
         typer.echo(text)
     else:
-        out.write_text(text + "\n")
+        atomic_write_text(out, text + "\n")
         console.print(f"schema written to [green]{out}[/]")
 
 

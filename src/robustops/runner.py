@@ -20,6 +20,7 @@ from robustops.errors import SpecError
 from robustops.evaluation import ProgressEvent, SuiteResult, run_suite
 from robustops.evaluation.masking import audit_gradient_masking
 from robustops.evaluation.metrics import TemperatureFit
+from robustops.io import atomic_write_text
 from robustops.models import build_model, save_weights
 from robustops.text.models import TorchTextClassifier
 from robustops.training import BatchEvent, EpochMetrics, fit, init_distributed
@@ -125,7 +126,7 @@ def train_spec(
                 "history": [h.to_json() for h in result.history],
                 "environment": environment(),
             }
-            sidecar_path.write_text(json.dumps(sidecar, indent=2))
+            atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2))
         ctx.barrier()
         if not ctx.is_main:
             sidecar = json.loads(sidecar_path.read_text())
@@ -180,10 +181,11 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
         "augmented_texts": len(result.augmented),
     }
     sha = clf.save(out, metadata=meta)
-    metrics_path.write_text("".join(json.dumps(h.to_json()) + "\n" for h in result.history))
+    atomic_write_text(metrics_path, "".join(json.dumps(h.to_json()) + "\n" for h in result.history))
     if rec.augment is not None:
-        augment_path.write_text(
-            "".join(json.dumps(a.to_json(), ensure_ascii=False) + "\n" for a in result.augmented)
+        atomic_write_text(
+            augment_path,
+            "".join(json.dumps(a.to_json(), ensure_ascii=False) + "\n" for a in result.augmented),
         )
     sidecar = {
         **meta,
@@ -195,7 +197,7 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
         "history": [h.to_json() for h in result.history],
         "environment": environment(),
     }
-    Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2))
+    atomic_write_text(Path(str(out) + ".json"), json.dumps(sidecar, indent=2))
     return sidecar
 
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from robustops._util import environment, file_sha256
 from robustops.errors import UnsafeArtifactError
+from robustops.io import atomic_path, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -104,9 +105,8 @@ def write_checkpoint(
     for name, state in rng.items():
         tensors[f"rng.{name}"] = state.detach().to("cpu", torch.uint8).contiguous().clone()
     weights = directory / f"{stem}.safetensors"
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
-    tmp.replace(weights)
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
     full = {
         "format": CHECKPOINT_FORMAT,
         **sidecar,
@@ -116,9 +116,7 @@ def write_checkpoint(
         "environment": environment(),
     }
     side = directory / f"{stem}.json"
-    tmp_side = side.with_name(side.name + ".tmp")
-    tmp_side.write_text(json.dumps(full, indent=1, sort_keys=True))
-    tmp_side.replace(side)
+    atomic_write_text(side, json.dumps(full, indent=1, sort_keys=True))
     return full
 
 
