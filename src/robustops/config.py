@@ -48,6 +48,13 @@ class DataSpec(_Strict):
     name: str = "mnist_subset"
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
+    max_text_chars: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="text data: the longest text accepted, in characters; a longer one is "
+        "refused with this cap in the message (attack cost grows with text length)",
+    )
 
     @field_validator("name")
     @classmethod

@@ -18,9 +18,11 @@ error) and :func:`load_yaml` (``SafeLoader``, bounded size and alias expansion).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ __all__ = [
     "check_writable",
     "load_yaml",
     "read_text_file",
+    "save_safetensors",
 ]
 
 
@@ -89,6 +92,26 @@ def atomic_path(path: str | Path, *, mkdir: bool = True) -> Iterator[Path]:
             tmp.unlink()
         raise
     _fsync_dir(folder)
+
+
+def save_safetensors(
+    tensors: Mapping[str, Any], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """``safetensors.torch.save_file`` through :func:`atomic_path`; a write error is raised as
+    :class:`OSError` (with the OS error number when safetensors reports one, e.g. ENOSPC)
+    instead of safetensors' own exception."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    try:
+        with atomic_path(target) as tmp:
+            save_file(dict(tensors), str(tmp), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"code: (\d+)", str(exc))
+        num = int(code.group(1)) if code else errno.EIO
+        raise OSError(num, f"{os.strerror(num)} (safetensors: {shorten(str(exc))})") from exc
+    return target
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, mkdir: bool = True) -> Path:

@@ -11,7 +11,7 @@ from torch import nn
 
 from robustops._util import file_sha256, state_dict_sha256
 from robustops.errors import SpecError, UnsafeArtifactError
-from robustops.io import atomic_path
+from robustops.io import save_safetensors
 from robustops.trust import resolve_callable
 
 __all__ = ["build_model", "load_weights", "model_sha256", "resolve_factory", "save_weights"]
@@ -50,14 +50,11 @@ def resolve_factory(ref: str, field: str = "model.factory") -> Any:
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> str:
     """Write ``model``'s state dict as safetensors (``metadata`` JSON-encoded into the header);
     returns the file's sha256."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"robustops": json.dumps(metadata or {}, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(tensors, path, metadata=meta)
     return file_sha256(path)
 
 

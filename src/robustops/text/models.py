@@ -41,6 +41,7 @@ __all__ = [
     "TextClassifier",
     "TorchTextClassifier",
     "char_ngram_classifier",
+    "check_texts",
     "predict_labels",
     "predict_text_logits",
     "text_accuracy",
@@ -442,6 +443,37 @@ class TorchTextClassifier:
             # a model file may only name a built-in hook, whatever the user trusts
             preprocess = resolve_callable(ref, field=f"{path}: preprocess", builtin_only=True)
         return cls(module.eval(), vocab, preprocess=preprocess, batch_size=batch_size)
+
+
+MAX_TEXT_CHARS = 10_000
+"""Default cap on the length of one text (characters); a pipeline spec sets its own with
+``data.max_text_chars``."""
+
+
+def check_texts(
+    texts: Sequence[str], *, max_chars: int = MAX_TEXT_CHARS, field: str = "data.texts"
+) -> None:
+    """Refuse texts a model should never be fed: longer than ``max_chars`` characters (the
+    attacks' cost grows with the square of a text's length), or holding a lone surrogate
+    (not encodable as UTF-8, so not a text). :class:`SpecError` names ``field``, the text's
+    index and the cap."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise SpecError.single(f"{field}.{i}", f"not a string: {short_repr(text, 60)}")
+        if len(text) > max_chars:
+            raise SpecError.single(
+                f"{field}.{i}",
+                f"text of {len(text):,} characters exceeds the cap of {max_chars:,} "
+                "(raise data.max_text_chars to accept it)",
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SpecError.single(
+                f"{field}.{i}",
+                f"holds a lone surrogate {text[exc.start]!r} at character {exc.start}: "
+                "not valid Unicode text",
+            ) from None
 
 
 def _labels_tensor(labels: Tensor | Sequence[int] | np.ndarray) -> Tensor:

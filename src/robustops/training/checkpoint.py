@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from robustops._util import environment, file_sha256
 from robustops.errors import UnsafeArtifactError
-from robustops.io import atomic_path, atomic_write_text
+from robustops.io import atomic_write_text, save_safetensors
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -91,8 +91,6 @@ def write_checkpoint(
 ) -> dict[str, Any]:
     """Write ``<directory>/<stem>.safetensors`` and ``<stem>.json``; return the sidecar as written
     (with ``format``, ``weights``, ``sha256`` and ``environment`` added)."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {
         f"model.{k}": v.detach().to("cpu").contiguous().clone()
@@ -105,8 +103,7 @@ def write_checkpoint(
     for name, state in rng.items():
         tensors[f"rng.{name}"] = state.detach().to("cpu", torch.uint8).contiguous().clone()
     weights = directory / f"{stem}.safetensors"
-    with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
+    save_safetensors(tensors, weights, metadata={"format": CHECKPOINT_FORMAT})
     full = {
         "format": CHECKPOINT_FORMAT,
         **sidecar,
