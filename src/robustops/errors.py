@@ -35,6 +35,10 @@ MAX_ECHO = 200
 """Most characters of a user-supplied value echoed into an error message."""
 
 
+MAX_MESSAGE = 1000
+"""Longest message of one :class:`SpecError` entry (longer ones are cut: they echo input)."""
+
+
 def shorten(text: str, limit: int = MAX_ECHO) -> str:
     """``text`` cut to ``limit`` characters, with ``…`` and its full length when cut."""
     if len(text) <= limit:
@@ -83,7 +87,7 @@ class SpecError(RobustOpsError, ValueError):
     """
 
     def __init__(self, errors: list[tuple[str, str]], source: str | None = None) -> None:
-        self.errors = list(errors)
+        self.errors = [(path, shorten(msg, MAX_MESSAGE)) for path, msg in errors]
         self.source = source
         where = f"{source}: " if source else ""
         lines = [f"{where}{path or '<root>'}: {msg}" for path, msg in self.errors]
