@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from robustops.errors import RobustOpsError, SpecError
+from robustops.io import atomic_write_text
 
 if TYPE_CHECKING:
     from robustops.evaluation import SuiteResult
@@ -29,6 +32,39 @@ console = Console()
 err_console = Console(stderr=True)
 
 SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="pipeline spec (YAML)")]
+TrustOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trust-code",
+        help="trust code from this module (and its submodules) when the spec names it as a "
+        "factory or hook; repeatable. A spec is data: code outside RobustOps runs only if "
+        "trusted here or in ROBUSTOPS_TRUSTED_MODULES",
+    ),
+]
+AllowCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-code", help="trust any code the spec names (only for specs you wrote yourself)"
+    ),
+]
+
+
+def _trust(modules: list[str] | None, allow_all: bool) -> contextlib.AbstractContextManager[Any]:
+    from robustops.trust import trusting
+
+    return trusting(modules or [], allow_all=allow_all)
+
+
+def _load_result(path: Path, option: str) -> SuiteResult:
+    """``SuiteResult.load`` with a non-UTF-8 file reported as a spec error at ``option``."""
+    from robustops.evaluation import SuiteResult
+
+    try:
+        return SuiteResult.load(path)
+    except UnicodeDecodeError as exc:
+        raise SpecError.single(
+            option, f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
 
 
 def _print_version(value: bool) -> None:
@@ -56,6 +92,8 @@ def _root(
 
 
 def _fail(exc: RobustOpsError) -> None:
+    if os.environ.get("ROBUSTOPS_DEBUG") and exc.__cause__ is not None:
+        err_console.print_exception()
     err_console.print(f"[bold red]error[/]: {type(exc).__name__}")
     if isinstance(exc, SpecError):
         where = f"{exc.source}: " if exc.source else ""
@@ -72,6 +110,8 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the newest checkpoint of the run")
     ] = False,
+    trust_code: TrustOpt = None,
+    allow_code: AllowCodeOpt = False,
 ) -> None:
     """Train the spec's model with its recipe; save safetensors weights, checkpoints and metrics.
 
@@ -81,24 +121,34 @@ def train(
         torchrun --nproc_per_node N -m robustops train --spec FILE
     """
     from robustops.config import load_spec
-    from robustops.runner import train_spec
+    from robustops.runner import check_outputs, train_spec
     from robustops.text.training import TextEpochMetrics
-    from robustops.training import BatchEvent, EpochMetrics, env_rank
+    from robustops.training import BatchEvent, EpochMetrics, env_rank, latest_checkpoint
 
     quiet = env_rank() != 0
     try:
         s = load_spec(spec)
         if s.train is None:
             raise SpecError.single("train", "the spec has no train section")
-        with Progress(
-            TextColumn("[bold]{task.fields[label]}[/] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-            disable=quiet,
-        ) as bar:
+        check_outputs(s)
+        ckpt = s.train.checkpoint_path()
+        if resume and s.data.modality != "text" and latest_checkpoint(ckpt) is None and not quiet:
+            console.print(
+                f"[yellow]--resume[/]: no checkpoint in {ckpt}; starting from scratch",
+                highlight=False,
+            )
+        with (
+            _trust(trust_code, allow_code),
+            Progress(
+                TextColumn("[bold]{task.fields[label]}[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+                disable=quiet,
+            ) as bar,
+        ):
             recipe: str = s.train.objective.name
             if s.data.modality == "text":
                 recipe = "augment" if s.train.augment is not None else "standard"
@@ -169,24 +219,33 @@ def evaluate(
             "--tier", help="budget tier of evaluation.tiers, e.g. quick for pull requests"
         ),
     ] = None,
+    trust_code: TrustOpt = None,
+    allow_code: AllowCodeOpt = False,
 ) -> None:
     """Run the spec's evaluation suite and write the result JSON."""
     from robustops.config import load_spec
     from robustops.evaluation import ProgressEvent
-    from robustops.runner import evaluate_spec
+    from robustops.io import check_writable
+    from robustops.runner import evaluate_spec, save_result
 
     try:
         s = load_spec(spec)
         if tier is not None:
             s = s.with_tier(tier)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        check_writable(out, "--out")
+        if plots is not None:
+            check_writable(plots, "--plots", folder=True)
+        with (
+            _trust(trust_code, allow_code),
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            ) as bar,
+        ):
             tasks: dict[tuple[str, str], TaskID] = {}
 
             def on_progress(ev: ProgressEvent) -> None:
@@ -196,7 +255,7 @@ def evaluate(
                 bar.update(tasks[key], completed=ev.done if ev.total else 1)
 
             result = evaluate_spec(s, seed=seed, progress=on_progress, tier=tier)
-        result.save(out)
+        save_result(result, out)
     except RobustOpsError as exc:
         _fail(exc)
         return
@@ -354,6 +413,8 @@ def certify(
         Path | None,
         typer.Option("--plots", help="write the certified-accuracy curve (PNG) to this folder"),
     ] = None,
+    trust_code: TrustOpt = None,
+    allow_code: AllowCodeOpt = False,
 ) -> None:
     """Certify the spec's model with randomized smoothing; write the certificates as result JSON.
 
@@ -361,13 +422,17 @@ def certify(
     radii to report.
     """
     from robustops.config import load_spec
-    from robustops.runner import certify_spec
+    from robustops.io import check_writable
+    from robustops.runner import certify_spec, save_result
 
     try:
         s = load_spec(spec)
-        with console.status("certifying…"):
+        check_writable(out, "--out")
+        if plots is not None:
+            check_writable(plots, "--plots", folder=True)
+        with _trust(trust_code, allow_code), console.status("certifying…"):
             result = certify_spec(s, seed=seed)
-        result.save(out)
+        save_result(result, out)
     except RobustOpsError as exc:
         _fail(exc)
         return
@@ -400,8 +465,7 @@ def _gate_table(report: GateReport) -> Table:
 
 def _write_junit(path: Path, xml: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(xml, encoding="utf-8")
+        atomic_write_text(path, xml)
     except OSError as exc:
         raise SpecError.single("--junit", f"cannot write {path}: {exc}") from None
 
@@ -434,14 +498,18 @@ def gate(
     """
     from rich.markup import escape
 
-    from robustops.evaluation import SuiteResult
     from robustops.gate import evaluate_gate, load_policy
     from robustops.junit import to_junit_xml
 
     try:
-        rules = load_policy(policy, tier)
-        new = SuiteResult.load(result)
-        base = SuiteResult.load(baseline) if baseline is not None else None
+        try:
+            rules = load_policy(policy, tier)
+        except UnicodeDecodeError as exc:
+            raise SpecError.single(
+                "--policy", f"{policy} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+            ) from None
+        new = _load_result(result, "--result")
+        base = _load_result(baseline, "--baseline") if baseline is not None else None
         report = evaluate_gate(new, base, rules)
         if junit is not None:
             _write_junit(junit, to_junit_xml(new, report))
@@ -503,13 +571,12 @@ def threats(
     are flagged. With --result, the residual robust accuracy of each entry is added.
     """
     from robustops.config import load_spec
-    from robustops.evaluation import SuiteResult
 
     try:
         s = load_spec(spec)
         if s.catalog is None:
             raise SpecError.single("catalog", "the spec has no threat catalog")
-        res = SuiteResult.load(result) if result is not None else None
+        res = _load_result(result, "--result") if result is not None else None
     except RobustOpsError as exc:
         _fail(exc)
         return
@@ -570,7 +637,7 @@ def schema(
     if out is None:
         typer.echo(text)
     else:
-        out.write_text(text + "\n")
+        atomic_write_text(out, text + "\n")
         console.print(f"schema written to [green]{out}[/]")
 
 
@@ -600,12 +667,11 @@ def report(
     """
     from rich.markup import escape
 
-    from robustops.evaluation import SuiteResult
     from robustops.report import write_report
 
     try:
         formats = _report_formats(fmt)
-        res = SuiteResult.load(result)
+        res = _load_result(result, "RESULT")
         try:
             written = write_report(res, out, formats)
         except OSError as exc:
@@ -618,12 +684,34 @@ def report(
 
 
 @app.command()
-def validate(spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML)")]) -> None:
+def validate(
+    spec: Annotated[Path, typer.Argument(help="pipeline spec (YAML)")],
+    trust_code: TrustOpt = None,
+    allow_code: AllowCodeOpt = False,
+) -> None:
     """Validate a spec and print every error with its field path."""
+    from rich.markup import escape
+
     from robustops.config import load_spec
+    from robustops.trust import check_ref
 
     try:
-        load_spec(spec)
+        s = load_spec(spec)
+        untrusted = []
+        with _trust(trust_code, allow_code):
+            for field, ref in s.code_refs():  # imports nothing outside RobustOps
+                try:
+                    status = check_ref(ref, field)
+                except SpecError as exc:
+                    untrusted += exc.errors
+                    status = "[bold red]not trusted[/]"
+                console.print(
+                    f"code: {escape(field)} = {escape(ref)} ({status})",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        if untrusted:
+            raise SpecError(untrusted, source=str(spec))
     except RobustOpsError as exc:
         _fail(exc)
         return

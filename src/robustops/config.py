@@ -10,18 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustops.attacks import Attack, build_attack
 from robustops.attacks.registry import AttackSpec
 from robustops.data import DATASETS, TEXT_DATASETS
-from robustops.errors import SpecError
+from robustops.errors import SpecError, shorten
 from robustops.evaluation.suite import SuiteThreat
-from robustops.gate import GatePolicyFile
+from robustops.gate import DEFAULT_KEY, GatePolicy, GatePolicyFile
+from robustops.io import load_yaml
 from robustops.text.attacks import TextAttack, build_text_attack
 from robustops.threats import ThreatCatalog, ThreatModel, validation_error_to_spec_error
 from robustops.training.recipe import Recipe
+from robustops.trust import REF_PATTERN, check_ref
 
 __all__ = [
     "AttackSpec",
@@ -47,6 +48,13 @@ class DataSpec(_Strict):
     name: str = "mnist_subset"
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
+    max_text_chars: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="text data: the longest text accepted, in characters; a longer one is "
+        "refused with this cap in the message (attack cost grows with text length)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -413,12 +421,69 @@ class PipelineSpec(_Strict):
                 )
         return errors
 
+    def gate_errors(self) -> list[tuple[str, str]]:
+        """Gate rules (top level and every tier) keyed by a threat the evaluation does not
+        define."""
+        if self.gate is None:
+            return []
+        names = [t.name for t in self.evaluation.threats] if self.evaluation else []
+        errors = []
+        policies: list[tuple[str, GatePolicy]] = [("gate", self.gate)]
+        policies += [(f"gate.tiers.{k}", v) for k, v in self.gate.tiers.items()]
+        for prefix, policy in policies:
+            for rule in ("min_robust_accuracy", "max_attack_success_rate", "max_attacked_ece"):
+                for threat in getattr(policy, rule):
+                    if threat != DEFAULT_KEY and threat not in names:
+                        errors.append(
+                            (
+                                f"{prefix}.{rule}.{threat}",
+                                f"{threat!r} is not one of the evaluation threats {names}",
+                            )
+                        )
+        return errors
+
+    def code_refs(self) -> list[tuple[str, str]]:
+        """Every ``module:callable`` this spec would make RobustOps import, as ``(field path,
+        reference)``: ``model.factory`` and any ``factory`` or ``preprocess`` string inside
+        ``model.kwargs`` (ensemble members, text preprocessing), however deep. Imports nothing."""
+        refs = [("model.factory", self.model.factory)]
+
+        def walk(value: Any, path: str) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    sub = f"{path}.{k}"
+                    if k in _CODE_KEYS and isinstance(v, str) and REF_PATTERN.match(v):
+                        refs.append((sub, v))
+                    else:
+                        walk(v, sub)
+            elif isinstance(value, list):
+                for i, v in enumerate(value):
+                    walk(v, f"{path}.{i}")
+
+        walk(self.model.kwargs, "model.kwargs")
+        return refs
+
+    def untrusted_code(self) -> list[tuple[str, str]]:
+        """``(field path, message)`` for every :meth:`code_refs` entry the current trust policy
+        refuses (see :mod:`robustops.trust`); imports nothing."""
+        errors = []
+        for field, ref in self.code_refs():
+            try:
+                check_ref(ref, field)
+            except SpecError as exc:
+                errors += exc.errors
+        return errors
+
     def resolved_device(self) -> str:
         """``"cuda"`` when asked for or when ``auto`` and CUDA is available, else ``"cpu"``."""
         import torch
 
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise SpecError.single(
+                "device", "cuda was asked for but no CUDA GPU is available; use cpu or auto"
+            )
         return self.device
 
     def build_threats(self, seed: int | None = None) -> list[SuiteThreat]:
@@ -456,6 +521,9 @@ class PipelineSpec(_Strict):
         return self.evaluation
 
 
+_CODE_KEYS = frozenset({"factory", "preprocess"})
+
+
 def _build_attack(
     spec: AttackSpec, threat: ThreatModel, prefix: str, seed: int
 ) -> Attack | TextAttack:
@@ -472,7 +540,7 @@ def _build_attack(
             [(f"{prefix}.{p}" if p != "<root>" else prefix, m) for p, m in exc.errors]
         ) from None
     except (TypeError, ValueError) as exc:
-        raise SpecError.single(prefix, str(exc)) from None
+        raise SpecError.single(prefix, shorten(str(exc))) from None
 
 
 def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
@@ -501,15 +569,7 @@ def load_spec(path: str | Path) -> PipelineSpec:
     hyper-parameters are checked too.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError.single(
-            "<file>",
-            f"cannot read spec: {exc}",
-        ) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([("<file>", f"invalid YAML: {exc}")], source=str(path)) from None
+    raw = load_yaml(path, "spec")
     if not isinstance(raw, dict):
         raise SpecError([("<root>", "the spec must be a mapping")], source=str(path))
     try:
@@ -517,7 +577,7 @@ def load_spec(path: str | Path) -> PipelineSpec:
     except ValidationError as exc:
         raise validation_error_to_spec_error(exc, source=str(path)) from None
     spec = _resolve_paths(spec, path.parent)
-    refs = spec.catalog_errors() + spec.modality_errors()
+    refs = spec.catalog_errors() + spec.modality_errors() + spec.gate_errors()
     if spec.evaluation is not None:
         refs += spec.evaluation.reference_errors()
     if refs:

@@ -38,7 +38,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from scipy import stats
 
@@ -46,6 +45,7 @@ from robustops.attacks.registry import ATTACKS
 from robustops.errors import SpecError
 from robustops.evaluation.metrics import wilson_interval as _wilson
 from robustops.evaluation.result import SuiteResult, ThreatResult
+from robustops.io import load_yaml
 from robustops.text.attacks import TEXT_ATTACKS
 from robustops.threats import validation_error_to_spec_error
 
@@ -190,12 +190,7 @@ def load_policy(path: str | Path, tier: str | None = None) -> GatePolicy:
     Raises :class:`SpecError` listing every invalid field with its dotted path.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError.single("<file>", f"cannot read policy: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError([("<file>", f"invalid YAML: {exc}")], source=str(path)) from None
+    raw = load_yaml(path, "policy")
     if not isinstance(raw, dict):
         raise SpecError([("<root>", "the policy must be a mapping")], source=str(path))
     if "model" in raw and "name" in raw:  # a pipeline spec: its gate section

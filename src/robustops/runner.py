@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +19,93 @@ from robustops.config import PipelineSpec
 from robustops.data import TEXT_DATASETS, Dataset, TextDataset, load_dataset
 from robustops.defenses import fit_temperature_on
 from robustops.defenses.smoothing import CertificationResult, certify_dataset
-from robustops.errors import SpecError
+from robustops.errors import ModelRuntimeError, OutputError, RobustOpsError, SpecError
 from robustops.evaluation import ProgressEvent, SuiteResult, run_suite
 from robustops.evaluation.masking import audit_gradient_masking
 from robustops.evaluation.metrics import TemperatureFit
+from robustops.io import atomic_write_text, check_writable
 from robustops.models import build_model, save_weights
-from robustops.text.models import TorchTextClassifier
+from robustops.text.models import TorchTextClassifier, check_texts
 from robustops.training import BatchEvent, EpochMetrics, fit, init_distributed
 
-__all__ = ["certify_spec", "evaluate_spec", "load_spec_dataset", "train_spec"]
+__all__ = [
+    "certify_spec",
+    "check_outputs",
+    "evaluate_spec",
+    "load_spec_dataset",
+    "model_stage",
+    "save_result",
+    "train_spec",
+]
+
+
+@contextlib.contextmanager
+def model_stage(stage: str) -> Iterator[None]:
+    """Run a block that calls the user's model (or factory): anything it raises that is not a
+    :class:`RobustOpsError` becomes a :class:`ModelRuntimeError` naming ``stage`` (the original
+    exception chained, for debugging)."""
+    try:
+        yield
+    except RobustOpsError:
+        raise
+    except Exception as exc:
+        raise ModelRuntimeError(stage, exc) from exc
+
+
+def _check_code(spec: PipelineSpec) -> None:
+    """Refuse, before any work, a spec naming code the trust policy does not allow."""
+    errors = spec.untrusted_code()
+    if errors:
+        raise SpecError(errors)
+
+
+def check_outputs(spec: PipelineSpec) -> None:
+    """Before training: the weights file, the checkpoint folder and the metrics file of the
+    ``train`` section can all be written (:class:`OutputError` naming the field otherwise)."""
+    if spec.train is None:
+        return
+    rec = spec.train
+    check_writable(rec.out, "train.out")
+    check_writable(Path(str(rec.out) + ".json"), "train.out")
+    check_writable(rec.metrics_path(), "train.metrics")
+    if spec.data.modality != "text":
+        check_writable(rec.checkpoint_path(), "train.checkpoint_dir", folder=True)
+
+
+def _fallback_path(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix="robustops-kept-")) / name
+
+
+def _save_or_keep(option: str, path: Path, save: Callable[[Path], object]) -> None:
+    """``save(path)``; when that fails (full disk, permissions changed meanwhile), save to a
+    fresh temporary folder instead and raise :class:`OutputError` naming both places."""
+    try:
+        save(path)
+    except OSError as exc:
+        fallback = _fallback_path(path.name)
+        try:
+            save(fallback)
+        except OSError:
+            raise OutputError(option, path, exc.strerror or str(exc)) from None
+        raise OutputError(option, path, exc.strerror or str(exc), kept=fallback) from None
+
+
+def save_result(result: SuiteResult, path: str | Path, option: str = "--out") -> Path:
+    """``result.save(path)``; on failure the result is kept in a temporary folder and
+    :class:`OutputError` says where (nothing computed is lost)."""
+    _save_or_keep(option, Path(path), result.save)
+    return Path(path)
 
 
 def load_spec_dataset(spec: PipelineSpec) -> Dataset | TextDataset:
     """The spec's data set, fingerprint-checked and split (a :class:`TextDataset` for text)."""
     if spec.data.modality == "text":
-        return TEXT_DATASETS[spec.data.name](
+        data = TEXT_DATASETS[spec.data.name](
             test_fraction=spec.data.test_fraction, seed=spec.data.split_seed
         )
+        check_texts(data.texts_train, max_chars=spec.data.max_text_chars, field="data.train")
+        check_texts(data.texts_test, max_chars=spec.data.max_text_chars, field="data.test")
+        return data
     return load_dataset(
         spec.data.name, test_fraction=spec.data.test_fraction, seed=spec.data.split_seed
     )
@@ -63,6 +136,8 @@ def train_spec(
     """
     if spec.train is None:
         raise SpecError.single("train", "the spec has no train section")
+    _check_code(spec)
+    check_outputs(spec)
     if spec.data.modality == "text":
         if resume:
             raise SpecError.single(
@@ -77,22 +152,24 @@ def train_spec(
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         data = _tensor_data(spec)
         torch.manual_seed(spec.seed)
-        model = build_model(spec.model.factory, spec.model.kwargs, device=device)
-        result = fit(
-            model,
-            data.x_train,
-            data.y_train,
-            rec,
-            seed=spec.seed,
-            checkpoint_dir=rec.checkpoint_path(),
-            resume=resume,
-            keep_checkpoints=rec.keep_checkpoints,
-            metrics_path=rec.metrics_path(),
-            data_info=data.describe(),
-            ctx=ctx,
-            on_epoch=on_epoch,
-            on_batch=on_batch,
-        )
+        with model_stage("building the model"):
+            model = build_model(spec.model.factory, spec.model.kwargs, device=device)
+        with _training_stage(rec.checkpoint_path(), model):
+            result = fit(
+                model,
+                data.x_train,
+                data.y_train,
+                rec,
+                seed=spec.seed,
+                checkpoint_dir=rec.checkpoint_path(),
+                resume=resume,
+                keep_checkpoints=rec.keep_checkpoints,
+                metrics_path=rec.metrics_path(),
+                data_info=data.describe(),
+                ctx=ctx,
+                on_epoch=on_epoch,
+                on_batch=on_batch,
+            )
         out = rec.out
         meta = {
             "recipe": rec.objective.name,
@@ -111,7 +188,11 @@ def train_spec(
         }
         sidecar_path = Path(str(out) + ".json")
         if ctx.is_main:
-            sha = save_weights(model, out, metadata=meta)
+            shas: list[str] = []
+            _save_or_keep(
+                "train.out", out, lambda p: shas.append(save_weights(model, p, metadata=meta))
+            )
+            sha = shas[-1]
             sidecar = {
                 **meta,
                 "weights": str(out),
@@ -125,7 +206,7 @@ def train_spec(
                 "history": [h.to_json() for h in result.history],
                 "environment": environment(),
             }
-            sidecar_path.write_text(json.dumps(sidecar, indent=2))
+            atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2))
         ctx.barrier()
         if not ctx.is_main:
             sidecar = json.loads(sidecar_path.read_text())
@@ -150,18 +231,24 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
     assert isinstance(data, TextDataset)
     factory = resolve_factory(spec.model.factory, field="model.factory")
     try:
-        clf = factory(
-            data.texts_train, seed=spec.seed, num_classes=data.num_classes, **spec.model.kwargs
-        )
-    except TypeError as exc:
-        raise SpecError.single("model.kwargs", f"{spec.model.factory}: {exc}") from None
+        with model_stage("building the model"):
+            clf = factory(
+                data.texts_train, seed=spec.seed, num_classes=data.num_classes, **spec.model.kwargs
+            )
+    except ModelRuntimeError as exc:
+        if not isinstance(exc.__cause__, TypeError):
+            raise
+        raise SpecError.single("model.kwargs", f"{spec.model.factory}: {exc.__cause__}") from None
     if not isinstance(clf, TorchTextClassifier):
         raise SpecError.single(
             "model.factory",
             f"{spec.model.factory} must return a TorchTextClassifier for text data "
             f"(e.g. robustops.text:char_ngram_classifier), got {type(clf).__name__}",
         )
-    result = fit_text(clf, data.texts_train, data.y_train, rec, seed=spec.seed, on_epoch=on_epoch)
+    with model_stage("training"):
+        result = fit_text(
+            clf, data.texts_train, data.y_train, rec, seed=spec.seed, on_epoch=on_epoch
+        )
     out = rec.out
     out.parent.mkdir(parents=True, exist_ok=True)
     metrics_path = rec.metrics_path()
@@ -179,11 +266,14 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
         "epochs_run": len(result.history),
         "augmented_texts": len(result.augmented),
     }
-    sha = clf.save(out, metadata=meta)
-    metrics_path.write_text("".join(json.dumps(h.to_json()) + "\n" for h in result.history))
+    shas: list[str] = []
+    _save_or_keep("train.out", out, lambda p: shas.append(clf.save(p, metadata=meta)))
+    sha = shas[-1]
+    atomic_write_text(metrics_path, "".join(json.dumps(h.to_json()) + "\n" for h in result.history))
     if rec.augment is not None:
-        augment_path.write_text(
-            "".join(json.dumps(a.to_json(), ensure_ascii=False) + "\n" for a in result.augmented)
+        atomic_write_text(
+            augment_path,
+            "".join(json.dumps(a.to_json(), ensure_ascii=False) + "\n" for a in result.augmented),
         )
     sidecar = {
         **meta,
@@ -195,8 +285,31 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
         "history": [h.to_json() for h in result.history],
         "environment": environment(),
     }
-    Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2))
+    atomic_write_text(Path(str(out) + ".json"), json.dumps(sidecar, indent=2))
     return sidecar
+
+
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO})
+
+
+@contextlib.contextmanager
+def _training_stage(checkpoint_dir: Path, model: torch.nn.Module) -> Iterator[None]:
+    """:func:`model_stage` for training, and a failed checkpoint write (full disk) as an
+    :class:`OutputError` naming the checkpoint folder, the current weights kept elsewhere."""
+    try:
+        with model_stage("training"):
+            yield
+    except ModelRuntimeError as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, OSError) or cause.errno not in _DISK_ERRORS:
+            raise
+        reason = cause.strerror or str(cause)
+        fallback = _fallback_path("interrupted.safetensors")
+        try:
+            save_weights(model, fallback)
+        except OSError:
+            raise OutputError("train.checkpoint_dir", checkpoint_dir, reason) from None
+        raise OutputError("train.checkpoint_dir", checkpoint_dir, reason, kept=fallback) from None
 
 
 def _load_for_evaluation(
@@ -210,6 +323,7 @@ def _load_for_evaluation(
         raise SpecError.single(
             "model.weights", "evaluation needs trained weights (a .safetensors file)"
         )
+    _check_code(spec)
     data = load_spec_dataset(spec)
     model: torch.nn.Module | TorchTextClassifier
     if isinstance(data, TextDataset):
@@ -218,13 +332,14 @@ def _load_for_evaluation(
         n_test = len(data.texts_test)
     else:
         device = spec.resolved_device()
-        model = build_model(
-            spec.model.factory,
-            spec.model.kwargs,
-            spec.model.weights,
-            sha256=spec.model.sha256,
-            device=device,
-        )
+        with model_stage("building the model"):
+            model = build_model(
+                spec.model.factory,
+                spec.model.kwargs,
+                spec.model.weights,
+                sha256=spec.model.sha256,
+                device=device,
+            )
         n_test = data.x_test.shape[0]
     n = n_test if spec.evaluation.n_samples is None else min(spec.evaluation.n_samples, n_test)
     return data, model, device, n
@@ -263,55 +378,56 @@ def evaluate_spec(
     data, model, device, n = _load_for_evaluation(spec)
     assert spec.evaluation is not None
     ev = spec.evaluation
-    run_seed = spec.seed if seed is None else seed
-    temperature = _fit_temperature(spec, model, data, n, run_seed, device)
-    inputs, labels = _test_split(data)
-    result = run_suite(
-        model,
-        inputs[:n],
-        labels[:n],
-        spec.build_threats(seed=run_seed),
-        name=spec.name,
-        batch_size=ev.batch_size,
-        seed=run_seed,
-        device=device,
-        indices=list(range(n)),
-        data_info=data.describe(),
-        model_info=_model_info(spec, model),
-        progress=progress,
-        calibration=ev.calibration.enabled,
-        temperature=temperature,
-        n_bins=ev.calibration.n_bins,
-        eot_samples=ev.eot_samples,
-    )
-    audits = []
-    if ev.audit is not None:
-        au = ev.audit
-        names = au.threats or [t.name for t in ev.threats]
-        assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec
-        for ts in ev.threats:
-            if ts.name not in names:
-                continue
-            k = min(au.n_samples, data.x_test.shape[0])
-            audits.append(
-                audit_gradient_masking(
-                    model,
-                    data.x_test[:k],
-                    data.y_test[:k],
-                    ts.threat(),
-                    steps=au.steps,
-                    square_queries=au.square_queries,
-                    noise_draws=au.noise_draws,
-                    eot_samples=au.eot_samples,
-                    batch_size=ev.batch_size,
-                    seed=run_seed,
-                    device=device,
+    with model_stage("evaluation"):
+        run_seed = spec.seed if seed is None else seed
+        temperature = _fit_temperature(spec, model, data, n, run_seed, device)
+        inputs, labels = _test_split(data)
+        result = run_suite(
+            model,
+            inputs[:n],
+            labels[:n],
+            spec.build_threats(seed=run_seed),
+            name=spec.name,
+            batch_size=ev.batch_size,
+            seed=run_seed,
+            device=device,
+            indices=list(range(n)),
+            data_info=data.describe(),
+            model_info=_model_info(spec, model),
+            progress=progress,
+            calibration=ev.calibration.enabled,
+            temperature=temperature,
+            n_bins=ev.calibration.n_bins,
+            eot_samples=ev.eot_samples,
+        )
+        audits = []
+        if ev.audit is not None:
+            au = ev.audit
+            names = au.threats or [t.name for t in ev.threats]
+            assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec
+            for ts in ev.threats:
+                if ts.name not in names:
+                    continue
+                k = min(au.n_samples, data.x_test.shape[0])
+                audits.append(
+                    audit_gradient_masking(
+                        model,
+                        data.x_test[:k],
+                        data.y_test[:k],
+                        ts.threat(),
+                        steps=au.steps,
+                        square_queries=au.square_queries,
+                        noise_draws=au.noise_draws,
+                        eot_samples=au.eot_samples,
+                        batch_size=ev.batch_size,
+                        seed=run_seed,
+                        device=device,
+                    )
                 )
-            )
-    certification = None
-    if ev.certification is not None:
-        assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec
-        certification = _certify(spec, model, data, n, run_seed, device)
+        certification = None
+        if ev.certification is not None:
+            assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec
+            certification = _certify(spec, model, data, n, run_seed, device)
     return result.model_copy(
         update={
             "audit": audits,
@@ -334,21 +450,22 @@ def certify_spec(spec: PipelineSpec, *, seed: int | None = None) -> SuiteResult:
         )
     run_seed = spec.seed if seed is None else seed
     assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec checks
-    result = run_suite(
-        model,
-        data.x_test[:n],
-        data.y_test[:n],
-        [],
-        name=spec.name,
-        batch_size=spec.evaluation.batch_size,
-        seed=run_seed,
-        device=device,
-        indices=list(range(n)),
-        data_info=data.describe(),
-        model_info=_model_info(spec, model),
-        n_bins=spec.evaluation.calibration.n_bins,
-    )
-    cert = _certify(spec, model, data, n, run_seed, device)
+    with model_stage("certification"):
+        result = run_suite(
+            model,
+            data.x_test[:n],
+            data.y_test[:n],
+            [],
+            name=spec.name,
+            batch_size=spec.evaluation.batch_size,
+            seed=run_seed,
+            device=device,
+            indices=list(range(n)),
+            data_info=data.describe(),
+            model_info=_model_info(spec, model),
+            n_bins=spec.evaluation.calibration.n_bins,
+        )
+        cert = _certify(spec, model, data, n, run_seed, device)
     return result.model_copy(update={"certification": cert})
 
 

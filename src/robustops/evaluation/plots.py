@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustops.evaluation.metrics import CalibrationMetrics
+from robustops.io import atomic_path
 
 if TYPE_CHECKING:
     from robustops.defenses.smoothing import CertificationResult
@@ -60,7 +61,8 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     """Write ``fig`` as a PNG at ``path`` (parent folders created) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

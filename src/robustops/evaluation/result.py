@@ -17,6 +17,7 @@ from robustops.defenses.smoothing import CertificationResult
 from robustops.errors import SpecError
 from robustops.evaluation.masking import AuditResult
 from robustops.evaluation.metrics import CalibrationMetrics, TemperatureFit
+from robustops.io import atomic_write_text
 from robustops.threats import ThreatModel, validation_error_to_spec_error
 
 __all__ = [
@@ -445,9 +446,7 @@ class SuiteResult(_Strict):
         a file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.sealed().model_dump_json(indent=2))
-        tmp.replace(path)
+        atomic_write_text(path, self.sealed().model_dump_json(indent=2))
         return path
 
     @classmethod

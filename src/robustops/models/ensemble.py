@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from robustops.trust import builtin
+
 __all__ = ["Ensemble", "MultiHead", "ensemble"]
 
 Combine = Literal["logits", "probs"]
@@ -123,6 +125,7 @@ class MultiHead(Ensemble):
         return torch.stack([h(features) for h in self.members])
 
 
+@builtin
 def ensemble(
     members: Sequence[Mapping[str, Any]],
     combine: Combine = "logits",

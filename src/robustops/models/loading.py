@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ from torch import nn
 
 from robustops._util import file_sha256, state_dict_sha256
 from robustops.errors import SpecError, UnsafeArtifactError
+from robustops.io import save_safetensors
+from robustops.trust import resolve_callable
 
 __all__ = ["build_model", "load_weights", "model_sha256", "resolve_factory", "save_weights"]
 
@@ -40,35 +41,20 @@ def _starts_like_pickle(path: Path) -> bool:
 
 
 def resolve_factory(ref: str, field: str = "model.factory") -> Any:
-    """Import ``"package.module:callable"`` and return the callable."""
-    if not isinstance(ref, str) or ref.count(":") != 1:
-        raise SpecError.single(field, f"must look like 'package.module:factory', got {ref!r}")
-    mod_name, attr = ref.split(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise SpecError.single(field, f"cannot import module {mod_name!r}: {exc}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise SpecError.single(field, f"module {mod_name!r} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise SpecError.single(field, f"{ref!r} is not callable")
-    return obj
+    """Import ``"package.module:callable"`` and return the callable, if the trust policy allows
+    it (see :mod:`robustops.trust`: RobustOps' built-in factories always; other modules only
+    when the user trusts them outside the spec, checked before importing them)."""
+    return resolve_callable(ref, field)
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> str:
     """Write ``model``'s state dict as safetensors (``metadata`` JSON-encoded into the header);
     returns the file's sha256."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"robustops": json.dumps(metadata or {}, sort_keys=True)}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_safetensors(tensors, path, metadata=meta)
     return file_sha256(path)
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from robustops.trust import builtin
+
 __all__ = ["MLP", "SmallCNN", "mlp", "small_cnn"]
 
 
@@ -68,6 +70,7 @@ class MLP(nn.Module):
         return out
 
 
+@builtin
 def small_cnn(
     in_channels: int = 1,
     num_classes: int = 10,
@@ -82,6 +85,7 @@ def small_cnn(
         return SmallCNN(in_channels, num_classes, input_size, width, hidden)
 
 
+@builtin
 def mlp(
     input_dim: int = 784, hidden: Sequence[int] = (256, 256), num_classes: int = 10, seed: int = 0
 ) -> MLP:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from robustops.errors import SpecError
 from robustops.evaluation.result import SuiteResult
+from robustops.io import atomic_write_text
 from robustops.report.build import audit_sweep, build_document, wilson_interval
 from robustops.report.document import Document
 from robustops.report.examples import (
@@ -99,8 +100,6 @@ def write_report(
             written.append(write_markdown(doc, out))
         else:
             path = out / HTML_NAME
-            tmp = path.with_suffix(".html.tmp")
-            tmp.write_text(to_html(doc), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_text(path, to_html(doc))
             written.append(path)
     return written

@@ -13,6 +13,7 @@ import html
 import re
 from pathlib import Path
 
+from robustops.io import atomic_write_bytes, atomic_write_text
 from robustops.report.document import (
     Block,
     Cell,
@@ -154,9 +155,7 @@ def write_markdown(doc: Document, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for f in doc.figures():
-        (out / f.name).write_bytes(f.png)
+        atomic_write_bytes(out / f.name, f.png)
     path = out / MARKDOWN_NAME
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(to_markdown(doc), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, to_markdown(doc))
     return path

@@ -22,14 +22,17 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor, nn
 
 from robustops._util import make_generator
-from robustops.errors import SpecError, UnsafeArtifactError
+from robustops.errors import SpecError, UnsafeArtifactError, short_repr
+from robustops.io import atomic_write_text
+from robustops.trust import builtin, resolve_callable
 
 __all__ = [
     "CharNgramVocab",
@@ -38,6 +41,7 @@ __all__ = [
     "TextClassifier",
     "TorchTextClassifier",
     "char_ngram_classifier",
+    "check_texts",
     "predict_labels",
     "predict_text_logits",
     "text_accuracy",
@@ -182,7 +186,7 @@ class CharNgramVocab:
 
     def save(self, path: str | Path) -> None:
         """Write the vocabulary as a JSON file (UTF-8)."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> CharNgramVocab:
@@ -238,6 +242,83 @@ def _preprocess_ref(fn: Preprocess | None) -> str | None:
     if not module or not name or "<" in name:
         return repr(fn)
     return f"{module}:{name}"
+
+
+MAX_VOCAB = 5_000_000
+"""Most n-grams a saved text model may declare."""
+MAX_EMBED_DIM = 4096
+MAX_CLASSES = 100_000
+MAX_PARAMETERS = 200_000_000
+"""Most embedding parameters (vocabulary × width) a saved text model may declare (800 MB)."""
+
+
+class _VocabMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["char_ngram"]
+    ngram_range: tuple[Annotated[int, Field(ge=1, le=32)], Annotated[int, Field(ge=1, le=32)]]
+    lowercase: bool
+    ngrams: list[str] = Field(max_length=MAX_VOCAB)
+
+
+class _ArchMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int = Field(ge=0, le=MAX_VOCAB)
+    num_classes: int = Field(ge=1, le=MAX_CLASSES)
+    embed_dim: int = Field(ge=1, le=MAX_EMBED_DIM)
+
+
+class _FileMeta(BaseModel):
+    """The ``robustops`` metadata of a saved :class:`TorchTextClassifier`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["robustops.text.TorchTextClassifier/1"]
+    model: _ArchMeta
+    vocab: _VocabMeta
+    preprocess: str | None = None
+    user: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _FileMeta:
+        if self.model.vocab_size != len(self.vocab.ngrams):
+            raise ValueError(
+                f"model.vocab_size is {self.model.vocab_size} but the vocabulary has "
+                f"{len(self.vocab.ngrams)} n-grams"
+            )
+        if self.model.vocab_size * self.model.embed_dim > MAX_PARAMETERS:
+            raise ValueError(f"the embedding would exceed {MAX_PARAMETERS:,} parameters")
+        lo, hi = self.vocab.ngram_range
+        if lo > hi:
+            raise ValueError(f"vocab.ngram_range must have min <= max, got {[lo, hi]}")
+        return self
+
+
+def _read_metadata(path: Path, raw: str | None) -> _FileMeta:
+    """The validated metadata of a saved text model; :class:`SpecError` naming the file and the
+    field when it is missing, not JSON, or not what :meth:`TorchTextClassifier.save` writes."""
+    if not raw:
+        raise SpecError.single("text.model", f"{path} is not a saved TorchTextClassifier")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise SpecError.single(
+            "text.model", f"{path}: metadata is not valid JSON ({exc})"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        raise SpecError.single("text.model", f"{path} is not a saved TorchTextClassifier")
+    try:
+        return _FileMeta.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            (
+                f"{path}: metadata." + ".".join(str(p) for p in e["loc"]),
+                e["msg"] + (f" (got {short_repr(e['input'], 80)})" if "input" in e else ""),
+            )
+            for e in exc.errors()[:10]
+        ]
+        raise SpecError(errors) from None
 
 
 class TorchTextClassifier:
@@ -323,37 +404,76 @@ class TorchTextClassifier:
         """Read a file written by :meth:`save`.
 
         The preprocess hook is code, so it is not stored, only its name: pass it again as
-        ``preprocess``; when the file names one from ``robustops`` itself (e.g.
-        ``robustops.text.sanitize:sanitize``) and none is passed, that one is imported. A file
-        that names another hook and gets none raises :class:`SpecError`.
+        ``preprocess``; when the file names one of RobustOps' built-in hooks (e.g.
+        ``robustops.text.sanitize:sanitize``, see :mod:`robustops.trust`) and none is passed,
+        that one is imported. A file that names another hook and gets none raises
+        :class:`~robustops.errors.UntrustedCodeError` (nothing is imported).
+
+        A pinned ``sha256`` is checked before any byte of the file is parsed; the metadata is
+        validated (unknown keys refused, sizes bounded by :data:`MAX_VOCAB` and friends) before
+        anything is allocated.
         """
         from safetensors import SafetensorError, safe_open
 
-        from robustops.models.loading import load_weights, resolve_factory
+        from robustops._util import file_sha256
+        from robustops.models.loading import load_weights
 
         path = Path(path)
         if not path.is_file():
             raise SpecError.single("text.model", f"model file not found: {path}")
+        if sha256 is not None:  # before a single byte of the file is parsed
+            got = file_sha256(path)
+            if got != sha256:
+                raise UnsafeArtifactError(
+                    f"text.model: sha256 of {path} is {got}, expected {sha256}"
+                )
         try:
             with safe_open(str(path), framework="pt") as fh:
                 raw = (fh.metadata() or {}).get("robustops")
         except (SafetensorError, OSError, ValueError) as exc:
             raise UnsafeArtifactError(f"{path} is not a valid safetensors file ({exc})") from None
-        meta = json.loads(raw) if raw else {}
-        if meta.get("format") != _FORMAT:
-            raise SpecError.single("text.model", f"{path} is not a saved TorchTextClassifier")
-        vocab = CharNgramVocab.from_dict(meta["vocab"])
-        module = EmbeddingBagClassifier(**meta["model"])
-        load_weights(module, path, sha256=sha256, field="text.model")
-        ref = meta.get("preprocess")
+        meta = _read_metadata(path, raw)
+        vocab = CharNgramVocab(
+            meta.vocab.ngrams, ngram_range=meta.vocab.ngram_range, lowercase=meta.vocab.lowercase
+        )
+        module = EmbeddingBagClassifier(**meta.model.model_dump())
+        load_weights(module, path, field="text.model")
+        ref = meta.preprocess
         if preprocess is None and ref is not None:
-            if not ref.startswith("robustops."):
-                raise SpecError.single(
-                    "text.preprocess",
-                    f"{path} was trained with preprocess {ref}; pass it as preprocess=",
-                )
-            preprocess = resolve_factory(ref, field="text.preprocess")
+            # a model file may only name a built-in hook, whatever the user trusts
+            preprocess = resolve_callable(ref, field=f"{path}: preprocess", builtin_only=True)
         return cls(module.eval(), vocab, preprocess=preprocess, batch_size=batch_size)
+
+
+MAX_TEXT_CHARS = 10_000
+"""Default cap on the length of one text (characters); a pipeline spec sets its own with
+``data.max_text_chars``."""
+
+
+def check_texts(
+    texts: Sequence[str], *, max_chars: int = MAX_TEXT_CHARS, field: str = "data.texts"
+) -> None:
+    """Refuse texts a model should never be fed: longer than ``max_chars`` characters (the
+    attacks' cost grows with the square of a text's length), or holding a lone surrogate
+    (not encodable as UTF-8, so not a text). :class:`SpecError` names ``field``, the text's
+    index and the cap."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise SpecError.single(f"{field}.{i}", f"not a string: {short_repr(text, 60)}")
+        if len(text) > max_chars:
+            raise SpecError.single(
+                f"{field}.{i}",
+                f"text of {len(text):,} characters exceeds the cap of {max_chars:,} "
+                "(raise data.max_text_chars to accept it)",
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SpecError.single(
+                f"{field}.{i}",
+                f"holds a lone surrogate {text[exc.start]!r} at character {exc.start}: "
+                "not valid Unicode text",
+            ) from None
 
 
 def _labels_tensor(labels: Tensor | Sequence[int] | np.ndarray) -> Tensor:
@@ -375,6 +495,7 @@ def _resolve_preprocess(preprocess: Preprocess | str | None) -> Preprocess | Non
     )
 
 
+@builtin
 def char_ngram_classifier(
     texts: Sequence[str],
     *,

@@ -73,6 +73,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from robustops.trust import builtin
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -271,6 +273,7 @@ def _join_split(match: re.Match[str]) -> str:
 # --- the pipeline ------------------------------------------------------------------------------
 
 
+@builtin
 def sanitize(
     text: str,
     *,

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from robustops._util import environment, file_sha256
 from robustops.errors import UnsafeArtifactError
+from robustops.io import atomic_write_text, save_safetensors
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -90,8 +91,6 @@ def write_checkpoint(
 ) -> dict[str, Any]:
     """Write ``<directory>/<stem>.safetensors`` and ``<stem>.json``; return the sidecar as written
     (with ``format``, ``weights``, ``sha256`` and ``environment`` added)."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {
         f"model.{k}": v.detach().to("cpu").contiguous().clone()
@@ -104,9 +103,7 @@ def write_checkpoint(
     for name, state in rng.items():
         tensors[f"rng.{name}"] = state.detach().to("cpu", torch.uint8).contiguous().clone()
     weights = directory / f"{stem}.safetensors"
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
-    tmp.replace(weights)
+    save_safetensors(tensors, weights, metadata={"format": CHECKPOINT_FORMAT})
     full = {
         "format": CHECKPOINT_FORMAT,
         **sidecar,
@@ -116,9 +113,7 @@ def write_checkpoint(
         "environment": environment(),
     }
     side = directory / f"{stem}.json"
-    tmp_side = side.with_name(side.name + ".tmp")
-    tmp_side.write_text(json.dumps(full, indent=1, sort_keys=True))
-    tmp_side.replace(side)
+    atomic_write_text(side, json.dumps(full, indent=1, sort_keys=True))
     return full
 
 

@@ -29,6 +29,7 @@ from torch.utils.data import DistributedSampler, TensorDataset
 
 from robustops._util import make_generator
 from robustops.errors import SpecError
+from robustops.io import atomic_write_text
 from robustops.training.awp import WeightPerturbation
 from robustops.training.checkpoint import (
     epoch_stem,
@@ -577,8 +578,7 @@ def fit(
         tr.snapshot()
         tr.wrap()
         if ctx.is_main and metrics is not None:
-            metrics.parent.mkdir(parents=True, exist_ok=True)
-            metrics.write_text("".join(json.dumps(h) + "\n" for h in tr.state.history))
+            atomic_write_text(metrics, "".join(json.dumps(h) + "\n" for h in tr.state.history))
         _run_epochs(tr, x_tr, y_tr, x_va, y_va, ckpt, keep_checkpoints, metrics, data_info,
                     on_epoch or _noop_epoch, on_batch)  # fmt: skip
         st = tr.state
@@ -713,8 +713,7 @@ def _run_epochs(
                 prune(ckpt, keep)
             ctx.barrier()
         if ctx.is_main and metrics is not None:
-            with metrics.open("a") as fh:
-                fh.write(json.dumps(m.to_json()) + "\n")
+            atomic_write_text(metrics, "".join(json.dumps(h) + "\n" for h in st.history))
         log.info("epoch %d: %s", st.epoch, m)
         on_epoch(m)
 
