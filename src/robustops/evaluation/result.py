@@ -17,7 +17,7 @@ from robustops.defenses.smoothing import CertificationResult
 from robustops.errors import SpecError
 from robustops.evaluation.masking import AuditResult
 from robustops.evaluation.metrics import CalibrationMetrics, TemperatureFit
-from robustops.io import atomic_write_text
+from robustops.io import atomic_write_text, read_text_file
 from robustops.threats import ThreatModel, validation_error_to_spec_error
 
 __all__ = [
@@ -35,6 +35,10 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "1.3.0"
+
+MAX_RESULT_BYTES = 512 * 2**20
+"""Largest result file read (bytes): far above any suite's output, well below what a crafted
+file could cost in memory once parsed."""
 
 _TOLERANCE = 1e-9
 """How far a stored share may be from the one recomputed from the per-sample record (JSON
@@ -453,9 +457,10 @@ class SuiteResult(_Strict):
     def load(cls, path: str | Path) -> SuiteResult:
         """Read and validate a result file; :class:`SpecError` with field paths if invalid,
         inconsistent (see the class docstring), or edited after it was saved."""
+        text = read_text_file(path, "result", max_bytes=MAX_RESULT_BYTES)
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise SpecError.single("result", f"cannot read {path}: {exc}") from None
         if not isinstance(data, dict):
             raise SpecError([("<root>", "a result must be a JSON object")], source=str(path))
