@@ -230,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--aa-seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/autoattack.json")
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="add the rows to --out (replacing those of the same model and threat), e.g. to "
+        "give each model its own --n-samples",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     suite_spec = load_spec(SUITE_SPEC)
@@ -255,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         "total_wall_s": time.perf_counter() - started,
         "rows": rows,
     }
+    if args.append and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        ours = {(r["model"], r["threat"]) for r in rows}
+        kept = [r for r in old["rows"] if (r["model"], r["threat"]) not in ours]
+        report["rows"] = kept + rows
+        report["runs"] = [*old.get("runs", [old["command"]]), report["command"]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"total {report['total_wall_s']:.0f} s; written to {args.out}")
