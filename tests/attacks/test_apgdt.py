@@ -74,8 +74,9 @@ def test_at_least_as_strong_as_torchattacks(
     }
     # Not a broken attack (wrong sign, no step), and no weaker than one untargeted DLR run (which
     # APGD-T's first target mostly repeats, 0.5 point of slack) or than the peer, within 1 point:
-    # at 20 steps per class the two differ by a few samples (measured: 77 against 79 of 200,
-    # seed 0), more than the 0.5 point test_apgd.py allows its 50-step runs.
+    # at 20 steps per class ours is still a little weaker (measured, seeds 0/1/2: 77/78/75
+    # against torchattacks' 78/79/78 of 200, and 77 against 79 in this test), more than the
+    # 0.5 point test_apgd.py allows its 50-step APGD. Open: close that gap, then tighten this.
     assert fooled["apgd-t"] > N_EVAL // 10, fooled
     assert 100 * (fooled["apgd-t"] - fooled["torchattacks-apgdt"]) >= -N_EVAL, fooled
     assert 200 * (fooled["apgd-t"] - fooled["apgd-dlr"]) >= -N_EVAL, fooled
