@@ -18,6 +18,7 @@ FAST: dict[str, dict[str, Any]] = {
     "pgd": {"steps": 5},
     "apgd-ce": {"steps": 10},
     "apgd-dlr": {"steps": 10},
+    "apgd-t": {"steps": 10, "n_target_classes": 3},
     "square": {"queries": 40},
     "uniform_noise": {"draws": 3},
 }

@@ -2,7 +2,7 @@
 
 import importlib
 
-from robustops.attacks.apgd import APGD, APGDDLR
+from robustops.attacks.apgd import APGD, APGDDLR, APGDT
 from robustops.attacks.base import (
     Attack,
     AttackResult,
@@ -27,6 +27,7 @@ from robustops.attacks.square import Square
 __all__ = [
     "APGD",
     "APGDDLR",
+    "APGDT",
     "FGSM",
     "PGD",
     "Attack",

@@ -14,6 +14,9 @@ the next rise is judged against the loss last evaluated. Unlike that code, ``ste
 forward+backward pass (the start included), and the checkpoints are the published ``ceil`` ones
 (the code's integer decrements give other ones unless ``steps`` is a multiple of 100).
 
+Variants are small subclasses: :class:`APGDDLR` fixes the DLR loss; :class:`APGDT` (AutoAttack's
+APGD-T) runs the targeted DLR loss towards each of the top-ranked wrong classes in turn.
+
 All bookkeeping is per sample and vectorised; a sample that becomes adversarial keeps that point
 and leaves the batch, so later steps cost only what is still robust.
 """
@@ -28,13 +31,19 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from robustops.attacks._gradients import LOSSES, LossFn, ascent_direction, loss_and_grad
+from robustops.attacks._gradients import (
+    LOSSES,
+    LossFn,
+    ascent_direction,
+    loss_and_grad,
+    mean_logits,
+)
 from robustops.attacks.base import Attack, ModelFn, is_adversarial, project
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
 
-__all__ = ["APGD", "APGDDLR", "apgd_checkpoints"]
+__all__ = ["APGD", "APGDDLR", "APGDT", "apgd_checkpoints"]
 
 _P1 = Fraction(22, 100)
 _DECAY = Fraction(3, 100)
@@ -101,7 +110,9 @@ def _checked(name: str, fn: LossFn) -> LossFn:
 class _Run:
     """State of the samples still attacked in one restart; every tensor has ``n`` rows.
 
-    ``idx`` ``(n,)`` positions in the caller's batch; ``x0`` clean inputs; ``x_cur``/``x_prev``
+    ``idx`` ``(n,)`` positions in the caller's batch; ``x0`` clean inputs; ``t0`` the threat's
+    targets (the goal, ``None`` when untargeted); ``aim`` the classes the loss pulls towards
+    (``t0``, or APGD-T's own targets under an untargeted threat); ``x_cur``/``x_prev``
     the current and previous iterates; ``grad`` the loss gradient at ``x_cur``; ``loss_cur``
     ``(n,)`` the loss last evaluated; ``x_max``/``f_max``/``g_max`` the best point, its loss and
     gradient; ``eta`` ``(n,)`` step sizes in input units; ``rises`` ``(n,)`` steps since the last
@@ -113,6 +124,7 @@ class _Run:
     x0: Tensor
     y0: Tensor
     t0: Tensor | None
+    aim: Tensor | None
     x_cur: Tensor
     x_prev: Tensor
     grad: Tensor
@@ -132,6 +144,7 @@ class _Run:
             x0=self.x0[keep],
             y0=self.y0[keep],
             t0=self.t0[keep] if self.t0 is not None else None,
+            aim=self.aim[keep] if self.aim is not None else None,
             x_cur=self.x_cur[keep],
             x_prev=self.x_prev[keep],
             grad=self.grad[keep],
@@ -143,6 +156,28 @@ class _Run:
             rises=self.rises[keep],
             f_max_check=self.f_max_check[keep],
             reduced=self.reduced[keep],
+        )
+
+
+@dataclass
+class _Outcome:
+    """What the restarts found so far for the caller's batch of ``n`` samples: ``best`` the
+    adversarial point of each sample broken, else its point of highest loss; ``best_loss``
+    ``(n,)`` that loss; ``done`` ``(n,)`` bool, broken; ``queries`` ``(n,)`` passes spent."""
+
+    best: Tensor
+    best_loss: Tensor
+    done: Tensor
+    queries: Tensor
+
+    @classmethod
+    def start(cls, x: Tensor) -> _Outcome:
+        n = x.shape[0]
+        return cls(
+            best=x.clone(),
+            best_loss=torch.full((n,), -math.inf, dtype=x.dtype, device=x.device),
+            done=torch.zeros(n, dtype=torch.bool, device=x.device),
+            queries=torch.zeros(n, dtype=torch.int64, device=x.device),
         )
 
 
@@ -204,22 +239,34 @@ class APGD(Attack):
     def _run(
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        n = x.shape[0]
-        best = x.clone()
-        best_loss = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
-        done = torch.zeros(n, dtype=torch.bool, device=x.device)
-        queries = torch.zeros(n, dtype=torch.int64, device=x.device)
+        out = _Outcome.start(x)
+        self._restarts(model, x, y, targets, targets, gen, out)
+        return out.best, out.queries
+
+    def _restarts(
+        self,
+        model: ModelFn,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        aim: Tensor | None,
+        gen: torch.Generator,
+        out: _Outcome,
+    ) -> None:
+        """``restarts`` runs on the samples of ``x`` ``(n, ...)`` not yet ``out.done``, the loss
+        pulled towards ``aim`` ``(n,)`` (``None``: untargeted loss); a sample is broken when
+        misclassified (untargeted threat) or labelled ``targets``. Updates ``out``."""
         for _ in range(self.restarts):
-            idx = (~done).nonzero().squeeze(1)
+            idx = (~out.done).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             t0 = targets[idx] if targets is not None else None
-            run = self._single_run(model, x[idx], y[idx], t0, idx, gen, best, done, queries)
+            a0 = aim[idx] if aim is not None else None
+            run = self._single_run(model, x[idx], y[idx], t0, a0, idx, gen, out)
             if run is not None and run.idx.numel():
-                better = run.f_max > best_loss[run.idx]
-                best[run.idx[better]] = run.x_max[better]
-                best_loss[run.idx[better]] = run.f_max[better]
-        return best, queries
+                better = run.f_max > out.best_loss[run.idx]
+                out.best[run.idx[better]] = run.x_max[better]
+                out.best_loss[run.idx[better]] = run.f_max[better]
 
     def _single_run(
         self,
@@ -227,31 +274,32 @@ class APGD(Attack):
         x0: Tensor,
         y0: Tensor,
         t0: Tensor | None,
+        aim0: Tensor | None,
         idx: Tensor,
         gen: torch.Generator,
-        best: Tensor,
-        done: Tensor,
-        queries: Tensor,
+        out: _Outcome,
     ) -> _Run | None:
-        """One restart on ``x0`` ``(n, ...)`` (rows ``idx`` of the caller's batch).
+        """One restart on ``x0`` ``(n, ...)`` (rows ``idx`` of the caller's batch), the loss
+        pulled towards ``aim0`` (``None``: untargeted), success judged against ``t0``.
 
-        Writes adversarial points into ``best`` and marks them in ``done`` as they are found,
-        adds one to ``queries`` per forward+backward pass (``eot_samples`` per iteration);
-        returns the samples still robust at the end (with their best points), or ``None`` when
-        none are.
+        Writes adversarial points into ``out.best`` and marks them in ``out.done`` as they are
+        found, adds one to ``out.queries`` per forward+backward pass (``eot_samples`` per
+        iteration); returns the samples still robust at the end (with their best points), or
+        ``None`` when none are.
         """
         threat = self.threat
         loss_fn = _checked(self.loss, LOSSES[self.loss])
         start = _reference_start(x0, threat, gen)
         eot = self.eot_samples
-        logits, loss, grad = loss_and_grad(model, start, y0, t0, loss_fn, eot)
-        queries[idx] += eot
+        logits, loss, grad = loss_and_grad(model, start, y0, aim0, loss_fn, eot)
+        out.queries[idx] += eot
         zeros = torch.zeros_like(loss, dtype=torch.int64)
         run = _Run(
             idx=idx,
             x0=x0,
             y0=y0,
             t0=t0,
+            aim=aim0,
             x_cur=start,
             x_prev=start,
             grad=grad,
@@ -264,7 +312,7 @@ class APGD(Attack):
             f_max_check=loss,
             reduced=torch.ones_like(zeros, dtype=torch.bool),
         )
-        maybe = self._drop_hits(run, logits, best, done)
+        maybe = self._drop_hits(run, logits, out)
         if maybe is None:
             return None
         run = maybe
@@ -276,8 +324,8 @@ class APGD(Attack):
             z = project(run.x_cur + eta * ascent_direction(run.grad, threat.norm), run.x0, threat)
             step = a * (z - run.x_cur) + (1.0 - a) * (run.x_cur - run.x_prev)
             x_new = project(run.x_cur + step, run.x0, threat)
-            logits, loss, grad = loss_and_grad(model, x_new, run.y0, run.t0, loss_fn, eot)
-            queries[run.idx] += eot
+            logits, loss, grad = loss_and_grad(model, x_new, run.y0, run.aim, loss_fn, eot)
+            out.queries[run.idx] += eot
             run.x_prev, run.x_cur, run.grad = run.x_cur, x_new, grad
             run.rises = run.rises + (loss > run.loss_cur).to(torch.int64)
             run.loss_cur = loss
@@ -286,7 +334,7 @@ class APGD(Attack):
             run.x_max = torch.where(up_x, x_new, run.x_max)
             run.g_max = torch.where(up_x, grad, run.g_max)
             run.f_max = torch.where(up, loss, run.f_max)
-            maybe = self._drop_hits(run, logits, best, done)
+            maybe = self._drop_hits(run, logits, out)
             if maybe is None:
                 return None
             run = maybe
@@ -305,14 +353,14 @@ class APGD(Attack):
         return run
 
     @staticmethod
-    def _drop_hits(run: _Run, logits: Tensor, best: Tensor, done: Tensor) -> _Run | None:
-        """Record the samples whose current point ``logits`` ``(n, K)`` call adversarial and
-        return the rest (``None`` if none remain)."""
+    def _drop_hits(run: _Run, logits: Tensor, out: _Outcome) -> _Run | None:
+        """Record in ``out`` the samples whose current point ``logits`` ``(n, K)`` call
+        adversarial and return the rest (``None`` if none remain)."""
         hit = is_adversarial(logits, run.y0, run.t0)
         if not bool(hit.any()):
             return run
-        best[run.idx[hit]] = run.x_cur[hit]
-        done[run.idx[hit]] = True
+        out.best[run.idx[hit]] = run.x_cur[hit]
+        out.done[run.idx[hit]] = True
         if bool(hit.all()):
             return None
         return run.select(~hit)
@@ -347,3 +395,64 @@ class APGDDLR(APGD):
             eot_samples=eot_samples,
             seed=seed,
         )
+
+
+@register_attack
+class APGDT(APGD):
+    """APGD-T (AutoAttack's ``apgd-t``): for an untargeted threat, APGD with the targeted DLR
+    loss towards each of the ``n_target_classes`` classes the clean logits rank highest after
+    the label, one after another on the samples still robust (``restarts`` runs per class).
+    A sample is broken as soon as it is misclassified, as any class.
+
+    Needs >= 4 classes. Same arguments as :class:`APGD` except ``loss`` (fixed to the targeted
+    DLR loss), plus:
+
+        n_target_classes: target classes tried per sample, in ``[1, K - 1]`` for ``K`` classes
+            (capped at ``K - 1`` at call time); AutoAttack uses 9.
+
+    A sample costs at most ``eot_samples * (1 + n_target_classes * restarts * steps)`` queries
+    (the first pass ranks the classes). Under a targeted threat the target is given: the attack
+    is then ``apgd-dlr`` towards it (``restarts`` runs, no ranking pass).
+    """
+
+    name = "apgd-t"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        steps: int = 100,
+        restarts: int = 1,
+        n_target_classes: int = 9,
+        rho: float = 0.75,
+        alpha: float = 0.75,
+        eot_samples: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            threat,
+            steps=steps,
+            restarts=restarts,
+            rho=rho,
+            alpha=alpha,
+            loss="dlr",
+            eot_samples=eot_samples,
+            seed=seed,
+        )
+        self._check_positive("n_target_classes", n_target_classes, integer=True)
+        self.n_target_classes = n_target_classes
+
+    def _run(
+        self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        out = _Outcome.start(x)
+        if targets is not None or x.shape[0] == 0:
+            self._restarts(model, x, y, targets, targets, gen, out)
+            return out.best, out.queries
+        logits = mean_logits(model, x, self.eot_samples)
+        out.queries += self.eot_samples
+        others = logits.scatter(1, y[:, None], -math.inf)  # the label is never a target
+        ranked = others.argsort(dim=1, descending=True)
+        for j in range(min(self.n_target_classes, logits.shape[1] - 1)):
+            self._restarts(model, x, y, None, ranked[:, j], gen, out)
+        return out.best, out.queries
