@@ -78,8 +78,14 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
     b = load_file(str(tmp_path / "single" / "model.safetensors"))
     assert a.keys() == b.keys()
+    # Two processes sum their gradients in another order than one process does, and the
+    # sign-based inner steps (TRADES, patches) amplify a last-bit difference where a gradient
+    # entry is near zero: on some CPUs single first-layer weights then differ by ~1.5e-3 (as
+    # seen on a Xeon; 4e-4 on an EPYC). Each tensor must agree to 1e-3 of its norm and every
+    # entry to 5e-3; the losses and held-out accuracies below are checked tightly.
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-3, rtol=1e-3, msg=k)
+        torch.testing.assert_close(a[k], b[k], atol=5e-3, rtol=1e-3, msg=k)
+        assert float((a[k] - b[k]).norm()) <= 1e-3 * float(b[k].norm()), k
     for h_ddp, h_one in zip(ddp_side["history"], single["history"], strict=True):
         assert h_ddp["loss"] == pytest.approx(h_one["loss"], abs=2e-3)
         assert h_ddp["val_robust_accuracy"] == pytest.approx(h_one["val_robust_accuracy"], abs=0.02)
