@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from model_helpers import NoisyInput
 from robustops import SpecError, ThreatModel
 from robustops.attacks import PGD, build_attack, project
-from robustops.attacks._gradients import LOSSES, loss_and_grad
+from robustops.attacks.eot import LOSSES, loss_and_grad
 from robustops.attacks.losses import ce_loss
 from robustops.models import SmallCNN, mlp
 

@@ -362,7 +362,7 @@ def test_stochastic_model_is_judged_on_mean_logits_and_attacked_with_eot(
     """Single noisy passes overstate the robustness of a randomized model: an outside attacker
     (PGD without EOT but without early stop, judged on the mean of 50 passes) beats that figure;
     the suite's adaptation (mean logits + EOT) does not leave it that room."""
-    from robustops.attacks._gradients import mean_logits
+    from robustops.attacks.eot import mean_logits
 
     noisy = NoisyInput(trained_cnn, sigma=0.3).eval()
     x, y = mnist.x_test[:100], mnist.y_test[:100]

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from model_helpers import NoisyInput
 from robustops import ThreatModel
 from robustops.attacks import Attack, ModelFn, build_attack
-from robustops.attacks._gradients import mean_logits
+from robustops.attacks.eot import mean_logits
 from robustops.data import Dataset
 from robustops.errors import ModelOutputError
 from robustops.evaluation import SuiteResult, SuiteThreat, run_suite

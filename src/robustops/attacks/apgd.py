@@ -31,14 +31,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from robustops.attacks._gradients import (
+from robustops.attacks.base import Attack, ModelFn, is_adversarial, project
+from robustops.attacks.eot import (
     LOSSES,
     LossFn,
     ascent_direction,
     loss_and_grad,
     mean_logits,
 )
-from robustops.attacks.base import Attack, ModelFn, is_adversarial, project
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel

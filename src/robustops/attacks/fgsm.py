@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robustops.attacks._gradients import ascent_direction, loss_and_grad
 from robustops.attacks.base import Attack, ModelFn, project, random_start
+from robustops.attacks.eot import ascent_direction, loss_and_grad
 from robustops.attacks.losses import ce_loss
 from robustops.attacks.registry import register_attack
 from robustops.threats import ThreatModel

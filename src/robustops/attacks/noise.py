@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robustops.attacks._gradients import averaged_model
 from robustops.attacks.base import Attack, ModelFn, is_adversarial, random_start
+from robustops.attacks.eot import averaged_model
 from robustops.attacks.registry import register_attack
 from robustops.threats import ThreatModel
 

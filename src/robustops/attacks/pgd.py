@@ -9,13 +9,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from robustops.attacks._gradients import (
-    LOSSES,
-    LossFn,
-    ascent_direction,
-    loss_and_grad,
-    mean_logits,
-)
 from robustops.attacks.base import (
     Attack,
     ModelFn,
@@ -25,6 +18,13 @@ from robustops.attacks.base import (
     is_adversarial,
     project,
     random_start,
+)
+from robustops.attacks.eot import (
+    LOSSES,
+    LossFn,
+    ascent_direction,
+    loss_and_grad,
+    mean_logits,
 )
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError

@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from robustops.attacks._gradients import averaged_model
 from robustops.attacks.base import Attack, ModelFn, is_adversarial, project
+from robustops.attacks.eot import averaged_model
 from robustops.attacks.losses import ce_loss, margin_loss
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError

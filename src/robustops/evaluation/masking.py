@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from robustops._util import make_generator
 from robustops.attacks import build_attack, is_adversarial
-from robustops.attacks._gradients import is_stochastic, loss_and_grad, mean_logits
 from robustops.attacks.base import frozen_parameters
+from robustops.attacks.eot import is_stochastic, loss_and_grad, mean_logits
 from robustops.attacks.losses import ce_loss, margin_loss
 from robustops.errors import SpecError
 from robustops.models.classifier import eval_mode, resolve_device

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from robustops._util import environment, make_generator
 from robustops.attacks import Attack, is_adversarial, perturbation_norm
-from robustops.attacks._gradients import is_stochastic, mean_logits
+from robustops.attacks.eot import is_stochastic, mean_logits
 from robustops.errors import ModelOutputError, SpecError
 from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
 from robustops.evaluation.result import (

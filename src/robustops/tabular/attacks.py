@@ -27,13 +27,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from robustops.attacks._gradients import LOSSES, ascent_direction, loss_and_grad, mean_logits
 from robustops.attacks.base import (
     Attack,
     ModelFn,
     _random_point,
     is_adversarial,
 )
+from robustops.attacks.eot import LOSSES, ascent_direction, loss_and_grad, mean_logits
 from robustops.attacks.losses import margin_loss
 from robustops.attacks.pgd import PGDOptions
 from robustops.attacks.registry import register_attack

@@ -1,5 +1,7 @@
-"""Loss gradients shared by the gradient attacks (FGSM, PGD, APGD), with Expectation over
-Transformation (EOT, Athalye, Engstrom, Ilyas & Kwok, ICML 2018) for stochastic models.
+"""Loss gradients and averaged predictions with Expectation over Transformation (EOT, Athalye,
+Engstrom, Ilyas & Kwok, ICML 2018) for stochastic models: the gradient attacks (FGSM, PGD,
+APGD, tabular PGD), the score- and decision-based attacks (Square, uniform noise), the
+evaluation suite and the gradient-masking audit share them, so this module is public.
 
 A stochastic model (random input transformations, noise layers, dropout left on) gives a
 different gradient on every pass; one sample of it is a poor ascent direction. With
@@ -24,6 +26,7 @@ __all__ = [
     "LossFn",
     "ascent_direction",
     "averaged_model",
+    "is_stochastic",
     "loss_and_grad",
     "mean_logits",
 ]
