@@ -143,6 +143,12 @@ def train_spec(
             raise SpecError.single(
                 "train", "text models train in seconds and keep no checkpoints; drop --resume"
             )
+        if os.environ.get("WORLD_SIZE", "1") != "1":
+            raise SpecError.single(
+                "train",
+                "text models train in one process (every torchrun rank would train and write "
+                "the same files); run robustops train without torchrun",
+            )
         return _train_text(spec, on_epoch)
     rec = spec.train
     device = spec.resolved_device()

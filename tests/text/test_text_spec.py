@@ -155,3 +155,14 @@ def test_image_specs_refuse_text_pieces(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(write_spec(tmp_path, augmented))
     assert any(p == "train.augment" for p, _ in info.value.errors), info.value.errors
+
+
+def test_text_training_refuses_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun every rank used to train the text model and write the same files."""
+    from robustops.runner import train_spec
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    spec = load_spec(write_spec(tmp_path, TINY_TEXT))
+    with pytest.raises(SpecError, match="without torchrun"):
+        train_spec(spec)
+    assert not (tmp_path / "w" / "spam.safetensors").exists()
