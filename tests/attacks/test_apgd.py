@@ -20,31 +20,23 @@ from robustops.attacks import (
     project,
 )
 from robustops.attacks.apgd import apgd_checkpoints
-from robustops.data import load_mnist_subset
 from robustops.errors import SpecError
-from robustops.models import small_cnn
 from robustops.threats import ThreatModel
-from robustops.training import train_standard
 
-N_EVAL = 200
 # Steps for the strength comparison. torchattacks spends steps + 1 gradient evaluations (we spend
 # steps) and, unless steps is a multiple of 100, checks at slightly different checkpoints.
 STEPS = 50
 
 
+N_EVAL = 200  # as selected by the shared half_width_cnn fixture
+
+
 @pytest.fixture(scope="module")
-def model_and_data() -> tuple[nn.Module, Tensor, Tensor, Tensor, Tensor]:
-    """A small CNN (half width, for speed) trained 2 epochs on the MNIST subset, and test data:
-    all test inputs ``(1000, 1, 28, 28)`` with labels, and the first ``N_EVAL`` the model
-    classifies correctly (torchattacks only attacks those, so random starts line up per sample)."""
-    ds = load_mnist_subset()
-    net = small_cnn(width=16, hidden=64, seed=0)
-    train_standard(net, ds.x_train, ds.y_train, epochs=2, seed=0)
-    net.eval()
-    with torch.no_grad():
-        ok = net(ds.x_test).argmax(dim=1) == ds.y_test
-    idx = ok.nonzero().squeeze(1)[:N_EVAL]
-    return net, ds.x_test, ds.y_test, ds.x_test[idx], ds.y_test[idx]
+def model_and_data(
+    half_width_cnn: tuple[nn.Module, Tensor, Tensor, Tensor, Tensor],
+) -> tuple[nn.Module, Tensor, Tensor, Tensor, Tensor]:
+    """The shared half-width CNN with all test data and its first correct ``N_EVAL`` inputs."""
+    return half_width_cnn
 
 
 def _tiny_model(seed: int, dim: int, classes: int) -> nn.Module:

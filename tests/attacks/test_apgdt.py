@@ -8,29 +8,21 @@ import torch
 from torch import Tensor, nn
 
 from robustops.attacks import APGDDLR, APGDT, build_attack, get_attack
-from robustops.data import load_mnist_subset
 from robustops.errors import SpecError
-from robustops.models import small_cnn
 from robustops.threats import ThreatModel
-from robustops.training import train_standard
 
-N_EVAL = 200
+N_EVAL = 200  # as selected by the shared half_width_cnn fixture
 STEPS = 20
 
 
 @pytest.fixture(scope="module")
-def model_and_data() -> tuple[nn.Module, Tensor, Tensor]:
-    """A small CNN (half width) trained 2 epochs on the MNIST subset and the first ``N_EVAL``
-    test inputs ``(N_EVAL, 1, 28, 28)`` it classifies correctly, with their labels (torchattacks
-    attacks only those, so both attacks see the same samples)."""
-    ds = load_mnist_subset()
-    net = small_cnn(width=16, hidden=64, seed=0)
-    train_standard(net, ds.x_train, ds.y_train, epochs=2, seed=0)
-    net.eval()
-    with torch.no_grad():
-        ok = net(ds.x_test).argmax(dim=1) == ds.y_test
-    idx = ok.nonzero().squeeze(1)[:N_EVAL]
-    return net, ds.x_test[idx], ds.y_test[idx]
+def model_and_data(
+    half_width_cnn: tuple[nn.Module, Tensor, Tensor, Tensor, Tensor],
+) -> tuple[nn.Module, Tensor, Tensor]:
+    """The shared half-width CNN and the first ``N_EVAL`` test inputs it classifies correctly,
+    with their labels (torchattacks attacks only those, so both attacks see the same samples)."""
+    net, _, _, x, y = half_width_cnn
+    return net, x, y
 
 
 def _linf(eps: float, *, targeted: bool = False) -> ThreatModel:
