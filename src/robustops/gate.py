@@ -491,8 +491,8 @@ def _threat_differences(new: ThreatResult, base: ThreatResult) -> list[str]:
     for a, b in zip(new.attacks, base.attacks, strict=True):
         # The seed only picks random starts: a different one is what noise looks like.
         keys = sorted((set(a.params) | set(b.params)) - {"seed"})
-        now = {**_attack_defaults(a.name), **a.params}
-        then = {**_attack_defaults(b.name), **b.params}
+        defaults = _attack_defaults(a.name)  # a.name == b.name: the lists are equal
+        now, then = {**defaults, **a.params}, {**defaults, **b.params}
         changed = [k for k in keys if k not in now or k not in then or now[k] != then[k]]
         if changed:
             diff = ", ".join(f"{k} {b.params.get(k)} → {a.params.get(k)}" for k in changed)

@@ -106,11 +106,12 @@ are floating-point non-determinism, e.g. GPU atomics, not a randomised model).""
 
 
 @torch.no_grad()
-def is_stochastic(model: ModelFn, x: Tensor) -> tuple[bool, float]:
+def is_stochastic(model: ModelFn, x: Tensor, first: Tensor | None = None) -> tuple[bool, float]:
     """Whether two forward passes on ``x`` ``(n, ...)`` differ (beyond
     :data:`STOCHASTIC_TOLERANCE`), and their largest logit gap (finite: NaN as 0, ∞ as the
-    largest float)."""
-    a, b = model(x), model(x)
+    largest float). ``first``: the logits of a pass the caller already made on ``x``."""
+    a = model(x) if first is None else first
+    b = model(x)
     if torch.equal(a, b):
         return False, 0.0
     gap = float(torch.nan_to_num((a - b).abs().nan_to_num(nan=math.inf).amax().double()))

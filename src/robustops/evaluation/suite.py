@@ -124,8 +124,9 @@ class _TensorBackend:
         if self.n:
             first = self.x[: min(self.n, batch_size)].to(dev)
             with torch.no_grad():
-                self._check(model(first), first.shape[0], _rows("clean samples", 0, len(first)))
-            self.stochastic, self.gap = is_stochastic(model, first)
+                logits = model(first)
+            self._check(logits, first.shape[0], _rows("clean samples", 0, len(first)))
+            self.stochastic, self.gap = is_stochastic(model, first, logits)
         self.eot = eot_samples if self.stochastic else 1
         self.adapted: list[str] = []
         self.unadapted: list[str] = []
