@@ -1,15 +1,24 @@
-"""The attack contract: configured once, called as ``attack(model, inputs, labels)``.
+"""The attack contract, one for every modality: built as ``Attack(threat, *, seed, **options)``,
+called as ``attack(model, inputs, labels, *, targets=None)``, returning an :class:`AttackResult`.
 
 An attack holds its threat and hyper-parameters only; each call is independent and
-deterministic (its random generator is re-seeded from ``seed`` on every call).
-Attacks work in the model's input space; bounds come from the threat.
+deterministic (its random generator is re-seeded from ``seed`` on every call). Hyper-parameters
+are the keyword-only arguments of the constructors along the class's MRO, stored under the same
+names (scikit-learn's ``get_params`` rule): :meth:`Attack.params` reads them, and
+:meth:`Attack.with_params` rebuilds the attack through the constructor, which validates them.
+
+Tensor attacks (images, tabular rows) implement ``_run`` and get the checks, the final
+projection and the verification pass from this base; attacks on other inputs (texts) override
+``_check_call`` and ``_attack``. An attack states constraints beyond its threat's budget through
+:meth:`Attack.respects`; the budget itself is checked by the evaluation suite from the threat,
+not by the attack.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -27,6 +36,7 @@ __all__ = [
     "ModelFn",
     "frozen_parameters",
     "is_adversarial",
+    "knowledge_suffices",
     "perturbation_norm",
     "project",
     "random_start",
@@ -38,26 +48,39 @@ ModelFn = Callable[[Tensor], Tensor]
 _KNOWLEDGE_RANK: dict[str, int] = {"decision-based": 0, "score-based": 1, "white-box": 2}
 
 
+def knowledge_suffices(needed: Knowledge, granted: Knowledge) -> bool:
+    """Whether a threat granting ``granted`` access allows an attack needing ``needed``
+    (white-box > score-based > decision-based)."""
+    return _KNOWLEDGE_RANK[needed] <= _KNOWLEDGE_RANK[granted]
+
+
 @dataclass(frozen=True)
 class AttackResult:
     """What one attack call produced, one entry per input sample.
 
     Attributes:
-        adversarial: ``(N, ...)`` adversarial inputs, same shape, dtype and device as the inputs;
-            each inside the threat's epsilon ball around its input and inside its bounds.
+        adversarial: the adversarial inputs, of the inputs' kind: tensors ``(N, ...)`` of the
+            inputs' shape, dtype and device, each within the threat's budget around its input
+            and inside its bounds; texts a list of ``N`` strings.
         success: ``(N,)`` bool; verified by re-predicting ``adversarial`` (untargeted: the
             prediction differs from the label; targeted: it equals the target).
         queries: ``(N,)`` int64; model evaluations spent on each sample (a forward+backward
             pass counts as one), excluding the final verification pass.
-        perturbation: ``(N,)`` float; ``||adversarial - input||`` in the threat's norm.
+        perturbation: ``(N,)`` float; the size of each perturbation in the threat's unit
+            (:func:`perturbation_size`: a norm, a patch side, degrees, a severity, a share of
+            words).
         predictions: ``(N,)`` int64; the model's label for each adversarial input.
+        details: what the family needs beyond the inputs to check the budget, per sample
+            (texts: the list of word edits; spatial: ``(N, 3)`` angle in degrees and shifts in
+            pixels; ``None`` when the inputs say it all).
     """
 
-    adversarial: Tensor
+    adversarial: Any
     success: Tensor
     queries: Tensor
     perturbation: Tensor
     predictions: Tensor
+    details: Any = None
 
     def __len__(self) -> int:
         return int(self.success.shape[0])
@@ -138,14 +161,14 @@ def project(
     if e_flat.numel() == 1:
         e_flat = e_flat.expand(n)
     delta = x_adv - x
-    norms = _l2(delta)
+    norms = perturbation_norm(delta, "l2")
     factor = torch.where(
         norms > e_flat, e_flat / norms.clamp_min(1e-30) * (1.0 - 1e-6), torch.ones_like(norms)
     )
     out = (x + delta * _per_sample(factor, x)).clamp_(low, high)
     for attempt in range(_L2_RETRIES):
         delta = out - x
-        norms = _l2(delta)
+        norms = perturbation_norm(delta, "l2")
         over = norms > e_flat
         if not bool(over.any()):
             return out
@@ -157,14 +180,8 @@ def project(
         retry = (x + delta * _per_sample(shrink, x)).clamp_(low, high)
         out = torch.where(_per_sample(over, x), retry, out)
     # Exact by construction: a sample still outside falls back to the input itself.
-    over = _l2(out - x) > e_flat
+    over = perturbation_norm(out - x, "l2") > e_flat
     return torch.where(_per_sample(over, x), x.clamp(low, high), out)
-
-
-def _l2(delta: Tensor) -> Tensor:
-    """Per-sample L2 norm ``(N,)`` of ``delta`` ``(N, ...)``, as :func:`perturbation_norm`."""
-    out: Tensor = delta.flatten(1).norm(p=2, dim=1)
-    return out
 
 
 def random_start(
@@ -216,10 +233,12 @@ def frozen_parameters(model: Any) -> Iterator[None]:
 
 
 class Attack(ABC):
-    """Base of every attack. Subclasses set ``name`` and ``knowledge`` and implement ``_run``.
+    """Base of every attack. Subclasses set ``name``, ``knowledge`` and ``norms`` (the threat
+    families they serve) and implement ``_run`` (tensor inputs) or override ``_check_call`` and
+    ``_attack`` (other inputs).
 
     Args:
-        threat: the budget and goal (norm, epsilon, bounds, targeted, query budget).
+        threat: the budget and goal (family, epsilon, bounds, targeted, query budget).
         seed: seeds the attack's generator, re-created on each call so calls are reproducible.
     """
 
@@ -235,7 +254,7 @@ class Attack(ABC):
                 "threat.norm",
                 f"attack {self.name!r} supports norms {list(self.norms)}, not {threat.norm!r}",
             )
-        if _KNOWLEDGE_RANK[self.knowledge] > _KNOWLEDGE_RANK[threat.knowledge]:
+        if not knowledge_suffices(self.knowledge, threat.knowledge):
             raise SpecError.single(
                 "threat.knowledge",
                 f"attack {self.name!r} needs {self.knowledge} access but the threat grants {threat.knowledge}",
@@ -259,38 +278,59 @@ class Attack(ABC):
         params = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({params})"
 
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """Every hyper-parameter of this class and its default (:data:`inspect.Parameter.empty`
+        when it has none): the keyword-only arguments of each ``__init__`` along the MRO, the
+        most derived one first (subclasses may pass shared options up as ``**kwargs``)."""
+        out: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            init = vars(klass).get("__init__")
+            if init is None:
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                    out.setdefault(p.name, p.default)
+        return out
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters as the constructor stored them (its keyword-only arguments, read
+        back from the attributes of the same names): what :meth:`with_params` passes on."""
+        return {k: getattr(self, k) for k in self.param_defaults()}
+
     def params(self) -> dict[str, Any]:
-        """Hyper-parameters as stored at construction (for results and reports)."""
-        return {k: v for k, v in vars(self).items() if k != "threat" and not k.endswith("_")}
+        """The hyper-parameters as recorded in results and reports (JSON-ready; an attack
+        holding an object, e.g. an embedding, records its name instead)."""
+        return self.get_params()
 
     def with_params(self, **changes: Any) -> Self:
-        """A new attack of this class and threat with :meth:`params` updated by ``changes``,
-        built (and so validated) by the constructor from the parameters it accepts (scikit-learn's
-        ``clone`` rule: what the constructor stored is what it is given back); this attack is
-        left as it is.
+        """A new attack of this class and threat with :meth:`get_params` updated by ``changes``,
+        built (and so validated) by the constructor (scikit-learn's ``clone`` rule: what the
+        constructor stored is what it is given back); this attack is left as it is.
 
         Raises :class:`SpecError` naming a parameter this attack does not have.
         """
-        accepted = {
-            p.name
-            for p in inspect.signature(type(self)).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
-        params = {k: v for k, v in self.params().items() if k in accepted}
+        params = self.get_params()
         for key in changes:
             if key not in params:
                 raise SpecError.single(key, f"attack {self.name!r} has no parameter {key!r}")
         return type(self)(self.threat, **{**params, **changes})
 
     def __call__(
-        self, model: ModelFn, inputs: Tensor, labels: Tensor, *, targets: Tensor | None = None
+        self, model: Any, inputs: Any, labels: Tensor, *, targets: Tensor | None = None
     ) -> AttackResult:
-        """Attack ``inputs`` ``(N, ...)`` (inside the threat's bounds) with true ``labels`` ``(N,)``.
+        """Attack ``inputs`` (tensors ``(N, ...)`` inside the threat's bounds, or ``N`` texts for
+        a text attack) with true ``labels`` ``(N,)``.
 
         ``targets`` ``(N,)`` is required when the threat is targeted and refused otherwise.
         The model's train/eval mode is left as the caller set it.
         """
         x, y, t = self._check_call(model, inputs, labels, targets)
+        return self._attack(model, x, y, t)
+
+    def _attack(self, model: Any, x: Any, y: Tensor, t: Tensor | None) -> AttackResult:
+        """The attack on checked inputs: for tensors, ``_run``, the final projection and the
+        verification pass."""
         gen = make_generator(self.seed, device=x.device)
         with frozen_parameters(model):
             adv, queries = self._run(model, x, y, t, gen)
@@ -345,8 +385,9 @@ class Attack(ABC):
             raise SpecError.single("targets", "given, but the threat is untargeted")
         return inputs.detach(), labels.to(device=inputs.device, dtype=torch.int64), targets
 
-    @abstractmethod
     def _run(
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        """Return adversarial inputs ``(N, ...)`` and queries per sample ``(N,)``."""
+        """Return adversarial inputs ``(N, ...)`` and queries per sample ``(N,)`` (tensor
+        attacks implement this; attacks overriding ``_attack`` do not)."""
+        raise NotImplementedError(f"attack {self.name!r} implements neither _run nor _attack")

@@ -26,7 +26,7 @@ __all__ = [
     "register_attack",
 ]
 
-C = TypeVar("C", bound=type)
+C = TypeVar("C", bound=type[Attack])
 
 
 class AttackSpec(BaseModel):
@@ -43,23 +43,18 @@ class AttackSpec(BaseModel):
 
 
 class Registry(Generic[C]):
-    """Name → class registry shared by the image/tabular attacks and the text attacks.
+    """Name → attack class registry, for every modality.
 
     Args:
-        kind: what the classes are, for messages (``"attack"``, ``"text attack"``).
+        kind: what the classes are, for messages (``"attack"``).
         base: the class every registered one derives from (plug-ins are checked against it).
         group: entry-point group whose plug-ins are loaded on first lookup, if any.
-        inherited_params: accept the keyword-only parameters of every ``__init__`` in the MRO
-            (for classes that pass ``**kwargs`` up), not only those of the class's own.
     """
 
-    def __init__(
-        self, kind: str, base: type, group: str | None = None, *, inherited_params: bool = False
-    ) -> None:
+    def __init__(self, kind: str, base: type[Attack], group: str | None = None) -> None:
         self.kind = kind
         self.base = base
         self.group = group
-        self.inherited_params = inherited_params
         self._classes: dict[str, C] = {}
         self._plugins_loaded = group is None
 
@@ -99,35 +94,20 @@ class Registry(Generic[C]):
                 "name", f"unknown {self.kind} {name!r}; available: {sorted(self._classes)}"
             ) from None
 
-    def _keyword_params(self, cls: C) -> dict[str, inspect.Parameter]:
-        """The keyword-only constructor parameters of ``cls`` (of every ``__init__`` in its MRO
-        with ``inherited_params``; the most derived one wins)."""
-        inits: list[Any] = (
-            [vars(k)["__init__"] for k in cls.__mro__ if "__init__" in vars(k)]
-            if self.inherited_params
-            else [cls]  # the signature of a class is that of its constructor
-        )
-        out: dict[str, inspect.Parameter] = {}
-        for init in inits:
-            for p in inspect.signature(init).parameters.values():
-                if p.kind is inspect.Parameter.KEYWORD_ONLY:
-                    out.setdefault(p.name, p)
-        return out
-
     def defaults(self, name: str) -> dict[str, Any]:
-        """Hyper-parameter defaults of the class registered as ``name`` (the keyword-only
-        constructor parameters that have one)."""
+        """Hyper-parameter defaults of the class registered as ``name`` (those that have one;
+        see :meth:`Attack.param_defaults`)."""
         return {
-            k: p.default
-            for k, p in self._keyword_params(self.get(name)).items()
-            if p.default is not inspect.Parameter.empty
+            k: v
+            for k, v in self.get(name).param_defaults().items()
+            if v is not inspect.Parameter.empty
         }
 
     def check_params(self, name: str, params: dict[str, Any]) -> C:
         """The class registered as ``name``, after checking that it accepts every key of
-        ``params`` (keyword-only constructor parameters); :class:`SpecError` per unknown key."""
+        ``params`` (its hyper-parameters); :class:`SpecError` per unknown key."""
         cls = self.get(name)
-        accepted = set(self._keyword_params(cls))
+        accepted = set(cls.param_defaults())
         unknown = sorted(set(params) - accepted)
         if unknown:
             raise SpecError(
@@ -140,7 +120,8 @@ class Registry(Generic[C]):
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", Attack, group="robustops.attacks")
-"""The attacks on tensor inputs (images, tabular rows), with the ``robustops.attacks`` plug-ins."""
+"""Every attack, whatever the modality: this package's own, and those of the ``robustops.attacks``
+entry-point group (RobustOps' text and tabular attacks register there as any plug-in does)."""
 A = TypeVar("A", bound=type[Attack])
 
 

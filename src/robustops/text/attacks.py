@@ -1,8 +1,9 @@
 """Black-box text attacks with an edit budget: character edits, homoglyphs, invisible characters,
 leetspeak, word splitting and synonym substitution, all driven by one greedy search.
 
-Conventions (as for the image attacks in :mod:`robustops.attacks`): an attack is configured once
-and called as ``attack(model, texts, labels, targets)``; each call is independent and
+Conventions (the contract of every attack, :class:`robustops.attacks.Attack`): an attack is
+built from a ``word-edits`` threat and called as ``attack(model, texts, labels, targets=...)``,
+returning an :class:`~robustops.attacks.AttackResult`; each call is independent and
 deterministic under ``seed``; every text the model evaluates during the search is one query of
 its sample and the per-sample ``query_budget`` is never exceeded. The final verification pass
 that fills ``success`` and ``predictions`` is not counted (as ``AttackResult.queries``).
@@ -41,16 +42,15 @@ import math
 import random
 import re
 import string
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from robustops.attacks.base import _KNOWLEDGE_RANK
-from robustops.attacks.registry import Registry
+from robustops.attacks.base import Attack, AttackResult
 from robustops.errors import SpecError
 from robustops.text._tables import HOMOGLYPHS, INVISIBLE_CHARS, KEYBOARD_NEIGHBOURS, LEET
 from robustops.threats import Knowledge, ThreatModel
@@ -70,14 +70,11 @@ __all__ = [
     "TextAttackResult",
     "TextEdit",
     "apply_edits",
-    "available_text_attacks",
-    "build_text_attack",
     "edit_violation",
-    "get_text_attack",
+    "edits_within_budget",
     "join_words",
     "margin_objective",
     "max_word_edits",
-    "register_text_attack",
     "split_words",
 ]
 
@@ -105,30 +102,24 @@ class TextEdit:
 
 
 @dataclass(frozen=True)
-class TextAttackResult:
-    """What one text attack call produced, one entry per input text.
+class TextAttackResult(AttackResult):
+    """What one text attack call produced, one entry per input text: an :class:`AttackResult`
+    whose ``adversarial`` is the list of attacked texts (the original where nothing was
+    edited), ``perturbation`` the edited share of each text's words (float64; 0 for a text
+    without words) and ``details`` the edits of each text, in the order they were applied.
+    ``queries`` counts the texts the model evaluated for each sample during the search (the
+    original included), excluding the final verification pass."""
 
-    Attributes:
-        adversarial: the attacked texts (the original where nothing was edited).
-        success: ``(N,)`` bool, verified by re-predicting ``adversarial`` (untargeted: the
-            prediction differs from the label; targeted: it equals the target).
-        queries: ``(N,)`` int64; texts the model evaluated for each sample during the search
-            (the original included), excluding the final verification pass.
-        edits: per text, the edits in the order they were applied.
-        predictions: ``(N,)`` int64; the model's label for each adversarial text.
-        edit_share: ``(N,)`` float; edited words / words of the original text (0 for a text
-            without words).
-    """
+    @property
+    def edits(self) -> list[list[TextEdit]]:
+        """Per text, the edits in the order they were applied (``details``)."""
+        edits: list[list[TextEdit]] = self.details
+        return edits
 
-    adversarial: list[str]
-    success: Tensor
-    queries: Tensor
-    edits: list[list[TextEdit]]
-    predictions: Tensor
-    edit_share: Tensor
-
-    def __len__(self) -> int:
-        return len(self.adversarial)
+    @property
+    def edit_share(self) -> Tensor:
+        """``(N,)`` float64: edited words / words of the original text (``perturbation``)."""
+        return self.perturbation
 
 
 _WORD = re.compile(r"(\S+)")
@@ -242,6 +233,42 @@ def edit_violation(edit: TextEdit) -> str | None:
     return None
 
 
+def edits_within_budget(threat: ThreatModel, texts: Sequence[str], result: AttackResult) -> Tensor:
+    """``(N,)`` bool: the ``word-edits`` budget of ``threat`` holds for each text of ``result``
+    around ``texts``: its edits (``result.details``) replay onto the text to give the
+    adversarial one, each is what its kind allows (:func:`edit_violation`), they edit at most
+    the threat's share of the words, and the search kept to the query budget. What the attack
+    reports is not trusted; every check is made here."""
+    edits = result.details
+    if not isinstance(edits, list) or len(edits) != len(texts):
+        return torch.zeros(len(texts), dtype=torch.bool)
+    queries = result.queries.tolist()
+    return torch.tensor(
+        [
+            _edits_ok(threat, text, adv, e, q)
+            for text, adv, e, q in zip(texts, result.adversarial, edits, queries, strict=True)
+        ],
+        dtype=torch.bool,
+    )
+
+
+def _edits_ok(
+    threat: ThreatModel, text: str, adversarial: object, edits: object, queries: int
+) -> bool:
+    if not isinstance(edits, list) or not all(isinstance(e, TextEdit) for e in edits):
+        return False
+    if len(edits) > max_word_edits(threat.epsilon, len(split_words(text)[0])):
+        return False
+    if any(edit_violation(e) is not None for e in edits):
+        return False
+    if threat.query_budget is not None and queries > threat.query_budget:
+        return False
+    try:
+        return apply_edits(text, edits) == adversarial
+    except SpecError:
+        return False
+
+
 def _affixes(word: str) -> tuple[str, str, str]:
     """``(leading punctuation, core, trailing punctuation)`` of a word."""
     m = _AFFIXES.match(word)
@@ -270,94 +297,55 @@ _Search = Generator[list[str], tuple[list[float], list[bool]], tuple[str, list[T
 _Candidate = tuple[str, str]  # (kind, new core)
 
 
-class TextAttack(ABC):
-    """Base of the text attacks. Subclasses set ``name`` and implement ``_candidates`` (and
-    ``_eligible`` when not every word with a letter and two characters can be transformed).
+class TextAttack(Attack):
+    """Base of the text attacks, built from a ``word-edits`` threat like every attack: its
+    ``epsilon`` is the largest share of a text's words that may be edited (a text gets
+    ``floor(epsilon * words)`` edits, none below ``1 / epsilon`` words), its ``query_budget``
+    the model evaluations allowed per text (the original's included; ``None``: no limit beyond
+    the search's own, one per word plus the candidates tried), and ``targeted`` makes each text
+    reach ``targets`` instead of leaving its label. Subclasses set ``name`` and implement
+    ``_candidates`` (and ``_eligible`` when not every word with a letter and two characters can
+    be transformed).
 
     Args:
-        max_edit_share: largest share of the text's words that may be edited, in ``(0, 1]``;
-            a text gets ``floor(max_edit_share * words)`` edits (none below ``1 / share``
-            words).
-        query_budget: model evaluations allowed per text (the original's included); ``None``
-            for no limit beyond the search's own (one per word plus the candidates tried).
-        targeted: make each text reach ``targets`` instead of leaving its label.
+        threat: a ``word-edits`` threat.
         seed: seeds the random choices (positions and characters of character edits).
         batch_size: texts per ``predict_logits`` call (the search batches across texts).
     """
 
-    name: ClassVar[str] = ""
     knowledge: ClassVar[Knowledge] = "score-based"
+    norms: ClassVar[tuple[str, ...]] = ("word-edits",)
 
-    def __init__(
-        self,
-        *,
-        max_edit_share: float = 0.2,
-        query_budget: int | None = None,
-        targeted: bool = False,
-        seed: int = 0,
-        batch_size: int = 256,
-    ) -> None:
-        if (
-            isinstance(max_edit_share, bool)
-            or not isinstance(max_edit_share, (int, float))
-            or not 0 < max_edit_share <= 1
-        ):
-            raise SpecError.single(
-                "max_edit_share", f"must be a number in (0, 1], got {max_edit_share!r}"
-            )
-        if query_budget is not None:
-            _check_int("query_budget", query_budget, minimum=1)
-        if not isinstance(targeted, bool):
-            raise SpecError.single("targeted", f"must be a bool, got {targeted!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise SpecError.single("seed", f"must be an int, got {seed!r}")
+    def __init__(self, threat: ThreatModel, *, seed: int = 0, batch_size: int = 256) -> None:
+        super().__init__(threat, seed=seed)
         _check_int("batch_size", batch_size, minimum=1)
-        self.max_edit_share = float(max_edit_share)
-        self.query_budget = query_budget
-        self.targeted = targeted
-        self.seed = seed
         self.batch_size = batch_size
-        self._threat: ThreatModel | None = None
 
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{type(self).__name__}({params})"
+    @property
+    def max_edit_share(self) -> float:
+        """The largest share of a text's words edited (the threat's ``epsilon``)."""
+        return self.threat.epsilon
 
-    def params(self) -> dict[str, Any]:
-        """Hyper-parameters as stored at construction (JSON-ready, for results and reports)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+    @property
+    def query_budget(self) -> int | None:
+        """Model evaluations allowed per text (the threat's)."""
+        return self.threat.query_budget
+
+    @property
+    def targeted(self) -> bool:
+        """Whether texts are pushed to ``targets`` (the threat's)."""
+        return self.threat.targeted
 
     def max_edits(self, n_words: int) -> int:
         """Edits allowed in a text of ``n_words`` words (see :func:`max_word_edits`)."""
         return max_word_edits(self.max_edit_share, n_words)
 
-    @property
-    def threat(self) -> ThreatModel:
-        """The threat this attack was built for (:func:`build_text_attack` with ``threat``), else
-        the ``word-edits`` threat its own options describe."""
-        if self._threat is not None:
-            return self._threat
-        return ThreatModel(
-            name=f"{self.name}-words-{self.max_edit_share:g}",
-            norm="word-edits",
-            epsilon=self.max_edit_share,
-            knowledge=self.knowledge,
-            query_budget=self.query_budget,
-            targeted=self.targeted,
-        )
-
     # --- the call -----------------------------------------------------------------------------
 
-    def __call__(
-        self,
-        model: TextClassifier,
-        texts: Sequence[str],
-        labels: Tensor,
-        targets: Tensor | None = None,
+    def _attack(
+        self, model: TextClassifier, texts: list[str], y: Tensor, t: Tensor | None
     ) -> TextAttackResult:
-        """Attack ``texts`` (true ``labels`` ``(N,)``); ``targets`` ``(N,)`` is required when the
-        attack is targeted and refused otherwise."""
-        texts, y, t = self._check_call(model, texts, labels, targets)
+        """Run every text's search, batching the texts they ask about across samples."""
         n = len(texts)
         queries = [0] * n
         searches: dict[int, _Search] = {}
@@ -400,9 +388,9 @@ class TextAttack(ABC):
             adversarial=adversarial,
             success=success,
             queries=torch.tensor(queries, dtype=torch.int64),
-            edits=edits,
+            perturbation=torch.tensor(shares, dtype=torch.float64),
             predictions=final.argmax(dim=1) if n else torch.zeros(0, dtype=torch.int64),
-            edit_share=torch.tensor(shares, dtype=torch.float64),
+            details=edits,
         )
 
     @staticmethod
@@ -439,7 +427,7 @@ class TextAttack(ABC):
                 chunks.append(out.detach().to("cpu", torch.float32))
         return torch.cat(chunks)
 
-    def _check_call(
+    def _check_call(  # type: ignore[override]
         self, model: TextClassifier, texts: Sequence[str], labels: Tensor, targets: Tensor | None
     ) -> tuple[list[str], Tensor, Tensor | None]:
         if not callable(getattr(model, "predict_logits", None)):
@@ -579,80 +567,9 @@ def _sample(rng: random.Random, population: Sequence[int], k: int) -> list[int]:
     return rng.sample(list(population), min(k, len(population)))
 
 
-# --- registry -----------------------------------------------------------------------------------
-
-TEXT_ATTACKS: Registry[type[TextAttack]] = Registry(
-    "text attack", TextAttack, inherited_params=True
-)
-"""The text attacks (their constructors pass shared options up as keyword arguments)."""
-T = TypeVar("T", bound=type[TextAttack])
-
-
-def register_text_attack(cls: T) -> T:
-    """Class decorator: make ``cls`` reachable by its ``name`` (lower-case, unique)."""
-    TEXT_ATTACKS.register(cls)
-    return cls
-
-
-def available_text_attacks() -> list[str]:
-    """Sorted names of the registered text attacks."""
-    return TEXT_ATTACKS.names()
-
-
-def get_text_attack(name: str) -> type[TextAttack]:
-    """The text attack class registered as ``name``; :class:`SpecError` naming the choices."""
-    return TEXT_ATTACKS.get(name)
-
-
-_THREAT_OPTIONS = {
-    "max_edit_share": "epsilon",
-    "query_budget": "query_budget",
-    "targeted": "targeted",
-}
-
-
-def build_text_attack(name: str, threat: ThreatModel | None = None, **params: Any) -> TextAttack:
-    """Instantiate text attack ``name``; unknown parameters fail with their name.
-
-    With ``threat`` (a ``word-edits`` threat), its ``epsilon``, ``query_budget`` and
-    ``targeted`` set the attack's ``max_edit_share``, ``query_budget`` and ``targeted`` (giving
-    those again is an error) and the attack's :attr:`TextAttack.threat` is that threat, as for
-    the tensor attacks of :func:`robustops.attacks.build_attack`.
-    """
-    cls = TEXT_ATTACKS.check_params(name, params)
-    if threat is None:
-        return cls(**params)
-    if not isinstance(threat, ThreatModel):
-        raise SpecError.single("threat", f"expected a ThreatModel, got {type(threat).__name__}")
-    if threat.norm != "word-edits":
-        raise SpecError.single(
-            "threat.norm", f"text attack {name!r} needs a word-edits threat, not {threat.norm!r}"
-        )
-    if _KNOWLEDGE_RANK[cls.knowledge] > _KNOWLEDGE_RANK[threat.knowledge]:
-        raise SpecError.single(
-            "threat.knowledge",
-            f"text attack {name!r} needs {cls.knowledge} access but the threat grants "
-            f"{threat.knowledge}",
-        )
-    clash = sorted(k for k in params if k in _THREAT_OPTIONS)
-    if clash:
-        raise SpecError(
-            [(k, f"set by the threat's {_THREAT_OPTIONS[k]}, not per attack") for k in clash]
-        )
-    attack = cls(
-        max_edit_share=threat.epsilon,
-        query_budget=threat.query_budget,
-        targeted=threat.targeted,
-        **params,
-    )
-    attack._threat = threat
-    return attack
-
-
 # --- the attacks --------------------------------------------------------------------------------
 
 
-@register_text_attack
 class CharEdit(TextAttack):
     """DeepWordBug-style character edits (Gao et al. 2018): swap two adjacent characters,
     delete one, insert a random letter, or replace a letter by a neighbouring QWERTY key
@@ -661,8 +578,8 @@ class CharEdit(TextAttack):
 
     name = "char-edit"
 
-    def __init__(self, *, candidates_per_kind: int = 1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, threat: ThreatModel, *, candidates_per_kind: int = 1, **kwargs: Any) -> None:
+        super().__init__(threat, **kwargs)
         _check_int("candidates_per_kind", candidates_per_kind, minimum=1)
         self.candidates_per_kind = candidates_per_kind
 
@@ -685,7 +602,6 @@ class CharEdit(TextAttack):
         return out
 
 
-@register_text_attack
 class Homoglyph(TextAttack):
     """Unicode homoglyphs (confusables): letters replaced by look-alikes from other scripts
     (:data:`robustops.text._tables.HOMOGLYPHS`). Per word, ``candidates`` variants replacing one
@@ -693,8 +609,8 @@ class Homoglyph(TextAttack):
 
     name = "homoglyph"
 
-    def __init__(self, *, candidates: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, threat: ThreatModel, *, candidates: int = 3, **kwargs: Any) -> None:
+        super().__init__(threat, **kwargs)
         _check_int("candidates", candidates, minimum=1)
         self.candidates = candidates
 
@@ -711,7 +627,6 @@ class Homoglyph(TextAttack):
         return out
 
 
-@register_text_attack
 class InvisibleChars(TextAttack):
     """Zero-width and other invisible format characters (category ``Cf``,
     :data:`robustops.text._tables.INVISIBLE_CHARS`) inserted inside words: ``candidates``
@@ -720,8 +635,8 @@ class InvisibleChars(TextAttack):
 
     name = "invisible"
 
-    def __init__(self, *, candidates: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, threat: ThreatModel, *, candidates: int = 3, **kwargs: Any) -> None:
+        super().__init__(threat, **kwargs)
         _check_int("candidates", candidates, minimum=1)
         self.candidates = candidates
 
@@ -734,7 +649,6 @@ class InvisibleChars(TextAttack):
         return out
 
 
-@register_text_attack
 class Leet(TextAttack):
     """Leetspeak: letters replaced by look-alike digits (:data:`robustops.text._tables.LEET`:
     ``a e i o s t`` → ``4 3 1 0 5 7``). Per word, ``candidates`` variants replacing one random
@@ -750,8 +664,8 @@ class Leet(TextAttack):
 
     name = "leet"
 
-    def __init__(self, *, candidates: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, threat: ThreatModel, *, candidates: int = 3, **kwargs: Any) -> None:
+        super().__init__(threat, **kwargs)
         _check_int("candidates", candidates, minimum=1)
         self.candidates = candidates
 
@@ -787,7 +701,6 @@ class Leet(TextAttack):
         return out
 
 
-@register_text_attack
 class SplitWords(TextAttack):
     """Whitespace and punctuation inside words: ``f r e e`` and ``f.r.e.e`` (every gap), and
     ``candidates`` variants splitting the word once at a random inner position with a space
@@ -795,8 +708,8 @@ class SplitWords(TextAttack):
 
     name = "split"
 
-    def __init__(self, *, candidates: int = 2, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, threat: ThreatModel, *, candidates: int = 2, **kwargs: Any) -> None:
+        super().__init__(threat, **kwargs)
         _check_int("candidates", candidates, minimum=1)
         self.candidates = candidates
 
@@ -817,7 +730,6 @@ def _match_case(word: str, like: str) -> str:
     return word
 
 
-@register_text_attack
 class SynonymSwap(TextAttack):
     """TextFooler-style word substitution (Jin et al. 2020) with nearest neighbours in a static
     word embedding (:class:`robustops.text.embeddings.WordEmbeddings`; by default the token
@@ -841,13 +753,14 @@ class SynonymSwap(TextAttack):
 
     def __init__(
         self,
+        threat: ThreatModel,
         *,
         neighbours: int = 20,
         threshold: float = 0.4,
         embeddings: WordEmbeddings | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(threat, **kwargs)
         _check_int("neighbours", neighbours, minimum=1)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
             raise SpecError.single("threshold", f"must be a number, got {threshold!r}")
@@ -857,6 +770,16 @@ class SynonymSwap(TextAttack):
         self.threshold = float(threshold)
         self._embeddings = embeddings
         self.embedding = embeddings.source if embeddings is not None else "all-MiniLM-L6-v2"
+
+    def get_params(self) -> dict[str, Any]:
+        """As for every attack, with the embedding object given (``None`` until it is loaded)."""
+        return {**super().get_params(), "embeddings": self._embeddings}
+
+    def params(self) -> dict[str, Any]:
+        """As for every attack, with the embedding recorded by its source name."""
+        out = super().params()
+        del out["embeddings"]
+        return {**out, "embedding": self.embedding}
 
     @property
     def embeddings(self) -> WordEmbeddings:

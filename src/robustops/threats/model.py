@@ -10,25 +10,49 @@ from torch import Tensor
 
 from robustops.errors import SpecError
 
-__all__ = ["Knowledge", "Norm", "ThreatModel", "validation_error_to_spec_error"]
+__all__ = [
+    "CORRUPTION_SEVERITIES",
+    "Knowledge",
+    "Norm",
+    "ThreatModel",
+    "validation_error_to_spec_error",
+]
 
-Norm = Literal["linf", "l2", "word-edits"]
+Norm = Literal["linf", "l2", "word-edits", "patch", "spatial", "corruption"]
+"""The perturbation family of a threat, which gives ``epsilon`` its meaning (see
+:class:`ThreatModel`)."""
+CORRUPTION_SEVERITIES = 5
+"""Corruption severities run from 1 to this (as MNIST-C / CIFAR-10-C define them)."""
+_INTEGRAL = ("patch", "corruption")
 Knowledge = Literal["white-box", "score-based", "decision-based"]
 
 
 class ThreatModel(BaseModel):
     """What an attacker may do: perturb an input inside a norm ball, within a query budget.
 
-    The same type serves every modality: tensors (images, scaled tabular rows) with an
-    ``linf``/``l2`` ball, and texts with a ``word-edits`` budget.
+    The same type serves every modality and perturbation family; ``norm`` names the family
+    and gives ``epsilon`` its unit:
+
+    ============== ===================================================================
+    ``linf``/``l2`` a ball of radius ``epsilon`` in the model's input space (images:
+                    the [0, 1] pixel scale; tabular rows: their scaled features)
+    ``word-edits``  texts: ``epsilon`` is the largest share of a text's words edited,
+                    in (0, 1] (``floor(epsilon * words)`` edits, each word once)
+    ``patch``       images ``(N, C, H, W)``: every changed pixel lies in one square of
+                    ``epsilon`` × ``epsilon`` pixels, placed anywhere; inside it any
+                    value within ``bounds`` (a sticker, an occluder)
+    ``spatial``     images: a rotation by at most ``epsilon`` degrees about the centre
+                    and a translation by at most ``translation`` pixels per axis
+                    (Engstrom et al. 2019), bilinear, zeros shifted in
+    ``corruption``  images: a common corruption (noise, blur, JPEG, brightness,
+                    contrast, elastic) at severity ``epsilon``, an integer 1–5 as
+                    MNIST-C / CIFAR-10-C define them
+    ============== ===================================================================
 
     Attributes:
         name: short identifier used in results and reports, e.g. ``"linf-0.3"``.
-        norm: ``"linf"`` or ``"l2"``: the distance in the model's input space; ``"word-edits"``:
-            texts, where ``epsilon`` is the largest share of a text's words that may be edited
-            (each edited word counts once whatever the edit; ``floor(epsilon * words)`` edits).
-        epsilon: radius of the ball, in input units (images: [0, 1] pixel scale); for
-            ``word-edits`` a share in (0, 1].
+        norm: the perturbation family (table above).
+        epsilon: the budget in the family's unit (table above).
         knowledge: ``"white-box"`` (gradients), ``"score-based"`` (output scores only) or
             ``"decision-based"`` (labels only). An attack needing more knowledge is refused.
         query_budget: maximum model queries per sample for query-based attacks (``None``: the
@@ -39,6 +63,7 @@ class ThreatModel(BaseModel):
             attacker gains nothing from them. ``None``: a random wrong class per sample.
         bounds: valid input range ``(low, high)``; every adversarial input stays inside it
             (tensor inputs; unused for texts).
+        translation: ``spatial`` only: the largest shift per axis, in pixels.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,6 +76,7 @@ class ThreatModel(BaseModel):
     targeted: bool = False
     target_class: int | None = Field(default=None, ge=0)
     bounds: tuple[float, float] = (0.0, 1.0)
+    translation: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> ThreatModel:
@@ -61,6 +87,15 @@ class ThreatModel(BaseModel):
             raise ValueError(
                 f"a word-edits epsilon is the share of words edited, in (0, 1]; got {self.epsilon}"
             )
+        if self.norm in _INTEGRAL and (self.epsilon != int(self.epsilon) or self.epsilon < 1):
+            unit = "patch side in pixels" if self.norm == "patch" else "corruption severity"
+            raise ValueError(f"a {self.norm} epsilon is the {unit}, an integer >= 1")
+        if self.norm == "corruption" and self.epsilon > CORRUPTION_SEVERITIES:
+            raise ValueError(f"corruption severities go from 1 to {CORRUPTION_SEVERITIES}")
+        if self.norm == "spatial" and self.epsilon > 180:
+            raise ValueError("a spatial epsilon is the largest rotation in degrees, at most 180")
+        if self.translation and self.norm != "spatial":
+            raise ValueError("translation is the budget of a spatial threat; set norm: spatial")
         if self.target_class is not None and not self.targeted:
             raise ValueError("target_class is set but targeted is false; set targeted: true")
         return self
@@ -69,6 +104,20 @@ class ThreatModel(BaseModel):
     def modality(self) -> Literal["tensor", "text"]:
         """``"text"`` for a ``word-edits`` budget, else ``"tensor"`` (images, tabular rows)."""
         return "text" if self.norm == "word-edits" else "tensor"
+
+    @property
+    def budget(self) -> str:
+        """The budget in words for reports, e.g. ``"L∞ ε = 0.3"``, ``"6×6 patch"``."""
+        eps = f"{self.epsilon:g}"
+        if self.norm == "word-edits":
+            return f"≤ {self.epsilon:.0%} of words edited"
+        if self.norm == "patch":
+            return f"{eps}×{eps} patch"
+        if self.norm == "spatial":
+            return f"rotation ≤ {eps}°, translation ≤ {self.translation:g} px"
+        if self.norm == "corruption":
+            return f"corruption severity {eps}"
+        return f"{'L∞' if self.norm == 'linf' else 'L2'} ε = {eps}"
 
     def draw_targets(
         self, labels: Tensor, num_classes: int, generator: torch.Generator
