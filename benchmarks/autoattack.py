@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from robustops._util import environment, file_sha256
 from robustops.attacks import perturbation_norm
 from robustops.config import PipelineSpec, load_spec
-from robustops.evaluation import SuiteThreat, run_suite
+from robustops.evaluation import SuiteOptions, SuiteThreat, run_suite
 from robustops.models import build_model
 from robustops.runner import load_spec_dataset
 from robustops.threats import ThreatModel
@@ -98,11 +98,9 @@ def _suite(
             x,
             y,
             [st],
-            batch_size=batch_size,
-            seed=seed,
-            device="cpu",
-            calibration=False,
-            latency_calls=0,
+            SuiteOptions(
+                batch_size=batch_size, seed=seed, device="cpu", calibration=False, latency_calls=0
+            ),
         )
     )
     tr = result.threats[0]

@@ -37,9 +37,9 @@ from sklearn.pipeline import make_pipeline
 from torch import Tensor
 
 from robustops._util import environment
+from robustops.attacks import available_attacks, build_attack, get_attack
 from robustops.config import load_spec
 from robustops.data.sms_spam import TextDataset, load_sms_spam
-from robustops.text.attacks import available_text_attacks, build_text_attack
 from robustops.text.models import (
     SklearnTextClassifier,
     TextClassifier,
@@ -48,6 +48,7 @@ from robustops.text.models import (
 )
 from robustops.text.sanitize import sanitize
 from robustops.text.training import fit_text
+from robustops.threats import ThreatModel
 
 RESULTS = Path(__file__).parent / "results" / "text_attacks.json"
 SPEC = Path(__file__).parents[1] / "configs" / "sms_spam.yaml"
@@ -117,10 +118,19 @@ def run_ours(models: dict[str, TextClassifier], data: TextDataset) -> list[dict[
         texts = _detected_spam(model, data)
         ones = torch.ones(len(texts), dtype=torch.int64)
         evaded = [False] * len(texts)
-        for name in available_text_attacks():
-            attack = build_text_attack(name, targeted=True, seed=0)
+        spam_to_ham = ThreatModel(
+            name="spam-to-ham",
+            norm="word-edits",
+            epsilon=0.2,
+            knowledge="score-based",
+            targeted=True,
+        )
+        for name in available_attacks():
+            if "word-edits" not in get_attack(name).norms:
+                continue
+            attack = build_attack(name, spam_to_ham, seed=0)
             start = time.perf_counter()
-            res = attack(model, texts, ones, torch.zeros_like(ones))
+            res = attack(model, texts, ones, targets=torch.zeros_like(ones))
             seconds = time.perf_counter() - start
             ok = res.success.tolist()
             edits = [len(e) for e, s in zip(res.edits, ok, strict=True) if s]

@@ -46,7 +46,7 @@ import yaml
 
 from robustops.attacks import build_attack
 from robustops.data import Dataset, load_mnist_subset
-from robustops.evaluation import SuiteThreat, run_suite
+from robustops.evaluation import SuiteOptions, SuiteThreat, run_suite
 from robustops.models import small_cnn
 from robustops.threats import ThreatModel
 from robustops.training import Recipe, fit
@@ -172,10 +172,7 @@ def _evaluate(model: torch.nn.Module, data: Dataset, args: argparse.Namespace) -
     ]
     n = args.n_eval
     t0 = time.perf_counter()
-    res = run_suite(
-        model.eval(), data.x_test[:n], data.y_test[:n], [SuiteThreat(threat, attacks)],
-        batch_size=250, seed=0,
-    )  # fmt: skip
+    res = run_suite(model.eval(), data.x_test[:n], data.y_test[:n], [SuiteThreat(threat, attacks)], SuiteOptions(batch_size=250, seed=0))  # fmt: skip
     t = res.threats[0]
     return {
         "clean_accuracy": res.clean_accuracy,

@@ -25,6 +25,8 @@ from robustops.evaluation import (
     AuditCheck,
     AuditResult,
     SamplesRecord,
+    SuiteOptions,
+    SuiteRecord,
     SuiteResult,
     SuiteThreat,
     ThreatCalibration,
@@ -636,9 +638,8 @@ def _evaluate(model: torch.nn.Module, mnist: Dataset, name: str, seed: int = 0) 
         mnist.x_test[:200],
         mnist.y_test[:200],
         suite,
-        name=name,
-        seed=seed,
-        data_info=mnist.describe(),
+        SuiteOptions(seed=seed),
+        record=SuiteRecord(name=name, data_info=mnist.describe()),
     )
 
 

@@ -21,7 +21,14 @@ from robustops.cli import app
 from robustops.data import Dataset
 from robustops.defenses.smoothing import certify_dataset
 from robustops.errors import SpecError
-from robustops.evaluation import SuiteResult, SuiteThreat, audit_gradient_masking, run_suite
+from robustops.evaluation import (
+    SuiteOptions,
+    SuiteRecord,
+    SuiteResult,
+    SuiteThreat,
+    audit_gradient_masking,
+    run_suite,
+)
 from robustops.evaluation.metrics import TemperatureFit
 from robustops.evaluation.plots import plot_reliability, plot_result
 from robustops.evaluation.result import AdversarialExample
@@ -70,12 +77,13 @@ def result(trained_cnn: SmallCNN, mnist: Dataset) -> SuiteResult:
             SuiteThreat(l2, [build_attack("fgsm", l2), build_attack("pgd", l2, steps=10)]),
             SuiteThreat(targeted, [build_attack("pgd", targeted, steps=10)]),
         ],
-        name=NAME,
-        data_info=mnist.describe(),
-        model_info={"factory": "robustops.models:small_cnn", "weights_sha256": "ab" * 32},
-        latency_calls=10,
+        SuiteOptions(latency_calls=10, n_examples=3),
+        record=SuiteRecord(
+            name=NAME,
+            data_info=mnist.describe(),
+            model_info={"factory": "robustops.models:small_cnn", "weights_sha256": "ab" * 32},
+        ),
         temperature=temperature,
-        n_examples=3,
     )
     audit = audit_gradient_masking(
         trained_cnn, x, y, linf, steps=5, square_queries=50, noise_draws=5

@@ -538,9 +538,8 @@ def gate(
 
 @app.command("attacks")
 def list_attacks() -> None:
-    """List the registered attacks: tensor attacks (images, tables) and text attacks."""
+    """List the registered attacks, of every modality and plug-ins included."""
     from robustops.attacks import available_attacks, get_attack
-    from robustops.text.attacks import available_text_attacks, get_text_attack
 
     table = Table("name", "knowledge", "norms", "class")
     for name in available_attacks():
@@ -548,9 +547,6 @@ def list_attacks() -> None:
         table.add_row(
             name, cls.knowledge, ", ".join(cls.norms), f"{cls.__module__}.{cls.__qualname__}"
         )
-    for name in available_text_attacks():
-        tcls = get_text_attack(name)
-        table.add_row(name, tcls.knowledge, "word-edits", f"{tcls.__module__}.{tcls.__qualname__}")
     console.print(table)
 
 

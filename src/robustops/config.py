@@ -19,7 +19,6 @@ from robustops.errors import SpecError, shorten
 from robustops.evaluation.suite import SuiteThreat
 from robustops.gate import DEFAULT_KEY, GatePolicy, GatePolicyFile
 from robustops.io import load_yaml
-from robustops.text.attacks import TextAttack, build_text_attack
 from robustops.threats import ThreatCatalog, ThreatModel, validation_error_to_spec_error
 from robustops.training.recipe import Recipe
 from robustops.trust import REF_PATTERN, check_ref
@@ -500,7 +499,7 @@ class PipelineSpec(_Strict):
             out.append(SuiteThreat(threat, attacks))
         return out
 
-    def build_calibration_attack(self, seed: int | None = None) -> Attack | TextAttack | None:
+    def build_calibration_attack(self, seed: int | None = None) -> Attack | None:
         """The attack that makes the adversarial held-out inputs of the temperature fit, or
         ``None`` when the fit uses clean inputs only (or there is no threat)."""
         ev = self._evaluation()
@@ -524,16 +523,11 @@ class PipelineSpec(_Strict):
 _CODE_KEYS = frozenset({"factory", "preprocess"})
 
 
-def _build_attack(
-    spec: AttackSpec, threat: ThreatModel, prefix: str, seed: int
-) -> Attack | TextAttack:
-    """``build_attack`` (``build_text_attack`` for a ``word-edits`` threat) with errors renamed
-    to ``<prefix>.<param>``; ``seed`` unless given."""
+def _build_attack(spec: AttackSpec, threat: ThreatModel, prefix: str, seed: int) -> Attack:
+    """``build_attack`` with errors renamed to ``<prefix>.<param>``; ``seed`` unless given."""
     params = spec.params()
     params.setdefault("seed", seed)
     try:
-        if threat.modality == "text":
-            return build_text_attack(spec.name, threat, **params)
         return build_attack(spec.name, threat, **params)
     except SpecError as exc:
         raise SpecError(

@@ -41,12 +41,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from scipy import stats
 
-from robustops.attacks.registry import ATTACKS
+from robustops.attacks.registry import attack_defaults
 from robustops.errors import SpecError
 from robustops.evaluation.metrics import wilson_interval as _wilson
 from robustops.evaluation.result import SuiteResult, ThreatResult
 from robustops.io import load_yaml
-from robustops.text.attacks import TEXT_ATTACKS
 from robustops.threats import validation_error_to_spec_error
 
 __all__ = [
@@ -464,17 +463,6 @@ def _regression(
     )
 
 
-def _attack_defaults(name: str) -> dict[str, Any]:
-    """Hyper-parameter defaults of the registered (tensor or text) attack ``name``; ``{}`` for
-    one this installation does not know."""
-    for registry in (ATTACKS, TEXT_ATTACKS):
-        try:
-            return registry.defaults(name)
-        except SpecError:
-            continue
-    return {}
-
-
 def _threat_differences(new: ThreatResult, base: ThreatResult) -> list[str]:
     """Why ``new`` is not the same experiment as ``base``: another threat model, attack list
     or attack parameters (seeds aside; a parameter recorded on one side only counts as its
@@ -491,7 +479,7 @@ def _threat_differences(new: ThreatResult, base: ThreatResult) -> list[str]:
     for a, b in zip(new.attacks, base.attacks, strict=True):
         # The seed only picks random starts: a different one is what noise looks like.
         keys = sorted((set(a.params) | set(b.params)) - {"seed"})
-        defaults = _attack_defaults(a.name)  # a.name == b.name: the lists are equal
+        defaults = attack_defaults(a.name, new.threat)  # a.name == b.name: the lists are equal
         now, then = {**defaults, **a.params}, {**defaults, **b.params}
         changed = [k for k in keys if k not in now or k not in then or now[k] != then[k]]
         if changed:

@@ -20,7 +20,7 @@ from robustops.data import TEXT_DATASETS, Dataset, TextDataset, load_dataset
 from robustops.defenses import fit_temperature_on
 from robustops.defenses.smoothing import CertificationResult, certify_dataset
 from robustops.errors import ModelRuntimeError, OutputError, RobustOpsError, SpecError
-from robustops.evaluation import ProgressEvent, SuiteResult, run_suite
+from robustops.evaluation import ProgressEvent, SuiteOptions, SuiteRecord, SuiteResult, run_suite
 from robustops.evaluation.masking import audit_gradient_masking
 from robustops.evaluation.metrics import TemperatureFit
 from robustops.io import atomic_write_text, check_writable
@@ -393,18 +393,22 @@ def evaluate_spec(
             inputs[:n],
             labels[:n],
             spec.build_threats(seed=run_seed),
-            name=spec.name,
-            batch_size=ev.batch_size,
-            seed=run_seed,
-            device=device,
-            indices=list(range(n)),
-            data_info=data.describe(),
-            model_info=_model_info(spec, model),
+            SuiteOptions(
+                batch_size=ev.batch_size,
+                seed=run_seed,
+                device=device,
+                calibration=ev.calibration.enabled,
+                n_bins=ev.calibration.n_bins,
+                eot_samples=ev.eot_samples,
+            ),
+            record=SuiteRecord(
+                name=spec.name,
+                indices=list(range(n)),
+                data_info=data.describe(),
+                model_info=_model_info(spec, model),
+            ),
             progress=progress,
-            calibration=ev.calibration.enabled,
             temperature=temperature,
-            n_bins=ev.calibration.n_bins,
-            eot_samples=ev.eot_samples,
         )
         audits = []
         if ev.audit is not None:
@@ -462,14 +466,18 @@ def certify_spec(spec: PipelineSpec, *, seed: int | None = None) -> SuiteResult:
             data.x_test[:n],
             data.y_test[:n],
             [],
-            name=spec.name,
-            batch_size=spec.evaluation.batch_size,
-            seed=run_seed,
-            device=device,
-            indices=list(range(n)),
-            data_info=data.describe(),
-            model_info=_model_info(spec, model),
-            n_bins=spec.evaluation.calibration.n_bins,
+            SuiteOptions(
+                batch_size=spec.evaluation.batch_size,
+                seed=run_seed,
+                device=device,
+                n_bins=spec.evaluation.calibration.n_bins,
+            ),
+            record=SuiteRecord(
+                name=spec.name,
+                indices=list(range(n)),
+                data_info=data.describe(),
+                model_info=_model_info(spec, model),
+            ),
         )
         cert = _certify(spec, model, data, n, run_seed, device)
     return result.model_copy(update={"certification": cert})

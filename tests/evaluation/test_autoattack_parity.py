@@ -17,7 +17,7 @@ from robustops import ThreatModel
 from robustops.attacks import build_attack
 from robustops.config import load_spec
 from robustops.data import Dataset
-from robustops.evaluation import SuiteThreat, run_suite
+from robustops.evaluation import SuiteOptions, SuiteThreat, run_suite
 from robustops.models import SmallCNN
 
 SPEC = Path(__file__).resolve().parents[2] / "configs" / "mnist.yaml"
@@ -36,7 +36,11 @@ def test_suite_is_within_half_a_point_of_autoattack(trained_cnn: SmallCNN, mnist
     x, y = mnist.x_test[:N], mnist.y_test[:N]
 
     res = run_suite(
-        trained_cnn, x, y, [SuiteThreat(threat, attacks)], calibration=False, latency_calls=0
+        trained_cnn,
+        x,
+        y,
+        [SuiteThreat(threat, attacks)],
+        SuiteOptions(calibration=False, latency_calls=0),
     )
     suite_robust = torch.tensor(res.threats[0].robust)
 

@@ -12,7 +12,7 @@ from model_helpers import NoisyInput
 from robustops import ThreatModel
 from robustops.attacks import Attack, AttackResult, ModelFn, build_attack
 from robustops.data import Dataset
-from robustops.evaluation import SuiteResult, SuiteThreat, run_suite
+from robustops.evaluation import SuiteOptions, SuiteResult, SuiteThreat, run_suite
 from robustops.models import SmallCNN
 
 FOUNDATION = [
@@ -133,8 +133,7 @@ def test_suite_is_at_least_as_strong_as_peer_pgd_quick(
         x,
         y,
         [_suite_threat(ThreatModel(name="t", epsilon=eps), 0, light)],
-        latency_calls=0,
-        calibration=False,
+        SuiteOptions(latency_calls=0, calibration=False),
     ).threat("t")
     ta_acc = _torchattacks_pgd_robust(trained_cnn, x, y, eps, steps=20)
     art_acc = _art_pgd_robust(trained_cnn, x, y, eps, steps=20)
@@ -152,7 +151,7 @@ def test_same_seed_same_result(trained_cnn: SmallCNN, mnist: Dataset) -> None:
             _suite_threat(ThreatModel(name="l2", norm="l2", epsilon=1.0), seed, LIGHT),
             _suite_threat(ThreatModel(name="tgt", epsilon=0.2, targeted=True), seed, LIGHT),
         ]
-        return run_suite(trained_cnn, x, y, threats, seed=seed, batch_size=25)
+        return run_suite(trained_cnn, x, y, threats, SuiteOptions(seed=seed, batch_size=25))
 
     a, b = run(3), run(3)
     for ta, tb in zip(a.threats, b.threats, strict=True):
@@ -260,7 +259,7 @@ def test_same_seed_same_result_quick(trained_cnn: SmallCNN, mnist: Dataset) -> N
             _suite_threat(ThreatModel(name="l2", norm="l2", epsilon=1.0), 3, quick),
             _suite_threat(ThreatModel(name="tgt", epsilon=0.2, targeted=True), 3, quick),
         ]
-        return run_suite(trained_cnn, x, y, threats, seed=3, batch_size=16)
+        return run_suite(trained_cnn, x, y, threats, SuiteOptions(seed=3, batch_size=16))
 
     a, b = run(), run()
     for ta, tb in zip(a.threats, b.threats, strict=True):
@@ -306,18 +305,22 @@ def test_calibration_clean_and_under_attack(trained_cnn: SmallCNN, mnist: Datase
         mnist.x_test[:20],
         mnist.y_test[:20],
         [_suite_threat(threat, attacks=LIGHT[:1])],
-        calibration=False,
+        SuiteOptions(calibration=False),
     )
     assert off.calibration is None and off.threats[0].calibration is None
 
 
 def test_latency_is_measured(trained_cnn: SmallCNN, mnist: Dataset) -> None:
-    res = run_suite(trained_cnn, mnist.x_test[:50], mnist.y_test[:50], [], latency_calls=30)
+    res = run_suite(
+        trained_cnn, mnist.x_test[:50], mnist.y_test[:50], [], SuiteOptions(latency_calls=30)
+    )
     lat = res.latency
     assert lat is not None and lat.n_calls == 30 and lat.batch_size == 500
     assert 0 < lat.p50_ms <= lat.p95_ms <= lat.p99_ms
     assert lat.throughput_per_s > 0
-    none = run_suite(trained_cnn, mnist.x_test[:5], mnist.y_test[:5], [], latency_calls=0)
+    none = run_suite(
+        trained_cnn, mnist.x_test[:5], mnist.y_test[:5], [], SuiteOptions(latency_calls=0)
+    )
     assert none.latency is None
 
 
@@ -328,7 +331,7 @@ def test_examples_show_what_changed_and_why(trained_cnn: SmallCNN, mnist: Datase
         mnist.x_test[:60],
         mnist.y_test[:60],
         [_suite_threat(threat, attacks=LIGHT[:2])],
-        n_examples=3,
+        SuiteOptions(n_examples=3),
     )
     t = res.threats[0]
     assert len(t.examples) == 3
@@ -351,7 +354,7 @@ def test_examples_show_what_changed_and_why(trained_cnn: SmallCNN, mnist: Datase
         mnist.x_test[:20],
         mnist.y_test[:20],
         [_suite_threat(threat, attacks=LIGHT[:1])],
-        n_examples=0,
+        SuiteOptions(n_examples=0),
     )
     assert none.threats[0].examples == []
 
@@ -376,9 +379,7 @@ def test_stochastic_model_is_judged_on_mean_logits_and_attacked_with_eot(
             x,
             y,
             [SuiteThreat(threat, [pgd])],
-            eot_samples=eot,
-            latency_calls=0,
-            calibration=False,
+            SuiteOptions(eot_samples=eot, latency_calls=0, calibration=False),
         )
 
     naive, adapted = suite(1), suite(10)
@@ -407,7 +408,7 @@ def test_deterministic_model_is_left_alone(trained_cnn: SmallCNN, mnist: Dataset
         mnist.x_test[:20],
         mnist.y_test[:20],
         [SuiteThreat(threat, [build_attack("pgd", threat, steps=3)])],
-        latency_calls=0,
+        SuiteOptions(latency_calls=0),
     )
     assert res.stochastic is not None and not res.stochastic.detected
     assert res.stochastic.eot_samples == 1 and res.stochastic.adapted_attacks == []

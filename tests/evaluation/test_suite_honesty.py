@@ -14,7 +14,7 @@ from robustops.attacks import Attack, ModelFn, build_attack
 from robustops.attacks.eot import mean_logits
 from robustops.data import Dataset
 from robustops.errors import ModelOutputError
-from robustops.evaluation import SuiteResult, SuiteThreat, run_suite
+from robustops.evaluation import SuiteOptions, SuiteResult, SuiteThreat, run_suite
 from robustops.gate import GatePolicy, evaluate_gate
 from robustops.models import SmallCNN
 
@@ -32,7 +32,9 @@ class _Averaged(nn.Module):
 
 def _quiet(model: nn.Module, x: Tensor, y: Tensor, threats: list[SuiteThreat]) -> SuiteResult:
     torch.manual_seed(0)
-    return run_suite(model, x, y, threats, latency_calls=0, calibration=False, n_examples=0)
+    return run_suite(
+        model, x, y, threats, SuiteOptions(latency_calls=0, calibration=False, n_examples=0)
+    )
 
 
 def test_score_based_attacks_get_eot_on_a_randomized_model(
@@ -110,8 +112,7 @@ def test_an_attack_that_cannot_be_adapted_is_recorded_and_refused_by_the_gate(
         mnist.x_test[:10],
         mnist.y_test[:10],
         [SuiteThreat(pgd.threat, [pgd])],
-        eot_samples=1,
-        latency_calls=0,
+        SuiteOptions(eot_samples=1, latency_calls=0),
     )
     assert single.stochastic is not None and single.stochastic.unadapted_attacks == ["pgd"]
 

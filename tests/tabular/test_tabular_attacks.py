@@ -11,7 +11,7 @@ import torch
 from robustops import SpecError, ThreatModel
 from robustops.attacks import PGD, ModelFn, build_attack, project
 from robustops.config import load_spec
-from robustops.evaluation import SuiteThreat, run_suite
+from robustops.evaluation import SuiteOptions, SuiteThreat, run_suite
 from robustops.models import MLP
 from robustops.tabular import BREAST_CANCER_SCHEMA, FeatureMasking, TabularNoise, TabularPGD
 
@@ -168,8 +168,7 @@ def test_suite_counts_the_tabular_attacks(cancer_mlp: MLP, cancer: object) -> No
                 ],
             )
         ],
-        calibration=False,
-        latency_calls=0,
+        SuiteOptions(calibration=False, latency_calls=0),
     )
     (tr,) = result.threats
     assert tr.attacks[0].n_broken >= 5
@@ -237,7 +236,11 @@ def test_suite_refuses_rows_that_break_the_schema(cancer_mlp: MLP, cancer: objec
     assert bool(res.success.any())  # it does flip predictions ...
     assert not bool(breaker.respects(res.adversarial, x)[res.success].all())  # ... off-schema
     result = run_suite(
-        cancer_mlp, x, y, [SuiteThreat(threat, [breaker])], calibration=False, latency_calls=0
+        cancer_mlp,
+        x,
+        y,
+        [SuiteThreat(threat, [breaker])],
+        SuiteOptions(calibration=False, latency_calls=0),
     )
     counted = result.threats[0].attacks[0].n_broken
     feasible = int((res.success & breaker.respects(res.adversarial, x)).sum())

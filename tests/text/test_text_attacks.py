@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from robustops.attacks import available_attacks, build_attack, get_attack
 from robustops.errors import SpecError
 from robustops.text._tables import (
     CONFUSABLE_TO_ASCII,
@@ -29,14 +30,12 @@ from robustops.text.attacks import (
     TextAttackResult,
     TextEdit,
     apply_edits,
-    available_text_attacks,
-    build_text_attack,
     edit_violation,
-    get_text_attack,
     split_words,
 )
 from robustops.text.embeddings import WordEmbeddings, load_minilm_embeddings
 from robustops.text.sanitize import sanitize
+from robustops.threats import ThreatModel
 
 ATTACKS = ("char-edit", "homoglyph", "invisible", "leet", "split", "synonym")
 BUDGET = 200  # queries per message in the evasion tests
@@ -158,6 +157,29 @@ def detected_spam(request: pytest.FixtureRequest, sms: Any) -> dict[str, list[st
     return out
 
 
+def text_attack(
+    name: str,
+    *,
+    share: float = 0.2,
+    budget: int | None = None,
+    targeted: bool = False,
+    **params: Any,
+) -> TextAttack:
+    """Text attack ``name`` built, as every attack, from its threat: a word-edits budget of
+    ``share`` of the words, ``budget`` queries per text, and the goal."""
+    threat = ThreatModel(
+        name=f"{name}-test",
+        norm="word-edits",
+        epsilon=share,
+        knowledge="score-based",
+        query_budget=budget,
+        targeted=targeted,
+    )
+    attack = build_attack(name, threat, **params)
+    assert isinstance(attack, TextAttack)
+    return attack
+
+
 _RUNS: dict[tuple[str, str], tuple[Any, list[str], TextAttack, TextAttackResult]] = {}
 
 
@@ -168,9 +190,14 @@ def _attack_spam(
     if (name, model) not in _RUNS:
         clf = request.getfixturevalue(model)
         texts = detected_spam[model]
-        attack = build_text_attack(name, targeted=True, query_budget=BUDGET, seed=0)
+        attack = text_attack(name, targeted=True, budget=BUDGET, seed=0)
         ones = torch.ones(len(texts), dtype=torch.int64)
-        _RUNS[name, model] = (clf, texts, attack, attack(clf, texts, ones, torch.zeros_like(ones)))
+        _RUNS[name, model] = (
+            clf,
+            texts,
+            attack,
+            attack(clf, texts, ones, targets=torch.zeros_like(ones)),
+        )
     return _RUNS[name, model]
 
 
@@ -248,24 +275,24 @@ def test_budgets_replay_and_determinism(
     seed: int,
 ) -> None:
     model = Counting(Keywords())
-    attack = build_text_attack(
-        name, max_edit_share=share, query_budget=budget, targeted=targeted, seed=seed
-    )
+    attack = text_attack(name, share=share, budget=budget, targeted=targeted, seed=seed)
     labels = model.predict_logits(texts).argmax(1)
     model.texts = 0
     targets = 1 - labels if targeted else None
-    res = attack(model, texts, labels, targets)
+    res = attack(model, texts, labels, targets=targets)
     check_result(res, texts, attack, budget)
     # every text the model evaluated is a counted query, except the verification pass
     assert model.texts == int(res.queries.sum()) + len(texts)
     expected = 1 - labels if targeted else labels
     verified = res.predictions == expected if targeted else res.predictions != expected
     assert torch.equal(res.success, verified)
-    again = attack(model, texts, labels, targets)
+    again = attack(model, texts, labels, targets=targets)
     assert again.adversarial == res.adversarial and again.edits == res.edits
     assert torch.equal(again.queries, res.queries)
     # a text's result does not depend on the other texts of the call
-    alone = attack(model, texts[-1:], labels[-1:], None if targets is None else targets[-1:])
+    alone = attack(
+        model, texts[-1:], labels[-1:], targets=None if targets is None else targets[-1:]
+    )
     assert alone.adversarial[0] == res.adversarial[-1]
     assert alone.edits[0] == res.edits[-1]
 
@@ -274,8 +301,8 @@ def test_seed_changes_random_choices(tfidf_model: Any, detected_spam: Any) -> No
     texts = detected_spam["tfidf_model"][:20]
     ones = torch.ones(len(texts), dtype=torch.int64)
     runs = [
-        build_text_attack("char-edit", targeted=True, seed=s)(
-            tfidf_model, texts, ones, torch.zeros_like(ones)
+        text_attack("char-edit", targeted=True, seed=s)(
+            tfidf_model, texts, ones, targets=torch.zeros_like(ones)
         )
         for s in (0, 0, 1)
     ]
@@ -286,13 +313,13 @@ def test_seed_changes_random_choices(tfidf_model: Any, detected_spam: Any) -> No
 def test_query_budget_cuts_the_search(tfidf_model: Any, detected_spam: Any) -> None:
     texts = detected_spam["tfidf_model"][:30]
     ones = torch.ones(len(texts), dtype=torch.int64)
-    full = build_text_attack("split", targeted=True)(
-        tfidf_model, texts, ones, torch.zeros_like(ones)
+    full = text_attack("split", targeted=True)(
+        tfidf_model, texts, ones, targets=torch.zeros_like(ones)
     )
     for budget in (1, 7, 25):
         model = Counting(tfidf_model)
-        res = build_text_attack("split", targeted=True, query_budget=budget)(
-            model, texts, ones, torch.zeros_like(ones)
+        res = text_attack("split", targeted=True, budget=budget)(
+            model, texts, ones, targets=torch.zeros_like(ones)
         )
         assert int(res.queries.max()) <= budget
         assert model.texts == int(res.queries.sum()) + len(texts)
@@ -305,7 +332,7 @@ def test_query_budget_cuts_the_search(tfidf_model: Any, detected_spam: Any) -> N
 def test_untargeted_attack_flips_ham_and_spam(tfidf_model: Any, sms: Any) -> None:
     texts = sms.texts_test[:40]  # the test split starts ham, spam, ham, spam, ...
     pred = tfidf_model.predict_logits(texts).argmax(1)
-    res = build_text_attack("invisible", max_edit_share=0.5)(tfidf_model, texts, pred)
+    res = text_attack("invisible", share=0.5)(tfidf_model, texts, pred)
     assert bool((res.predictions[res.success] != pred[res.success]).all())
     flipped = set(pred[res.success].tolist())
     assert flipped == {0, 1}  # ham made spam and spam made ham
@@ -314,8 +341,8 @@ def test_untargeted_attack_flips_ham_and_spam(tfidf_model: Any, sms: Any) -> Non
 def test_text_without_editable_words_is_left_alone() -> None:
     model = Keywords()
     texts = ["", "   ", "08712 460324 :-)", "free"]  # "free": one word, share 0.2 allows no edit
-    res = build_text_attack("char-edit", targeted=True)(
-        model, texts, torch.ones(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64)
+    res = text_attack("char-edit", targeted=True)(
+        model, texts, torch.ones(4, dtype=torch.int64), targets=torch.zeros(4, dtype=torch.int64)
     )
     assert res.adversarial == texts
     assert res.edits == [[], [], [], []]
@@ -389,8 +416,8 @@ def test_synonym_attack_keeps_case_and_uses_neighbours(
 ) -> None:
     texts = detected_spam["tfidf_model"]
     ones = torch.ones(len(texts), dtype=torch.int64)
-    attack = build_text_attack("synonym", targeted=True)
-    res = attack(tfidf_model, texts, ones, torch.zeros_like(ones))
+    attack = text_attack("synonym", targeted=True)
+    res = attack(tfidf_model, texts, ones, targets=torch.zeros_like(ones))
     emb = load_minilm_embeddings()
     edits = [e for es in res.edits for e in es]
     assert edits
@@ -422,42 +449,51 @@ def test_tables_are_invertible() -> None:
 
 
 def test_registry() -> None:
-    assert set(ATTACKS) == set(available_text_attacks())
+    assert set(ATTACKS) <= set(available_attacks())  # one registry for every modality
     for name in ATTACKS:
-        cls = get_text_attack(name)
+        cls = get_attack(name)
         assert cls.name == name and cls.knowledge == "score-based"
-        params = build_text_attack(name, max_edit_share=0.3, seed=3).params()
-        assert params["max_edit_share"] == 0.3 and params["seed"] == 3
+        attack = text_attack(name, share=0.3, seed=3)
+        assert attack.threat.epsilon == 0.3 and attack.max_edit_share == 0.3
+        assert attack.params()["seed"] == 3
+        assert attack.with_params(seed=4).params()["seed"] == 4
     with pytest.raises(SpecError) as err:
-        get_text_attack("textfooler")
+        get_attack("textfooler")
     assert err.value.errors[0][0] == "name"
     with pytest.raises(SpecError) as err:
-        build_text_attack("leet", candidates=2, epsilon=0.1)
+        text_attack("leet", candidates=2, epsilon=0.1)
     assert [f for f, _ in err.value.errors] == ["epsilon"]
 
 
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ({"max_edit_share": 0.0}, "max_edit_share"),
-        ({"max_edit_share": 1.5}, "max_edit_share"),
+        ({"epsilon": 0.0}, "epsilon"),
+        ({"epsilon": 1.5}, "<root>"),  # the share check spans fields
         ({"query_budget": 0}, "query_budget"),
         ({"query_budget": 2.5}, "query_budget"),
         ({"targeted": "yes"}, "targeted"),
-        ({"seed": True}, "seed"),
-        ({"batch_size": 0}, "batch_size"),
     ],
+)
+def test_bad_budgets_name_their_field(params: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        ThreatModel.parse({"name": "t", "norm": "word-edits", "epsilon": 0.2, **params})
+    assert err.value.errors[0][0] == field
+
+
+@pytest.mark.parametrize(
+    ("params", "field"), [({"seed": True}, "seed"), ({"batch_size": 0}, "batch_size")]
 )
 def test_bad_parameters_name_their_field(params: dict[str, Any], field: str) -> None:
     with pytest.raises(SpecError) as err:
-        build_text_attack("char-edit", **params)
+        text_attack("char-edit", **params)
     assert err.value.errors[0][0] == field
 
 
 def test_bad_calls_name_their_field() -> None:
     model = Keywords()
     one = torch.ones(1, dtype=torch.int64)
-    untargeted, targeted = build_text_attack("leet"), build_text_attack("leet", targeted=True)
+    untargeted, targeted = text_attack("leet"), text_attack("leet", targeted=True)
     cases: list[tuple[Any, tuple[Any, ...], str]] = [
         (untargeted, (object(), ["free"], one), "model"),
         (untargeted, (model, "free cash", one), "texts"),
@@ -471,7 +507,7 @@ def test_bad_calls_name_their_field() -> None:
     ]
     for attack, args, field in cases:
         with pytest.raises(SpecError) as err:
-            attack(*args)
+            attack(*args[:3], targets=args[3] if len(args) > 3 else None)
         assert err.value.errors[0][0] == field, (args, err.value)
 
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import Tensor
 
+from robustops.attacks import build_attack
 from robustops.data.sms_spam import TextDataset
 from robustops.errors import SpecError
-from robustops.evaluation import SuiteResult, SuiteThreat, run_suite
+from robustops.evaluation import SuiteOptions, SuiteResult, SuiteThreat, run_suite
 from robustops.text.attacks import (
     TextAttack,
     TextAttackResult,
     TextEdit,
     apply_edits,
-    build_text_attack,
     margin_objective,
     max_word_edits,
     split_words,
@@ -45,14 +45,13 @@ def _suite(model: Any, sms: TextDataset, attacks: list[TextAttack], **kw: Any) -
         sms.texts_test[:N],
         sms.y_test[:N],
         [SuiteThreat(SPAM_TO_HAM, attacks)],
-        latency_calls=10,
-        **kw,
+        SuiteOptions(latency_calls=10, **kw),
     )
 
 
 @pytest.fixture(scope="module")
 def result(spam_model: TorchTextClassifier, sms: TextDataset) -> SuiteResult:
-    attacks = [build_text_attack(n, SPAM_TO_HAM) for n in ("char-edit", "split", "homoglyph")]
+    attacks = [build_attack(n, SPAM_TO_HAM) for n in ("char-edit", "split", "homoglyph")]
     return _suite(spam_model, sms, attacks)
 
 
@@ -135,17 +134,16 @@ class _Forger(TextAttack):
 
     name = "forger"
 
-    def __init__(self, *, mode: str = "lie", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, threat: ThreatModel, *, mode: str = "lie", **kwargs: Any) -> None:
+        super().__init__(threat, **kwargs)
         self.mode = mode
 
     def _candidates(self, core: str, rng: random.Random) -> list[tuple[str, str]]:
         return []
 
-    def __call__(
-        self, model: Any, texts: Any, labels: Tensor, targets: Tensor | None = None
+    def _attack(
+        self, model: Any, texts: list[str], labels: Tensor, targets: Tensor | None
     ) -> TextAttackResult:
-        texts = list(texts)
         n = len(texts)
         adversarial, edits = [], []
         for text in texts:
@@ -167,9 +165,9 @@ class _Forger(TextAttack):
             adversarial=adversarial,
             success=torch.ones(n, dtype=torch.bool),
             queries=torch.full((n,), 1000 if self.mode == "overspend" else 1),
-            edits=edits,
+            perturbation=torch.zeros(n, dtype=torch.float64),
             predictions=torch.zeros(n, dtype=torch.int64),
-            edit_share=torch.zeros(n, dtype=torch.float64),
+            details=edits,
         )
 
 
@@ -177,8 +175,7 @@ class _Forger(TextAttack):
 def test_contract_breaches_are_not_counted(
     mode: str, spam_model: TorchTextClassifier, sms: TextDataset
 ) -> None:
-    forger = _Forger(mode=mode, max_edit_share=0.2, targeted=True)
-    forger._threat = SPAM_TO_HAM
+    forger = _Forger(SPAM_TO_HAM, mode=mode)
     res = _suite(spam_model, sms, [forger], calibration=False)
     t = res.threat("spam-evasion")
     assert t.attacks[0].n_broken == 0
@@ -194,20 +191,18 @@ def test_modalities_do_not_mix(spam_model: TorchTextClassifier, sms: TextDataset
 
 
 def test_text_attacks_take_their_budget_from_the_threat() -> None:
-    attack = build_text_attack("leet", SPAM_TO_HAM, candidates=2, seed=4)
+    attack = build_attack("leet", SPAM_TO_HAM, candidates=2, seed=4)
     assert attack.threat is SPAM_TO_HAM
+    assert isinstance(attack, TextAttack)
     assert (attack.max_edit_share, attack.query_budget, attack.targeted) == (0.2, 300, True)
     with pytest.raises(SpecError) as info:
-        build_text_attack("leet", SPAM_TO_HAM, max_edit_share=0.5)
+        build_attack("leet", SPAM_TO_HAM, max_edit_share=0.5)
     assert info.value.errors[0][0] == "max_edit_share"
     with pytest.raises(SpecError, match="word-edits"):
-        build_text_attack("leet", ThreatModel(name="l", epsilon=0.1))
+        build_attack("leet", ThreatModel(name="l", epsilon=0.1))
     blind = SPAM_TO_HAM.model_copy(update={"knowledge": "decision-based"})
     with pytest.raises(SpecError, match="score-based"):
-        build_text_attack("leet", blind)
-    # a standalone attack describes its own threat
-    own = build_text_attack("split", max_edit_share=0.3, query_budget=50).threat
-    assert (own.norm, own.epsilon, own.query_budget, own.targeted) == ("word-edits", 0.3, 50, False)
+        build_attack("leet", blind)
 
 
 def test_word_edit_threats_validate() -> None:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from robustops._util import make_generator
+from robustops.attacks import build_attack
 from robustops.data.sms_spam import TextDataset
 from robustops.errors import SpecError
 from robustops.text import (
@@ -28,7 +29,7 @@ from robustops.text import (
     text_recipe_errors,
     train_text_classifier,
 )
-from robustops.text.attacks import TextEdit, apply_edits, build_text_attack
+from robustops.text.attacks import TextEdit, apply_edits
 from robustops.text.training import TextEpochMetrics, TextTrainResult
 from robustops.threats import ThreatModel
 from robustops.training import fit
@@ -234,7 +235,7 @@ class _Recorder:
 
     def __call__(self, model: Any, texts: list[str], labels: Tensor, targets: Tensor | None) -> Any:
         self.calls.append({"texts": texts, "labels": labels, "targets": targets})
-        return self.attack(model, texts, labels, targets)
+        return self.attack(model, texts, labels, targets=targets)
 
 
 def test_rounds_run_on_schedule_and_attack_only_attackable(
@@ -470,9 +471,9 @@ def _evasion_rate(clf: TorchTextClassifier, sms: TextDataset) -> float:
     """Share of the held-out spam that char-edit (another seed than training's) turns into ham
     within 30% of the words."""
     spam = [t for t, label in zip(sms.texts_test, sms.y_test.tolist(), strict=True) if label]
-    attack = build_text_attack("char-edit", ThreatModel.model_validate(SPAM_TO_HAM), seed=1234)
+    attack = build_attack("char-edit", ThreatModel.model_validate(SPAM_TO_HAM), seed=1234)
     ones = torch.ones(len(spam), dtype=torch.int64)
-    return float(attack(clf, spam, ones, torch.zeros_like(ones)).success.float().mean())
+    return float(attack(clf, spam, ones, targets=torch.zeros_like(ones)).success.float().mean())
 
 
 def test_augmentation_makes_spam_harder_to_disguise(

@@ -1,6 +1,9 @@
-"""The attack library: every attack shares one contract and is reachable by name."""
+"""The attack library: every attack shares one contract and is reachable by name.
 
-import importlib
+The text and tabular attacks (:mod:`robustops.text.attacks`, :mod:`robustops.tabular.attacks`)
+live with their modality and join the registry through the ``robustops.attacks`` entry-point
+group, as third-party attacks do.
+"""
 
 from robustops.attacks.apgd import APGD, APGDDLR, APGDT
 from robustops.attacks.base import (
@@ -8,6 +11,7 @@ from robustops.attacks.base import (
     AttackResult,
     ModelFn,
     is_adversarial,
+    knowledge_suffices,
     perturbation_norm,
     project,
     random_start,
@@ -40,12 +44,9 @@ __all__ = [
     "build_attack",
     "get_attack",
     "is_adversarial",
+    "knowledge_suffices",
     "perturbation_norm",
     "project",
     "random_start",
     "register_attack",
 ]
-
-# The schema-aware tabular attacks (tabular-pgd, tabular-noise, feature-masking) live in
-# robustops.tabular and register on import; imported last, by name, to keep the cycle harmless.
-importlib.import_module("robustops.tabular.attacks")

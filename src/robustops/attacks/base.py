@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from abc import ABC
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -232,7 +231,7 @@ def frozen_parameters(model: Any) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-class Attack(ABC):
+class Attack:
     """Base of every attack. Subclasses set ``name``, ``knowledge`` and ``norms`` (the threat
     families they serve) and implement ``_run`` (tensor inputs) or override ``_check_call`` and
     ``_attack`` (other inputs).
@@ -281,16 +280,20 @@ class Attack(ABC):
     @classmethod
     def param_defaults(cls) -> dict[str, Any]:
         """Every hyper-parameter of this class and its default (:data:`inspect.Parameter.empty`
-        when it has none): the keyword-only arguments of each ``__init__`` along the MRO, the
-        most derived one first (subclasses may pass shared options up as ``**kwargs``)."""
+        when it has none): the keyword-only arguments of its ``__init__`` and, while an
+        ``__init__`` passes ``**kwargs`` up, those of the next one along the MRO (the most
+        derived default wins)."""
         out: dict[str, Any] = {}
         for klass in cls.__mro__:
             init = vars(klass).get("__init__")
             if init is None:
                 continue
-            for p in inspect.signature(init).parameters.values():
+            params = inspect.signature(init).parameters.values()
+            for p in params:
                 if p.kind is inspect.Parameter.KEYWORD_ONLY:
                     out.setdefault(p.name, p.default)
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                break
         return out
 
     def get_params(self) -> dict[str, Any]:

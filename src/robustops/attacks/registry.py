@@ -20,6 +20,7 @@ __all__ = [
     "ATTACKS",
     "AttackSpec",
     "Registry",
+    "attack_defaults",
     "available_attacks",
     "build_attack",
     "get_attack",
@@ -139,6 +140,30 @@ def available_attacks() -> list[str]:
 def get_attack(name: str) -> type[Attack]:
     """The attack class registered as ``name``; :class:`SpecError` naming the choices otherwise."""
     return ATTACKS.get(name)
+
+
+# Before every attack was built from its threat (schema < 1.4), text attacks recorded these
+# options of their word-edits threat among their own parameters.
+_LEGACY_TEXT_OPTIONS = {
+    "max_edit_share": "epsilon",
+    "query_budget": "query_budget",
+    "targeted": "targeted",
+}
+
+
+def attack_defaults(name: str, threat: ThreatModel | None = None) -> dict[str, Any]:
+    """What the attack registered as ``name`` uses unless told otherwise (its hyper-parameter
+    defaults; ``{}`` for a name this installation does not know, e.g. a plug-in not installed
+    here). With a ``word-edits`` ``threat``, also the options older results of text attacks
+    recorded as parameters (``max_edit_share``, ``query_budget``, ``targeted``), read from it:
+    results then compare by what was run, not by where it was written down."""
+    try:
+        defaults = ATTACKS.defaults(name)
+    except SpecError:
+        defaults = {}
+    if threat is not None and threat.norm == "word-edits":
+        defaults |= {k: getattr(threat, field) for k, field in _LEGACY_TEXT_OPTIONS.items()}
+    return defaults
 
 
 def build_attack(name: str, threat: ThreatModel, **params: Any) -> Attack:

@@ -23,7 +23,6 @@ from robustops.evaluation.metrics import (
     negative_log_likelihood,
 )
 from robustops.models.classifier import eval_mode, predict_logits, resolve_device
-from robustops.text.attacks import TextAttack
 from robustops.text.models import TextClassifier, predict_text_logits
 
 __all__ = ["FitOn", "TemperatureFit", "TemperatureScaled", "fit_temperature", "fit_temperature_on"]
@@ -81,7 +80,7 @@ def fit_temperature_on(
     labels: Tensor,
     *,
     fit_on: FitOn = "mix",
-    attack: Attack | TextAttack | None = None,
+    attack: Attack | None = None,
     targets: Tensor | None = None,
     batch_size: int = 500,
     device: str | torch.device | None = None,
@@ -144,7 +143,7 @@ def _logits(
 
 def _adversarial(
     model: nn.Module | TextClassifier,
-    attack: Attack | TextAttack,
+    attack: Attack,
     inputs: Tensor | Sequence[str],
     labels: Tensor,
     targets: Tensor | None,
@@ -152,10 +151,11 @@ def _adversarial(
     device: str | torch.device | None,
 ) -> Tensor | list[str]:
     """``attack``'s outputs on ``inputs``, batch by batch (tensors back on the CPU)."""
-    if isinstance(attack, TextAttack):
+    if attack.threat.modality == "text":
         if isinstance(inputs, Tensor) or isinstance(model, nn.Module):
             raise TypeError(f"text attack {attack.name!r} needs texts and a text classifier")
-        return attack(model, inputs, labels.cpu(), targets).adversarial
+        texts: list[str] = attack(model, inputs, labels.cpu(), targets=targets).adversarial
+        return texts
     if not isinstance(inputs, Tensor) or not isinstance(model, nn.Module):
         raise TypeError(f"attack {attack.name!r} needs tensor inputs and an nn.Module")
     dev = resolve_device(model, device)

@@ -14,7 +14,14 @@ from robustops.evaluation.result import (
     ThreatCalibration,
     ThreatResult,
 )
-from robustops.evaluation.suite import ProgressEvent, SuiteThreat, run_suite
+from robustops.evaluation.suite import (
+    ProgressEvent,
+    SuiteOptions,
+    SuiteRecord,
+    SuiteThreat,
+    run_suite,
+    verify,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -28,10 +35,13 @@ __all__ = [
     "SamplesRecord",
     "StochasticRecord",
     "SuiteCalibration",
+    "SuiteOptions",
+    "SuiteRecord",
     "SuiteResult",
     "SuiteThreat",
     "ThreatCalibration",
     "ThreatResult",
     "audit_gradient_masking",
     "run_suite",
+    "verify",
 ]

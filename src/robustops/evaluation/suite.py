@@ -2,15 +2,22 @@
 
 Attacks of a threat run one after another on the samples still robust (AutoAttack's order), so
 a sample counts as robust only if it was classified correctly and *every* attack failed on it.
-A success is only counted when the adversarial input is verified to respect the threat (tensors:
-inside its ball and bounds, and the attack's own constraints such as a tabular schema; texts:
-the recorded edits replay onto the original text to give the adversarial one, within the edit
-share and the query budget) and the model's re-prediction is wrong; an attack (e.g. a plug-in)
-that breaks this contract cannot inflate the numbers.
+A success is only counted when the adversarial input is verified to respect the threat
+(:func:`verify`: tensors by :func:`robustops.attacks.budget.check_budget` — the ball, patch
+square, spatial transform or corruption, the bounds and the attack's own constraints such as a
+tabular schema; texts by :func:`robustops.text.attacks.edits_within_budget` — the recorded edits
+replay onto the original text within the edit share and the query budget) and the model's
+re-prediction is wrong; an attack (e.g. a plug-in) that breaks this contract cannot inflate the
+numbers.
 
-One suite serves every modality: tensor inputs (images, tabular rows) with an ``nn.Module``
-returning logits, and texts (a list of strings) with a
-:class:`~robustops.text.models.TextClassifier`; both give the same :class:`SuiteResult`.
+Corruption threats are not adversarial: every corruption runs on every attacked sample
+(``SuiteThreat.independent``), so each attack's figures are the accuracy under that corruption,
+and the threat's robust accuracy is still the per-sample worst case.
+
+The suite runs every attack the same way, whatever its modality; only the model differs: tensor
+inputs (images, tabular rows) with an ``nn.Module`` returning logits, or texts (a list of
+strings) with a :class:`~robustops.text.models.TextClassifier`. Both give the same
+:class:`SuiteResult`.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from robustops._util import environment, make_generator
-from robustops.attacks import Attack, is_adversarial, perturbation_norm
+from robustops.attacks import Attack, AttackResult, is_adversarial
+from robustops.attacks.budget import BudgetCheck, check_budget
 from robustops.attacks.eot import is_stochastic, mean_logits
-from robustops.errors import ModelOutputError, SpecError
+from robustops.errors import ModelOutputError
 from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
 from robustops.evaluation.result import (
     AdversarialExample,
@@ -44,28 +52,38 @@ from robustops.evaluation.result import (
 )
 from robustops.models.classifier import eval_mode, resolve_device
 from robustops.text.attacks import (
-    TextAttack,
-    TextEdit,
     apply_edits,
-    edit_violation,
+    edits_within_budget,
     margin_objective,
-    max_word_edits,
     split_words,
 )
 from robustops.text.models import TextClassifier, predict_text_logits
 from robustops.threats import ThreatModel
 
-__all__ = ["ProgressEvent", "SuiteThreat", "run_suite"]
+__all__ = [
+    "ProgressEvent",
+    "SuiteOptions",
+    "SuiteRecord",
+    "SuiteThreat",
+    "run_suite",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SuiteThreat:
-    """A threat and the attacks that exercise it, run in this order."""
+    """A threat and the attacks that exercise it, run in this order.
+
+    ``independent``: every attack runs on every attacked sample instead of on those the
+    previous attacks left robust, so each attack's figures stand on their own (``None``: so for
+    ``corruption`` threats, whose attacks are fixed corruptions rather than searches).
+    """
 
     threat: ThreatModel
-    attacks: Sequence[Attack | TextAttack] = field(default_factory=list)
+    attacks: Sequence[Attack] = field(default_factory=list)
+    independent: bool | None = None
 
     def __post_init__(self) -> None:
         for attack in self.attacks:
@@ -73,6 +91,70 @@ class SuiteThreat:
                 raise ValueError(
                     f"attack {attack.name!r} was built for another threat than {self.threat.name!r}"
                 )
+
+    @property
+    def runs_independently(self) -> bool:
+        """Whether every attack runs on every attacked sample (see the class doc)."""
+        return (
+            self.independent if self.independent is not None else self.threat.norm == "corruption"
+        )
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    """How the suite runs.
+
+    Attributes:
+        batch_size: samples per attack call.
+        seed: draws the targets of targeted threats (a random wrong class per sample, unless
+            the threat fixes a ``target_class``).
+        device: where to run tensor models; default the model's device (texts: the CPU).
+        calibration: report ECE, Brier and NLL on clean inputs and, per threat, on the attacked
+            inputs (each sample's worst case: the input that broke it, else the attempt with the
+            highest loss, else the clean input for samples never attacked).
+        n_bins: equal-width (and equal-mass) bins of the calibration figures.
+        latency_calls: single-input forward calls timed for the latency percentiles (0: none).
+        n_examples: adversarial examples kept per threat for reports (the first ones broken),
+            with their attribution maps (texts: their edits and each edit's contribution).
+        eot_samples: for a tensor model found stochastic (two passes on the first batch
+            differ), forward passes averaged for every prediction the suite makes (clean,
+            success, calibration) and EOT samples given to every attack left at one pass (which
+            also loses its early stop), gradient- and score-based alike; recorded in
+            ``SuiteResult.stochastic`` with the attacks that could not be adapted. ``1`` keeps
+            single passes and the attacks as configured (all recorded as unadapted).
+    """
+
+    batch_size: int = 500
+    seed: int = 0
+    device: str | torch.device | None = None
+    calibration: bool = True
+    n_bins: int = 15
+    latency_calls: int = 100
+    n_examples: int = 4
+    eot_samples: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "n_bins", "eot_samples", "latency_calls", "n_examples"):
+            value = getattr(self, name)
+            low = 1 if name in ("batch_size", "n_bins", "eot_samples") else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SuiteRecord:
+    """What the result records about its inputs, copied as given.
+
+    Attributes:
+        name: the result's name.
+        indices: positions of the inputs in their split (default ``0..N-1``).
+        data_info, model_info: identity records (fingerprints, hashes).
+    """
+
+    name: str = "suite"
+    indices: Sequence[int] | None = None
+    data_info: dict[str, Any] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,9 +172,9 @@ class _Attempt:
     """One attack call on a batch, as the suite checked it.
 
     ``ok``: the outputs respect the threat; ``logits``: the model's re-prediction ``(B, K)``
-    (CPU); ``size``: per sample, the perturbation in the threat's norm (texts: edited share);
-    ``item(j)``: what an example of sample ``j`` keeps (its adversarial input, on the CPU);
-    ``edits``: texts, per sample, the number of edited words."""
+    (CPU); ``size``: per sample, the perturbation in the threat's unit, measured by the suite;
+    ``item(j)``: what an example of sample ``j`` keeps (its adversarial input on the CPU, with
+    its details); ``edits``: texts, per sample, the number of edited words."""
 
     ok: Tensor
     logits: Tensor
@@ -100,6 +182,45 @@ class _Attempt:
     size: Tensor
     item: Callable[[int], Any]
     edits: Tensor | None = None
+
+
+def verify(attack: Attack, inputs: Tensor | Sequence[str], result: AttackResult) -> BudgetCheck:
+    """Whether each output of ``result`` respects ``attack.threat`` around its input, and the
+    size of its perturbation in the threat's unit, measured from the inputs and outputs (texts:
+    the edited share of the words, from the edits that replay)."""
+    threat = attack.threat
+    if isinstance(inputs, Tensor):
+        return check_budget(attack, inputs, result)
+    ok = edits_within_budget(threat, inputs, result)
+    sizes = [
+        len(result.details[j]) / max(len(split_words(text)[0]), 1) if bool(ok[j]) else 0.0
+        for j, text in enumerate(inputs)
+    ]
+    return BudgetCheck(ok=ok, size=torch.tensor(sizes, dtype=torch.float64))
+
+
+def _attempt(backend: _Backend, attack: Attack, b: Tensor, y: Tensor, t: Tensor | None) -> _Attempt:
+    """Run ``attack`` on samples ``b`` (labels ``y``, targets ``t``, CPU) and check its outputs."""
+    inputs = backend.take(b)
+    dev = backend.dev
+    res = attack(backend.model, inputs, y.to(dev), targets=t.to(dev) if t is not None else None)
+    check = verify(attack, inputs, res)
+    details = res.details
+
+    def item(j: int) -> Any:
+        adv = res.adversarial[j]
+        return (adv.detach().cpu() if isinstance(adv, Tensor) else adv), (
+            details[j] if details is not None else None
+        )
+
+    return _Attempt(
+        ok=check.ok.cpu(),
+        logits=backend.predict(res.adversarial, _batch(attack.name, b)),
+        queries=res.queries.cpu(),
+        size=check.size.float().cpu(),
+        item=item,
+        edits=backend.edit_counts(res),
+    )
 
 
 class _TensorBackend:
@@ -137,7 +258,7 @@ class _TensorBackend:
         self.num_classes = int(out.shape[1])
         return out
 
-    def adapt(self, attack: Attack | TextAttack) -> Attack | TextAttack:
+    def adapt(self, attack: Attack) -> Attack:
         """For a stochastic model, ``attack`` rebuilt with ``eot_samples`` passes per query or
         gradient and without early stop, when it left those at one pass / on (the original is
         not changed); else ``attack`` itself. An attack without an ``eot_samples`` parameter
@@ -146,7 +267,7 @@ class _TensorBackend:
         if not self.stochastic:
             return attack
         params = attack.params()
-        if self.eot == 1 or not isinstance(attack, Attack) or "eot_samples" not in params:
+        if self.eot == 1 or "eot_samples" not in params:
             self.unadapted.append(attack.name)
             return attack
         if params["eot_samples"] != 1:
@@ -187,41 +308,32 @@ class _TensorBackend:
     def _forward(self, x: Tensor, where: str) -> Tensor:
         return self._check(mean_logits(self.model, x, self.eot), x.shape[0], where)
 
-    def attack(
-        self, attack: Attack | TextAttack, b: Tensor, y: Tensor, t: Tensor | None
-    ) -> _Attempt:
-        if not isinstance(attack, Attack):
-            raise TypeError(f"{attack.name!r} is not an attack on tensor inputs")
-        xb = self.x[b].to(self.dev)
-        res = attack(
-            self.model, xb, y.to(self.dev), targets=t.to(self.dev) if t is not None else None
-        )
-        ok = (
-            _contract_ok(res.adversarial, xb, attack.threat) & attack.respects(res.adversarial, xb)
-        ).cpu()
-        adv = res.adversarial.detach()
-        return _Attempt(
-            ok=ok,
-            logits=self._forward(adv, _batch(attack.name, b)),
-            queries=res.queries.cpu(),
-            size=res.perturbation.cpu(),
-            item=lambda j: adv[j].cpu(),
-        )
+    def take(self, b: Tensor) -> Tensor:
+        """Samples ``b`` on the model's device."""
+        return self.x[b].to(self.dev)
+
+    def predict(self, adversarial: object, where: str) -> Tensor:
+        """Checked logits ``(B, K)`` (CPU) of the attack's outputs (the mean of the EOT passes)."""
+        if not isinstance(adversarial, Tensor):
+            raise ModelOutputError(f"{where} are {type(adversarial).__name__}, not a tensor")
+        return self._forward(adversarial.detach().to(self.dev), where)
+
+    def edit_counts(self, res: AttackResult) -> None:
+        return None
 
     def examples(
         self,
         y: Tensor,
         targets: Tensor | None,
         clean_logits: Tensor,
-        kept: list[tuple[int, str, Any]],
-        threat: ThreatModel,
+        kept: list[_Kept],
     ) -> list[AdversarialExample]:
         """Records of the kept examples, with the attribution ``δ ⊙ ∇(z_adv − z_label)`` at the
         adversarial input: the first-order share of each feature's change in the logit margin
         that flipped the prediction (zeros for a model without gradients)."""
         model, dev, x = self.model, self.dev, self.x
-        idx = torch.tensor([k[0] for k in kept])
-        adv = torch.stack([k[2] for k in kept]).to(dev)
+        idx = torch.tensor([k.index for k in kept])
+        adv = torch.stack([k.adversarial for k in kept]).to(dev)
         clean = x[idx].to(dev)
         labels = y[idx].to(dev)
         differentiable = getattr(model, "differentiable", True)
@@ -237,26 +349,23 @@ class _TensorBackend:
             else:
                 attribution = torch.zeros_like(adv).cpu()
         adv_logits = logits.detach().float().cpu()
-        norms = perturbation_norm(adv.cpu() - clean.cpu(), threat.norm)
 
         def flat(v: Tensor) -> list[float]:
             return [round(f, 5) for f in v.flatten().tolist()]
 
         return [
             _example(
-                i,
-                attack,
+                ex,
                 y,
                 targets,
                 clean_logits,
                 adv_logits[k],
-                float(norms[k]),
                 shape=list(x.shape[1:]),
-                clean=flat(x[i]),
+                clean=flat(x[ex.index]),
                 adversarial=flat(adv[k].cpu()),
                 attribution=[float(f"{v:.4g}") for v in attribution[k].flatten().tolist()],
             )
-            for k, (i, attack, _) in enumerate(kept)
+            for k, ex in enumerate(kept)
         ]
 
 
@@ -271,13 +380,20 @@ class _TextBackend:
         self.dev = torch.device("cpu")
         self.num_classes: int | None = None
 
-    def adapt(self, attack: Attack | TextAttack) -> Attack | TextAttack:
+    def adapt(self, attack: Attack) -> Attack:
         return attack  # text classifiers are queried as they are
 
     def record(self) -> StochasticRecord | None:
         return None
 
-    def predict(self, texts: Sequence[str], where: str) -> Tensor:
+    def take(self, b: Tensor) -> list[str]:
+        """Texts ``b``."""
+        return [self.texts[i] for i in b.tolist()]
+
+    def predict(self, texts: object, where: str) -> Tensor:
+        """Checked logits ``(B, K)`` of the attack's output texts."""
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise ModelOutputError(f"{where} are {type(texts).__name__}, not a list of texts")
         logits = predict_text_logits(self.model, texts, self.batch_size)
         out = _checked(logits, len(texts), where, self.num_classes)
         self.num_classes = int(out.shape[1])
@@ -292,30 +408,11 @@ class _TextBackend:
     def sync(self) -> None:
         pass
 
-    def attack(
-        self, attack: Attack | TextAttack, b: Tensor, y: Tensor, t: Tensor | None
-    ) -> _Attempt:
-        if not isinstance(attack, TextAttack):
-            raise TypeError(f"{attack.name!r} is not a text attack")
-        threat = attack.threat
-        originals = [self.texts[i] for i in b.tolist()]
-        res = attack(self.model, originals, y, t)
-        ok = torch.tensor(
-            [
-                _edits_ok(text, adv, edits, q, threat)
-                for text, adv, edits, q in zip(
-                    originals, res.adversarial, res.edits, res.queries.tolist(), strict=True
-                )
-            ],
-            dtype=torch.bool,
-        )
-        return _Attempt(
-            ok=ok,
-            logits=self.predict(res.adversarial, _batch(attack.name, b)),
-            queries=res.queries.cpu(),
-            size=res.edit_share.float(),
-            item=lambda j: (res.adversarial[j], res.edits[j]),
-            edits=torch.tensor([len(e) for e in res.edits], dtype=torch.float64),
+    def edit_counts(self, res: AttackResult) -> Tensor:
+        """Per text, the number of edited words."""
+        details = res.details if isinstance(res.details, list) else []
+        return torch.tensor(
+            [len(e) if isinstance(e, list) else 0 for e in details], dtype=torch.float64
         )
 
     def examples(
@@ -323,13 +420,13 @@ class _TextBackend:
         y: Tensor,
         targets: Tensor | None,
         clean_logits: Tensor,
-        kept: list[tuple[int, str, Any]],
-        threat: ThreatModel,
+        kept: list[_Kept],
     ) -> list[AdversarialExample]:
         """Records of the kept examples; each edit's ``contribution`` is the drop of the
         attacker's objective when only that edit is reverted (one query per edit)."""
         out = []
-        for i, attack, (adv_text, edits) in kept:
+        for ex in kept:
+            i, adv_text, edits = ex.index, ex.adversarial, ex.details
             original = self.texts[i]
             reverted = [
                 apply_edits(original, [e for e in edits if e is not skip]) for skip in edits
@@ -338,16 +435,13 @@ class _TextBackend:
             label = y[i : i + 1].expand(logits.shape[0])
             tgt = targets[i : i + 1].expand(logits.shape[0]) if targets is not None else None
             obj, _ = margin_objective(logits, label, tgt)
-            n_words = len(split_words(original)[0])
             out.append(
                 _example(
-                    i,
-                    attack,
+                    ex,
                     y,
                     targets,
                     clean_logits,
                     logits[0],
-                    len(edits) / n_words if n_words else 0.0,
                     clean_text=original,
                     adversarial_text=adv_text,
                     edits=[
@@ -409,46 +503,27 @@ def _checked(logits: object, rows: int, where: str, num_classes: int | None) -> 
     return out
 
 
-def _contract_ok(adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
-    """``(N,)`` bool: the adversarial input lies in the threat's ball (float32 rounding allowed)
-    and bounds."""
-    low, high = threat.bounds
-    delta = (adv - x).flatten(1)
-    size = delta.abs().amax(1) if threat.norm == "linf" else delta.norm(p=2, dim=1)
-    in_ball = size <= threat.epsilon * (1 + 1e-6) + 1e-7
-    flat = adv.flatten(1)
-    in_bounds = (flat >= low).all(1) & (flat <= high).all(1)
-    return in_ball & in_bounds
+@dataclass(frozen=True)
+class _Kept:
+    """A broken sample kept as an example: its index, the attack that broke it, its
+    adversarial input (CPU) and details, and the size of its perturbation."""
 
-
-def _edits_ok(
-    text: str, adversarial: str, edits: Sequence[TextEdit], queries: int, threat: ThreatModel
-) -> bool:
-    """The text attack's contract: its edits replay onto ``text`` to give ``adversarial``, each
-    is what its kind allows (:func:`~robustops.text.attacks.edit_violation`), they edit at most
-    the threat's share of the words, and the attack kept to the query budget."""
-    if len(edits) > max_word_edits(threat.epsilon, len(split_words(text)[0])):
-        return False
-    if any(edit_violation(e) is not None for e in edits):
-        return False
-    if threat.query_budget is not None and queries > threat.query_budget:
-        return False
-    try:
-        return apply_edits(text, edits) == adversarial
-    except SpecError:
-        return False
+    index: int
+    attack: str
+    adversarial: Any
+    details: Any
+    size: float
 
 
 def _example(
-    i: int,
-    attack: str,
+    ex: _Kept,
     y: Tensor,
     targets: Tensor | None,
     clean_logits: Tensor,
     adv_logits: Tensor,
-    norm: float,
     **fields: Any,
 ) -> AdversarialExample:
+    i = ex.index
     clean_probs = clean_logits[i].float().softmax(0)
     adv_probs = adv_logits.float().softmax(0)
     p_clean, p_adv = int(clean_probs.argmax()), int(adv_probs.argmax())
@@ -456,12 +531,12 @@ def _example(
         index=i,
         label=int(y[i]),
         target=int(targets[i]) if targets is not None else None,
-        attack=attack,
+        attack=ex.attack,
         clean_prediction=p_clean,
         clean_confidence=float(clean_probs[p_clean]),
         adversarial_prediction=p_adv,
         adversarial_confidence=float(adv_probs[p_adv]),
-        perturbation_norm=norm,
+        perturbation_norm=ex.size,
         **fields,
     )
 
@@ -471,21 +546,26 @@ def _modality(inputs: Tensor | Sequence[str]) -> str:
 
 
 def _backend(
-    model: nn.Module | TextClassifier,
-    inputs: Tensor | Sequence[str],
-    batch_size: int,
-    device: str | torch.device | None,
-    eot_samples: int,
+    model: nn.Module | TextClassifier, inputs: Tensor | Sequence[str], opts: SuiteOptions
 ) -> _Backend:
     """The backend for ``inputs``: tensors with an ``nn.Module``, texts with a text classifier."""
     if isinstance(inputs, Tensor):
         if not isinstance(model, nn.Module):
             raise TypeError("tensor inputs need an nn.Module returning logits")
-        dev = resolve_device(model, device)
-        return _TensorBackend(model, inputs, batch_size, dev, eot_samples)
+        dev = resolve_device(model, opts.device)
+        backend = _TensorBackend(model, inputs, opts.batch_size, dev, opts.eot_samples)
+        if backend.stochastic:
+            log.warning(
+                "the model is stochastic (two passes differ by up to %.3g in a logit): %s",
+                backend.gap,
+                f"predictions average {backend.eot} passes and attacks use EOT"
+                if backend.eot > 1
+                else "single passes as asked (eot_samples=1); robust accuracy may be overstated",
+            )
+        return backend
     if isinstance(inputs, str) or not callable(getattr(model, "predict_logits", None)):
         raise TypeError("texts must be a sequence of strings, with a text classifier")
-    return _TextBackend(model, inputs, batch_size)  # type: ignore[arg-type]
+    return _TextBackend(model, inputs, opts.batch_size)  # type: ignore[arg-type]
 
 
 def run_suite(
@@ -493,21 +573,11 @@ def run_suite(
     inputs: Tensor | Sequence[str],
     labels: Tensor,
     threats: Sequence[SuiteThreat],
+    options: SuiteOptions | None = None,
     *,
-    name: str = "suite",
-    batch_size: int = 500,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    indices: Sequence[int] | None = None,
-    data_info: dict[str, Any] | None = None,
-    model_info: dict[str, Any] | None = None,
-    progress: Callable[[ProgressEvent], None] | None = None,
-    calibration: bool = True,
+    record: SuiteRecord | None = None,
     temperature: TemperatureFit | None = None,
-    n_bins: int = 15,
-    latency_calls: int = 100,
-    n_examples: int = 4,
-    eot_samples: int = 10,
+    progress: Callable[[ProgressEvent], None] | None = None,
 ) -> SuiteResult:
     """Evaluate ``model`` on ``inputs`` / ``labels`` ``(N,)`` under each threat.
 
@@ -518,125 +588,101 @@ def run_suite(
             strings. Outputs must be finite logits of one shape ``(B, K)``, else
             :class:`~robustops.errors.ModelOutputError` names the first bad batch.
         threats: threats with their attacks, in the order they should run; ``word-edits``
-            threats (text attacks) for texts, ``linf``/``l2`` threats for tensors.
-        batch_size: samples per attack call.
-        seed: draws the targets of targeted threats (a random wrong class per sample, unless
-            the threat fixes a ``target_class``).
-        device: where to run tensor models; default the model's device (texts: the CPU).
-        indices: positions of ``inputs`` in their split, recorded in the result.
-        data_info, model_info: identity records (fingerprints, hashes) copied into the result.
-        progress: called after each batch, e.g. to drive a progress bar.
-        calibration: report ECE, Brier and NLL on clean inputs and, per threat, on the attacked
-            inputs (each sample's worst case: the input that broke it, else the attempt with the
-            highest loss, else the clean input for samples never attacked).
+            threats for texts, the other families for tensors.
+        options: how the suite runs (:class:`SuiteOptions`; default values when ``None``).
+        record: the result's name and the identity records it copies (:class:`SuiteRecord`).
         temperature: a temperature fitted on held-out data (see
             :func:`robustops.defenses.fit_temperature_on`); the calibration figures are then
             reported before and after scaling. Predictions, hence robust accuracy, do not change.
-        n_bins: equal-width (and equal-mass) bins of the calibration figures.
-        latency_calls: single-input forward calls timed for the latency percentiles (0: none).
-        n_examples: adversarial examples kept per threat for reports (the first ones broken),
-            with their attribution maps (texts: their edits and each edit's contribution).
-        eot_samples: for a tensor model found stochastic (two passes on the first batch
-            differ), forward passes averaged for every prediction the suite makes (clean,
-            success, calibration) and EOT samples given to every attack left at one pass (which
-            also loses its early stop), gradient- and score-based alike; recorded in
-            ``SuiteResult.stochastic`` with the attacks that could not be adapted. ``1`` keeps
-            single passes and the attacks as configured (all recorded as unadapted).
+        progress: called after each batch, e.g. to drive a progress bar.
     """
-    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
-        raise ValueError(f"eot_samples must be an int >= 1, got {eot_samples!r}")
-    if len(inputs) != labels.shape[0]:
-        raise ValueError("inputs and labels differ in length")
-    if any(st.threat.modality != _modality(inputs) for st in threats):
-        st = next(st for st in threats if st.threat.modality != _modality(inputs))
-        raise ValueError(
-            f"threat {st.threat.name!r} ({st.threat.norm}) is for {st.threat.modality} "
-            f"inputs, not {_modality(inputs)} ones"
-        )
+    opts, rec = options or SuiteOptions(), record or SuiteRecord()
+    _check_inputs(inputs, labels, threats)
     t_start = time.perf_counter()
     # Every submodule in eval mode before the first pass (the stochasticity probe included):
     # a batch-norm left in training would learn from the test batch, a dropout would look random.
     with eval_mode(model):
-        backend = _backend(model, inputs, batch_size, device, eot_samples)
-        if isinstance(backend, _TensorBackend) and backend.stochastic:
-            log.warning(
-                "the model is stochastic (two passes differ by up to %.3g in a logit): %s",
-                backend.gap,
-                f"predictions average {backend.eot} passes and attacks use EOT"
-                if backend.eot > 1
-                else "single passes as asked (eot_samples=1); robust accuracy may be overstated",
-            )
+        backend = _backend(model, inputs, opts)
         y = labels.detach().cpu().to(torch.int64)
-        n = backend.n
         t_clean = time.perf_counter()
         clean_logits = backend.clean_logits()
         clean_s = time.perf_counter() - t_clean
+        n = backend.n
         if n and int(y.max()) >= clean_logits.shape[1]:
             raise ModelOutputError(
                 f"the model has {clean_logits.shape[1]} outputs but the labels go up to "
                 f"{int(y.max())}"
             )
-        latency = (
-            _latency(backend, latency_calls, batch_size, clean_s)
-            if latency_calls > 0 and n
-            else None
-        )
-        clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
-        gen = make_generator(seed)
-        threat_results = []
-        for st in threats:
-            tr, attacked_logits = _run_threat(
-                backend, y, clean_logits, st, batch_size, gen, progress, n_examples
-            )
-            if calibration and n:
-                tr.calibration = ThreatCalibration(
-                    attacked=calibration_metrics(attacked_logits, y, n_bins=n_bins),
-                    attacked_scaled=calibration_metrics(
-                        attacked_logits, y, n_bins=n_bins, temperature=temperature.temperature
-                    )
-                    if temperature is not None
-                    else None,
-                )
-            threat_results.append(tr)
-    suite_calibration = None
-    if calibration and n:
-        suite_calibration = SuiteCalibration(
-            n_bins=n_bins,
-            clean=calibration_metrics(clean_logits, y, n_bins=n_bins),
-            clean_scaled=calibration_metrics(
-                clean_logits, y, n_bins=n_bins, temperature=temperature.temperature
-            )
-            if temperature is not None
-            else None,
-            temperature=temperature,
-        )
+        latency = _latency(backend, opts.latency_calls, opts.batch_size, clean_s) if n else None
+        gen = make_generator(opts.seed)
+        threat_results = [
+            _ThreatRun(backend, y, clean_logits, st, gen, opts).run(progress, temperature)
+            for st in threats
+        ]
+    clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
     return SuiteResult(
-        name=name,
+        name=rec.name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        seed=seed,
+        seed=opts.seed,
         device=str(backend.dev),
         n_samples=n,
         clean_accuracy=int(clean_correct.sum()) / n if n else 0.0,
         threats=threat_results,
-        data=data_info or {},
-        model=model_info or {},
+        data=dict(rec.data_info),
+        model=dict(rec.model_info),
         environment=environment(),
         samples=SamplesRecord(
-            indices=list(indices) if indices is not None else list(range(n)),
+            indices=list(rec.indices) if rec.indices is not None else list(range(n)),
             labels=y.tolist(),
             clean_correct=clean_correct.tolist(),
         ),
         wall_time_s=time.perf_counter() - t_start,
-        calibration=suite_calibration,
+        calibration=_suite_calibration(clean_logits, y, opts, temperature) if n else None,
         latency=latency,
         stochastic=backend.record(),
     )
 
 
+def _check_inputs(
+    inputs: Tensor | Sequence[str], labels: Tensor, threats: Sequence[SuiteThreat]
+) -> None:
+    if len(inputs) != labels.shape[0]:
+        raise ValueError("inputs and labels differ in length")
+    modality = _modality(inputs)
+    for st in threats:
+        if st.threat.modality != modality:
+            raise ValueError(
+                f"threat {st.threat.name!r} ({st.threat.norm}) is for {st.threat.modality} "
+                f"inputs, not {modality} ones"
+            )
+
+
+def _suite_calibration(
+    clean_logits: Tensor, y: Tensor, opts: SuiteOptions, temperature: TemperatureFit | None
+) -> SuiteCalibration | None:
+    """The clean calibration figures (``None`` when calibration is off)."""
+    if not opts.calibration:
+        return None
+    t = temperature.temperature if temperature is not None else None
+    return SuiteCalibration(
+        n_bins=opts.n_bins,
+        clean=calibration_metrics(clean_logits, y, n_bins=opts.n_bins),
+        clean_scaled=calibration_metrics(clean_logits, y, n_bins=opts.n_bins, temperature=t)
+        if t is not None
+        else None,
+        temperature=temperature,
+    )
+
+
 @torch.no_grad()
-def _latency(backend: _Backend, calls: int, batch_size: int, batched_s: float) -> LatencyFigures:
+def _latency(
+    backend: _Backend, calls: int, batch_size: int, batched_s: float
+) -> LatencyFigures | None:
     """Time ``calls`` single-input forward passes (cycling over the inputs, after 5 warm-up
-    calls); throughput from the batched clean pass that took ``batched_s`` seconds."""
+    calls); throughput from the batched clean pass that took ``batched_s`` seconds. ``None``
+    for no calls."""
+    if calls <= 0:
+        return None
     n = backend.n
     for i in range(min(5, n)):
         backend.call_one(i)
@@ -660,120 +706,169 @@ def _latency(backend: _Backend, calls: int, batch_size: int, batched_s: float) -
     )
 
 
-def _run_threat(
-    backend: _Backend,
-    y: Tensor,
-    clean_logits: Tensor,
-    st: SuiteThreat,
-    batch_size: int,
-    gen: torch.Generator,
-    progress: Callable[[ProgressEvent], None] | None,
-    n_examples: int,
-) -> tuple[ThreatResult, Tensor]:
-    """The threat's figures and, per sample, the logits ``(N, K)`` of its worst-case input."""
-    threat = st.threat
-    n = backend.n
-    num_classes = int(clean_logits.shape[1]) if n else 0
-    clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
-    # Worst case per sample so far: its logits and loss (CE against the label, or minus CE
-    # against the target); the input that broke a sample is kept whatever its loss.
-    worst_logits = clean_logits.clone()
-    targets = threat.draw_targets(y, num_classes, gen)
-    worst_loss = _threat_loss(clean_logits, y, targets)
-    robust = clean_correct.clone()
-    attacked = clean_correct & threat.attacked(y)
-    broken_by: list[str | None] = [None] * n
-    queries = torch.zeros(n, dtype=torch.int64)
-    figures: list[AttackFigures] = []
-    kept: list[tuple[int, str, Any]] = []  # the first broken samples: index, attack, input
-    t_threat = time.perf_counter()
-    for attack in map(backend.adapt, st.attacks):
-        idx = (robust & attacked).nonzero().squeeze(1)
-        t0 = time.perf_counter()
-        n_broken, total_q, succ_q = 0, 0, 0
-        perts: list[Tensor] = []
-        edit_counts: list[Tensor] = []
-        for start in range(0, idx.numel(), batch_size):
-            b = idx[start : start + batch_size]
-            tb = targets[b] if targets is not None else None
-            att = backend.attack(attack, b, y[b], tb)
-            ok = att.ok
-            if not bool(ok.all()):
-                log.warning(
-                    "attack %s returned %d inputs that break threat %s; their successes are "
-                    "not counted",
-                    attack.name,
-                    int((~ok).sum()),
-                    threat.name,
-                )
-            # The suite's own re-prediction decides, not what the attack reports.
-            success = ok & is_adversarial(att.logits, y[b], tb)
-            loss = _threat_loss(att.logits, y[b], tb)
-            better = ok & (success | (loss > worst_loss[b]))
-            worst_logits[b[better]] = att.logits[better]
-            worst_loss[b[better]] = loss[better]
-            queries[b] += att.queries
-            total_q += int(att.queries.sum())
-            succ_q += int(att.queries[success].sum())
-            hit = b[success]
-            robust[hit] = False
-            for i in hit.tolist():
-                broken_by[i] = attack.name
-            for j in success.nonzero().squeeze(1).tolist():
-                if len(kept) < n_examples:
-                    kept.append((int(b[j]), attack.name, att.item(j)))
-            n_broken += int(success.sum())
-            perts.append(att.size[success])
-            if att.edits is not None:
-                edit_counts.append(att.edits[success])
-            if progress is not None:
-                progress(
-                    ProgressEvent(
-                        threat.name, attack.name, min(start + batch_size, idx.numel()), idx.numel()
-                    )
-                )
-        if progress is not None and idx.numel() == 0:
-            progress(ProgressEvent(threat.name, attack.name, 0, 0))
-        succ_perts = torch.cat(perts) if perts else torch.empty(0)
-        edits_all = torch.cat(edit_counts) if edit_counts else None
-        n_att = int(idx.numel())
-        figures.append(
-            AttackFigures(
-                name=attack.name,
-                params=attack.params(),
-                n_attacked=n_att,
-                n_broken=n_broken,
-                success_rate=n_broken / n_att if n_att else 0.0,
-                mean_queries=total_q / n_att if n_att else 0.0,
-                total_queries=total_q,
-                median_perturbation=float(succ_perts.median()) if succ_perts.numel() else None,
-                wall_time_s=time.perf_counter() - t0,
-                mean_queries_per_success=succ_q / n_broken if n_broken else None,
-                mean_edits=float(edits_all.mean())
-                if edits_all is not None and edits_all.numel()
-                else None,
-            )
+class _ThreatRun:
+    """One threat's evaluation: its attacks in order, each on the samples it is owed (those
+    still robust, or every attacked one for an independent threat), keeping per sample the
+    worst case so far: its logits and loss (CE against the label, or minus CE against the
+    target); the input that broke a sample is kept whatever its loss."""
+
+    def __init__(
+        self,
+        backend: _Backend,
+        y: Tensor,
+        clean_logits: Tensor,
+        st: SuiteThreat,
+        gen: torch.Generator,
+        opts: SuiteOptions,
+    ) -> None:
+        self.backend, self.y, self.clean_logits, self.st, self.opts = (
+            backend,
+            y,
+            clean_logits,
+            st,
+            opts,
         )
-    n_robust = int(robust.sum())
-    n_attacked = int(attacked.sum())
-    n_broken_all = int((attacked & ~robust).sum())
-    result = ThreatResult(
-        name=threat.name,
-        threat=threat,
-        robust_accuracy=n_robust / n if n else 0.0,
-        attack_success_rate=n_broken_all / n_attacked if n_attacked else 0.0,
-        n_robust=n_robust,
-        n_attacked=n_attacked,
-        attacks=figures,
-        total_queries=int(queries.sum()),
-        wall_time_s=time.perf_counter() - t_threat,
-        robust=robust.tolist(),
-        broken_by=broken_by,
-        queries=queries.tolist(),
-        targets=targets.tolist() if targets is not None else None,
-        examples=backend.examples(y, targets, clean_logits, kept, threat) if kept else [],
-    )
-    return result, worst_logits
+        n = backend.n
+        clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
+        self.targets = st.threat.draw_targets(y, int(clean_logits.shape[1]) if n else 0, gen)
+        self.worst_logits = clean_logits.clone()
+        self.worst_loss = _threat_loss(clean_logits, y, self.targets)
+        self.robust = clean_correct.clone()
+        self.attacked = clean_correct & st.threat.attacked(y)
+        self.broken_by: list[str | None] = [None] * n
+        self.queries = torch.zeros(n, dtype=torch.int64)
+        self.kept: list[_Kept] = []
+
+    def run(
+        self,
+        progress: Callable[[ProgressEvent], None] | None,
+        temperature: TemperatureFit | None,
+    ) -> ThreatResult:
+        """Every attack of the threat, then its figures."""
+        t0 = time.perf_counter()
+        figures = [self._attack(a, progress) for a in map(self.backend.adapt, self.st.attacks)]
+        return self._result(figures, time.perf_counter() - t0, temperature)
+
+    def _attack(
+        self, attack: Attack, progress: Callable[[ProgressEvent], None] | None
+    ) -> AttackFigures:
+        owed = self.attacked if self.st.runs_independently else self.robust & self.attacked
+        idx = owed.nonzero().squeeze(1)
+        t0 = time.perf_counter()
+        tally = _Tally()
+        for start in range(0, idx.numel(), self.opts.batch_size):
+            b = idx[start : start + self.opts.batch_size]
+            self._batch(attack, b, tally)
+            if progress is not None:
+                done = min(start + self.opts.batch_size, idx.numel())
+                progress(ProgressEvent(self.st.threat.name, attack.name, done, idx.numel()))
+        if progress is not None and idx.numel() == 0:
+            progress(ProgressEvent(self.st.threat.name, attack.name, 0, 0))
+        return tally.figures(attack, int(idx.numel()), time.perf_counter() - t0)
+
+    def _batch(self, attack: Attack, b: Tensor, tally: _Tally) -> None:
+        """Attack samples ``b`` and fold the checked outcome into the worst case."""
+        tb = self.targets[b] if self.targets is not None else None
+        att = _attempt(self.backend, attack, b, self.y[b], tb)
+        if not bool(att.ok.all()):
+            log.warning(
+                "attack %s returned %d inputs that break threat %s; their successes are "
+                "not counted",
+                attack.name,
+                int((~att.ok).sum()),
+                self.st.threat.name,
+            )
+        # The suite's own re-prediction decides, not what the attack reports.
+        success = att.ok & is_adversarial(att.logits, self.y[b], tb)
+        loss = _threat_loss(att.logits, self.y[b], tb)
+        better = att.ok & (success | (loss > self.worst_loss[b])) & self.robust[b]
+        self.worst_logits[b[better]] = att.logits[better]
+        self.worst_loss[b[better]] = loss[better]
+        self.queries[b] += att.queries
+        for j in success.nonzero().squeeze(1).tolist():
+            i = int(b[j])
+            if self.broken_by[i] is None:
+                self.broken_by[i] = attack.name
+            if len(self.kept) < self.opts.n_examples and all(k.index != i for k in self.kept):
+                adv, details = att.item(j)
+                self.kept.append(_Kept(i, attack.name, adv, details, float(att.size[j])))
+        self.robust[b[success]] = False
+        tally.add(att, success)
+
+    def _result(
+        self, figures: list[AttackFigures], wall_s: float, temperature: TemperatureFit | None
+    ) -> ThreatResult:
+        n, threat, y = self.backend.n, self.st.threat, self.y
+        n_robust, n_attacked = int(self.robust.sum()), int(self.attacked.sum())
+        n_broken = int((self.attacked & ~self.robust).sum())
+        return ThreatResult(
+            name=threat.name,
+            threat=threat,
+            robust_accuracy=n_robust / n if n else 0.0,
+            attack_success_rate=n_broken / n_attacked if n_attacked else 0.0,
+            n_robust=n_robust,
+            n_attacked=n_attacked,
+            attacks=figures,
+            total_queries=int(self.queries.sum()),
+            wall_time_s=wall_s,
+            robust=self.robust.tolist(),
+            broken_by=self.broken_by,
+            queries=self.queries.tolist(),
+            targets=self.targets.tolist() if self.targets is not None else None,
+            examples=self.backend.examples(y, self.targets, self.clean_logits, self.kept)
+            if self.kept
+            else [],
+            calibration=self._calibration(temperature) if self.opts.calibration and n else None,
+        )
+
+    def _calibration(self, temperature: TemperatureFit | None) -> ThreatCalibration:
+        bins, y, logits = self.opts.n_bins, self.y, self.worst_logits
+        return ThreatCalibration(
+            attacked=calibration_metrics(logits, y, n_bins=bins),
+            attacked_scaled=calibration_metrics(
+                logits, y, n_bins=bins, temperature=temperature.temperature
+            )
+            if temperature is not None
+            else None,
+        )
+
+
+@dataclass
+class _Tally:
+    """One attack's running counts over its batches."""
+
+    n_broken: int = 0
+    total_queries: int = 0
+    success_queries: int = 0
+    sizes: list[Tensor] = field(default_factory=list)
+    edits: list[Tensor] = field(default_factory=list)
+
+    def add(self, att: _Attempt, success: Tensor) -> None:
+        self.n_broken += int(success.sum())
+        self.total_queries += int(att.queries.sum())
+        self.success_queries += int(att.queries[success].sum())
+        self.sizes.append(att.size[success])
+        if att.edits is not None:
+            self.edits.append(att.edits[success])
+
+    def figures(self, attack: Attack, n_attacked: int, wall_s: float) -> AttackFigures:
+        sizes = torch.cat(self.sizes) if self.sizes else torch.empty(0)
+        edits = torch.cat(self.edits) if self.edits else torch.empty(0)
+        return AttackFigures(
+            name=attack.name,
+            params=attack.params(),
+            n_attacked=n_attacked,
+            n_broken=self.n_broken,
+            success_rate=self.n_broken / n_attacked if n_attacked else 0.0,
+            mean_queries=self.total_queries / n_attacked if n_attacked else 0.0,
+            total_queries=self.total_queries,
+            median_perturbation=float(sizes.median()) if sizes.numel() else None,
+            wall_time_s=wall_s,
+            mean_queries_per_success=self.success_queries / self.n_broken
+            if self.n_broken
+            else None,
+            mean_edits=float(edits.mean()) if edits.numel() else None,
+        )
 
 
 def _threat_loss(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:

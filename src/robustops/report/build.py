@@ -4,11 +4,9 @@ decided here, once, so the Markdown and HTML reports say the same thing."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from robustops.attacks import get_attack
-from robustops.errors import SpecError
+from robustops.attacks.registry import attack_defaults
 from robustops.evaluation.masking import AuditResult
 from robustops.evaluation.metrics import CalibrationMetrics, wilson_interval
 from robustops.evaluation.plots import (
@@ -43,7 +41,6 @@ from robustops.report.figures import (
     SweepSeries,
     robustness_curve_figure,
 )
-from robustops.text.attacks import get_text_attack
 
 __all__ = ["MAX_EXAMPLES", "audit_sweep", "build_document", "wilson_interval"]
 
@@ -175,7 +172,7 @@ def _attack_table(t: ThreatResult) -> Table:
     for a in attacks:
         row: list[Cell] = [
             a.name,
-            _params(a.params, _attack_defaults(a.name, t)),
+            _params(a.params, attack_defaults(a.name, t.threat)),
             str(a.n_attacked),
             str(a.n_broken),
             _pct(a.success_rate),
@@ -197,34 +194,6 @@ def _attack_table(t: ThreatResult) -> Table:
     return Table(
         tuple(columns), tuple(rows), numeric=frozenset(range(2, len(columns))), caption=caption
     )
-
-
-def _attack_defaults(name: str, t: ThreatResult) -> dict[str, Any]:
-    """What the attack registered as ``name`` uses unless told otherwise: the keyword-only
-    defaults of every ``__init__`` in its MRO (the nearest wins) and, for a text attack, the
-    options its word-edits threat sets (budget, query budget, target). Without a registered
-    attack of that name (e.g. a plug-in not installed here), only the threat's options."""
-    text = t.threat.norm == _WORD_EDITS
-    defaults: dict[str, Any] = {}
-    try:
-        cls: type = get_text_attack(name) if text else get_attack(name)
-    except SpecError:
-        cls = object
-    for klass in reversed(cls.__mro__):
-        init = vars(klass).get("__init__")
-        if init is None or klass is object:
-            continue
-        for p in inspect.signature(init).parameters.values():
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty:
-                defaults[p.name] = p.default
-    if text:
-        th = t.threat
-        defaults |= {
-            "max_edit_share": th.epsilon,
-            "query_budget": th.query_budget,
-            "targeted": th.targeted,
-        }
-    return defaults
 
 
 def _is_default(key: str, value: Any, defaults: dict[str, Any]) -> bool:

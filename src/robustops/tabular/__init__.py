@@ -5,13 +5,10 @@
   :meth:`FeatureSchema.is_feasible` and :meth:`FeatureSchema.project`.
 * a registry of schemas by name (``breast_cancer`` ships, see
   :mod:`robustops.tabular.breast_cancer`).
-* attacks registered with :mod:`robustops.attacks`: ``tabular-pgd``, ``tabular-noise`` and
+* attacks registered with :mod:`robustops.attacks` (through its entry-point group): ``tabular-pgd``, ``tabular-noise`` and
   ``feature-masking`` (see :mod:`robustops.tabular.attacks`).
 """
 
-# First: robustops.attacks imports this package's attacks module at its end, which needs
-# robustops.attacks.base; importing the attack library before anything of ours keeps that order.
-import robustops.attacks  # noqa: F401
 from robustops.tabular.attacks import (
     FeatureMasking,
     TabularAttack,

@@ -36,7 +36,6 @@ from robustops.attacks.base import (
 from robustops.attacks.eot import LOSSES, ascent_direction, loss_and_grad, mean_logits
 from robustops.attacks.losses import margin_loss
 from robustops.attacks.pgd import PGDOptions
-from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.tabular.constraints import (
     Constraints,
@@ -117,7 +116,6 @@ class TabularAttack(Attack):
         return self.schema_.is_feasible(adversarial, inputs)
 
 
-@register_attack
 class TabularPGD(PGDOptions, TabularAttack):
     """Constrained PGD (L∞, L2): every step is followed by the schema projection.
 
@@ -208,7 +206,6 @@ class TabularPGD(PGDOptions, TabularAttack):
         return best, queries
 
 
-@register_attack
 class TabularNoise(TabularAttack):
     """Black-box random feasible perturbations: ``draws`` per sample, the first adversarial one
     kept. Each draw is a uniform point of the ball (L∞ cube, L2 ball) mapped onto the feasible
@@ -257,7 +254,6 @@ class TabularNoise(TabularAttack):
         return best, queries
 
 
-@register_attack
 class FeatureMasking(TabularAttack):
     """Signal obfuscation: blank up to ``k`` mutable features, greedily by model score.
 

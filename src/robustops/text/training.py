@@ -48,7 +48,6 @@ from torch import Tensor, nn
 
 from robustops._util import make_generator
 from robustops.errors import SpecError
-from robustops.text.attacks import TextAttack
 from robustops.text.models import TorchTextClassifier
 from robustops.training.recipe import AugmentSpec, Recipe
 from robustops.training.schedules import learning_rate
@@ -265,7 +264,7 @@ def _augment_round(
     """Run the round before ``epoch``: attack a draw of the training texts, add what fooled the
     model to ``pool`` (emptied first with ``pool: replace``)."""
     t0 = time.perf_counter()
-    attacks: list[TextAttack] = spec.build_attacks(_derive_seed(base_seed, "augment-attack", epoch))
+    attacks = spec.build_attacks(_derive_seed(base_seed, "augment-attack", epoch))
     gen = make_generator(_derive_seed(base_seed, "augment-draw", epoch))
     candidates = torch.nonzero(spec.threat.attacked(y)).flatten()
     draw = torch.randperm(candidates.numel(), generator=gen)[: spec.samples]
@@ -285,13 +284,13 @@ def _augment_round(
             classifier,
             [texts[i] for i in sources],
             labels[share],
-            targets[share] if targets is not None else None,
+            targets=targets[share] if targets is not None else None,
         )
         queries += int(result.queries.sum())
         for k, src in enumerate(sources):
             if not bool(result.success[k]):
                 continue
-            if not result.edits[k]:
+            if not result.details[k]:
                 misclassified += 1
                 continue
             fooled += 1
@@ -310,7 +309,7 @@ def _augment_round(
                     label=label,
                     target=int(targets[share[k]]) if targets is not None else None,
                     text=key[0],
-                    edits=[asdict(e) for e in result.edits[k]],
+                    edits=[asdict(e) for e in result.details[k]],
                 )
             )
     stats = AugmentRound(

@@ -11,16 +11,14 @@ accepts it directly too::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from robustops.attacks.registry import AttackSpec
+from robustops.attacks.base import Attack
+from robustops.attacks.registry import AttackSpec, build_attack
 from robustops.errors import SpecError
 from robustops.threats.model import ThreatModel
-
-if TYPE_CHECKING:
-    from robustops.text.attacks import TextAttack
 
 __all__ = [
     "AWPSpec",
@@ -325,8 +323,8 @@ class AugmentSpec(_Strict):
             (``epsilon`` is the largest share of a text's words edited, ``query_budget`` model
             queries per text, ``targeted``/``target_class`` the attacker's goal).
         attacks: text attacks by registry name (:mod:`robustops.text.attacks`) with their
-            hyper-parameters (``seed`` is set per round by the trainer; ``max_edit_share``,
-            ``query_budget`` and ``targeted`` come from ``threat``). The drawn samples are
+            hyper-parameters (``seed`` is set per round by the trainer; the edit share,
+            query budget and goal come from ``threat``, as for every attack). The drawn samples are
             shared round-robin (sample ``k`` gets attack ``k mod len(attacks)``), so a round
             costs about one search per sample whatever the number of attacks.
         samples: training samples attacked per round (count), drawn with a seeded generator
@@ -357,16 +355,14 @@ class AugmentSpec(_Strict):
             )
         return threat
 
-    def build_attacks(self, seed: int) -> list[TextAttack]:
+    def build_attacks(self, seed: int) -> list[Attack]:
         """The attacks, built for :attr:`threat` with ``seed`` (one per entry of
         :attr:`attacks`, in order).
 
         Raises :class:`SpecError` with paths ``augment.attacks.J.<param>`` (``.name`` for an
         unknown attack) or ``augment.threat.<field>``; callers add their own prefix.
         """
-        from robustops.text.attacks import build_text_attack
-
-        built: list[TextAttack] = []
+        built: list[Attack] = []
         errors: list[tuple[str, str]] = []
         for j, spec in enumerate(self.attacks):
             params = spec.params()
@@ -376,7 +372,7 @@ class AugmentSpec(_Strict):
                 )
                 continue
             try:
-                built.append(build_text_attack(spec.name, self.threat, seed=seed, **params))
+                built.append(build_attack(spec.name, self.threat, seed=seed, **params))
             except SpecError as exc:
                 for path, msg in exc.errors:
                     if path.startswith("threat"):
