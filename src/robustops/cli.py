@@ -122,8 +122,13 @@ def train(
     """
     from robustops.config import load_spec
     from robustops.runner import check_outputs, train_spec
-    from robustops.text.training import TextEpochMetrics
-    from robustops.training import BatchEvent, EpochMetrics, env_rank, latest_checkpoint
+    from robustops.training import (
+        BatchEvent,
+        EpochMetrics,
+        TextEpochMetrics,
+        env_rank,
+        latest_checkpoint,
+    )
 
     quiet = env_rank() != 0
     try:

@@ -223,13 +223,13 @@ def train_spec(
 
 def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> dict[str, Any]:
     """Text branch of :func:`train_spec`: build the classifier with the spec's factory from the
-    training texts, train it with :func:`robustops.text.training.fit_text` (adversarial
+    training texts, train it with :func:`robustops.training.text.fit_text` (adversarial
     augmentation when the recipe has ``augment``), write the safetensors file (vocabulary in its
     metadata), the metrics (JSON lines), the augmented texts (``<out>.augment.jsonl``, one
     record per adversarial text added to training: lineage of what the model learnt from) and
     the JSON sidecar."""
     from robustops.models.loading import resolve_factory
-    from robustops.text.training import fit_text
+    from robustops.training.text import fit_text
 
     assert spec.train is not None
     rec = spec.train

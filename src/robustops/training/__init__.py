@@ -1,7 +1,8 @@
 """Hardening recipes: one trainer with pluggable objectives (standard, PGD-AT, TRADES, fast
 FGSM, Gaussian noise), AWP, an epsilon curriculum and threat mixes, LR schedules, early stopping
 on robust accuracy, a catastrophic-overfitting guard, resumable safetensors checkpoints and
-``torchrun`` scale-out."""
+``torchrun`` scale-out; and the text trainer (:mod:`robustops.training.text`: a char n-gram
+classifier trained with a recipe, with adversarial data augmentation)."""
 
 from robustops.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -25,12 +26,23 @@ from robustops.training.recipe import (
 )
 from robustops.training.schedules import adaptive_update, curriculum_factor, learning_rate
 from robustops.training.standard import EpochStats, accuracy, train_standard
+from robustops.training.text import (
+    AugmentedText,
+    AugmentRound,
+    TextEpochMetrics,
+    TextTrainResult,
+    fit_text,
+    text_recipe_errors,
+    train_text_classifier,
+)
 from robustops.training.trainer import BatchEvent, EpochMetrics, TrainResult, fit, split_holdout
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "AWPSpec",
+    "AugmentRound",
     "AugmentSpec",
+    "AugmentedText",
     "BatchEvent",
     "CurriculumSpec",
     "DistContext",
@@ -43,6 +55,8 @@ __all__ = [
     "PerturbationSpec",
     "Recipe",
     "ScheduleSpec",
+    "TextEpochMetrics",
+    "TextTrainResult",
     "TrainResult",
     "ValidationSpec",
     "accuracy",
@@ -50,11 +64,14 @@ __all__ = [
     "curriculum_factor",
     "env_rank",
     "fit",
+    "fit_text",
     "init_distributed",
     "latest_checkpoint",
     "learning_rate",
     "read_checkpoint",
     "split_holdout",
+    "text_recipe_errors",
     "train_standard",
+    "train_text_classifier",
     "write_checkpoint",
 ]

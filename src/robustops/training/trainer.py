@@ -537,7 +537,7 @@ def fit(
     if recipe.augment is not None:
         raise SpecError.single(
             "train.augment",
-            "augmentation is for text data (robustops.text.training.fit_text); image/tabular "
+            "augmentation is for text data (robustops.training.text.fit_text); image/tabular "
             "training hardens with adversarial objectives (objective: pgd-at, trades, fast)",
         )
     ctx = ctx or DistContext()
