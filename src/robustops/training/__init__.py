@@ -25,7 +25,7 @@ from robustops.training.recipe import (
     ValidationSpec,
 )
 from robustops.training.schedules import adaptive_update, curriculum_factor, learning_rate
-from robustops.training.standard import EpochStats, accuracy, train_standard
+from robustops.training.standard import EpochStats, StandardConfig, accuracy, train_standard
 from robustops.training.text import (
     AugmentedText,
     AugmentRound,
@@ -35,7 +35,15 @@ from robustops.training.text import (
     text_recipe_errors,
     train_text_classifier,
 )
-from robustops.training.trainer import BatchEvent, EpochMetrics, TrainResult, fit, split_holdout
+from robustops.training.trainer import (
+    BatchEvent,
+    EpochMetrics,
+    FitHooks,
+    FitOptions,
+    TrainResult,
+    fit,
+    split_holdout,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -49,12 +57,15 @@ __all__ = [
     "EarlyStoppingSpec",
     "EpochMetrics",
     "EpochStats",
+    "FitHooks",
+    "FitOptions",
     "GuardSpec",
     "ObjectiveSpec",
     "OptimizerSpec",
     "PerturbationSpec",
     "Recipe",
     "ScheduleSpec",
+    "StandardConfig",
     "TextEpochMetrics",
     "TextTrainResult",
     "TrainResult",
