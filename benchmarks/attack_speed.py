@@ -63,7 +63,7 @@ from robustops.attacks.pgd import ascent_direction
 from robustops.data.embedded import load_mnist_subset
 from robustops.models.reference import small_cnn
 from robustops.threats import ThreatModel
-from robustops.training.standard import accuracy, train_standard
+from robustops.training.standard import StandardConfig, accuracy, train_standard
 
 NORMS: dict[str, dict[str, float]] = {
     "linf": {"eps": 0.3, "step": 0.01},
@@ -114,10 +114,8 @@ def _train_model(epochs: int, seed: int) -> tuple[nn.Module, Tensor, Tensor, dic
         model,
         data.x_train,
         data.y_train,
-        x_val=data.x_test,
-        y_val=data.y_test,
-        epochs=epochs,
-        seed=seed,
+        StandardConfig(epochs=epochs, seed=seed),
+        validation=(data.x_test, data.y_test),
     )
     model.eval()
     info = {

@@ -50,7 +50,7 @@ from robustops.models import mlp
 from robustops.tabular import BREAST_CANCER_SCHEMA, FeatureMasking, TabularNoise, TabularPGD
 from robustops.tabular.constraints import violation_masks
 from robustops.threats import ThreatModel
-from robustops.training.standard import accuracy, train_standard
+from robustops.training.standard import StandardConfig, accuracy, train_standard
 
 SCHEMA = BREAST_CANCER_SCHEMA
 CONSTRAINED = ("tabular-pgd", "tabular-noise", "feature-masking")
@@ -60,9 +60,8 @@ def _train(epochs: int, seed: int) -> tuple[nn.Module, Tensor, Tensor, dict[str,
     data = load_dataset("breast_cancer", seed=seed)
     model = mlp(input_dim=SCHEMA.dim, hidden=(64, 64), num_classes=2, seed=seed)
     t0 = time.perf_counter()
-    train_standard(
-        model, data.x_train, data.y_train, epochs=epochs, batch_size=32, lr=3e-3, seed=seed
-    )
+    config = StandardConfig(epochs=epochs, batch_size=32, lr=3e-3, seed=seed)
+    train_standard(model, data.x_train, data.y_train, config)
     model.eval()
     info = {
         "data": data.describe(),

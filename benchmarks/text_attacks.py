@@ -44,11 +44,10 @@ from robustops.text.models import (
     SklearnTextClassifier,
     TextClassifier,
     char_ngram_classifier,
-    train_text_classifier,
 )
 from robustops.text.sanitize import sanitize
-from robustops.text.training import fit_text
 from robustops.threats import ThreatModel
+from robustops.training.text import fit_text, train_text_classifier
 
 RESULTS = Path(__file__).parent / "results" / "text_attacks.json"
 SPEC = Path(__file__).parents[1] / "configs" / "sms_spam.yaml"

@@ -7,7 +7,7 @@ import torch
 
 from robustops.data import Dataset, load_mnist_subset
 from robustops.models import SmallCNN, small_cnn
-from robustops.training import train_standard
+from robustops.training import StandardConfig, train_standard
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,9 @@ def trained_cnn(mnist: Dataset) -> SmallCNN:
     """Undefended small CNN, 3 epochs on the 4000 training images (~95% test accuracy)."""
     torch.manual_seed(0)
     model = small_cnn(seed=0)
-    train_standard(model, mnist.x_train, mnist.y_train, epochs=3, batch_size=64, seed=0)
+    train_standard(
+        model, mnist.x_train, mnist.y_train, StandardConfig(epochs=3, batch_size=64, seed=0)
+    )
     return model.eval()
 
 

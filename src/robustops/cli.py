@@ -26,6 +26,7 @@ from robustops.io import atomic_write_text
 if TYPE_CHECKING:
     from robustops.evaluation import SuiteResult
     from robustops.evaluation.masking import AuditResult
+    from robustops.training import BatchEvent, EpochMetrics, TextEpochMetrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown")
 console = Console()
@@ -121,9 +122,8 @@ def train(
         torchrun --nproc_per_node N -m robustops train --spec FILE
     """
     from robustops.config import load_spec
-    from robustops.runner import check_outputs, train_spec
-    from robustops.text.training import TextEpochMetrics
-    from robustops.training import BatchEvent, EpochMetrics, env_rank, latest_checkpoint
+    from robustops.runner import check_outputs, recipe_label, train_spec
+    from robustops.training import env_rank, latest_checkpoint
 
     quiet = env_rank() != 0
     try:
@@ -139,58 +139,11 @@ def train(
             )
         with (
             _trust(trust_code, allow_code),
-            Progress(
-                TextColumn("[bold]{task.fields[label]}[/] {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=False,
-                disable=quiet,
-            ) as bar,
+            _TrainProgress(recipe_label(s), s.train.epochs, quiet) as progress,
         ):
-            recipe: str = s.train.objective.name
-            if s.data.modality == "text":
-                recipe = "augment" if s.train.augment is not None else "standard"
-            epochs = bar.add_task(recipe, total=s.train.epochs, label="epochs")
-            batches = bar.add_task("", total=None, label="batches", visible=False)
-
-            def on_batch(e: BatchEvent) -> None:
-                bar.update(
-                    batches,
-                    total=e.n_batches,
-                    completed=e.batch,
-                    description=f"epoch {e.epoch} loss {e.loss:.3f}",
-                    visible=True,
-                )
-
-            def on_epoch(e: EpochMetrics | TextEpochMetrics) -> None:
-                parts = [
-                    f"epoch {e.epoch}",
-                    f"loss {e.loss:.3f}",
-                    f"train acc {e.train_accuracy:.3f}",
-                ]
-                if isinstance(e, TextEpochMetrics):
-                    if e.augment is not None:
-                        a = e.augment
-                        parts.append(
-                            f"augment: {a.fooled}/{a.attacked} fooled, {a.added} added, "
-                            f"pool {a.pool_size}"
-                        )
-                else:
-                    if e.val_clean_accuracy is not None:
-                        parts.append(f"clean {e.val_clean_accuracy:.3f}")
-                    if e.val_robust_accuracy is not None:
-                        parts.append(f"robust {e.val_robust_accuracy:.3f}")
-                    if e.epsilon is not None:
-                        parts.append(f"eps {e.epsilon:.3g}")
-                    if e.guard_restored:
-                        parts.append("[red]guard: restored[/]")
-                bar.update(epochs, completed=e.epoch, description=" · ".join(parts))
-                if not quiet:
-                    console.print(" · ".join(parts), highlight=False)
-
-            meta = train_spec(s, on_epoch=on_epoch, on_batch=on_batch, resume=resume)
+            meta = train_spec(
+                s, on_epoch=progress.on_epoch, on_batch=progress.on_batch, resume=resume
+            )
     except RobustOpsError as exc:
         _fail(exc)
         return
@@ -201,6 +154,74 @@ def train(
         f"saved [green]{meta['weights']}[/] sha256 {meta['sha256'][:16]}… "
         f"({meta['epochs_run']} epochs{best}); metrics in {meta['metrics']}"
     )
+
+
+class _TrainProgress:
+    """The progress of ``robustops train``: a bar over the epochs, one over the current
+    epoch's batches, and one printed line per epoch; all silent when ``quiet`` (ranks > 0)."""
+
+    def __init__(self, label: str, epochs: int, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = Progress(
+            TextColumn("[bold]{task.fields[label]}[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+            disable=quiet,
+        )
+        self.label, self.total = label, epochs
+
+    def __enter__(self) -> _TrainProgress:
+        self.bar.__enter__()
+        self.epochs = self.bar.add_task(self.label, total=self.total, label="epochs")
+        self.batches = self.bar.add_task("", total=None, label="batches", visible=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def on_batch(self, e: BatchEvent) -> None:
+        """Advance the batch bar."""
+        self.bar.update(
+            self.batches,
+            total=e.n_batches,
+            completed=e.batch,
+            description=f"epoch {e.epoch} loss {e.loss:.3f}",
+            visible=True,
+        )
+
+    def on_epoch(self, e: EpochMetrics | TextEpochMetrics) -> None:
+        """Advance the epoch bar and print the epoch's line."""
+        line = _epoch_line(e)
+        self.bar.update(self.epochs, completed=e.epoch, description=line)
+        if not self.quiet:
+            console.print(line, highlight=False)
+
+
+def _epoch_line(e: EpochMetrics | TextEpochMetrics) -> str:
+    """One epoch's figures: loss and training accuracy, then the augmentation round (text) or
+    the holdout accuracies, budget and guard (tensors)."""
+    from robustops.training import TextEpochMetrics
+
+    parts = [f"epoch {e.epoch}", f"loss {e.loss:.3f}", f"train acc {e.train_accuracy:.3f}"]
+    if isinstance(e, TextEpochMetrics):
+        if e.augment is not None:
+            a = e.augment
+            parts.append(
+                f"augment: {a.fooled}/{a.attacked} fooled, {a.added} added, pool {a.pool_size}"
+            )
+        return " · ".join(parts)
+    if e.val_clean_accuracy is not None:
+        parts.append(f"clean {e.val_clean_accuracy:.3f}")
+    if e.val_robust_accuracy is not None:
+        parts.append(f"robust {e.val_robust_accuracy:.3f}")
+    if e.epsilon is not None:
+        parts.append(f"eps {e.epsilon:.3g}")
+    if e.guard_restored:
+        parts.append("[red]guard: restored[/]")
+    return " · ".join(parts)
 
 
 @app.command()

@@ -402,7 +402,7 @@ class PipelineSpec(_Strict):
                 )
         if self.train is not None:
             if text:
-                from robustops.text.training import text_recipe_errors
+                from robustops.training.text import text_recipe_errors
 
                 errors += text_recipe_errors(self.train)
                 if self.train.augment is not None:

@@ -21,12 +21,21 @@ from robustops.defenses import fit_temperature_on
 from robustops.defenses.smoothing import CertificationResult, certify_dataset
 from robustops.errors import ModelRuntimeError, OutputError, RobustOpsError, SpecError
 from robustops.evaluation import ProgressEvent, SuiteOptions, SuiteRecord, SuiteResult, run_suite
-from robustops.evaluation.masking import audit_gradient_masking
+from robustops.evaluation.masking import AuditResult, audit_gradient_masking
 from robustops.evaluation.metrics import TemperatureFit
 from robustops.io import atomic_write_text, check_writable
 from robustops.models import build_model, save_weights
 from robustops.text.models import TorchTextClassifier, check_texts
-from robustops.training import BatchEvent, EpochMetrics, fit, init_distributed
+from robustops.training import (
+    BatchEvent,
+    EpochMetrics,
+    FitHooks,
+    FitOptions,
+    TextTrainResult,
+    TrainResult,
+    fit,
+    init_distributed,
+)
 
 __all__ = [
     "certify_spec",
@@ -34,6 +43,7 @@ __all__ = [
     "evaluate_spec",
     "load_spec_dataset",
     "model_stage",
+    "recipe_label",
     "save_result",
     "train_spec",
 ]
@@ -130,7 +140,9 @@ def train_spec(
 
     Checkpoints go to ``train.checkpoint_dir`` after every epoch; ``resume`` continues from the
     newest one. Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes join a group (gloo on CPU,
-    NCCL on CUDA) and train one DistributedDataParallel model; rank 0 writes every file.
+    NCCL on CUDA) and train one DistributedDataParallel model; rank 0 writes every file. Text
+    specs train in one process with :func:`robustops.training.text.fit_text` (``on_epoch`` then
+    receives :class:`~robustops.training.TextEpochMetrics`; no batches, no checkpoints).
 
     Returns the sidecar's content (on every rank).
     """
@@ -150,6 +162,45 @@ def train_spec(
                 "the same files); run robustops train without torchrun",
             )
         return _train_text(spec, on_epoch)
+    return _train_tensors(spec, FitHooks(on_epoch=on_epoch, on_batch=on_batch), resume)
+
+
+def recipe_label(spec: PipelineSpec) -> str:
+    """What the spec's training is called in sidecars and progress bars: the objective
+    (``pgd-at``, ``trades``, …) for tensor data; ``augment`` or ``standard`` for text."""
+    assert spec.train is not None
+    if spec.data.modality == "text":
+        return "augment" if spec.train.augment is not None else "standard"
+    return spec.train.objective.name
+
+
+def _train_meta(
+    spec: PipelineSpec, data: Dataset | TextDataset, module: torch.nn.Module
+) -> dict[str, Any]:
+    """The sidecar fields every trained model has: recipe, spec, seed, model, data, state."""
+    assert spec.train is not None
+    return {
+        "recipe": recipe_label(spec),
+        "spec_name": spec.name,
+        "train": spec.train.model_dump(mode="json"),
+        "seed": spec.seed,
+        "model_factory": spec.model.factory,
+        "model_kwargs": spec.model.kwargs,
+        "data": data.describe(),
+        "state_sha256": state_dict_sha256(module),
+    }
+
+
+def _save_trained(out: Path, save: Callable[[Path], str]) -> str:
+    """``save(out)`` (weights file; :func:`_save_or_keep` on failure); returns its sha256."""
+    shas: list[str] = []
+    _save_or_keep("train.out", out, lambda p: shas.append(save(p)))
+    return shas[-1]
+
+
+def _train_tensors(spec: PipelineSpec, hooks: FitHooks, resume: bool) -> dict[str, Any]:
+    """Tensor branch of :func:`train_spec` (images, tables), in one process or under torchrun."""
+    assert spec.train is not None
     rec = spec.train
     device = spec.resolved_device()
     ctx = init_distributed(device)
@@ -160,59 +211,21 @@ def train_spec(
         torch.manual_seed(spec.seed)
         with model_stage("building the model"):
             model = build_model(spec.model.factory, spec.model.kwargs, device=device)
+        options = FitOptions(
+            checkpoint_dir=rec.checkpoint_path(),
+            resume=resume,
+            keep_checkpoints=rec.keep_checkpoints,
+            metrics_path=rec.metrics_path(),
+            data_info=data.describe(),
+            ctx=ctx,
+        )
         with _training_stage(rec.checkpoint_path(), model):
             result = fit(
-                model,
-                data.x_train,
-                data.y_train,
-                rec,
-                seed=spec.seed,
-                checkpoint_dir=rec.checkpoint_path(),
-                resume=resume,
-                keep_checkpoints=rec.keep_checkpoints,
-                metrics_path=rec.metrics_path(),
-                data_info=data.describe(),
-                ctx=ctx,
-                on_epoch=on_epoch,
-                on_batch=on_batch,
+                model, data.x_train, data.y_train, rec, seed=spec.seed, options=options, hooks=hooks
             )
-        out = rec.out
-        meta = {
-            "recipe": rec.objective.name,
-            "spec_name": spec.name,
-            "train": rec.model_dump(mode="json"),
-            "seed": spec.seed,
-            "model_factory": spec.model.factory,
-            "model_kwargs": spec.model.kwargs,
-            "data": data.describe(),
-            "state_sha256": state_dict_sha256(model),
-            "final": result.final,
-            "best_epoch": result.best_epoch,
-            "best_val_robust_accuracy": result.best_robust_accuracy,
-            "epochs_run": len(result.history),
-            "world_size": result.world_size,
-        }
-        sidecar_path = Path(str(out) + ".json")
+        sidecar_path = Path(str(rec.out) + ".json")
         if ctx.is_main:
-            shas: list[str] = []
-            _save_or_keep(
-                "train.out", out, lambda p: shas.append(save_weights(model, p, metadata=meta))
-            )
-            sha = shas[-1]
-            sidecar = {
-                **meta,
-                "weights": str(out),
-                "sha256": sha,
-                "checkpoint_dir": str(rec.checkpoint_path()),
-                "metrics": str(rec.metrics_path()),
-                "stopped_early": result.stopped_early,
-                "guard_restores": result.restores,
-                "resumed_from_epoch": result.resumed_from,
-                "wall_time_s": result.wall_time_s,
-                "history": [h.to_json() for h in result.history],
-                "environment": environment(),
-            }
-            atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2))
+            sidecar = _write_tensor_outputs(spec, data, model, result)
         ctx.barrier()
         if not ctx.is_main:
             sidecar = json.loads(sidecar_path.read_text())
@@ -221,20 +234,61 @@ def train_spec(
         ctx.close()
 
 
-def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> dict[str, Any]:
-    """Text branch of :func:`train_spec`: build the classifier with the spec's factory from the
-    training texts, train it with :func:`robustops.text.training.fit_text` (adversarial
-    augmentation when the recipe has ``augment``), write the safetensors file (vocabulary in its
-    metadata), the metrics (JSON lines), the augmented texts (``<out>.augment.jsonl``, one
-    record per adversarial text added to training: lineage of what the model learnt from) and
-    the JSON sidecar."""
-    from robustops.models.loading import resolve_factory
-    from robustops.text.training import fit_text
-
+def _write_tensor_outputs(
+    spec: PipelineSpec, data: Dataset, model: torch.nn.Module, result: TrainResult
+) -> dict[str, Any]:
+    """Write the trained weights (safetensors, the metadata in its header) and the JSON
+    sidecar; returns the sidecar's content."""
     assert spec.train is not None
     rec = spec.train
+    meta = {
+        **_train_meta(spec, data, model),
+        "final": result.final,
+        "best_epoch": result.best_epoch,
+        "best_val_robust_accuracy": result.best_robust_accuracy,
+        "epochs_run": len(result.history),
+        "world_size": result.world_size,
+    }
+    sha = _save_trained(rec.out, lambda p: save_weights(model, p, metadata=meta))
+    sidecar = {
+        **meta,
+        "weights": str(rec.out),
+        "sha256": sha,
+        "checkpoint_dir": str(rec.checkpoint_path()),
+        "metrics": str(rec.metrics_path()),
+        "stopped_early": result.stopped_early,
+        "guard_restores": result.restores,
+        "resumed_from_epoch": result.resumed_from,
+        "wall_time_s": result.wall_time_s,
+        "history": [h.to_json() for h in result.history],
+        "environment": environment(),
+    }
+    atomic_write_text(Path(str(rec.out) + ".json"), json.dumps(sidecar, indent=2))
+    return sidecar
+
+
+def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> dict[str, Any]:
+    """Text branch of :func:`train_spec`: build the classifier with the spec's factory from the
+    training texts, train it with :func:`robustops.training.text.fit_text` (adversarial
+    augmentation when the recipe has ``augment``) and write its files
+    (:func:`_write_text_outputs`)."""
+    from robustops.training.text import fit_text
+
+    assert spec.train is not None
     data = load_spec_dataset(spec)
     assert isinstance(data, TextDataset)
+    clf = _text_classifier(spec, data)
+    with model_stage("training"):
+        result = fit_text(
+            clf, data.texts_train, data.y_train, spec.train, seed=spec.seed, on_epoch=on_epoch
+        )
+    return _write_text_outputs(spec, data, clf, result)
+
+
+def _text_classifier(spec: PipelineSpec, data: TextDataset) -> TorchTextClassifier:
+    """The untrained classifier the spec's factory builds from the training texts."""
+    from robustops.models.loading import resolve_factory
+
     factory = resolve_factory(spec.model.factory, field="model.factory")
     try:
         with model_stage("building the model"):
@@ -251,30 +305,29 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
             f"{spec.model.factory} must return a TorchTextClassifier for text data "
             f"(e.g. robustops.text:char_ngram_classifier), got {type(clf).__name__}",
         )
-    with model_stage("training"):
-        result = fit_text(
-            clf, data.texts_train, data.y_train, rec, seed=spec.seed, on_epoch=on_epoch
-        )
+    return clf
+
+
+def _write_text_outputs(
+    spec: PipelineSpec, data: TextDataset, clf: TorchTextClassifier, result: TextTrainResult
+) -> dict[str, Any]:
+    """Write the safetensors file (vocabulary in its metadata), the metrics (JSON lines), the
+    augmented texts (``<out>.augment.jsonl``, one record per adversarial text added to
+    training: lineage of what the model learnt from) and the JSON sidecar; returns the
+    sidecar's content."""
+    assert spec.train is not None
+    rec = spec.train
     out = rec.out
     out.parent.mkdir(parents=True, exist_ok=True)
     metrics_path = rec.metrics_path()
     augment_path = out.with_name(out.name + ".augment.jsonl")
     meta = {
-        "recipe": "augment" if rec.augment is not None else "standard",
-        "spec_name": spec.name,
-        "train": rec.model_dump(mode="json"),
-        "seed": spec.seed,
-        "model_factory": spec.model.factory,
-        "model_kwargs": spec.model.kwargs,
-        "data": data.describe(),
-        "state_sha256": state_dict_sha256(clf.module),
+        **_train_meta(spec, data, clf.module),
         "final": "last",
         "epochs_run": len(result.history),
         "augmented_texts": len(result.augmented),
     }
-    shas: list[str] = []
-    _save_or_keep("train.out", out, lambda p: shas.append(clf.save(p, metadata=meta)))
-    sha = shas[-1]
+    sha = _save_trained(out, lambda p: clf.save(p, metadata=meta))
     atomic_write_text(metrics_path, "".join(json.dumps(h.to_json()) + "\n" for h in result.history))
     if rec.augment is not None:
         atomic_write_text(
@@ -410,30 +463,7 @@ def evaluate_spec(
             progress=progress,
             temperature=temperature,
         )
-        audits = []
-        if ev.audit is not None:
-            au = ev.audit
-            names = au.threats or [t.name for t in ev.threats]
-            assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec
-            for ts in ev.threats:
-                if ts.name not in names:
-                    continue
-                k = min(au.n_samples, data.x_test.shape[0])
-                audits.append(
-                    audit_gradient_masking(
-                        model,
-                        data.x_test[:k],
-                        data.y_test[:k],
-                        ts.threat(),
-                        steps=au.steps,
-                        square_queries=au.square_queries,
-                        noise_draws=au.noise_draws,
-                        eot_samples=au.eot_samples,
-                        batch_size=ev.batch_size,
-                        seed=run_seed,
-                        device=device,
-                    )
-                )
+        audits = _audits(spec, data, model, run_seed, device)
         certification = None
         if ev.certification is not None:
             assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec
@@ -446,6 +476,42 @@ def evaluate_spec(
             "tier": tier,
         }
     )
+
+
+def _audits(
+    spec: PipelineSpec,
+    data: Dataset | TextDataset,
+    model: torch.nn.Module | TorchTextClassifier,
+    seed: int,
+    device: str,
+) -> list[AuditResult]:
+    """The gradient-masking audits ``evaluation.audit`` asks for, one per audited threat, on the
+    first ``audit.n_samples`` test samples (none without an audit section)."""
+    assert spec.evaluation is not None
+    ev = spec.evaluation
+    if ev.audit is None:
+        return []
+    au = ev.audit
+    names = au.threats or [t.name for t in ev.threats]
+    assert isinstance(data, Dataset) and isinstance(model, torch.nn.Module)  # load_spec checks
+    k = min(au.n_samples, data.x_test.shape[0])
+    return [
+        audit_gradient_masking(
+            model,
+            data.x_test[:k],
+            data.y_test[:k],
+            ts.threat(),
+            steps=au.steps,
+            square_queries=au.square_queries,
+            noise_draws=au.noise_draws,
+            eot_samples=au.eot_samples,
+            batch_size=ev.batch_size,
+            seed=seed,
+            device=device,
+        )
+        for ts in ev.threats
+        if ts.name in names
+    ]
 
 
 def certify_spec(spec: PipelineSpec, *, seed: int | None = None) -> SuiteResult:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from robustops.data import load_mnist_subset
 from robustops.models import small_cnn
-from robustops.training import train_standard
+from robustops.training import StandardConfig, train_standard
 
 N_EVAL = 200
 """Correctly classified test inputs the peer comparisons attack."""
@@ -21,7 +21,7 @@ def half_width_cnn() -> tuple[nn.Module, Tensor, Tensor, Tensor, Tensor]:
     classifies correctly (torchattacks only attacks those, so random starts line up per sample)."""
     ds = load_mnist_subset()
     net = small_cnn(width=16, hidden=64, seed=0)
-    train_standard(net, ds.x_train, ds.y_train, epochs=2, seed=0)
+    train_standard(net, ds.x_train, ds.y_train, StandardConfig(epochs=2, seed=0))
     net.eval()
     with torch.no_grad():
         ok = net(ds.x_test).argmax(dim=1) == ds.y_test

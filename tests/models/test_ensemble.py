@@ -17,13 +17,15 @@ from robustops.models import (
     mlp,
     save_weights,
 )
-from robustops.training import train_standard
+from robustops.training import StandardConfig, train_standard
 
 
 @pytest.fixture(scope="module")
 def second_member(mnist: Dataset) -> nn.Module:
     model = mlp(input_dim=784, num_classes=10, seed=1)
-    train_standard(model, mnist.x_train, mnist.y_train, epochs=1, batch_size=128, seed=1)
+    train_standard(
+        model, mnist.x_train, mnist.y_train, StandardConfig(epochs=1, batch_size=128, seed=1)
+    )
     return model.eval()
 
 

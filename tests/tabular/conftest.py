@@ -9,7 +9,7 @@ import torch
 
 from robustops.data import Dataset, load_dataset
 from robustops.models import MLP, mlp
-from robustops.training import train_standard
+from robustops.training import StandardConfig, train_standard
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,7 +31,8 @@ def cancer() -> Dataset:
 def cancer_mlp(cancer: Dataset) -> MLP:
     """The configs/tabular.yaml model: MLP 32-64-64-2, 30 epochs (~97% test accuracy, ~1 s)."""
     model = mlp(input_dim=32, hidden=(64, 64), num_classes=2, seed=0)
-    train_standard(model, cancer.x_train, cancer.y_train, epochs=30, batch_size=32, lr=3e-3, seed=0)
+    config = StandardConfig(epochs=30, batch_size=32, lr=3e-3, seed=0)
+    train_standard(model, cancer.x_train, cancer.y_train, config)
     return model.eval()
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from robustops.data.sms_spam import TextDataset, load_sms_spam
-from robustops.text.models import SklearnTextClassifier, TorchTextClassifier, train_text_classifier
+from robustops.text.models import SklearnTextClassifier, TorchTextClassifier
+from robustops.training.text import train_text_classifier
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,9 @@ from robustops.text.models import (
     TorchTextClassifier,
     predict_labels,
     text_accuracy,
-    train_text_classifier,
 )
 from robustops.text.sanitize import sanitize
+from robustops.training.text import train_text_classifier
 
 # --- data --------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The text trainer (:func:`robustops.text.training.fit_text`) and its adversarial data
+"""The text trainer (:func:`robustops.training.text.fit_text`) and its adversarial data
 augmentation (``Recipe.augment``), the factory :func:`char_ngram_classifier`, and the split of
 :func:`train_text_classifier` into the two (bit-identical weights)."""
 
@@ -23,18 +23,21 @@ from robustops.text import (
     EmbeddingBagClassifier,
     TorchTextClassifier,
     char_ngram_classifier,
-    fit_text,
     sanitize,
     text_accuracy,
-    text_recipe_errors,
-    train_text_classifier,
 )
 from robustops.text.attacks import TextEdit, apply_edits
-from robustops.text.training import TextEpochMetrics, TextTrainResult
 from robustops.threats import ThreatModel
 from robustops.training import fit
 from robustops.training.recipe import AugmentSpec, Recipe, ScheduleSpec
 from robustops.training.schedules import learning_rate
+from robustops.training.text import (
+    TextEpochMetrics,
+    TextTrainResult,
+    fit_text,
+    text_recipe_errors,
+    train_text_classifier,
+)
 
 SPAM_TO_HAM = {
     "name": "spam-to-ham",

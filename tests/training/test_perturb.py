@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robustops.training import DistContext
-from robustops.training.perturb import BatchRandom, Perturbation, search
+from robustops.training.perturb import BatchRandom, Perturbation, SearchConfig, search
 
 from .conftest import tiny_mlp
 
@@ -31,8 +31,8 @@ def test_search_stays_in_ball_and_bounds(
     y = torch.randint(0, 10, (16,), generator=gen)
     adv = search(
         model, x, y, Perturbation(kind, epsilon=eps), BatchRandom(gen, DistContext()),
-        steps=steps, rel_step=rel, loss="kl" if trades else "ce",
-        precision="bfloat16" if bf16 else "float32",
+        SearchConfig(steps=steps, rel_step=rel, loss="kl" if trades else "ce",
+                     precision="bfloat16" if bf16 else "float32"),
     )  # fmt: skip
     assert adv.dtype == x.dtype
     delta = (adv - x).flatten(1)
@@ -48,7 +48,7 @@ def test_unclipped_fast_step_stays_in_the_wider_ball(start: float, rel: float, e
     gen = torch.Generator().manual_seed(1)
     x, y = torch.rand(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
     adv = search(model, x, y, Perturbation("linf", epsilon=eps), BatchRandom(gen, DistContext()),
-                 steps=1, rel_step=rel, start_scale=start, clip=False)  # fmt: skip
+                 SearchConfig(steps=1, rel_step=rel, start_scale=start, clip=False))  # fmt: skip
     assert float((adv - x).abs().max()) <= (start + rel) * eps * (1 + 1e-6)
     assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
 
@@ -58,7 +58,7 @@ def test_search_raises_the_loss() -> None:
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(64, 1, 8, 8, generator=gen), torch.randint(0, 10, (64,), generator=gen)
     adv = search(model, x, y, Perturbation("linf", epsilon=0.2), BatchRandom(gen, DistContext()),
-                 steps=5, rel_step=0.5)  # fmt: skip
+                 SearchConfig(steps=5, rel_step=0.5))  # fmt: skip
     ce = torch.nn.functional.cross_entropy
     with torch.no_grad():
         assert float(ce(model(adv), y)) > float(ce(model(x), y))
@@ -69,7 +69,7 @@ def test_patch_changes_only_a_square() -> None:
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(32, 1, 8, 8, generator=gen), torch.randint(0, 10, (32,), generator=gen)
     adv = search(model, x, y, Perturbation("patch", size=3), BatchRandom(gen, DistContext()),
-                 steps=2, rel_step=0.25)  # fmt: skip
+                 SearchConfig(steps=2, rel_step=0.25))  # fmt: skip
     changed = (adv != x).squeeze(1)
     assert bool((changed.flatten(1).sum(1) <= 9).all())
     rows, cols = changed.any(2), changed.any(1)
@@ -89,5 +89,5 @@ def test_noise_is_clipped_and_not_searched() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(8, 1, 8, 8, generator=gen)
     out = search(tiny_mlp(), x, torch.zeros(8, dtype=torch.long), Perturbation("noise", sigma=0.5),
-                 BatchRandom(gen, DistContext()), steps=3, rel_step=1.0)  # fmt: skip
+                 BatchRandom(gen, DistContext()), SearchConfig(steps=3, rel_step=1.0))  # fmt: skip
     assert float(out.min()) >= 0 and float(out.max()) <= 1 and not torch.equal(out, x)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from robustops.data import Dataset
-from robustops.training import EpochMetrics, Recipe, fit
+from robustops.training import EpochMetrics, FitHooks, FitOptions, Recipe, fit
 from robustops.training import trainer as trainer_mod
 
 from .conftest import RICH_RECIPE, same_weights, tiny_mlp, weights_of
@@ -84,7 +84,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(digits: Dataset, tmp_path
     rec = _rich()
     x, y, info = digits.x_train, digits.y_train, {"fingerprint": digits.fingerprint}
     full = tiny_mlp()
-    ref = fit(full, x, y, rec, seed=3, checkpoint_dir=tmp_path / "a", data_info=info)
+    ref = fit(
+        full, x, y, rec, seed=3, options=FitOptions(checkpoint_dir=tmp_path / "a", data_info=info)
+    )
 
     def stop_after_first(m: EpochMetrics) -> None:
         if m.epoch == 1:
@@ -92,12 +94,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(digits: Dataset, tmp_path
 
     part = tiny_mlp()
     with pytest.raises(_Stop):
-        fit(part, x, y, rec, seed=3, checkpoint_dir=tmp_path / "b", data_info=info,
-            metrics_path=tmp_path / "b.jsonl", on_epoch=stop_after_first)  # fmt: skip
+        fit(part, x, y, rec, seed=3,
+            options=FitOptions(checkpoint_dir=tmp_path / "b", data_info=info,
+                               metrics_path=tmp_path / "b.jsonl"),
+            hooks=FitHooks(on_epoch=stop_after_first))  # fmt: skip
     torch.manual_seed(12345)  # a different global RNG state must not matter
     resumed_model = tiny_mlp(seed=9)  # different initial weights: all come from the checkpoint
-    res = fit(resumed_model, x, y, rec, seed=3, checkpoint_dir=tmp_path / "b", resume=True,
-              data_info=info, metrics_path=tmp_path / "b.jsonl")  # fmt: skip
+    res = fit(resumed_model, x, y, rec, seed=3,
+              options=FitOptions(checkpoint_dir=tmp_path / "b", resume=True, data_info=info,
+                                 metrics_path=tmp_path / "b.jsonl"))  # fmt: skip
     assert res.resumed_from == 1
     assert same_weights(weights_of(full), weights_of(resumed_model))
 
@@ -120,7 +125,7 @@ _KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys, json, torch
     from robustops.data import load_digits
     from robustops.models import mlp
-    from robustops.training import Recipe, fit
+    from robustops.training import FitHooks, FitOptions, Recipe, fit
     torch.set_num_threads(int(sys.argv[3]))
     d = load_digits()
     rec = Recipe.model_validate(json.loads(sys.argv[2]))
@@ -128,7 +133,8 @@ _KILL_SCRIPT = textwrap.dedent(
         if m.epoch == 2:
             os.kill(os.getpid(), signal.SIGKILL)
     fit(mlp(input_dim=64, hidden=[32], seed=0), d.x_train, d.y_train, rec, seed=1,
-        checkpoint_dir=sys.argv[1], data_info={"fingerprint": d.fingerprint}, on_epoch=kill)
+        options=FitOptions(checkpoint_dir=sys.argv[1], data_info={"fingerprint": d.fingerprint}),
+        hooks=FitHooks(on_epoch=kill))
     """
 )
 
@@ -147,10 +153,10 @@ def test_killed_process_resumes_exactly(digits: Dataset, tmp_path: Path) -> None
     info = {"fingerprint": digits.fingerprint}
     resumed = tiny_mlp()
     res = fit(resumed, digits.x_train, digits.y_train, rec, seed=1,
-              checkpoint_dir=tmp_path / "ck", resume=True, data_info=info)  # fmt: skip
+              options=FitOptions(checkpoint_dir=tmp_path / "ck", resume=True, data_info=info))  # fmt: skip
     assert res.resumed_from == 2
     full = tiny_mlp()
-    fit(full, digits.x_train, digits.y_train, rec, seed=1, data_info=info)
+    fit(full, digits.x_train, digits.y_train, rec, seed=1, options=FitOptions(data_info=info))
     assert same_weights(weights_of(full), weights_of(resumed))
 
 
@@ -158,10 +164,13 @@ def test_resume_refuses_a_different_recipe(digits: Dataset, tmp_path: Path) -> N
     from robustops.errors import SpecError
 
     rec = Recipe.model_validate({"epochs": 1, "batch_size": 256})
-    fit(tiny_mlp(), digits.x_train, digits.y_train, rec, checkpoint_dir=tmp_path)
+    fit(
+        tiny_mlp(), digits.x_train, digits.y_train, rec, options=FitOptions(checkpoint_dir=tmp_path)
+    )
     other = Recipe.model_validate({"epochs": 2, "batch_size": 128})
     with pytest.raises(SpecError) as info:
-        fit(tiny_mlp(), digits.x_train, digits.y_train, other, checkpoint_dir=tmp_path, resume=True)
+        resume = FitOptions(checkpoint_dir=tmp_path, resume=True)
+        fit(tiny_mlp(), digits.x_train, digits.y_train, other, options=resume)
     assert {p for p, _ in info.value.errors} == {"train.epochs", "train.batch_size"}
 
 
@@ -171,9 +180,9 @@ def test_guard_restores_last_good_weights_and_lowers_the_step(
     """Scripted validation figures: epoch 2 shows the catastrophic-overfitting signature."""
     figures = iter(
         [
-            (0.9, 0.5, 0.5, 0.60, 0.50),
-            (0.9, 0.1, 0.1, 0.80, 0.05),  # PGD collapses while FGSM rises
-            (0.9, 0.5, 0.5, 0.60, 0.52),
+            trainer_mod._Validation(0.9, 0.5, 0.5, 0.60, 0.50),
+            trainer_mod._Validation(0.9, 0.1, 0.1, 0.80, 0.05),  # PGD collapses, FGSM rises
+            trainer_mod._Validation(0.9, 0.5, 0.5, 0.60, 0.52),
         ]
     )
     monkeypatch.setattr(trainer_mod._Trainer, "validate", lambda self, x, y, f: next(figures))
@@ -192,7 +201,7 @@ def test_guard_restores_last_good_weights_and_lowers_the_step(
     snaps: list[dict[str, torch.Tensor]] = []
     model = tiny_mlp()
     res = fit(model, digits.x_train, digits.y_train, rec,
-              on_epoch=lambda m: snaps.append(weights_of(model)))  # fmt: skip
+              hooks=FitHooks(on_epoch=lambda m: snaps.append(weights_of(model))))  # fmt: skip
     assert [h.guard_restored for h in res.history] == [False, True, False]
     assert [h.step_scale for h in res.history] == [1.0, 0.5, 0.5]
     assert res.restores == 1
@@ -207,7 +216,7 @@ def test_early_stopping_keeps_the_best_epoch(
     monkeypatch.setattr(
         trainer_mod._Trainer,
         "validate",
-        lambda self, x, y, f: (0.9, (r := next(robust)), r, None, None),
+        lambda self, x, y, f: trainer_mod._Validation(0.9, (r := next(robust)), r),
     )
     rec = Recipe.model_validate(
         {
@@ -220,8 +229,9 @@ def test_early_stopping_keeps_the_best_epoch(
     )
     snaps: list[dict[str, torch.Tensor]] = []
     model = tiny_mlp()
-    res = fit(model, digits.x_train, digits.y_train, rec, checkpoint_dir=tmp_path,
-              on_epoch=lambda m: snaps.append(weights_of(model)))  # fmt: skip
+    res = fit(model, digits.x_train, digits.y_train, rec,
+              options=FitOptions(checkpoint_dir=tmp_path),
+              hooks=FitHooks(on_epoch=lambda m: snaps.append(weights_of(model))))  # fmt: skip
     assert res.stopped_early and len(res.history) == 4
     assert res.best_epoch == 2 and res.best_robust_accuracy == 0.5 and res.final == "best"
     assert same_weights(weights_of(model), snaps[1])

@@ -1,8 +1,10 @@
 """Text classification under character- and word-level attack: classifiers behind one
-interface (:class:`TextClassifier`), their factory and trainer (:func:`char_ngram_classifier`,
-:func:`fit_text`, with adversarial data augmentation) and an input sanitizer.
+interface (:class:`TextClassifier`), their factory (:func:`char_ngram_classifier`) and an input
+sanitizer.
 
-The attacks live in :mod:`robustops.text.attacks` (imported on its own, not from here).
+The attacks live in :mod:`robustops.text.attacks` (imported on its own, not from here); the
+trainer, with adversarial data augmentation, in :mod:`robustops.training.text`
+(:func:`~robustops.training.text.fit_text`, :func:`~robustops.training.text.train_text_classifier`).
 """
 
 from robustops.text.models import (
@@ -15,7 +17,6 @@ from robustops.text.models import (
     check_texts,
     predict_labels,
     text_accuracy,
-    train_text_classifier,
 )
 from robustops.text.sanitize import (
     CONFUSABLES,
@@ -26,37 +27,22 @@ from robustops.text.sanitize import (
     sanitize,
     sanitize_many,
 )
-from robustops.text.training import (
-    AugmentedText,
-    AugmentRound,
-    TextEpochMetrics,
-    TextTrainResult,
-    fit_text,
-    text_recipe_errors,
-)
 
 __all__ = [
     "CONFUSABLES",
     "HOMOGLYPHS",
     "INVISIBLE",
     "LEET",
-    "AugmentRound",
-    "AugmentedText",
     "CharNgramVocab",
     "EmbeddingBagClassifier",
     "SanitizedClassifier",
     "SklearnTextClassifier",
     "TextClassifier",
-    "TextEpochMetrics",
-    "TextTrainResult",
     "TorchTextClassifier",
     "char_ngram_classifier",
     "check_texts",
-    "fit_text",
     "predict_labels",
     "sanitize",
     "sanitize_many",
     "text_accuracy",
-    "text_recipe_errors",
-    "train_text_classifier",
 ]

@@ -22,10 +22,11 @@ from robustops.attacks.pgd import ascent_direction, loss_and_grad
 from robustops.threats import Norm, ThreatModel
 from robustops.training.distributed import DistContext
 
-__all__ = ["BatchRandom", "Perturbation", "Precision", "kl_to", "search"]
+__all__ = ["BatchRandom", "Perturbation", "Precision", "SearchConfig", "kl_to", "search"]
 
 InnerLoss = Literal["ce", "kl"]
 Precision = Literal["float32", "bfloat16"]
+LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 class BatchRandom:
@@ -95,7 +96,7 @@ class Perturbation:
         )
 
 
-def kl_to(p_clean: Tensor) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+def kl_to(p_clean: Tensor) -> LossFn:
     """Per-sample ``KL(p_clean || softmax(logits))`` as a loss of ``(logits, labels, targets)``
     (TRADES' inner objective); ``p_clean`` ``(N, K)`` are fixed clean probabilities."""
 
@@ -112,27 +113,11 @@ def _ce(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-def search(
-    model: ModelFn,
-    x: Tensor,
-    y: Tensor,
-    pert: Perturbation,
-    rand: BatchRandom,
-    *,
-    steps: int,
-    rel_step: float,
-    random_start: bool = True,
-    loss: InnerLoss = "ce",
-    start_scale: float = 1.0,
-    clip: bool = True,
-    precision: Precision = "float32",
-) -> Tensor:
-    """Perturbed inputs ``(N, ...)`` for ``x`` ``(N, ...)`` with labels ``y`` ``(N,)``.
+@dataclass(frozen=True)
+class SearchConfig:
+    """How :func:`search` searches.
 
-    Args:
-        model: in eval mode; only input gradients are taken.
-        pert: what may change and by how much.
-        rand: the batch's random source (random start, patch position, noise).
+    Attributes:
         steps: gradient steps (1 with ``random_start`` is fast FGSM).
         rel_step: step length relative to the budget: ``rel_step * epsilon`` for a norm ball,
             ``rel_step * (high - low)`` for a patch.
@@ -146,73 +131,136 @@ def search(
         precision: ``"bfloat16"`` runs the model under autocast for the search (mixed
             precision, as fast adversarial training does on GPUs); the inputs, the steps and the
             result stay in the inputs' dtype.
-
-    The result lies in the bounds and (``clip``) in the ball; ``noise`` is not searched.
     """
-    if precision == "bfloat16" and pert.kind != "noise":
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-            return search(
-                model, x, y, pert, rand, steps=steps, rel_step=rel_step,
-                random_start=random_start, loss=loss, start_scale=start_scale, clip=clip,
-            )  # fmt: skip
-    low, high = pert.bounds
-    x = x.detach()
-    if pert.kind == "noise":
-        return (x + pert.sigma * rand.normal(x)).clamp_(low, high)
-    loss_fn: Callable[[Tensor, Tensor, Tensor | None], Tensor] = _ce
-    if loss == "kl":
-        with torch.no_grad():
-            loss_fn = kl_to(F.softmax(model(x), dim=1))
-    if pert.kind == "patch":
-        return _patch(model, x, y, pert, rand, steps, rel_step, loss_fn)
-    if pert.epsilon <= 0:
-        return x.clone()
-    eps, alpha = pert.epsilon, rel_step * pert.epsilon
-    if not clip:
-        pert = replace(pert, epsilon=(start_scale + steps * rel_step) * pert.epsilon)
-    threat = pert.threat()
-    radius = pert.epsilon
-    if pert.kind == "linf":
-        lo, hi = (x - radius).clamp_(low, high), (x + radius).clamp_(low, high)
-        if loss == "kl":
-            adv = x + 0.001 * rand.normal(x)
-        elif random_start:
-            adv = x + start_scale * eps * (2 * rand.uniform(x) - 1)
-        else:
-            adv = x.clone()
-        adv = torch.clamp(adv, lo, hi)
-        for _ in range(steps):
-            _, _, grad = loss_and_grad(model, adv, y, None, loss_fn)
-            adv = torch.clamp(adv + alpha * grad.sign(), lo, hi)
-        return project(adv, x, threat)
-    # l2
-    if loss == "kl":
-        adv = project(x + 0.001 * rand.normal(x), x, threat)
-    elif random_start:
-        direction = rand.normal(x)
-        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(
-            -1, *([1] * (x.dim() - 1))
-        )
-        r = start_scale * eps * rand.uniform(x[:, :1].flatten(1))[:, 0] ** (1.0 / x[0].numel())
-        adv = project(x + r.view(-1, *([1] * (x.dim() - 1))) * direction, x, threat)
-    else:
-        adv = x.clone()
-    for _ in range(steps):
-        _, _, grad = loss_and_grad(model, adv, y, None, loss_fn)
-        adv = project(adv + alpha * ascent_direction(grad, "l2"), x, threat)
-    return adv
+
+    steps: int
+    rel_step: float
+    random_start: bool = True
+    loss: InnerLoss = "ce"
+    start_scale: float = 1.0
+    clip: bool = True
+    precision: Precision = "float32"
 
 
-def _patch(
+@dataclass(frozen=True)
+class _Ascent:
+    """The gradient ascent of one search: ``steps`` steps of length ``alpha`` (input units) on
+    ``loss_fn`` of ``model`` at labels ``y``."""
+
+    model: ModelFn
+    y: Tensor
+    loss_fn: LossFn
+    steps: int
+    alpha: float
+
+    def grad(self, adv: Tensor) -> Tensor:
+        """The loss gradient with respect to the inputs ``adv``."""
+        _, _, grad = loss_and_grad(self.model, adv, self.y, None, self.loss_fn)
+        return grad
+
+
+def search(
     model: ModelFn,
     x: Tensor,
     y: Tensor,
     pert: Perturbation,
     rand: BatchRandom,
-    steps: int,
-    rel_step: float,
-    loss_fn: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    config: SearchConfig,
 ) -> Tensor:
+    """Perturbed inputs ``(N, ...)`` for ``x`` ``(N, ...)`` with labels ``y`` ``(N,)``.
+
+    Args:
+        model: in eval mode; only input gradients are taken.
+        pert: what may change and by how much.
+        rand: the batch's random source (random start, patch position, noise).
+        config: steps, step length, start, loss, clipping and precision.
+
+    The result lies in the bounds and (``config.clip``) in the ball; ``noise`` is not searched.
+    """
+    if config.precision == "bfloat16" and pert.kind != "noise":
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            return search(model, x, y, pert, rand, replace(config, precision="float32"))
+    low, high = pert.bounds
+    x = x.detach()
+    if pert.kind == "noise":
+        return (x + pert.sigma * rand.normal(x)).clamp_(low, high)
+    loss_fn: LossFn = _ce
+    if config.loss == "kl":
+        with torch.no_grad():
+            loss_fn = kl_to(F.softmax(model(x), dim=1))
+    if pert.kind == "patch":
+        ascent = _Ascent(model, y, loss_fn, config.steps, config.rel_step * (high - low))
+        return _patch(ascent, x, pert, rand)
+    if pert.epsilon <= 0:
+        return x.clone()
+    ascent = _Ascent(model, y, loss_fn, config.steps, config.rel_step * pert.epsilon)
+    ball = pert
+    if not config.clip:
+        ball = replace(
+            pert, epsilon=(config.start_scale + config.steps * config.rel_step) * pert.epsilon
+        )
+    if pert.kind == "linf":
+        return _linf(ascent, x, pert.epsilon, ball, rand, config)
+    return _l2(ascent, x, pert.epsilon, ball, rand, config)
+
+
+def _linf(
+    ascent: _Ascent,
+    x: Tensor,
+    eps: float,
+    ball: Perturbation,
+    rand: BatchRandom,
+    config: SearchConfig,
+) -> Tensor:
+    """Signed-gradient steps in the L∞ ball ``ball`` around ``x`` from a start of radius
+    ``config.start_scale * eps``."""
+    low, high = ball.bounds
+    radius = ball.epsilon
+    lo, hi = (x - radius).clamp_(low, high), (x + radius).clamp_(low, high)
+    if config.loss == "kl":
+        adv = x + 0.001 * rand.normal(x)
+    elif config.random_start:
+        adv = x + config.start_scale * eps * (2 * rand.uniform(x) - 1)
+    else:
+        adv = x.clone()
+    adv = torch.clamp(adv, lo, hi)
+    for _ in range(ascent.steps):
+        adv = torch.clamp(adv + ascent.alpha * ascent.grad(adv).sign(), lo, hi)
+    return project(adv, x, ball.threat())
+
+
+def _l2(
+    ascent: _Ascent,
+    x: Tensor,
+    eps: float,
+    ball: Perturbation,
+    rand: BatchRandom,
+    config: SearchConfig,
+) -> Tensor:
+    """Normalised-gradient steps in the L2 ball ``ball`` around ``x`` from a start uniform in
+    the ball of radius ``config.start_scale * eps``."""
+    threat = ball.threat()
+    if config.loss == "kl":
+        adv = project(x + 0.001 * rand.normal(x), x, threat)
+    elif config.random_start:
+        direction = rand.normal(x)
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(
+            -1, *([1] * (x.dim() - 1))
+        )
+        r = (
+            config.start_scale
+            * eps
+            * rand.uniform(x[:, :1].flatten(1))[:, 0] ** (1.0 / x[0].numel())
+        )
+        adv = project(x + r.view(-1, *([1] * (x.dim() - 1))) * direction, x, threat)
+    else:
+        adv = x.clone()
+    for _ in range(ascent.steps):
+        adv = project(adv + ascent.alpha * ascent_direction(ascent.grad(adv), "l2"), x, threat)
+    return adv
+
+
+def _patch(ascent: _Ascent, x: Tensor, pert: Perturbation, rand: BatchRandom) -> Tensor:
     """A ``size``×``size`` occluding patch per sample (all channels), content searched by signed
     gradient steps inside the bounds from a uniform random fill."""
     if x.dim() != 4:
@@ -233,8 +281,6 @@ def _patch(
     mask = inside.unsqueeze(1).to(x.dtype)  # (N, 1, H, W)
     fill = low + (high - low) * rand.uniform(x)
     adv = x * (1 - mask) + fill * mask
-    alpha = rel_step * (high - low)
-    for _ in range(steps):
-        _, _, grad = loss_and_grad(model, adv, y, None, loss_fn)
-        adv = (adv + alpha * grad.sign() * mask).clamp_(low, high)
+    for _ in range(ascent.steps):
+        adv = (adv + ascent.alpha * ascent.grad(adv).sign() * mask).clamp_(low, high)
     return adv

@@ -312,7 +312,7 @@ class GuardSpec(_Strict):
 
 class AugmentSpec(_Strict):
     """Adversarial data augmentation for text models (the text trainer only,
-    :func:`robustops.text.training.fit_text`).
+    :func:`robustops.training.text.fit_text`).
 
     Before some epochs the trainer attacks a sample of the training texts with the current
     model, and the adversarial texts that fooled it join the training data, with their true

@@ -41,11 +41,19 @@ from robustops.training.checkpoint import (
     write_checkpoint,
 )
 from robustops.training.distributed import DistContext
-from robustops.training.perturb import BatchRandom, InnerLoss, Perturbation, search
+from robustops.training.perturb import BatchRandom, InnerLoss, Perturbation, SearchConfig, search
 from robustops.training.recipe import PerturbationSpec, Recipe
 from robustops.training.schedules import adaptive_update, curriculum_factor, learning_rate
 
-__all__ = ["BatchEvent", "EpochMetrics", "TrainResult", "fit", "split_holdout"]
+__all__ = [
+    "BatchEvent",
+    "EpochMetrics",
+    "FitHooks",
+    "FitOptions",
+    "TrainResult",
+    "fit",
+    "split_holdout",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +138,85 @@ class TrainResult:
     wall_time_s: float
 
 
+@dataclass(frozen=True)
+class FitOptions:
+    """Where a :func:`fit` run keeps its files, whether it resumes, and which processes train.
+
+    Attributes:
+        checkpoint_dir: where to write a checkpoint after every epoch (and ``best`` with a
+            holdout); ``None``: no checkpoints.
+        resume: continue from the newest complete checkpoint in ``checkpoint_dir`` (a fresh
+            start when there is none). The recipe, seed and data must match.
+        keep_checkpoints: epoch checkpoints to keep (older ones are deleted).
+        metrics_path: JSON-lines file with one :class:`EpochMetrics` per epoch (rewritten from
+            the checkpoint's history on resume); ``None``: no metrics file.
+        data_info: identity of the data (``fingerprint`` at least) recorded in checkpoints.
+        ctx: process group context (:func:`robustops.training.init_distributed`); default alone.
+    """
+
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    keep_checkpoints: int = 2
+    metrics_path: Path | None = None
+    data_info: dict[str, Any] | None = None
+    ctx: DistContext = field(default_factory=DistContext)
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoint_dir", "metrics_path"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
+
+@dataclass(frozen=True)
+class FitHooks:
+    """Progress callbacks of :func:`fit`: ``on_epoch`` after each epoch (rank 0 and the others
+    alike), ``on_batch`` after each training batch (for progress bars)."""
+
+    on_epoch: Callable[[EpochMetrics], None] | None = None
+    on_batch: Callable[[BatchEvent], None] | None = None
+
+
+@dataclass(frozen=True)
+class _Validation:
+    """Accuracies on the holdout, in [0, 1] (``None`` when not measured).
+
+    Attributes:
+        clean: clean accuracy (``None`` without a holdout).
+        robust: robust accuracy under PGD at the full budget (needs a norm-ball threat).
+        robust_current: robust accuracy at the curriculum's current budget (what an adaptive
+            curriculum follows; ``robust`` otherwise).
+        guard_fgsm, guard_pgd: the overfitting guard's FGSM and PGD accuracies on its samples.
+    """
+
+    clean: float | None = None
+    robust: float | None = None
+    robust_current: float | None = None
+    guard_fgsm: float | None = None
+    guard_pgd: float | None = None
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The training inputs ``(N, ...)`` and labels ``(N,)`` and the holdout (maybe empty)."""
+
+    x_tr: Tensor
+    y_tr: Tensor
+    x_va: Tensor
+    y_va: Tensor
+
+
+@dataclass(frozen=True)
+class _EpochFit:
+    """One epoch's training, summed over the ranks: mean loss, training accuracy, and the
+    learning rate and curriculum factor at its last batch."""
+
+    loss: float
+    train_accuracy: float
+    lr: float
+    factor: float
+
+
 @dataclass
 class _State:
     """The trainer's mutable state, checkpointed as JSON."""
@@ -181,13 +268,14 @@ class _Trainer:
         recipe: Recipe,
         *,
         seed: int,
-        ctx: DistContext,
+        options: FitOptions,
         device: torch.device,
     ) -> None:
         self.model = model
         self.recipe = recipe
         self.seed = seed
-        self.ctx = ctx
+        self.options = options
+        self.ctx = options.ctx
         self.device = device
         self.gen = make_generator(seed + 1)
         self.state = _State(adaptive=recipe.curriculum.start)
@@ -196,7 +284,9 @@ class _Trainer:
         self.primary = primary
         self.net: nn.Module = model
         self.awp = (
-            WeightPerturbation(model, recipe.awp.gamma, ctx) if recipe.awp is not None else None
+            WeightPerturbation(model, recipe.awp.gamma, self.ctx)
+            if recipe.awp is not None
+            else None
         )
         self._good: tuple[dict[str, Tensor], dict[str, Any]] | None = None
         self.best_weights: dict[str, Tensor] | None = None
@@ -262,6 +352,12 @@ class _Trainer:
         weights, opt_state = self._good
         self.model.load_state_dict(weights)
         self.opt.load_state_dict(copy.deepcopy(opt_state))
+
+    def write_metrics(self) -> None:
+        """Rewrite the metrics file from the history (rank 0; nothing without a file)."""
+        path = self.options.metrics_path
+        if self.ctx.is_main and path is not None:
+            atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in self.state.history))
 
     def rng_state(self) -> dict[str, Tensor]:
         out = {"train": self.gen.get_state(), "torch_cpu": torch.get_rng_state()}
@@ -332,12 +428,7 @@ class _Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            adv = search(
-                self.model,
-                x,
-                y,
-                pert,
-                rand,
+            config = SearchConfig(
                 steps=obj.resolved_steps(),
                 rel_step=self.rel_step() * self.state.step_scale,
                 random_start=obj.random_start,
@@ -346,6 +437,7 @@ class _Trainer:
                 clip=obj.clip or obj.name != "fast",
                 precision=self.recipe.inner_precision,
             )
+            adv = search(self.model, x, y, pert, rand, config)
         finally:
             self.model.train(was_training)
         return (x, adv) if obj.name == "trades" else (adv, None)
@@ -400,16 +492,14 @@ class _Trainer:
         x: Tensor,
         y: Tensor,
         pert: Perturbation,
-        steps: int,
-        rel_step: float,
-        random_start: bool,
+        config: SearchConfig,
         gen: torch.Generator,
         limit: int = 0,
     ) -> tuple[int, int]:
         """Samples of this rank's shard of the holdout ``x`` predicted correctly both clean and
-        under ``search``: over the shard, and over its samples whose holdout index is below
-        ``limit``. Random draws
-        are made for the whole holdout, chunk by chunk, so they do not depend on the shards."""
+        under :func:`search` with ``config``: over the shard, and over its samples whose holdout
+        index is below ``limit``. Random draws are made for the whole holdout, chunk by chunk,
+        so they do not depend on the shards."""
         bs = self.recipe.validation.batch_size
         ctx = self.ctx
         correct = correct_head = 0
@@ -419,10 +509,7 @@ class _Trainer:
             rand = _ChunkRandom(gen, ctx, xb.shape[0])
             xl, yl = self.inputs_to_device(xb[local]), yb[local].to(self.device)
             # An empty shard still runs, so that its generator advances like the others'.
-            adv = search(
-                self.model, xl, yl, pert, rand, steps=steps, rel_step=rel_step,
-                random_start=random_start,
-            )  # fmt: skip
+            adv = search(self.model, xl, yl, pert, rand, config)
             # Robust means correct when clean *and* under attack (an iterate that lands on the
             # right class does not make a misclassified sample robust).
             ok = ((self._predict(adv) == yl) & (self._predict(xl) == yl)).cpu()
@@ -430,55 +517,64 @@ class _Trainer:
             correct_head += int((ok & (local + s < limit)).sum())
         return correct, correct_head
 
-    def validate(
-        self, x: Tensor, y: Tensor, factor: float
-    ) -> tuple[float, float | None, float | None, float | None, float | None]:
-        """``(clean, robust at full budget, robust at the current budget, guard FGSM, guard
-        PGD)`` accuracies on the holdout ``x``, ``y`` (the same on every rank)."""
-        r = self.recipe
-        v, g = r.validation, r.guard
+    def validate(self, x: Tensor, y: Tensor, factor: float) -> _Validation:
+        """Accuracies on the holdout ``x`` ``(n, ...)``, ``y`` ``(n,)`` at curriculum factor
+        ``factor`` (the same on every rank)."""
+        g = self.recipe.guard
         was_training = self.model.training
         self.model.eval()
-        n = x.shape[0]
         try:
-            idx = torch.arange(n)[self.ctx.rank :: self.ctx.world_size]
-            clean = 0
-            for s in range(0, idx.numel(), v.batch_size):
-                b = idx[s : s + v.batch_size]
-                pred = self._predict(self.inputs_to_device(x[b]))
-                clean += int((pred == y[b].to(self.device)).sum())
-            counts = [float(clean)]
-            primary = self.primary
-            if primary is not None:
-                full = self._perturbation(primary, 1.0)
-                gen = make_generator(self.seed * 1_000_003 + 17 * self.state.epoch + 5)
-                rel = 2.5 / v.pgd_steps
-                reuse = g is not None and g.pgd_steps == v.pgd_steps
-                rob, head = self._robust_correct(
-                    x, y, full, v.pgd_steps, rel, True, gen, limit=g.samples if g and reuse else 0
-                )
-                counts.append(rob)
-                if r.curriculum.kind == "adaptive" and factor < 1.0:
-                    cur = self._perturbation(primary, factor)
-                    counts.append(self._robust_correct(x, y, cur, v.pgd_steps, rel, True, gen)[0])
-                else:
-                    counts.append(rob)
-                if g is not None:
-                    xs, ys = x[: g.samples], y[: g.samples]
-                    counts.append(self._robust_correct(xs, ys, full, 1, 1.0, False, gen)[0])
-                    if not reuse:
-                        rel_g = 2.5 / g.pgd_steps
-                        head = self._robust_correct(xs, ys, full, g.pgd_steps, rel_g, True, gen)[0]
-                    counts.append(head)
+            counts = [float(self._clean_correct(x, y))]
+            if self.primary is not None:
+                counts += self._robust_counts(x, y, factor)
             total = self.ctx.all_reduce_sum(torch.tensor(counts, dtype=torch.float64)).tolist()
         finally:
             self.model.train(was_training)
-        if primary is None:
-            return total[0] / n, None, None, None, None
+        n = x.shape[0]
+        if self.primary is None:
+            return _Validation(clean=total[0] / n)
         if g is None:
-            return total[0] / n, total[1] / n, total[2] / n, None, None
+            return _Validation(total[0] / n, total[1] / n, total[2] / n)
         gs = min(g.samples, n)
-        return total[0] / n, total[1] / n, total[2] / n, total[3] / gs, total[4] / gs
+        return _Validation(total[0] / n, total[1] / n, total[2] / n, total[3] / gs, total[4] / gs)
+
+    def _clean_correct(self, x: Tensor, y: Tensor) -> int:
+        """Samples of this rank's shard of the holdout predicted correctly."""
+        bs = self.recipe.validation.batch_size
+        idx = torch.arange(x.shape[0])[self.ctx.rank :: self.ctx.world_size]
+        clean = 0
+        for s in range(0, idx.numel(), bs):
+            b = idx[s : s + bs]
+            pred = self._predict(self.inputs_to_device(x[b]))
+            clean += int((pred == y[b].to(self.device)).sum())
+        return clean
+
+    def _robust_counts(self, x: Tensor, y: Tensor, factor: float) -> list[int]:
+        """This rank's robust counts: PGD at the full budget, at the current one, and (with the
+        guard, on its first samples) FGSM and PGD at the full budget."""
+        v, g, primary = self.recipe.validation, self.recipe.guard, self.primary
+        assert primary is not None
+        full = self._perturbation(primary, 1.0)
+        gen = make_generator(self.seed * 1_000_003 + 17 * self.state.epoch + 5)
+        pgd = SearchConfig(steps=v.pgd_steps, rel_step=2.5 / v.pgd_steps)
+        reuse = g is not None and g.pgd_steps == v.pgd_steps
+        limit = g.samples if g and reuse else 0
+        rob, head = self._robust_correct(x, y, full, pgd, gen, limit=limit)
+        counts = [rob]
+        if self.recipe.curriculum.kind == "adaptive" and factor < 1.0:
+            cur = self._perturbation(primary, factor)
+            counts.append(self._robust_correct(x, y, cur, pgd, gen)[0])
+        else:
+            counts.append(rob)
+        if g is not None:
+            xs, ys = x[: g.samples], y[: g.samples]
+            fgsm = SearchConfig(steps=1, rel_step=1.0, random_start=False)
+            counts.append(self._robust_correct(xs, ys, full, fgsm, gen)[0])
+            if not reuse:
+                pgd_g = SearchConfig(steps=g.pgd_steps, rel_step=2.5 / g.pgd_steps)
+                head = self._robust_correct(xs, ys, full, pgd_g, gen)[0]
+            counts.append(head)
+        return counts
 
 
 class _ChunkRandom(BatchRandom):
@@ -493,10 +589,6 @@ class _ChunkRandom(BatchRandom):
         return self.global_n
 
 
-def _noop_epoch(_: EpochMetrics) -> None:
-    return None
-
-
 def fit(
     model: nn.Module,
     x: Tensor,
@@ -504,14 +596,8 @@ def fit(
     recipe: Recipe,
     *,
     seed: int = 0,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    keep_checkpoints: int = 2,
-    metrics_path: str | Path | None = None,
-    data_info: dict[str, Any] | None = None,
-    ctx: DistContext | None = None,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
-    on_batch: Callable[[BatchEvent], None] | None = None,
+    options: FitOptions | None = None,
+    hooks: FitHooks | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with ``recipe`` on inputs ``x`` ``(N, ...)`` (in the recipe's
     bounds) and labels ``y`` ``(N,)``.
@@ -520,27 +606,57 @@ def fit(
         model: a module returning logits, on the device to train on; left in eval mode with the
             best-validation weights (``recipe.keep_best`` and a holdout) or the last ones.
         seed: seeds the holdout draw, shuffling, random starts, patch positions and noise.
-        checkpoint_dir: where to write a checkpoint after every epoch (and ``best`` with a
-            holdout); ``None``: no checkpoints.
-        resume: continue from the newest complete checkpoint in ``checkpoint_dir`` (a fresh
-            start when there is none). The recipe, seed and data must match.
-        keep_checkpoints: epoch checkpoints to keep (older ones are deleted).
-        metrics_path: JSON-lines file with one :class:`EpochMetrics` per epoch (rewritten from
-            the checkpoint's history on resume).
-        data_info: identity of the data (``fingerprint`` at least) recorded in checkpoints.
-        ctx: process group context (:func:`robustops.training.init_distributed`); default alone.
-        on_epoch, on_batch: progress callbacks.
+        options: checkpoints, resuming, the metrics file, the data identity and the process
+            group (:class:`FitOptions`; default: no files, one process).
+        hooks: progress callbacks (:class:`FitHooks`).
 
     Returns a :class:`TrainResult`; files are written by rank 0 only.
     """
     t_start = time.perf_counter()
+    options = options or FitOptions()
+    device = _checked_device(model, x, y, recipe, options.ctx)
+    data = _split(x, y, recipe, seed)
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(recipe.deterministic, warn_only=device.type == "cuda")
+    tr = _Trainer(model, recipe, seed=seed, options=options, device=device)
+    try:
+        tr.use_channels_last(x.dim())
+        resumed_from = _resume(tr)
+        tr.snapshot()
+        tr.wrap()
+        tr.write_metrics()
+        _run_epochs(tr, data, hooks or FitHooks())
+        final = _load_final(tr)
+        model.eval()
+        st = tr.state
+        return TrainResult(
+            history=[EpochMetrics(**h) for h in st.history],
+            final=final,
+            best_epoch=st.best_epoch,
+            best_robust_accuracy=st.best_robust,
+            stopped_early=st.stopped_early,
+            restores=st.restores,
+            resumed_from=resumed_from,
+            world_size=options.ctx.world_size,
+            wall_time_s=time.perf_counter() - t_start,
+        )
+    finally:
+        tr.restore_format()
+        torch.use_deterministic_algorithms(prev_det)
+
+
+def _checked_device(
+    model: nn.Module, x: Tensor, y: Tensor, recipe: Recipe, ctx: DistContext
+) -> torch.device:
+    """The device ``model`` trains on, after refusing what :func:`fit` cannot train: a text
+    augmentation recipe, a batch that does not split across the processes, inputs and labels of
+    different lengths, a model without parameters, inputs outside the recipe's bounds."""
     if recipe.augment is not None:
         raise SpecError.single(
             "train.augment",
-            "augmentation is for text data (robustops.text.training.fit_text); image/tabular "
+            "augmentation is for text data (robustops.training.text.fit_text); image/tabular "
             "training hardens with adversarial objectives (objective: pgd-at, trades, fast)",
         )
-    ctx = ctx or DistContext()
     if recipe.batch_size % ctx.world_size:
         raise SpecError.single(
             "train.batch_size",
@@ -551,171 +667,185 @@ def fit(
     params = list(model.parameters())
     if not params:
         raise SpecError.single("model", "the model has no parameters to train")
-    device = params[0].device
     low, high = recipe.bounds
     if x.numel() and (float(x.min()) < low or float(x.max()) > high):
         raise SpecError.single("train.bounds", f"training inputs leave the bounds {recipe.bounds}")
+    return params[0].device
+
+
+def _split(x: Tensor, y: Tensor, recipe: Recipe, seed: int) -> _Split:
+    """``x``, ``y`` on the CPU (labels int64), split into training data and the holdout of
+    ``recipe.validation.holdout`` samples drawn with ``seed``."""
     x, y = x.detach().cpu(), y.detach().cpu().to(torch.int64)
     holdout = recipe.validation.holdout
-    if holdout:
-        tr_idx, va_idx = split_holdout(x.shape[0], holdout, seed)
-        x_tr, y_tr, x_va, y_va = x[tr_idx], y[tr_idx], x[va_idx], y[va_idx]
-    else:
-        x_tr, y_tr, x_va, y_va = x, y, x[:0], y[:0]
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    metrics = Path(metrics_path) if metrics_path is not None else None
-    fingerprint = (data_info or {}).get("fingerprint")
+    if not holdout:
+        return _Split(x, y, x[:0], y[:0])
+    tr_idx, va_idx = split_holdout(x.shape[0], holdout, seed)
+    return _Split(x[tr_idx], y[tr_idx], x[va_idx], y[va_idx])
 
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(recipe.deterministic, warn_only=device.type == "cuda")
-    tr = _Trainer(model, recipe, seed=seed, ctx=ctx, device=device)
-    try:
-        tr.use_channels_last(x.dim())
-        resumed_from = None
-        if resume and ckpt is not None and (side := latest_checkpoint(ckpt)) is not None:
-            resumed_from = tr.load(side, fingerprint if isinstance(fingerprint, str) else None)
-            log.info("resumed from %s (epoch %d)", side, resumed_from)
-        tr.snapshot()
-        tr.wrap()
-        if ctx.is_main and metrics is not None:
-            atomic_write_text(metrics, "".join(json.dumps(h) + "\n" for h in tr.state.history))
-        _run_epochs(tr, x_tr, y_tr, x_va, y_va, ckpt, keep_checkpoints, metrics, data_info,
-                    on_epoch or _noop_epoch, on_batch)  # fmt: skip
-        st = tr.state
-        final = "last"
-        if recipe.keep_best and st.best_epoch is not None and ckpt is not None:
-            best_side = ckpt / "best.json"
-            ctx.barrier()
-            _, tensors = read_checkpoint(best_side)
-            model.load_state_dict(model_state(tensors), strict=True)
-            final = "best"
-        elif recipe.keep_best and st.best_epoch is not None and tr.best_weights is not None:
-            model.load_state_dict(tr.best_weights, strict=True)
-            final = "best"
-        model.eval()
-        return TrainResult(
-            history=[EpochMetrics(**h) for h in st.history],
-            final=final,
-            best_epoch=st.best_epoch,
-            best_robust_accuracy=st.best_robust,
-            stopped_early=st.stopped_early,
-            restores=st.restores,
-            resumed_from=resumed_from,
-            world_size=ctx.world_size,
-            wall_time_s=time.perf_counter() - t_start,
+
+def _resume(tr: _Trainer) -> int | None:
+    """Load the newest checkpoint when the options ask to resume; returns its epoch."""
+    opts = tr.options
+    if not opts.resume or opts.checkpoint_dir is None:
+        return None
+    side = latest_checkpoint(opts.checkpoint_dir)
+    if side is None:
+        return None
+    fingerprint = (opts.data_info or {}).get("fingerprint")
+    epoch = tr.load(side, fingerprint if isinstance(fingerprint, str) else None)
+    log.info("resumed from %s (epoch %d)", side, epoch)
+    return epoch
+
+
+def _load_final(tr: _Trainer) -> str:
+    """Give the model the best-validation weights when the recipe keeps them (``"best"``),
+    else leave the last ones (``"last"``)."""
+    st, ckpt = tr.state, tr.options.checkpoint_dir
+    if not tr.recipe.keep_best or st.best_epoch is None:
+        return "last"
+    if ckpt is not None:
+        tr.ctx.barrier()
+        _, tensors = read_checkpoint(ckpt / "best.json")
+        tr.model.load_state_dict(model_state(tensors), strict=True)
+        return "best"
+    if tr.best_weights is not None:
+        tr.model.load_state_dict(tr.best_weights, strict=True)
+        return "best"
+    return "last"
+
+
+class _Batches:
+    """This rank's batches of the training split: a :class:`DistributedSampler` seeded with
+    the run's seed, reshuffled every epoch, cut into local batches."""
+
+    def __init__(self, tr: _Trainer, y_tr: Tensor) -> None:
+        ctx = tr.ctx
+        self.sampler: DistributedSampler[Any] = DistributedSampler(
+            TensorDataset(y_tr),
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=tr.seed,
+            drop_last=True,
         )
-    finally:
-        tr.restore_format()
-        torch.use_deterministic_algorithms(prev_det)
+        self.size = tr.recipe.batch_size // ctx.world_size
+        self.count = max(1, math.ceil(len(self.sampler) / self.size))
+
+    def order(self, epoch: int) -> Tensor:
+        """This rank's sample indices for (0-based) ``epoch``, int64."""
+        self.sampler.set_epoch(epoch)
+        return torch.tensor(list(iter(self.sampler)), dtype=torch.int64)
 
 
-def _run_epochs(
-    tr: _Trainer,
-    x_tr: Tensor,
-    y_tr: Tensor,
-    x_va: Tensor,
-    y_va: Tensor,
-    ckpt: Path | None,
-    keep: int,
-    metrics: Path | None,
-    data_info: dict[str, Any] | None,
-    on_epoch: Callable[[EpochMetrics], None],
-    on_batch: Callable[[BatchEvent], None] | None,
-) -> None:
-    r, ctx, st = tr.recipe, tr.ctx, tr.state
-    sampler: DistributedSampler[Any] = DistributedSampler(
-        TensorDataset(y_tr),
-        num_replicas=ctx.world_size,
-        rank=ctx.rank,
-        shuffle=True,
-        seed=tr.seed,
-        drop_last=True,
-    )
-    local_bs = r.batch_size // ctx.world_size
-    n_local = len(sampler)
-    n_batches = max(1, math.ceil(n_local / local_bs))
-    rand = BatchRandom(tr.gen, ctx)
-    total = float(r.epochs)
+def _run_epochs(tr: _Trainer, data: _Split, hooks: FitHooks) -> None:
+    """Train the remaining epochs: train, validate, guard, keep the best, write the files."""
+    r, st = tr.recipe, tr.state
+    batches = _Batches(tr, data.y_tr)
+    rand = BatchRandom(tr.gen, tr.ctx)
     while st.epoch < r.epochs and not st.stopped_early:
         t0 = time.perf_counter()
-        epoch = st.epoch
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(iter(sampler)), dtype=torch.int64)
-        sums = torch.zeros(3, dtype=torch.float64)
-        lr = factor = 0.0
-        for k in range(n_batches):
-            t = epoch + k / n_batches
-            lr = learning_rate(r.schedule, r.lr, t, total)
-            for group in tr.opt.param_groups:
-                group["lr"] = lr
-            factor = curriculum_factor(r.curriculum, t, st.adaptive)
-            idx = order[k * local_bs : (k + 1) * local_bs]
-            xb, yb = tr.inputs_to_device(x_tr[idx]), y_tr[idx].to(tr.device)
-            loss_sum, correct = tr.step(xb, yb, factor, rand)
-            sums += torch.stack(
-                [loss_sum.double().cpu(), correct.double().cpu(), torch.tensor(float(idx.numel()))]
-            )
-            st.global_step += 1
-            if on_batch is not None:
-                on_batch(BatchEvent(epoch + 1, k + 1, n_batches, float(loss_sum) / idx.numel()))
-        ctx.all_reduce_sum(sums)
-        st.epoch = epoch + 1
-        loss_mean, train_acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
-        if not math.isfinite(loss_mean):
-            raise FloatingPointError(f"training loss is {loss_mean} at epoch {st.epoch}")
-        val = tr.validate(x_va, y_va, factor) if x_va.shape[0] else None
-        restored = False
-        clean = rob = cur = g_fgsm = g_pgd = None
-        if val is not None:
-            clean, rob, cur, g_fgsm, g_pgd = val
-        if r.guard is not None and g_fgsm is not None and g_pgd is not None:
-            restored = _guard(tr, g_fgsm, g_pgd)
-        if not restored:
-            _track_best(tr, rob, factor, ckpt)
-            st.adaptive = adaptive_update(r.curriculum, st.adaptive, cur)
-            tr.snapshot()
-        primary_eps = float(tr.primary.epsilon or 0) * factor if tr.primary is not None else None
-        m = EpochMetrics(
-            epoch=st.epoch,
-            lr=lr,
-            epsilon_factor=factor,
-            epsilon=primary_eps,
-            loss=loss_mean,
-            train_accuracy=train_acc,
-            val_clean_accuracy=clean,
-            val_robust_accuracy=rob,
-            guard_fgsm_accuracy=g_fgsm,
-            guard_pgd_accuracy=g_pgd,
-            guard_restored=restored,
-            step_scale=st.step_scale,
-            best_epoch=st.best_epoch,
-            time_s=time.perf_counter() - t0,
-        )
+        done = _train_epoch(tr, data, batches, rand, hooks.on_batch)
+        m = _close_epoch(tr, data, done, t0)
         st.history.append(m.to_json())
-        if ckpt is not None:
-            if ctx.is_main:
-                write_checkpoint(
-                    ckpt,
-                    epoch_stem(st.epoch),
-                    tr.model,
-                    tr.opt,
-                    tr.rng_state(),
-                    {
-                        "kind": "epoch",
-                        "recipe": r.model_dump(mode="json"),
-                        "seed": tr.seed,
-                        "epoch": st.epoch,
-                        "world_size": ctx.world_size,
-                        "data": data_info or {},
-                        "trainer_state": asdict(st),
-                    },
-                )
-                prune(ckpt, keep)
-            ctx.barrier()
-        if ctx.is_main and metrics is not None:
-            atomic_write_text(metrics, "".join(json.dumps(h) + "\n" for h in st.history))
+        _write_epoch(tr)
         log.info("epoch %d: %s", st.epoch, m)
-        on_epoch(m)
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(m)
+
+
+def _train_epoch(
+    tr: _Trainer,
+    data: _Split,
+    batches: _Batches,
+    rand: BatchRandom,
+    on_batch: Callable[[BatchEvent], None] | None,
+) -> _EpochFit:
+    """One pass over the training split; advances ``tr.state.epoch``."""
+    r, st = tr.recipe, tr.state
+    epoch = st.epoch
+    order = batches.order(epoch)
+    sums = torch.zeros(3, dtype=torch.float64)
+    lr = factor = 0.0
+    for k in range(batches.count):
+        t = epoch + k / batches.count
+        lr = learning_rate(r.schedule, r.lr, t, float(r.epochs))
+        for group in tr.opt.param_groups:
+            group["lr"] = lr
+        factor = curriculum_factor(r.curriculum, t, st.adaptive)
+        idx = order[k * batches.size : (k + 1) * batches.size]
+        xb, yb = tr.inputs_to_device(data.x_tr[idx]), data.y_tr[idx].to(tr.device)
+        loss_sum, correct = tr.step(xb, yb, factor, rand)
+        sums += torch.stack(
+            [loss_sum.double().cpu(), correct.double().cpu(), torch.tensor(float(idx.numel()))]
+        )
+        st.global_step += 1
+        if on_batch is not None:
+            on_batch(BatchEvent(epoch + 1, k + 1, batches.count, float(loss_sum) / idx.numel()))
+    tr.ctx.all_reduce_sum(sums)
+    st.epoch = epoch + 1
+    loss_mean, train_acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
+    if not math.isfinite(loss_mean):
+        raise FloatingPointError(f"training loss is {loss_mean} at epoch {st.epoch}")
+    return _EpochFit(loss=loss_mean, train_accuracy=train_acc, lr=lr, factor=factor)
+
+
+def _close_epoch(tr: _Trainer, data: _Split, done: _EpochFit, t0: float) -> EpochMetrics:
+    """Validate after an epoch, let the guard restore or else track the best epoch and adapt
+    the curriculum; returns the epoch's metrics (``t0``: its start, ``perf_counter`` seconds)."""
+    r, st = tr.recipe, tr.state
+    val = tr.validate(data.x_va, data.y_va, done.factor) if data.x_va.shape[0] else _Validation()
+    restored = False
+    if r.guard is not None and val.guard_fgsm is not None and val.guard_pgd is not None:
+        restored = _guard(tr, val.guard_fgsm, val.guard_pgd)
+    if not restored:
+        _track_best(tr, val.robust, done.factor)
+        st.adaptive = adaptive_update(r.curriculum, st.adaptive, val.robust_current)
+        tr.snapshot()
+    primary = tr.primary
+    return EpochMetrics(
+        epoch=st.epoch,
+        lr=done.lr,
+        epsilon_factor=done.factor,
+        epsilon=float(primary.epsilon or 0) * done.factor if primary is not None else None,
+        loss=done.loss,
+        train_accuracy=done.train_accuracy,
+        val_clean_accuracy=val.clean,
+        val_robust_accuracy=val.robust,
+        guard_fgsm_accuracy=val.guard_fgsm,
+        guard_pgd_accuracy=val.guard_pgd,
+        guard_restored=restored,
+        step_scale=st.step_scale,
+        best_epoch=st.best_epoch,
+        time_s=time.perf_counter() - t0,
+    )
+
+
+def _write_epoch(tr: _Trainer) -> None:
+    """After an epoch: its checkpoint (older ones pruned) and the metrics file (rank 0)."""
+    r, st, ctx, opts = tr.recipe, tr.state, tr.ctx, tr.options
+    ckpt = opts.checkpoint_dir
+    if ckpt is not None:
+        if ctx.is_main:
+            write_checkpoint(
+                ckpt,
+                epoch_stem(st.epoch),
+                tr.model,
+                tr.opt,
+                tr.rng_state(),
+                {
+                    "kind": "epoch",
+                    "recipe": r.model_dump(mode="json"),
+                    "seed": tr.seed,
+                    "epoch": st.epoch,
+                    "world_size": ctx.world_size,
+                    "data": opts.data_info or {},
+                    "trainer_state": asdict(st),
+                },
+            )
+            prune(ckpt, opts.keep_checkpoints)
+        ctx.barrier()
+    tr.write_metrics()
 
 
 def _guard(tr: _Trainer, fgsm_acc: float, pgd_acc: float) -> bool:
@@ -749,9 +879,9 @@ def _guard(tr: _Trainer, fgsm_acc: float, pgd_acc: float) -> bool:
     return False
 
 
-def _track_best(tr: _Trainer, robust: float | None, factor: float, ckpt: Path | None) -> None:
+def _track_best(tr: _Trainer, robust: float | None, factor: float) -> None:
     """Best-checkpoint keeping and early stopping on validation robust accuracy."""
-    r, st, ctx = tr.recipe, tr.state, tr.ctx
+    r, st, ctx, ckpt = tr.recipe, tr.state, tr.ctx, tr.options.checkpoint_dir
     if robust is None:
         return
     es = r.early_stopping

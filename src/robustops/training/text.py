@@ -28,8 +28,7 @@ texts that were already misclassified before any edit (they are in the training 
 seeded with ``seed`` (or the generator passed as ``seed``), augmentation draws and attack seeds
 from seeds derived from ``seed`` and the epoch, and the CPU kernels used are deterministic: the
 same call gives bit-identical weights. Without augmentation, ``char_ngram_classifier(..., seed=g)``
-then ``fit_text(..., seed=g)`` with one generator ``g`` is exactly
-:func:`~robustops.text.models.train_text_classifier`.
+then ``fit_text(..., seed=g)`` with one generator ``g`` is exactly :func:`train_text_classifier`.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,8 +46,9 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from robustops._util import make_generator
+from robustops.attacks.base import Attack
 from robustops.errors import SpecError
-from robustops.text.models import TorchTextClassifier
+from robustops.text.models import Preprocess, TorchTextClassifier, char_ngram_classifier
 from robustops.training.recipe import AugmentSpec, Recipe
 from robustops.training.schedules import learning_rate
 
@@ -59,6 +59,7 @@ __all__ = [
     "TextTrainResult",
     "fit_text",
     "text_recipe_errors",
+    "train_text_classifier",
 ]
 
 
@@ -246,82 +247,203 @@ class _Pool:
         self.labels.clear()
         self.keys.clear()
 
+    def label_tensor(self) -> Tensor:
+        """The pool's labels ``(len(self),)`` int64."""
+        return torch.tensor(self.labels, dtype=torch.int64)
+
 
 def _encode_one(classifier: TorchTextClassifier, text: str) -> Tensor:
     vocab = classifier.vocab
     return torch.tensor(vocab.ids_of(vocab.ngrams_of(text)), dtype=torch.int64)
 
 
+@dataclass(frozen=True)
+class _TextData:
+    """What every augmentation round of one :func:`fit_text` call attacks.
+
+    Attributes:
+        classifier: the model being trained (attacked in eval mode).
+        texts: the training texts, ``N`` strings.
+        y: their labels ``(N,)`` int64.
+        seed: the base seed the rounds derive their draw and attack seeds from.
+    """
+
+    classifier: TorchTextClassifier
+    texts: list[str]
+    y: Tensor
+    seed: int
+
+
+@dataclass
+class _Round:
+    """One augmentation round's bookkeeping: the pool it adds to and what it counted."""
+
+    data: _TextData
+    epoch: int
+    pool: _Pool
+    fooled: int = 0
+    misclassified: int = 0
+    queries: int = 0
+    added: list[AugmentedText] = field(default_factory=list)
+
+    def attack(self, attack: Attack, sources: Tensor, targets: Tensor | None) -> None:
+        """Attack the training texts at indices ``sources`` ``(S,)`` (targets ``(S,)`` for a
+        targeted threat) and add every text that fooled the model to the pool."""
+        data = self.data
+        idx = sources.tolist()
+        result = attack(
+            data.classifier, [data.texts[i] for i in idx], data.y[sources], targets=targets
+        )
+        self.queries += int(result.queries.sum())
+        for k, src in enumerate(idx):
+            if not bool(result.success[k]):
+                continue
+            if not result.details[k]:
+                self.misclassified += 1
+                continue
+            self.fooled += 1
+            self._add(
+                AugmentedText(
+                    epoch=self.epoch,
+                    source=int(src),
+                    attack=attack.name,
+                    label=int(data.y[src]),
+                    target=int(targets[k]) if targets is not None else None,
+                    text=result.adversarial[k],
+                    edits=[asdict(e) for e in result.details[k]],
+                )
+            )
+
+    def _add(self, text: AugmentedText) -> None:
+        key = (text.text, text.label)
+        if key in self.pool.keys:
+            return
+        self.pool.keys.add(key)
+        classifier = self.data.classifier
+        self.pool.ids.append(_encode_one(classifier, classifier.prepare([text.text])[0]))
+        self.pool.labels.append(text.label)
+        self.added.append(text)
+
+
 def _augment_round(
-    classifier: TorchTextClassifier,
-    texts: Sequence[str],
-    y: Tensor,
-    spec: AugmentSpec,
-    epoch: int,
-    base_seed: int,
-    pool: _Pool,
+    data: _TextData, spec: AugmentSpec, epoch: int, pool: _Pool
 ) -> tuple[AugmentRound, list[AugmentedText]]:
     """Run the round before ``epoch``: attack a draw of the training texts, add what fooled the
     model to ``pool`` (emptied first with ``pool: replace``)."""
     t0 = time.perf_counter()
-    attacks = spec.build_attacks(_derive_seed(base_seed, "augment-attack", epoch))
-    gen = make_generator(_derive_seed(base_seed, "augment-draw", epoch))
-    candidates = torch.nonzero(spec.threat.attacked(y)).flatten()
+    attacks = spec.build_attacks(_derive_seed(data.seed, "augment-attack", epoch))
+    gen = make_generator(_derive_seed(data.seed, "augment-draw", epoch))
+    candidates = torch.nonzero(spec.threat.attacked(data.y)).flatten()
     draw = torch.randperm(candidates.numel(), generator=gen)[: spec.samples]
     picked = candidates[draw].sort().values
-    labels = y[picked]
-    targets = spec.threat.draw_targets(labels, classifier.num_classes, gen)
+    targets = spec.threat.draw_targets(data.y[picked], data.classifier.num_classes, gen)
     if spec.pool == "replace":
         pool.clear()
-    added: list[AugmentedText] = []
-    fooled = misclassified = queries = 0
+    rnd = _Round(data, epoch, pool)
     for j, attack in enumerate(attacks):
         share = torch.arange(j, picked.numel(), len(attacks))
-        if share.numel() == 0:
-            continue
-        sources = picked[share].tolist()
-        result = attack(
-            classifier,
-            [texts[i] for i in sources],
-            labels[share],
-            targets=targets[share] if targets is not None else None,
-        )
-        queries += int(result.queries.sum())
-        for k, src in enumerate(sources):
-            if not bool(result.success[k]):
-                continue
-            if not result.details[k]:
-                misclassified += 1
-                continue
-            fooled += 1
-            label = int(y[src])
-            key = (result.adversarial[k], label)
-            if key in pool.keys:
-                continue
-            pool.keys.add(key)
-            pool.ids.append(_encode_one(classifier, classifier.prepare([key[0]])[0]))
-            pool.labels.append(label)
-            added.append(
-                AugmentedText(
-                    epoch=epoch,
-                    source=int(src),
-                    attack=attack.name,
-                    label=label,
-                    target=int(targets[share[k]]) if targets is not None else None,
-                    text=key[0],
-                    edits=[asdict(e) for e in result.details[k]],
-                )
-            )
+        if share.numel():
+            rnd.attack(attack, picked[share], targets[share] if targets is not None else None)
     stats = AugmentRound(
         attacked=int(picked.numel()),
-        fooled=fooled,
-        misclassified=misclassified,
-        added=len(added),
+        fooled=rnd.fooled,
+        misclassified=rnd.misclassified,
+        added=len(rnd.added),
         pool_size=len(pool),
-        queries=queries,
+        queries=rnd.queries,
         seconds=time.perf_counter() - t0,
     )
-    return stats, added
+    return stats, rnd.added
+
+
+def _checked_labels(
+    classifier: TorchTextClassifier,
+    texts: Sequence[str],
+    labels: Tensor | Sequence[int] | np.ndarray,
+    recipe: Recipe,
+) -> Tensor:
+    """The labels ``(N,)`` int64, after refusing a recipe the text trainer cannot follow, no
+    texts, labels that do not match the texts or the classes, and invalid augmentation."""
+    errors = text_recipe_errors(recipe)
+    if errors:
+        raise SpecError(errors)
+    if isinstance(texts, str) or len(texts) == 0:
+        raise SpecError.single("text.texts", "no training texts (need a sequence of strings)")
+    y = _labels(labels)
+    if y.shape[0] != len(texts):
+        raise SpecError.single("text.labels", f"{y.shape[0]} labels for {len(texts)} texts")
+    k = classifier.num_classes
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise SpecError.single("text.labels", f"must be class indices in [0, {k})")
+    spec = recipe.augment
+    if spec is not None:
+        try:
+            spec.build_attacks(0)  # fail before training, not at the first round
+        except SpecError as exc:
+            raise SpecError([(f"train.{p}", m) for p, m in exc.errors]) from None
+        if spec.threat.target_class is not None and spec.threat.target_class >= k:
+            raise SpecError.single(
+                "train.augment.threat.target_class",
+                f"{spec.threat.target_class} is not a class of a {k}-class model",
+            )
+    return y
+
+
+@dataclass(frozen=True)
+class _EpochTotals:
+    """Sums over one epoch: loss (nats, summed over texts), texts classified correctly, and the
+    learning rate at the last batch."""
+
+    loss: float
+    correct: int
+    lr: float
+
+
+class _TextLoop:
+    """The update of a :class:`~robustops.text.models.EmbeddingBagClassifier`: ``SparseAdam``
+    (``Adam`` for a dense embedding) for the embedding, ``Adam`` for the output layer,
+    cross-entropy, the learning rate set every batch from ``recipe.schedule``."""
+
+    def __init__(self, classifier: TorchTextClassifier, recipe: Recipe) -> None:
+        self.module = classifier.module
+        self.recipe = recipe
+        embedding_params = list(self.module.embedding.parameters())
+        self.optimizers: list[torch.optim.Optimizer] = [
+            torch.optim.SparseAdam(embedding_params, lr=recipe.lr)
+            if self.module.embedding.sparse
+            else torch.optim.Adam(embedding_params, lr=recipe.lr),
+            torch.optim.Adam(self.module.fc.parameters(), lr=recipe.lr),
+        ]
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def epoch(self, epoch: int, ids: list[Tensor], y: Tensor, order: list[int]) -> _EpochTotals:
+        """Train one (1-based) ``epoch`` on the encoded texts ``ids`` (one ``(L_i,)`` int64 tensor
+        of n-gram ids per text) with labels ``y`` ``(N,)``, in batches taken along ``order``."""
+        recipe = self.recipe
+        n_batches = math.ceil(len(ids) / recipe.batch_size)
+        total_loss, correct, lr = 0.0, 0, recipe.lr
+        for b, start in enumerate(range(0, len(ids), recipe.batch_size)):
+            lr = learning_rate(recipe.schedule, recipe.lr, epoch - 1 + b / n_batches, recipe.epochs)
+            batch = order[start : start + recipe.batch_size]
+            loss, logits = self._step(lr, [ids[i] for i in batch], y[batch])
+            total_loss += float(loss.detach()) * len(batch)
+            correct += int((logits.detach().argmax(dim=1) == y[batch]).sum())
+        return _EpochTotals(loss=total_loss, correct=correct, lr=lr)
+
+    def _step(self, lr: float, parts: list[Tensor], yb: Tensor) -> tuple[Tensor, Tensor]:
+        """One update at learning rate ``lr`` on a batch; returns ``(mean loss, logits)``."""
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        lengths = torch.tensor([0] + [p.numel() for p in parts[:-1]], dtype=torch.int64)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        logits = self.module(torch.cat(parts), torch.cumsum(lengths, 0))
+        loss = self.loss_fn(logits, yb)
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+        return loss, logits
 
 
 def fit_text(
@@ -354,86 +476,30 @@ def fit_text(
     text trained on).
     """
     t_start = time.perf_counter()
-    errors = text_recipe_errors(recipe)
-    if errors:
-        raise SpecError(errors)
-    if isinstance(texts, str) or len(texts) == 0:
-        raise SpecError.single("text.texts", "no training texts (need a sequence of strings)")
-    y = _labels(labels)
-    if y.shape[0] != len(texts):
-        raise SpecError.single("text.labels", f"{y.shape[0]} labels for {len(texts)} texts")
-    k = classifier.num_classes
-    if int(y.min()) < 0 or int(y.max()) >= k:
-        raise SpecError.single("text.labels", f"must be class indices in [0, {k})")
-    spec = recipe.augment
+    y = _checked_labels(classifier, texts, labels, recipe)
     gen = make_generator(seed)
-    base_seed = int(gen.initial_seed())
-    if spec is not None:
-        try:
-            spec.build_attacks(0)  # fail before training, not at the first round
-        except SpecError as exc:
-            raise SpecError([(f"train.{p}", m) for p, m in exc.errors]) from None
-        if spec.threat.target_class is not None and spec.threat.target_class >= k:
-            raise SpecError.single(
-                "train.augment.threat.target_class",
-                f"{spec.threat.target_class} is not a class of a {k}-class model",
-            )
-    texts = list(texts)
-    module = classifier.module
-    encoded = [_encode_one(classifier, t) for t in classifier.prepare(texts)]
-    embedding_params = list(module.embedding.parameters())
-    optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.SparseAdam(embedding_params, lr=recipe.lr)
-        if module.embedding.sparse
-        else torch.optim.Adam(embedding_params, lr=recipe.lr),
-        torch.optim.Adam(module.fc.parameters(), lr=recipe.lr),
-    ]
-    loss_fn = nn.CrossEntropyLoss()
-    pool = _Pool()
+    data = _TextData(classifier, list(texts), y, seed=int(gen.initial_seed()))
+    encoded = [_encode_one(classifier, t) for t in classifier.prepare(data.texts)]
+    loop = _TextLoop(classifier, recipe)
+    spec, pool = recipe.augment, _Pool()
     history: list[TextEpochMetrics] = []
     augmented: list[AugmentedText] = []
-    module.train()
+    classifier.module.train()
     for epoch in range(1, recipe.epochs + 1):
         t_epoch = time.perf_counter()
         stats: AugmentRound | None = None
         if spec is not None and _round_before(spec, epoch):
-            stats, added = _augment_round(classifier, texts, y, spec, epoch, base_seed, pool)
+            stats, added = _augment_round(data, spec, epoch, pool)
             augmented.extend(added)
-            module.train()
-        if len(pool):
-            ids_all = encoded + pool.ids
-            y_all = torch.cat([y, torch.tensor(pool.labels, dtype=torch.int64)])
-        else:
-            ids_all, y_all = encoded, y
+            classifier.module.train()
+        ids_all, y_all = encoded + pool.ids, torch.cat([y, pool.label_tensor()])
         n = len(ids_all)
-        n_batches = math.ceil(n / recipe.batch_size)
-        order = torch.randperm(n, generator=gen).tolist()
-        total_loss = 0.0
-        correct = 0
-        lr = recipe.lr
-        for b, start in enumerate(range(0, n, recipe.batch_size)):
-            lr = learning_rate(recipe.schedule, recipe.lr, epoch - 1 + b / n_batches, recipe.epochs)
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            batch = order[start : start + recipe.batch_size]
-            parts = [ids_all[i] for i in batch]
-            lengths = torch.tensor([0] + [p.numel() for p in parts[:-1]], dtype=torch.int64)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            logits = module(torch.cat(parts), torch.cumsum(lengths, 0))
-            yb = y_all[batch]
-            loss = loss_fn(logits, yb)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            total_loss += float(loss.detach()) * len(batch)
-            correct += int((logits.detach().argmax(dim=1) == yb).sum())
+        totals = loop.epoch(epoch, ids_all, y_all, torch.randperm(n, generator=gen).tolist())
         metrics = TextEpochMetrics(
             epoch=epoch,
-            lr=lr,
-            loss=total_loss / n,
-            train_accuracy=correct / n,
+            lr=totals.lr,
+            loss=totals.loss / n,
+            train_accuracy=totals.correct / n,
             n_train=n,
             augment=stats,
             time_s=time.perf_counter() - t_epoch,
@@ -441,7 +507,57 @@ def fit_text(
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
-    module.eval()
+    classifier.module.eval()
     return TextTrainResult(
         history=history, augmented=augmented, wall_time_s=time.perf_counter() - t_start
     )
+
+
+def train_text_classifier(
+    texts: Sequence[str],
+    labels: Tensor | Sequence[int] | np.ndarray,
+    *,
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 0.02,
+    seed: int = 0,
+    embed_dim: int = 64,
+    ngram_range: tuple[int, int] = (1, 4),
+    vocab_size: int = 50_000,
+    min_count: int = 2,
+    lowercase: bool = True,
+    num_classes: int | None = None,
+    preprocess: Preprocess | None = None,
+) -> TorchTextClassifier:
+    """Build a :class:`~robustops.text.models.CharNgramVocab` from ``texts`` and train an
+    :class:`~robustops.text.models.EmbeddingBagClassifier` on them with Adam and cross-entropy:
+    shorthand for :func:`~robustops.text.models.char_ngram_classifier` then :func:`fit_text`
+    with a constant learning rate.
+
+    Deterministic given ``seed`` (initialisation and batch order come from one generator; the
+    CPU kernels used are deterministic). ``preprocess`` is applied to the training texts and
+    kept in the returned classifier. With the defaults it reaches ~98% test accuracy on SMS spam
+    in about two seconds on one CPU thread.
+    """
+    if len(texts) == 0:
+        raise SpecError.single("text.texts", "no training texts")
+    y = _labels(labels)
+    if y.shape[0] != len(texts):
+        raise SpecError.single("text.labels", f"{y.shape[0]} labels for {len(texts)} texts")
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise SpecError.single("text.training", "epochs, batch_size and lr must be positive")
+    k = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    gen = make_generator(seed)  # one generator: initialisation, then the batch order
+    classifier = char_ngram_classifier(
+        texts,
+        num_classes=k,
+        embed_dim=embed_dim,
+        ngram_range=ngram_range,
+        vocab_size=vocab_size,
+        min_count=min_count,
+        lowercase=lowercase,
+        preprocess=preprocess,
+        seed=gen,
+    )
+    fit_text(classifier, texts, y, Recipe(epochs=epochs, batch_size=batch_size, lr=lr), seed=gen)
+    return classifier
