@@ -469,10 +469,9 @@ def test_registry() -> None:
     ("params", "field"),
     [
         ({"epsilon": 0.0}, "epsilon"),
-        ({"epsilon": 1.5}, "<root>"),  # the share check spans fields
+        ({"epsilon": 1.5}, "epsilon"),
         ({"query_budget": 0}, "query_budget"),
         ({"query_budget": 2.5}, "query_budget"),
-        ({"targeted": "yes"}, "targeted"),
     ],
 )
 def test_bad_budgets_name_their_field(params: dict[str, Any], field: str) -> None:

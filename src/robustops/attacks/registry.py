@@ -167,5 +167,14 @@ def attack_defaults(name: str, threat: ThreatModel | None = None) -> dict[str, A
 
 
 def build_attack(name: str, threat: ThreatModel, **params: Any) -> Attack:
-    """Instantiate attack ``name`` for ``threat``; unknown parameters fail with their name."""
-    return ATTACKS.check_params(name, params)(threat, **params)
+    """Instantiate attack ``name`` for ``threat``; unknown parameters fail with their name, an
+    attack that does not serve the threat's family fails at ``name``."""
+    cls = ATTACKS.check_params(name, params)
+    if isinstance(threat, ThreatModel) and threat.norm not in cls.norms:
+        raise SpecError.single(
+            "name",
+            f"attack {name!r} serves the families {list(cls.norms)}, not {threat.norm!r} "
+            f"(threat {threat.name!r}); available for it: "
+            f"{[n for n in ATTACKS.names() if threat.norm in ATTACKS.get(n).norms]}",
+        )
+    return cls(threat, **params)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from torch import Tensor
 
 from robustops.errors import SpecError
@@ -78,24 +86,39 @@ class ThreatModel(BaseModel):
     bounds: tuple[float, float] = (0.0, 1.0)
     translation: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
+    @field_validator("epsilon")
+    @classmethod
+    def _check_epsilon(cls, eps: float, info: ValidationInfo) -> float:
+        norm = info.data.get("norm")
+        if norm == "word-edits" and not 0 < eps <= 1:
+            raise ValueError(
+                f"a word-edits epsilon is the share of words edited, in (0, 1]; got {eps}"
+            )
+        if norm in _INTEGRAL and (eps != int(eps) or eps < 1):
+            unit = "patch side in pixels" if norm == "patch" else "corruption severity"
+            raise ValueError(f"a {norm} epsilon is the {unit}, an integer >= 1; got {eps}")
+        if norm == "corruption" and eps > CORRUPTION_SEVERITIES:
+            raise ValueError(
+                f"corruption severities go from 1 to {CORRUPTION_SEVERITIES}; got {eps}"
+            )
+        if norm == "spatial" and eps > 180:
+            raise ValueError(
+                f"a spatial epsilon is the largest rotation in degrees, at most 180; got {eps}"
+            )
+        return eps
+
+    @field_validator("translation")
+    @classmethod
+    def _check_translation(cls, translation: float, info: ValidationInfo) -> float:
+        if translation and info.data.get("norm") != "spatial":
+            raise ValueError("translation is the budget of a spatial threat; set norm: spatial")
+        return translation
+
     @model_validator(mode="after")
     def _check_bounds(self) -> ThreatModel:
         low, high = self.bounds
         if not low < high:
             raise ValueError(f"bounds must satisfy low < high, got {self.bounds}")
-        if self.norm == "word-edits" and not 0 < self.epsilon <= 1:
-            raise ValueError(
-                f"a word-edits epsilon is the share of words edited, in (0, 1]; got {self.epsilon}"
-            )
-        if self.norm in _INTEGRAL and (self.epsilon != int(self.epsilon) or self.epsilon < 1):
-            unit = "patch side in pixels" if self.norm == "patch" else "corruption severity"
-            raise ValueError(f"a {self.norm} epsilon is the {unit}, an integer >= 1")
-        if self.norm == "corruption" and self.epsilon > CORRUPTION_SEVERITIES:
-            raise ValueError(f"corruption severities go from 1 to {CORRUPTION_SEVERITIES}")
-        if self.norm == "spatial" and self.epsilon > 180:
-            raise ValueError("a spatial epsilon is the largest rotation in degrees, at most 180")
-        if self.translation and self.norm != "spatial":
-            raise ValueError("translation is the budget of a spatial threat; set norm: spatial")
         if self.target_class is not None and not self.targeted:
             raise ValueError("target_class is set but targeted is false; set targeted: true")
         return self
