@@ -45,9 +45,10 @@ from torch import Tensor, nn
 
 from robustops._util import environment
 from robustops.attacks import PGD, Attack
+from robustops.attacks.tabular import FeatureMasking, TabularNoise, TabularPGD
 from robustops.data import load_dataset
 from robustops.models import mlp
-from robustops.tabular import BREAST_CANCER_SCHEMA, FeatureMasking, TabularNoise, TabularPGD
+from robustops.tabular import BREAST_CANCER_SCHEMA
 from robustops.tabular.constraints import violation_masks
 from robustops.threats import ThreatModel
 from robustops.training.standard import StandardConfig, accuracy, train_standard

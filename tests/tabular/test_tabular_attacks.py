@@ -10,10 +10,11 @@ import torch
 
 from robustops import SpecError, ThreatModel
 from robustops.attacks import PGD, ModelFn, build_attack, project
+from robustops.attacks.tabular import FeatureMasking, TabularNoise, TabularPGD
 from robustops.config import load_spec
 from robustops.evaluation import SuiteOptions, SuiteThreat, run_suite
 from robustops.models import MLP
-from robustops.tabular import BREAST_CANCER_SCHEMA, FeatureMasking, TabularNoise, TabularPGD
+from robustops.tabular import BREAST_CANCER_SCHEMA
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,16 +16,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from robustops.attacks import available_attacks, build_attack, get_attack
-from robustops.errors import SpecError
-from robustops.text._tables import (
-    CONFUSABLE_TO_ASCII,
-    HOMOGLYPHS,
-    INVISIBLE_CHARS,
-    KEYBOARD_NEIGHBOURS,
-    LEET,
-    LEET_TO_LETTER,
-)
-from robustops.text.attacks import (
+from robustops.attacks.text import (
     TextAttack,
     TextAttackResult,
     TextEdit,
@@ -33,8 +24,17 @@ from robustops.text.attacks import (
     edit_violation,
     split_words,
 )
+from robustops.errors import SpecError
 from robustops.text.embeddings import WordEmbeddings, load_minilm_embeddings
 from robustops.text.sanitize import sanitize
+from robustops.text.tables import (
+    CONFUSABLE_TO_ASCII,
+    HOMOGLYPHS,
+    INVISIBLE_CHARS,
+    KEYBOARD_NEIGHBOURS,
+    LEET,
+    LEET_TO_LETTER,
+)
 from robustops.threats import ThreatModel
 
 ATTACKS = ("char-edit", "homoglyph", "invisible", "leet", "split", "synonym")

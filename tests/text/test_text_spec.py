@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from robustops.attacks.text import TextEdit, apply_edits
 from robustops.cli import app
 from robustops.config import load_spec
 from robustops.errors import SpecError
 from robustops.evaluation import SuiteResult
-from robustops.text.attacks import TextEdit, apply_edits
 from robustops.text.models import TorchTextClassifier
 from spec_helpers import spec_with, write_spec
 

@@ -11,10 +11,7 @@ import torch
 from torch import Tensor
 
 from robustops.attacks import build_attack
-from robustops.data.sms_spam import TextDataset
-from robustops.errors import SpecError
-from robustops.evaluation import SuiteOptions, SuiteResult, SuiteThreat, run_suite
-from robustops.text.attacks import (
+from robustops.attacks.text import (
     TextAttack,
     TextAttackResult,
     TextEdit,
@@ -23,6 +20,9 @@ from robustops.text.attacks import (
     max_word_edits,
     split_words,
 )
+from robustops.data.sms_spam import TextDataset
+from robustops.errors import SpecError
+from robustops.evaluation import SuiteOptions, SuiteResult, SuiteThreat, run_suite
 from robustops.text.models import TorchTextClassifier
 from robustops.threats import ThreatModel
 

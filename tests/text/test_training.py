@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from robustops._util import make_generator
 from robustops.attacks import build_attack
+from robustops.attacks.text import TextEdit, apply_edits
 from robustops.data.sms_spam import TextDataset
 from robustops.errors import SpecError
 from robustops.text import (
@@ -26,7 +27,6 @@ from robustops.text import (
     sanitize,
     text_accuracy,
 )
-from robustops.text.attacks import TextEdit, apply_edits
 from robustops.threats import ThreatModel
 from robustops.training import fit
 from robustops.training.recipe import AugmentSpec, Recipe, ScheduleSpec

@@ -1,6 +1,6 @@
 """The attack library: every attack shares one contract and is reachable by name.
 
-The text and tabular attacks (:mod:`robustops.text.attacks`, :mod:`robustops.tabular.attacks`)
+The text and tabular attacks (:mod:`robustops.attacks.text`, :mod:`robustops.attacks.tabular`)
 live with their modality and join the registry through the ``robustops.attacks`` entry-point
 group, as third-party attacks do.
 """
@@ -27,6 +27,8 @@ from robustops.attacks.registry import (
     register_attack,
 )
 from robustops.attacks.square import Square
+from robustops.attacks.tabular import FeatureMasking, TabularAttack, TabularNoise, TabularPGD
+from robustops.attacks.text import TextAttack, TextAttackResult
 
 __all__ = [
     "APGD",
@@ -37,8 +39,14 @@ __all__ = [
     "Attack",
     "AttackResult",
     "AttackSpec",
+    "FeatureMasking",
     "ModelFn",
     "Square",
+    "TabularAttack",
+    "TabularNoise",
+    "TabularPGD",
+    "TextAttack",
+    "TextAttackResult",
     "UniformNoise",
     "available_attacks",
     "build_attack",

@@ -4,7 +4,7 @@ count a success whose input breaks it, whatever the attack claims.
 
 One function per family of :class:`~robustops.threats.ThreatModel` (``linf``, ``l2``,
 ``patch``, ``spatial``, ``corruption``); texts (``word-edits``) are checked by
-:func:`robustops.text.attacks.edits_within_budget`.
+:func:`robustops.attacks.text.edits_within_budget`.
 """
 
 from __future__ import annotations

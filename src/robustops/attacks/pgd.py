@@ -12,9 +12,6 @@ from torch import Tensor
 from robustops.attacks.base import (
     Attack,
     ModelFn,
-    _eps_as,
-    _linf_box,
-    _random_point,
     is_adversarial,
     project,
     random_start,
@@ -29,6 +26,7 @@ from robustops.attacks.eot import (
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
+from robustops.threats.geometry import eps_as, linf_box, random_point
 
 __all__ = ["LOSSES", "PGD", "LossFn", "ascent_direction", "loss_and_grad"]
 
@@ -145,9 +143,9 @@ class PGD(PGDOptions, Attack):
             t0 = targets[idx] if targets is not None else None
             if linf:
                 # The exact L∞ ball ∩ bounds, once per restart: each projection is then a single
-                # clamp, with the same result as project() (see _linf_box).
-                lo, hi = _linf_box(x0, _eps_as(threat.epsilon, x0), low, high)
-                start = _random_point(x0, threat, gen, 1.0) if self.random_start else x0
+                # clamp, with the same result as project() (see linf_box).
+                lo, hi = linf_box(x0, eps_as(threat.epsilon, x0), low, high)
+                start = random_point(x0, threat, gen, 1.0) if self.random_start else x0
                 adv = torch.clamp(start, lo, hi)
             else:
                 adv = random_start(x0, threat, gen) if self.random_start else x0.clone()

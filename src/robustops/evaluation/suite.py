@@ -5,7 +5,7 @@ a sample counts as robust only if it was classified correctly and *every* attack
 A success is only counted when the adversarial input is verified to respect the threat
 (:func:`verify`: tensors by :func:`robustops.attacks.budget.check_budget` — the ball, patch
 square, spatial transform or corruption, the bounds and the attack's own constraints such as a
-tabular schema; texts by :func:`robustops.text.attacks.edits_within_budget` — the recorded edits
+tabular schema; texts by :func:`robustops.attacks.text.edits_within_budget` — the recorded edits
 replay onto the original text within the edit share and the query budget) and the model's
 re-prediction is wrong; an attack (e.g. a plug-in) that breaks this contract cannot inflate the
 numbers.
@@ -36,6 +36,12 @@ from robustops._util import environment, make_generator
 from robustops.attacks import Attack, AttackResult, is_adversarial
 from robustops.attacks.budget import BudgetCheck, check_budget
 from robustops.attacks.eot import is_stochastic, mean_logits
+from robustops.attacks.text import (
+    apply_edits,
+    edits_within_budget,
+    margin_objective,
+    split_words,
+)
 from robustops.errors import ModelOutputError
 from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
 from robustops.evaluation.result import (
@@ -51,12 +57,6 @@ from robustops.evaluation.result import (
     ThreatResult,
 )
 from robustops.models.classifier import eval_mode, resolve_device
-from robustops.text.attacks import (
-    apply_edits,
-    edits_within_budget,
-    margin_objective,
-    split_words,
-)
 from robustops.text.models import TextClassifier, predict_text_logits
 from robustops.threats import ThreatModel
 

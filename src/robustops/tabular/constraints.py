@@ -9,7 +9,7 @@ Everything here works on scaled rows ``(N, D)`` (the model's inputs). The feasib
 * integer columns on their grid ``k / K`` (``K`` grid intervals over the range);
 * every one-hot group a valid one-hot vector;
 * ``||x - x_orig|| <= epsilon`` in the threat's norm, evaluated in ``x``'s floating-point type
-  (the same test as :func:`robustops.attacks.base.perturbation_norm`).
+  (the same test as :func:`robustops.threats.geometry.perturbation_norm`).
 
 The set is not convex (grids, one-hot groups), so :func:`project_feasible` is not the Euclidean
 projection; it is a map onto the set that leaves feasible points unchanged:
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robustops.attacks.base import _eps_as, _linf_box, perturbation_norm, project
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
+from robustops.threats.geometry import eps_as, linf_box, perturbation_norm, project
 
 __all__ = [
     "GRID_TOLERANCE",
@@ -152,8 +152,8 @@ def _rows(t: Tensor, c: Constraints, what: str) -> Tensor:
 
 
 def _per_sample_eps(radius: float | Tensor, x: Tensor) -> Tensor:
-    """``(N,)`` radii in ``x``'s dtype, as :func:`~robustops.attacks.base._eps_as` rounds them."""
-    e = _eps_as(radius, x)
+    """``(N,)`` radii in ``x``'s dtype, as :func:`~robustops.threats.geometry.eps_as` rounds them."""
+    e = eps_as(radius, x)
     return e.reshape(-1).expand(x.shape[0]) if e.numel() == 1 else e.reshape(-1)
 
 
@@ -334,7 +334,7 @@ def project_feasible(
     lo, hi = schema_box(x2, c, low, high)
     one_hot_in_bounds = low <= 0.0 and high >= 1.0
     if threat.norm == "linf":
-        blo, bhi = _linf_box(x2, e[:, None], low, high)
+        blo, bhi = linf_box(x2, e[:, None], low, high)
         lo, hi = torch.maximum(lo, blo), torch.minimum(hi, bhi)
         out = _round_integers(torch.clamp(v2, lo, hi), x2, lo, hi, c, toward=False)
         # A category change moves two entries by exactly 1: possible only when ε >= 1.

@@ -2,7 +2,7 @@
 interface (:class:`TextClassifier`), their factory (:func:`char_ngram_classifier`) and an input
 sanitizer.
 
-The attacks live in :mod:`robustops.text.attacks` (imported on its own, not from here); the
+The attacks live in :mod:`robustops.attacks.text` (imported on its own, not from here); the
 trainer, with adversarial data augmentation, in :mod:`robustops.training.text`
 (:func:`~robustops.training.text.fit_text`, :func:`~robustops.training.text.train_text_classifier`).
 """

@@ -322,7 +322,7 @@ class AugmentSpec(_Strict):
         threat: the attacker's budget during augmentation; must be ``norm: word-edits``
             (``epsilon`` is the largest share of a text's words edited, ``query_budget`` model
             queries per text, ``targeted``/``target_class`` the attacker's goal).
-        attacks: text attacks by registry name (:mod:`robustops.text.attacks`) with their
+        attacks: text attacks by registry name (:mod:`robustops.attacks.text`) with their
             hyper-parameters (``seed`` is set per round by the trainer; the edit share,
             query budget and goal come from ``threat``, as for every attack). The drawn samples are
             shared round-robin (sample ``k`` gets attack ``k mod len(attacks)``), so a round

@@ -128,7 +128,7 @@ class AugmentedText:
         target: the attacker's target class (targeted threats), else ``None``.
         text: the adversarial text.
         edits: the edits that turned the source into it, as dicts of
-            :class:`~robustops.text.attacks.TextEdit` (``position``, ``kind``, ``before``,
+            :class:`~robustops.attacks.text.TextEdit` (``position``, ``kind``, ``before``,
             ``after``, ``score_change``).
     """
 

@@ -30,12 +30,12 @@ from torch import Tensor
 from robustops.attacks.base import (
     Attack,
     ModelFn,
-    _random_point,
     is_adversarial,
 )
 from robustops.attacks.eot import LOSSES, ascent_direction, loss_and_grad, mean_logits
 from robustops.attacks.losses import margin_loss
 from robustops.attacks.pgd import PGDOptions
+from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.tabular.constraints import (
     Constraints,
@@ -47,6 +47,7 @@ from robustops.tabular.constraints import (
 from robustops.tabular.registry import resolve_schema
 from robustops.tabular.schema import FeatureSchema
 from robustops.threats import ThreatModel
+from robustops.threats.geometry import random_point
 
 __all__ = ["FeatureMasking", "TabularAttack", "TabularNoise", "TabularPGD"]
 
@@ -116,6 +117,7 @@ class TabularAttack(Attack):
         return self.schema_.is_feasible(adversarial, inputs)
 
 
+@register_attack
 class TabularPGD(PGDOptions, TabularAttack):
     """Constrained PGD (L∞, L2): every step is followed by the schema projection.
 
@@ -178,7 +180,7 @@ class TabularPGD(PGDOptions, TabularAttack):
                 break
             x0, y0 = x[idx], y[idx]
             t0 = targets[idx] if targets is not None else None
-            z = _random_point(x0, threat, gen, 1.0) if self.random_start else x0.clone()
+            z = random_point(x0, threat, gen, 1.0) if self.random_start else x0.clone()
             z = relax(z, x0, c, threat)
             p = project_feasible(z, x0, c, threat)
             for step in range(self.steps):
@@ -206,6 +208,7 @@ class TabularPGD(PGDOptions, TabularAttack):
         return best, queries
 
 
+@register_attack
 class TabularNoise(TabularAttack):
     """Black-box random feasible perturbations: ``draws`` per sample, the first adversarial one
     kept. Each draw is a uniform point of the ball (L∞ cube, L2 ball) mapped onto the feasible
@@ -243,9 +246,7 @@ class TabularNoise(TabularAttack):
                 if idx.numel() == 0:
                     break
                 x0 = x[idx]
-                cand = project_feasible(
-                    _random_point(x0, self.threat, gen, 1.0), x0, c, self.threat
-                )
+                cand = project_feasible(random_point(x0, self.threat, gen, 1.0), x0, c, self.threat)
                 queries[idx] += 1
                 t0 = None if targets is None else targets[idx]
                 hit = is_adversarial(model(cand), y[idx], t0)
@@ -254,6 +255,7 @@ class TabularNoise(TabularAttack):
         return best, queries
 
 
+@register_attack
 class FeatureMasking(TabularAttack):
     """Signal obfuscation: blank up to ``k`` mutable features, greedily by model score.
 

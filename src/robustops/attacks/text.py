@@ -51,8 +51,9 @@ import torch
 from torch import Tensor
 
 from robustops.attacks.base import Attack, AttackResult
+from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
-from robustops.text._tables import HOMOGLYPHS, INVISIBLE_CHARS, KEYBOARD_NEIGHBOURS, LEET
+from robustops.text.tables import HOMOGLYPHS, INVISIBLE_CHARS, KEYBOARD_NEIGHBOURS, LEET
 from robustops.threats import Knowledge, ThreatModel
 
 if TYPE_CHECKING:
@@ -570,6 +571,7 @@ def _sample(rng: random.Random, population: Sequence[int], k: int) -> list[int]:
 # --- the attacks --------------------------------------------------------------------------------
 
 
+@register_attack
 class CharEdit(TextAttack):
     """DeepWordBug-style character edits (Gao et al. 2018): swap two adjacent characters,
     delete one, insert a random letter, or replace a letter by a neighbouring QWERTY key
@@ -602,9 +604,10 @@ class CharEdit(TextAttack):
         return out
 
 
+@register_attack
 class Homoglyph(TextAttack):
     """Unicode homoglyphs (confusables): letters replaced by look-alikes from other scripts
-    (:data:`robustops.text._tables.HOMOGLYPHS`). Per word, ``candidates`` variants replacing one
+    (:data:`robustops.text.tables.HOMOGLYPHS`). Per word, ``candidates`` variants replacing one
     random letter each, and one replacing every letter that has a look-alike."""
 
     name = "homoglyph"
@@ -627,9 +630,10 @@ class Homoglyph(TextAttack):
         return out
 
 
+@register_attack
 class InvisibleChars(TextAttack):
     """Zero-width and other invisible format characters (category ``Cf``,
-    :data:`robustops.text._tables.INVISIBLE_CHARS`) inserted inside words: ``candidates``
+    :data:`robustops.text.tables.INVISIBLE_CHARS`) inserted inside words: ``candidates``
     variants with one character at a random inner position, and one with a character in every
     gap."""
 
@@ -649,8 +653,9 @@ class InvisibleChars(TextAttack):
         return out
 
 
+@register_attack
 class Leet(TextAttack):
-    """Leetspeak: letters replaced by look-alike digits (:data:`robustops.text._tables.LEET`:
+    """Leetspeak: letters replaced by look-alike digits (:data:`robustops.text.tables.LEET`:
     ``a e i o s t`` → ``4 3 1 0 5 7``). Per word, ``candidates`` variants replacing one random
     letter each, and one replacing as many letters as the rules below allow.
 
@@ -701,6 +706,7 @@ class Leet(TextAttack):
         return out
 
 
+@register_attack
 class SplitWords(TextAttack):
     """Whitespace and punctuation inside words: ``f r e e`` and ``f.r.e.e`` (every gap), and
     ``candidates`` variants splitting the word once at a random inner position with a space
@@ -730,6 +736,7 @@ def _match_case(word: str, like: str) -> str:
     return word
 
 
+@register_attack
 class SynonymSwap(TextAttack):
     """TextFooler-style word substitution (Jin et al. 2020) with nearest neighbours in a static
     word embedding (:class:`robustops.text.embeddings.WordEmbeddings`; by default the token
