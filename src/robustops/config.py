@@ -131,12 +131,23 @@ class ThreatSpec(ThreatModel):
         return ThreatModel.model_validate(self.model_dump(exclude={"attacks"}))
 
 
+# The attack the temperature fit uses by default, per family of the threat (ball threats pick by
+# knowledge below): the cheapest one that makes confident mistakes within the budget.
+_FAMILY_CALIBRATION_ATTACK: dict[str, dict[str, Any]] = {
+    "word-edits": {"name": "char-edit"},
+    "patch": {"name": "occlusion"},
+    "spatial": {"name": "spatial-grid"},
+    "corruption": {"name": "gaussian-noise"},
+}
+
+
 def _default_calibration_attack(threat: ThreatModel) -> AttackSpec:
-    """Character edits for text threats; for tensor threats an attack the threat's knowledge
-    allows: PGD with 10 steps (white-box), Square with 200 queries (score-based), 20 uniform
-    noise draws (decision-based)."""
-    if threat.modality == "text":
-        return AttackSpec.model_validate({"name": "char-edit"})
+    """For ``linf``/``l2`` threats an attack the threat's knowledge allows: PGD with 10 steps
+    (white-box), Square with 200 queries (score-based), 20 uniform noise draws
+    (decision-based); character edits for text threats, occlusion for patches, the spatial grid
+    search, Gaussian noise for corruptions."""
+    if threat.norm in _FAMILY_CALIBRATION_ATTACK:
+        return AttackSpec.model_validate(_FAMILY_CALIBRATION_ATTACK[threat.norm])
     by_knowledge: dict[str, dict[str, Any]] = {
         "white-box": {"name": "pgd", "steps": 10},
         "score-based": {"name": "square", "queries": 200},
