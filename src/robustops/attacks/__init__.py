@@ -12,8 +12,20 @@ from robustops.attacks.base import (
     project,
     random_start,
 )
+from robustops.attacks.corruptions import (
+    Blur,
+    Brightness,
+    Contrast,
+    CorruptionAttack,
+    Elastic,
+    GaussianNoise,
+    Jpeg,
+    ShotNoise,
+    corrupt,
+)
 from robustops.attacks.fgsm import FGSM
 from robustops.attacks.noise import UniformNoise
+from robustops.attacks.patch import AdversarialPatch, Occlusion, patch_side
 from robustops.attacks.pgd import PGD
 from robustops.attacks.registry import (
     AttackSpec,
@@ -22,6 +34,7 @@ from robustops.attacks.registry import (
     get_attack,
     register_attack,
 )
+from robustops.attacks.spatial import SpatialGrid, SpatialPGD, spatial_transform
 from robustops.attacks.square import Square
 
 __all__ = [
@@ -30,20 +43,35 @@ __all__ = [
     "APGDT",
     "FGSM",
     "PGD",
+    "AdversarialPatch",
     "Attack",
     "AttackResult",
     "AttackSpec",
+    "Blur",
+    "Brightness",
+    "Contrast",
+    "CorruptionAttack",
+    "Elastic",
+    "GaussianNoise",
+    "Jpeg",
     "ModelFn",
+    "Occlusion",
+    "ShotNoise",
+    "SpatialGrid",
+    "SpatialPGD",
     "Square",
     "UniformNoise",
     "available_attacks",
     "build_attack",
+    "corrupt",
     "get_attack",
     "is_adversarial",
+    "patch_side",
     "perturbation_norm",
     "project",
     "random_start",
     "register_attack",
+    "spatial_transform",
 ]
 
 # The schema-aware tabular attacks (tabular-pgd, tabular-noise, feature-masking) live in
