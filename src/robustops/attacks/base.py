@@ -72,7 +72,8 @@ class AttackResult:
         predictions: ``(N,)`` int64; the model's label for each adversarial input.
         details: what the family needs beyond the inputs to check the budget, per sample
             (texts: the list of word edits; spatial: ``(N, 3)`` angle in degrees and shifts in
-            pixels; ``None`` when the inputs say it all).
+            pixels; patch: ``(N, 2)`` int64 top-left (row, column), -1 for none; ``None`` when
+            the inputs say it all).
     """
 
     adversarial: Any

@@ -119,11 +119,12 @@ class AdversarialPatch(_PatchAttack):
 
     The algorithm, per image, batched over images:
 
-    1. Locations: one forward+backward pass gives the input gradient of ``loss``; its absolute
-       value summed over channels, then over each ``k × k`` window, scores every top-left corner
-       on the ``stride`` grid (plus the last row and column so the edges are covered). The
-       ``locations`` best-scoring corners are tried in order (ties: the first in row-major
-       order).
+    1. Locations: one forward+backward pass gives the input gradient ``g`` of ``loss`` at the
+       clean image. Each pixel's first-order gain from the best content it could take is
+       ``relu(g) · (high - x) + relu(-g) · (x - low)`` (summed over channels); summed over each
+       ``k × k`` window it scores every top-left corner on the ``stride`` grid (plus the last
+       row and column so the edges are covered). The ``locations`` best-scoring corners are
+       tried in order (ties: the first in row-major order).
     2. Content: at a location, the patch starts uniformly random in the bounds and takes
        ``steps`` signed-gradient steps ``patch ← clip(patch + step_size · (high - low) ·
        sign(∇ loss), low, high)``, the image outside the window left untouched.
@@ -134,6 +135,10 @@ class AdversarialPatch(_PatchAttack):
 
     Queries: up to ``1 + locations * (steps + 1)`` per image (a forward+backward pass counts as
     one). Details: ``(N, 2)`` int64, the kept patch's top-left (row, column).
+
+    The defaults spend the queries on many locations and few steps: on an MNIST CNN a small
+    patch's place matters more than its content (32 locations × 5 steps fooled 57% of the images
+    with a 4 × 4 patch, 16 × 10 only 35%, 3 × 40 18%; occlusion 28% with twice the queries).
 
     Args:
         threat: a ``patch`` threat (side ``k`` in pixels, bounds, goal).
@@ -152,9 +157,9 @@ class AdversarialPatch(_PatchAttack):
         self,
         threat: ThreatModel,
         *,
-        steps: int = 40,
-        step_size: float = 0.1,
-        locations: int = 3,
+        steps: int = 5,
+        step_size: float = 0.25,
+        locations: int = 32,
         stride: int | None = None,
         loss: Literal["ce", "margin", "dlr"] = "ce",
         seed: int = 0,
@@ -179,7 +184,11 @@ class AdversarialPatch(_PatchAttack):
         stride = self.stride if self.stride is not None else max(1, int(self.threat.epsilon) // 2)
         corners = self._corners(x, stride)  # (P, 2)
         _, _, grad = loss_and_grad(model, x, y, t, LOSSES[self.loss])
-        saliency = _as_images(grad).abs().sum(dim=1, keepdim=True)
+        low, high = self.threat.bounds
+        # The first-order gain of the best content at each pixel: push up where the gradient
+        # is positive (room: high - x), down where it is negative (room: x - low).
+        gain = grad.clamp_min(0) * (high - x) + (-grad).clamp_min(0) * (x - low)
+        saliency = _as_images(gain).sum(dim=1, keepdim=True)
         window_sums = F.avg_pool2d(saliency, (kh, kw), stride=1)[:, 0]  # (N, H-kh+1, W-kw+1)
         scores = window_sums[:, corners[:, 0], corners[:, 1]]  # (N, P)
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices
