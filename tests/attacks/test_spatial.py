@@ -4,6 +4,7 @@ first-order attack, targeted threats, query accounting and reproducibility."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,6 +35,17 @@ class Counting(nn.Module):
         self.rows += x.shape[0]
         out: Tensor = self.model(x)
         return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """These attacks run many small batches, where more intra-op threads only add overhead (a
+    lot of it on a loaded machine: this file took minutes with two threads on two busy cores,
+    seconds with one): one thread for this module, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
