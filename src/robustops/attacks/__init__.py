@@ -1,8 +1,9 @@
-"""The attack library: every attack shares one contract and is reachable by name.
+"""The attack library, every modality under one contract (:class:`Attack`), reachable by name.
 
-The text and tabular attacks (:mod:`robustops.attacks.text`, :mod:`robustops.attacks.tabular`)
-live with their modality and join the registry through the ``robustops.attacks`` entry-point
-group, as third-party attacks do.
+Tensor attacks for images and scaled rows (FGSM, PGD, APGD, Square, uniform noise), image
+attacks for the patch, spatial and corruption threats, the schema-aware tabular attacks
+(:mod:`robustops.attacks.tabular`) and the text attacks (:mod:`robustops.attacks.text`).
+Third-party attacks join the registry through the ``robustops.attacks`` entry-point group.
 """
 
 from robustops.attacks.apgd import APGD, APGDDLR, APGDT
@@ -16,8 +17,20 @@ from robustops.attacks.base import (
     project,
     random_start,
 )
+from robustops.attacks.corruptions import (
+    Blur,
+    Brightness,
+    Contrast,
+    CorruptionAttack,
+    Elastic,
+    GaussianNoise,
+    Jpeg,
+    ShotNoise,
+    corrupt,
+)
 from robustops.attacks.fgsm import FGSM
 from robustops.attacks.noise import UniformNoise
+from robustops.attacks.patch import AdversarialPatch, Occlusion, patch_side
 from robustops.attacks.pgd import PGD
 from robustops.attacks.registry import (
     AttackSpec,
@@ -26,6 +39,7 @@ from robustops.attacks.registry import (
     get_attack,
     register_attack,
 )
+from robustops.attacks.spatial import SpatialGrid, SpatialPGD, spatial_transform
 from robustops.attacks.square import Square
 from robustops.attacks.tabular import FeatureMasking, TabularAttack, TabularNoise, TabularPGD
 from robustops.attacks.text import TextAttack, TextAttackResult
@@ -36,11 +50,23 @@ __all__ = [
     "APGDT",
     "FGSM",
     "PGD",
+    "AdversarialPatch",
     "Attack",
     "AttackResult",
     "AttackSpec",
+    "Blur",
+    "Brightness",
+    "Contrast",
+    "CorruptionAttack",
+    "Elastic",
     "FeatureMasking",
+    "GaussianNoise",
+    "Jpeg",
     "ModelFn",
+    "Occlusion",
+    "ShotNoise",
+    "SpatialGrid",
+    "SpatialPGD",
     "Square",
     "TabularAttack",
     "TabularNoise",
@@ -50,11 +76,14 @@ __all__ = [
     "UniformNoise",
     "available_attacks",
     "build_attack",
+    "corrupt",
     "get_attack",
     "is_adversarial",
     "knowledge_suffices",
+    "patch_side",
     "perturbation_norm",
     "project",
     "random_start",
     "register_attack",
+    "spatial_transform",
 ]

@@ -67,12 +67,13 @@ class AttackResult:
         queries: ``(N,)`` int64; model evaluations spent on each sample (a forward+backward
             pass counts as one), excluding the final verification pass.
         perturbation: ``(N,)`` float; the size of each perturbation in the threat's unit
-            (:func:`perturbation_size`: a norm, a patch side, degrees, a severity, a share of
-            words).
+            (:meth:`Attack._perturbation`: a norm, a patch side in pixels, the share of the
+            spatial budget used, a severity, a share of words).
         predictions: ``(N,)`` int64; the model's label for each adversarial input.
         details: what the family needs beyond the inputs to check the budget, per sample
             (texts: the list of word edits; spatial: ``(N, 3)`` angle in degrees and shifts in
-            pixels; ``None`` when the inputs say it all).
+            pixels; patch: ``(N, 2)`` int64 top-left (row, column), -1 for none; ``None`` when
+            the inputs say it all).
     """
 
     adversarial: Any
@@ -213,7 +214,7 @@ class Attack:
         verification pass."""
         gen = make_generator(self.seed, device=x.device)
         with frozen_parameters(model):
-            adv, queries = self._run(model, x, y, t, gen)
+            adv, queries, details = self._run_detailed(model, x, y, t, gen)
             adv = self._finalize(adv.detach(), x)
             with torch.no_grad():
                 logits = model(adv)
@@ -221,9 +222,25 @@ class Attack:
             adversarial=adv,
             success=is_adversarial(logits, y, t),
             queries=queries.to(torch.int64),
-            perturbation=perturbation_norm(adv - x, self.threat.norm),
+            perturbation=self._perturbation(adv, x, details),
             predictions=logits.argmax(dim=1),
+            details=details,
         )
+
+    def _run_detailed(
+        self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor, Any]:
+        """``_run`` and the result's ``details`` (``None`` here). Attacks whose budget check needs
+        more than the inputs (a spatial transform's parameters, a patch's place) override this
+        instead of ``_run``; ``details`` must describe the output after :meth:`_finalize`."""
+        adv, queries = self._run(model, x, y, targets, gen)
+        return adv, queries, None
+
+    def _perturbation(self, adv: Tensor, x: Tensor, details: Any) -> Tensor:
+        """``(N,)`` float: the size of each perturbation in the threat's unit, here its norm
+        (families measured otherwise, a patch side, a share of a spatial budget, a severity,
+        override this)."""
+        return perturbation_norm(adv - x, self.threat.norm)
 
     def _finalize(self, adv: Tensor, x: Tensor) -> Tensor:
         """The last projection of the adversarial inputs: onto the threat's ball and bounds
