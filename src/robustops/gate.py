@@ -38,14 +38,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from scipy import stats
 
 from robustops.attacks.registry import ATTACKS
 from robustops.errors import SpecError
 from robustops.evaluation.metrics import wilson_interval as _wilson
 from robustops.evaluation.result import SuiteResult, ThreatResult
+from robustops.format import percent, points
 from robustops.io import load_yaml
+from robustops.schema import StrictModel
 from robustops.text.attacks import TEXT_ATTACKS
 from robustops.threats import validation_error_to_spec_error
 
@@ -73,11 +75,7 @@ CONFIDENCE = 0.95
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GatePolicy(_Strict):
+class GatePolicy(StrictModel):
     """The rules a new result must meet. Every rule is optional; see the module docstring.
 
     Attributes:
@@ -223,7 +221,7 @@ def _declared_threats(evaluation: object, tier: str | None) -> list[str] | None:
 # -- the report ----------------------------------------------------------------------------------
 
 
-class RuleOutcome(_Strict):
+class RuleOutcome(StrictModel):
     """One rule checked against the results."""
 
     rule: str = Field(description="e.g. 'min_robust_accuracy[linf-0.3]', 'regression[clean]'")
@@ -233,7 +231,7 @@ class RuleOutcome(_Strict):
     figures: dict[str, float] = Field(default_factory=dict)
 
 
-class ResultIdentity(_Strict):
+class ResultIdentity(StrictModel):
     """Which result file a report is about."""
 
     name: str
@@ -262,7 +260,7 @@ class ResultIdentity(_Strict):
         )
 
 
-class GateReport(_Strict):
+class GateReport(StrictModel):
     """The gate's verdict: ``passed`` unless some rule failed."""
 
     passed: bool
@@ -331,13 +329,9 @@ def _str_or_none(v: object) -> str | None:
     return None if v is None else str(v)
 
 
-def _pct(x: float) -> str:
-    return f"{x:.1%}"
-
-
 def _ci(k: int, n: int) -> tuple[float, float, str]:
     lo, hi = wilson_interval(k, n)
-    return lo, hi, f"95% CI [{_pct(lo)}, {_pct(hi)}]"
+    return lo, hi, f"95% CI [{percent(lo)}, {percent(hi)}]"
 
 
 def _p(p: float) -> str:
@@ -356,7 +350,9 @@ def _judged(policy: GatePolicy, k: int, n: int, estimate: float, *, minimum: boo
 def _judged_note(policy: GatePolicy, value: float, *, minimum: bool) -> str:
     if policy.judge == "estimate":
         return ""
-    return f", judged on the {'lower' if minimum else 'upper'} end of its interval {_pct(value)},"
+    return (
+        f", judged on the {'lower' if minimum else 'upper'} end of its interval {percent(value)},"
+    )
 
 
 def _same_samples(new: SuiteResult, base: SuiteResult) -> str | None:
@@ -423,8 +419,8 @@ def _regression(
         "min_effect": policy.min_effect,
     }
     head = (
-        f"{what} {_pct(acc_b)} ({ci_b}) in the baseline → {_pct(acc_n)} ({ci_n}) now "
-        f"({change * 100:+.1f} points)"
+        f"{what} {percent(acc_b)} ({ci_b}) in the baseline → {percent(acc_n)} ({ci_n}) now "
+        f"({points(change, sign=True)})"
     )
     if paired_why_not is None:
         b, c, p = mcnemar_exact(base, new)
@@ -439,7 +435,7 @@ def _regression(
         figures.update(paired=0.0, drop_low=lo, drop_high=hi)
         test = (
             f"unpaired: {paired_why_not}, so Fisher's exact test one-sided p = {_p(p)}, "
-            f"95% Newcombe CI of the drop [{lo * 100:+.1f}, {hi * 100:+.1f}] points"
+            f"95% Newcombe CI of the drop [{points(lo, sign=True, unit=False)}, {points(hi, sign=True, unit=False)}] points"
         )
     figures["p_value"] = p
     significant = p <= policy.alpha
@@ -544,9 +540,9 @@ def _absolute_threat_rules(
                 rule=f"min_robust_accuracy[{t.name}]",
                 threat=t.name,
                 status="pass" if ok else "fail",
-                reason=f"robust accuracy {_pct(t.robust_accuracy)} ({t.n_robust}/{n}, {ci})"
+                reason=f"robust accuracy {percent(t.robust_accuracy)} ({t.n_robust}/{n}, {ci})"
                 f"{_judged_note(policy, judged, minimum=True)} is "
-                f"{'at least' if ok else 'below'} the minimum {_pct(minimum)}.",
+                f"{'at least' if ok else 'below'} the minimum {percent(minimum)}.",
                 figures={
                     "value": t.robust_accuracy,
                     "low": lo,
@@ -569,9 +565,9 @@ def _absolute_threat_rules(
                 rule=f"max_attack_success_rate[{t.name}]",
                 threat=t.name,
                 status="pass" if ok else "fail",
-                reason=f"attacks broke {_pct(rate)} of the attacked samples ({broken}/{attacked}, "
+                reason=f"attacks broke {percent(rate)} of the attacked samples ({broken}/{attacked}, "
                 f"{ci}){_judged_note(policy, judged, minimum=False)} "
-                f"{'at most' if ok else 'above'} the maximum {_pct(most)}.",
+                f"{'at most' if ok else 'above'} the maximum {percent(most)}.",
                 figures={"value": rate, "low": lo, "high": hi, "judged": judged, "threshold": most},
             )
         )
@@ -686,9 +682,9 @@ def _clean_rules(
                 rule="min_clean_accuracy",
                 threat=None,
                 status="pass" if ok else "fail",
-                reason=f"clean accuracy {_pct(new.clean_accuracy)} ({k}/{n}, {ci})"
+                reason=f"clean accuracy {percent(new.clean_accuracy)} ({k}/{n}, {ci})"
                 f"{_judged_note(policy, judged, minimum=True)} is "
-                f"{'at least' if ok else 'below'} the minimum {_pct(policy.min_clean_accuracy)}.",
+                f"{'at least' if ok else 'below'} the minimum {percent(policy.min_clean_accuracy)}.",
                 figures={
                     "value": new.clean_accuracy,
                     "low": lo,
@@ -718,9 +714,9 @@ def _clean_rules(
                     rule="max_clean_accuracy_drop",
                     threat=None,
                     status="pass" if ok else "fail",
-                    reason=f"clean accuracy {_pct(baseline.clean_accuracy)} in the baseline → "
-                    f"{_pct(new.clean_accuracy)} now, a drop of {drop * 100:.1f} points, "
-                    f"{'within' if ok else 'above'} the maximum {maximum * 100:.1f} points.",
+                    reason=f"clean accuracy {percent(baseline.clean_accuracy)} in the baseline → "
+                    f"{percent(new.clean_accuracy)} now, a drop of {points(drop)}, "
+                    f"{'within' if ok else 'above'} the maximum {points(maximum)}.",
                     figures={
                         "baseline": baseline.clean_accuracy,
                         "new": new.clean_accuracy,
@@ -783,7 +779,7 @@ def _certification_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutco
                     threat=None,
                     status="fail",
                     reason="the result has no certification (needed for a minimum certified "
-                    f"accuracy {_pct(minimum)} at radius {radius}).",
+                    f"accuracy {percent(minimum)} at radius {radius}).",
                     figures={"threshold": minimum},
                 )
             )
@@ -798,9 +794,9 @@ def _certification_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutco
                 rule=rule,
                 threat=None,
                 status="pass" if ok else "fail",
-                reason=f"certified accuracy at L2 radius {radius} is {_pct(acc)} "
+                reason=f"certified accuracy at L2 radius {radius} is {percent(acc)} "
                 f"({k}/{cert.n_samples}, {ci}){_judged_note(policy, judged, minimum=True)} "
-                f"{'at least' if ok else 'below'} the minimum {_pct(minimum)}.",
+                f"{'at least' if ok else 'below'} the minimum {percent(minimum)}.",
                 figures={
                     "radius": float(radius),
                     "value": acc,
@@ -890,7 +886,7 @@ def _regression_rules(
                     threat=bt.name,
                     status="fail",
                     reason=f"threat {bt.name!r} was evaluated in the baseline (robust accuracy "
-                    f"{_pct(bt.robust_accuracy)}) but is missing from the new result.",
+                    f"{percent(bt.robust_accuracy)}) but is missing from the new result.",
                     figures={"baseline": bt.robust_accuracy},
                 )
             )
@@ -913,7 +909,7 @@ def _regression_rules(
                     threat=nt.name,
                     status="skip",
                     reason=f"threat {nt.name!r} is new (not in the baseline): robust accuracy "
-                    f"{_pct(nt.robust_accuracy)}, nothing to compare.",
+                    f"{percent(nt.robust_accuracy)}, nothing to compare.",
                     figures={"new": nt.robust_accuracy},
                 )
             )

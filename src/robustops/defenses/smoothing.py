@@ -40,12 +40,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from robustops._util import make_generator
 from robustops.errors import SpecError
 from robustops.models.classifier import eval_mode
+from robustops.schema import StrictModel
 
 __all__ = [
     "ABSTAIN",
@@ -480,14 +481,12 @@ def _batch_slots(inputs: Tensor, pieces: list[Piece], n_in: int) -> Tensor:
 # -- data-set certification -----------------------------------------------------------------
 
 
-class CertificationResult(BaseModel):
+class CertificationResult(StrictModel):
     """CERTIFY run on a data set: the settings, the per-sample outcome and the summary figures.
 
     A sample is certified correct at radius ``r`` when its prediction equals its label and its
     certified radius is ``>= r`` (Cohen et al.'s certified accuracy).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     sigma: float = Field(description="standard deviation of the Gaussian noise (input units)")
     n0: int = Field(description="selection samples per input (to guess the top class)")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from robustops._util import make_generator
@@ -41,7 +41,9 @@ from robustops.attacks.base import frozen_parameters
 from robustops.attacks.eot import is_stochastic, loss_and_grad, mean_logits
 from robustops.attacks.losses import ce_loss, margin_loss
 from robustops.errors import SpecError
+from robustops.format import percent, points
 from robustops.models.classifier import eval_mode, resolve_device
+from robustops.schema import StrictModel
 from robustops.threats import ThreatModel
 
 __all__ = ["AuditCheck", "AuditResult", "CheckStatus", "audit_gradient_masking"]
@@ -72,10 +74,8 @@ EPSILON_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 _RANK: dict[str, int] = {"skip": -1, "pass": 0, "warn": 1, "fail": 2}
 
 
-class AuditCheck(BaseModel):
+class AuditCheck(StrictModel):
     """One check of the audit."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="the check, e.g. 'gradient_health'")
     status: CheckStatus = Field(
@@ -87,10 +87,8 @@ class AuditCheck(BaseModel):
     )
 
 
-class AuditResult(BaseModel):
+class AuditResult(StrictModel):
     """The gradient-masking audit of one model under one threat."""
-
-    model_config = ConfigDict(extra="forbid")
 
     threat: str = Field(description="name of the audited threat")
     n_inputs: int = Field(description="inputs given to the audit")
@@ -404,14 +402,14 @@ def _check_single_step(n: int, fgsm: Tensor, pgd: Tensor, steps: int) -> AuditCh
         return _make(
             "iterative_beats_single_step",
             "fail",
-            f"{counts}: one step beats {steps} by {_pts(r_fgsm - r_pgd)} (tolerance "
-            f"{_pts(tol)}), so the iterates are misled, as with a masked or noisy gradient",
+            f"{counts}: one step beats {steps} by {points(r_fgsm - r_pgd)} (tolerance "
+            f"{points(tol)}), so the iterates are misled, as with a masked or noisy gradient",
             figures,
         )
     return _make(
         "iterative_beats_single_step",
         "pass",
-        f"{counts}: the iterative attack is at least as strong (within {_pts(tol)})",
+        f"{counts}: the iterative attack is at least as strong (within {points(tol)})",
         figures,
     )
 
@@ -428,18 +426,18 @@ def _check_black_box(n: int, white: Tensor, square: Tensor | None) -> AuditCheck
         "square_only_share": share,
     }
     lead = (
-        f"Square broke {only}/{n} ({_pct(share)}) samples that PGD and APGD did not "
+        f"Square broke {only}/{n} ({percent(share)}) samples that PGD and APGD did not "
         f"(white-box success {_frac(white)})"
     )
     if share > BLACK_BOX_FAIL:
         return _make(
             name,
             "fail",
-            f"{lead}: above {_pct(BLACK_BOX_FAIL)}, the gradients mislead the white-box attacks",
+            f"{lead}: above {percent(BLACK_BOX_FAIL)}, the gradients mislead the white-box attacks",
             figures,
         )
     if share > _tolerance(n, BLACK_BOX_WARN):
-        return _make(name, "warn", f"{lead}: above {_pct(BLACK_BOX_WARN)}", figures)
+        return _make(name, "warn", f"{lead}: above {percent(BLACK_BOX_WARN)}", figures)
     return _make(name, "pass", f"{lead}: the white-box attacks are at least as strong", figures)
 
 
@@ -454,20 +452,20 @@ def _check_monotone(n: int, sweep: list[tuple[float, float]]) -> AuditCheck:
     max_drop = max(drops, default=0.0)
     unbounded = sweep[-1][1]
     figures["max_drop"] = max_drop
-    curve = ", ".join(f"{e:.3g}: {_pct(r)}" for e, r in sweep)
+    curve = ", ".join(f"{e:.3g}: {percent(r)}" for e, r in sweep)
     problems: list[str] = []
     status: CheckStatus = "pass"
     if unbounded < UNBOUNDED_MIN_SUCCESS:
         problems.append(
-            f"the unbounded budget ({sweep[-1][0]:.3g}) breaks only {_pct(unbounded)} "
-            f"(< {_pct(UNBOUNDED_MIN_SUCCESS)}), so PGD cannot follow the gradient anywhere"
+            f"the unbounded budget ({sweep[-1][0]:.3g}) breaks only {percent(unbounded)} "
+            f"(< {percent(UNBOUNDED_MIN_SUCCESS)}), so PGD cannot follow the gradient anywhere"
         )
         status = "fail"
     if max_drop > MONOTONE_FAIL:
-        problems.append(f"success falls by {_pts(max_drop)} as epsilon grows")
+        problems.append(f"success falls by {points(max_drop)} as epsilon grows")
         status = "fail"
     elif max_drop > _tolerance(n, MONOTONE_WARN):
-        problems.append(f"success falls by {_pts(max_drop)} as epsilon grows")
+        problems.append(f"success falls by {points(max_drop)} as epsilon grows")
         status = "warn" if status == "pass" else status
     if problems:
         return _make(
@@ -477,7 +475,7 @@ def _check_monotone(n: int, sweep: list[tuple[float, float]]) -> AuditCheck:
         name,
         "pass",
         f"PGD success by epsilon ({curve}) rises with the budget and reaches "
-        f"{_pct(unbounded)} when unbounded",
+        f"{percent(unbounded)} when unbounded",
         figures,
     )
 
@@ -493,7 +491,7 @@ def _check_noise(n: int, white: Tensor, noise: Tensor, draws: int) -> AuditCheck
         "draws": float(draws),
     }
     lead = (
-        f"{draws} random points of the ball broke {only}/{n} ({_pct(share)}) samples that "
+        f"{draws} random points of the ball broke {only}/{n} ({percent(share)}) samples that "
         f"the gradient attacks did not (white-box success {_frac(white)})"
     )
     if share > _tolerance(n, NOISE_FAIL):
@@ -526,7 +524,7 @@ def _check_gradients(ce: Tensor, margin: Tensor, tiny: float) -> AuditCheck:
     }
     lead = (
         f"input gradient zero, underflowing (norm <= {tiny:.3g}) or non-finite on "
-        f"{int(any_dead.sum())}/{n} samples ({_pct(share)}): cross-entropy "
+        f"{int(any_dead.sum())}/{n} samples ({percent(share)}): cross-entropy "
         f"{int(ce_dead.sum())}, margin loss {int(margin_dead.sum())}"
     )
     if share > DEAD_GRADIENT_WARN:
@@ -577,11 +575,11 @@ def _check_more_steps(n: int, pgd: Tensor, pgd_long: Tensor, steps: int) -> Audi
         return _make(
             name,
             "warn",
-            f"{lead}: doubling the steps gains {_pts(gain)} (> {_pts(tol)}), the attack has not "
+            f"{lead}: doubling the steps gains {points(gain)} (> {points(tol)}), the attack has not "
             f"converged and the robustness is overestimated",
             figures,
         )
-    return _make(name, "pass", f"{lead}: a gain of {_pts(gain)} (<= {_pts(tol)})", figures)
+    return _make(name, "pass", f"{lead}: a gain of {points(gain)} (<= {points(tol)})", figures)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -616,15 +614,7 @@ def _rate(mask: Tensor) -> float:
 
 
 def _frac(mask: Tensor) -> str:
-    return f"{int(mask.sum())}/{mask.numel()} ({_pct(_rate(mask))})"
-
-
-def _pct(share: float) -> str:
-    return f"{100 * share:.1f}%"
-
-
-def _pts(share: float) -> str:
-    return f"{100 * share:.1f} points"
+    return f"{int(mask.sum())}/{mask.numel()} ({percent(_rate(mask))})"
 
 
 def _finite(v: float) -> float:

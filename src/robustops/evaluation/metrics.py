@@ -16,8 +16,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
+
+from robustops.schema import StrictModel
 
 __all__ = [
     "CalibrationMetrics",
@@ -33,10 +35,8 @@ __all__ = [
 ]
 
 
-class ReliabilityBin(BaseModel):
+class ReliabilityBin(StrictModel):
     """One confidence bin of a reliability diagram."""
-
-    model_config = ConfigDict(extra="forbid")
 
     lower: float = Field(description="lower confidence edge (exclusive, except for the first bin)")
     upper: float = Field(description="upper confidence edge (inclusive)")
@@ -45,10 +45,8 @@ class ReliabilityBin(BaseModel):
     accuracy: float = Field(description="share of those samples predicted correctly (0 when empty)")
 
 
-class CalibrationMetrics(BaseModel):
+class CalibrationMetrics(StrictModel):
     """Calibration of one set of predictions (e.g. clean inputs, or one threat's attacked ones)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     n: int = Field(description="samples")
     temperature: float = Field(
@@ -66,10 +64,8 @@ class CalibrationMetrics(BaseModel):
 FitOn = Literal["clean", "adversarial", "mix"]
 
 
-class TemperatureFit(BaseModel):
+class TemperatureFit(StrictModel):
     """A fitted temperature and how it was obtained (recorded in the suite result)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(description="logits are divided by this; > 1 softens confidence")
     fit_on: FitOn = Field(description="held-out inputs used: clean, adversarial, or both")

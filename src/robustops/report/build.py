@@ -18,6 +18,7 @@ from robustops.evaluation.plots import (
     reliability_figure,
 )
 from robustops.evaluation.result import AttackFigures, SuiteResult, ThreatResult
+from robustops.format import percent
 from robustops.report.document import (
     Block,
     Cell,
@@ -95,12 +96,8 @@ def audit_sweep(audit: AuditResult) -> tuple[list[tuple[float, float]], tuple[fl
     return sorted(points), unbounded
 
 
-def _pct(p: float) -> str:
-    return f"{100 * p:.1f}%"
-
-
 def _ci(lo_hi: tuple[float, float]) -> str:
-    return f"[{_pct(lo_hi[0])}, {_pct(lo_hi[1])}]"
+    return f"[{percent(lo_hi[0])}, {percent(lo_hi[1])}]"
 
 
 def _num(v: float | None, fmt: str = ".4g") -> str:
@@ -109,7 +106,7 @@ def _num(v: float | None, fmt: str = ".4g") -> str:
 
 def _share(v: float) -> str:
     """A share as a percentage: 0.2 → ``20%``, 0.125 → ``12.5%``."""
-    return f"{100 * v:.4g}%"
+    return percent(v, 4, significant=True)
 
 
 def _norm_title(norm: str) -> str:
@@ -178,7 +175,7 @@ def _attack_table(t: ThreatResult) -> Table:
             _params(a.params, _attack_defaults(a.name, t)),
             str(a.n_attacked),
             str(a.n_broken),
-            _pct(a.success_rate),
+            percent(a.success_rate),
             f"{a.mean_queries:.1f}",
         ]
         if per_success:
@@ -352,7 +349,7 @@ class _Builder:
             (
                 "clean",
                 _DASH,
-                _pct(r.clean_accuracy),
+                percent(r.clean_accuracy),
                 _ci(wilson_interval(n_clean, n)),
                 _DASH,
                 _num(clean_ece, ".3f"),
@@ -366,9 +363,9 @@ class _Builder:
                 (
                     t.name,
                     _threat_line(t, self.class_names),
-                    _pct(t.robust_accuracy),
+                    percent(t.robust_accuracy),
                     _ci(wilson_interval(t.n_robust, n)),
-                    _pct(t.attack_success_rate),
+                    percent(t.attack_success_rate),
                     _num(ece, ".3f"),
                     Status(audit.verdict)
                     if audit is not None
@@ -464,13 +461,13 @@ class _Builder:
             sub = self.section(title, level=3, key=f"curve {norm} {goal}")
             points = [AccuracyPoint(0.0, r.clean_accuracy, *clean_ci, "clean")]
             rows: list[tuple[Cell, ...]] = [
-                ("clean", _epsilon(norm, 0.0), _pct(r.clean_accuracy), _ci(clean_ci))
+                ("clean", _epsilon(norm, 0.0), percent(r.clean_accuracy), _ci(clean_ci))
             ]
             for t in sorted(threats, key=lambda t: t.threat.epsilon):
                 ci = wilson_interval(t.n_robust, n)
                 points.append(AccuracyPoint(t.threat.epsilon, t.robust_accuracy, *ci, t.name))
                 rows.append(
-                    (t.name, _epsilon(norm, t.threat.epsilon), _pct(t.robust_accuracy), _ci(ci))
+                    (t.name, _epsilon(norm, t.threat.epsilon), percent(t.robust_accuracy), _ci(ci))
                 )
             sweeps: list[SweepSeries] = []
             sweep_rows: list[tuple[Cell, ...]] = []
@@ -484,10 +481,10 @@ class _Builder:
                 label = f"audit of {t.name}: 1 − PGD success on {audit.n_samples} audited samples"
                 sweeps.append(SweepSeries(label, tuple((e, 1 - s) for e, s in pts)))
                 for e, s in pts:
-                    sweep_rows.append((t.name, f"{e:g}", _pct(s), _pct(1 - s)))
+                    sweep_rows.append((t.name, f"{e:g}", percent(s), percent(1 - s)))
                 if unbounded is not None:
                     e, s = unbounded
-                    sweep_rows.append((t.name, f"{e:g} (unbounded)", _pct(s), _pct(1 - s)))
+                    sweep_rows.append((t.name, f"{e:g} (unbounded)", percent(s), percent(1 - s)))
             fig = robustness_curve_figure(
                 points,
                 sweeps,
@@ -547,8 +544,8 @@ class _Builder:
                 attacked = f"of the {t.n_attacked} correctly classified samples"
             sub.blocks.append(
                 Paragraph.of(
-                    f"Robust accuracy {_pct(t.robust_accuracy)} ({t.n_robust}/{r.n_samples}, "
-                    f"95% CI {_ci(ci)}); attack success {_pct(t.attack_success_rate)} "
+                    f"Robust accuracy {percent(t.robust_accuracy)} ({t.n_robust}/{r.n_samples}, "
+                    f"95% CI {_ci(ci)}); attack success {percent(t.attack_success_rate)} "
                     f"{attacked}; {t.total_queries:,} queries; {t.wall_time_s:.2f} s."
                 )
             )
@@ -627,7 +624,7 @@ class _Builder:
                 label,
                 f"{m.temperature:.3g}",
                 str(m.n),
-                _pct(m.accuracy),
+                percent(m.accuracy),
                 f"{m.mean_confidence:.3f}",
                 f"{m.ece:.3f}",
                 f"{m.adaptive_ece:.3f}",
@@ -667,7 +664,7 @@ class _Builder:
             Paragraph.of(
                 f"Randomized smoothing: σ = {cert.sigma:g}, n0 = {cert.n0}, n = {cert.n}, "
                 f"α = {cert.alpha:g}, {cert.n_samples} samples. Smoothed clean accuracy "
-                f"{_pct(cert.clean_accuracy)}, abstained {_pct(cert.abstain_rate)}, average "
+                f"{percent(cert.clean_accuracy)}, abstained {percent(cert.abstain_rate)}, average "
                 f"certified radius {cert.average_certified_radius:.3f}, largest certifiable "
                 f"radius {cert.max_certifiable_radius:.3f} (dotted); "
                 f"{cert.samples_per_second:,.0f} noisy samples/s, {cert.wall_time_s:.1f} s."
@@ -686,7 +683,7 @@ class _Builder:
         rows = tuple(
             (
                 f"{float(radius):g}",
-                _pct(acc),
+                percent(acc),
                 _ci(wilson_interval(round(acc * cert.n_samples), cert.n_samples)),
             )
             for radius, acc in grid

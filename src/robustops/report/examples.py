@@ -28,6 +28,7 @@ import numpy as np
 
 from robustops.evaluation.plots import figure_png
 from robustops.evaluation.result import AdversarialExample, ExampleEdit
+from robustops.format import percent
 from robustops.report.document import Cell, Figure, GalleryItem, Paragraph, Span, Table
 from robustops.report.figures import image_example_figure
 from robustops.threats import ThreatModel
@@ -97,10 +98,6 @@ class ExampleRenderer(Protocol):
         ...
 
 
-def _pct(p: float) -> str:
-    return f"{100 * p:.1f}%"
-
-
 def _class_name(k: int, class_names: Sequence[str]) -> str:
     return str(class_names[k]) if 0 <= k < len(class_names) else ""
 
@@ -113,7 +110,7 @@ def class_label(k: int, class_names: Sequence[str] = ()) -> str:
 
 def _prediction(k: int, confidence: float, class_names: Sequence[str]) -> str:
     name = _class_name(k, class_names)
-    return f"{name} ({k}, {_pct(confidence)})" if name else f"{k} ({_pct(confidence)})"
+    return f"{name} ({k}, {percent(confidence)})" if name else f"{k} ({percent(confidence)})"
 
 
 def example_caption(
@@ -130,7 +127,7 @@ def example_caption(
     target = f"; target {class_label(ex.target, class_names)}" if ex.target is not None else ""
     if size is None:
         if threat.norm == "word-edits":
-            size = f"{_pct(ex.perturbation_norm)} of the words edited"
+            size = f"{percent(ex.perturbation_norm)} of the words edited"
         else:
             symbol = _NORM_SYMBOL.get(threat.norm, f"‖δ‖ ({threat.norm})")
             size = f"{symbol} = {ex.perturbation_norm:.4g}"
@@ -413,7 +410,9 @@ class TextRenderer:
         n = len(words)
         edits = list(example.edits)
         k = len({e.position for e in edits}) if edits else round(example.perturbation_norm * n)
-        size = f"{k} of {n} word{'s' if n != 1 else ''} edited ({_pct(example.perturbation_norm)})"
+        size = (
+            f"{k} of {n} word{'s' if n != 1 else ''} edited ({percent(example.perturbation_norm)})"
+        )
         caption = example_caption(example, ctx.threat, ctx.class_names, size=size)
         notes: list[str] = []
         by_pos = _replay(words, edits)
