@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from robustops.evaluation.certification import CertificationResult, certified_accuracy_curve
 from robustops.evaluation.metrics import CalibrationMetrics
 from robustops.io import atomic_path
 
 if TYPE_CHECKING:
-    from robustops.defenses.smoothing import CertificationResult
     from robustops.evaluation.result import SuiteResult
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "figure_png",
     "mpl_text",
     "new_figure",
+    "plot_certified_accuracy",
     "plot_reliability",
     "plot_result",
     "reliability_curves",
@@ -107,8 +108,6 @@ def certified_accuracy_figure(
     """Certified accuracy against L2 radius: the exact step curve per result (labelled by its
     sigma), the reported radii (``certified_accuracy``) as points and the largest radius ``n``
     and ``alpha`` allow as a dotted vertical line."""
-    from robustops.defenses.smoothing import certified_accuracy_curve
-
     fig = new_figure((6.0, 4.0), dpi)
     ax = fig.add_subplot()
     right = 0.0
@@ -141,6 +140,15 @@ def certified_accuracy_figure(
     return fig
 
 
+def plot_certified_accuracy(
+    results: Sequence[CertificationResult], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Plot certified accuracy against L2 radius (a step curve per result, labelled by its
+    sigma, with the reported radii and the largest certifiable radius marked, see
+    :func:`certified_accuracy_figure`) and save it as a PNG at ``path``; returns the path."""
+    return save_figure(certified_accuracy_figure(results, title=title), path)
+
+
 def plot_result(result: SuiteResult, out_dir: str | Path) -> list[Path]:
     """Every figure the result supports, written to ``out_dir``: the reliability diagram (clean
     and attacked per threat, before and, when fitted, after temperature scaling) and the
@@ -161,8 +169,6 @@ def plot_result(result: SuiteResult, out_dir: str | Path) -> list[Path]:
                 )
             )
     if result.certification is not None:
-        from robustops.defenses.smoothing import plot_certified_accuracy
-
         written.append(
             plot_certified_accuracy([result.certification], out / "certified_accuracy.png")
         )

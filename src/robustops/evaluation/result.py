@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from robustops.defenses.smoothing import CertificationResult
 from robustops.errors import SpecError
+from robustops.evaluation.certification import CertificationResult
 from robustops.evaluation.masking import AuditResult
 from robustops.evaluation.metrics import CalibrationMetrics, TemperatureFit
 from robustops.io import atomic_write_text, read_text_file
