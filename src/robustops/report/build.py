@@ -12,10 +12,13 @@ from robustops.errors import SpecError
 from robustops.evaluation.masking import AuditResult
 from robustops.evaluation.metrics import CalibrationMetrics, wilson_interval
 from robustops.evaluation.plots import (
+    AccuracyPoint,
+    SweepSeries,
     certified_accuracy_figure,
     figure_png,
     reliability_curves,
     reliability_figure,
+    robustness_curve_figure,
 )
 from robustops.evaluation.result import AttackFigures, SuiteResult, ThreatResult
 from robustops.format import percent
@@ -38,11 +41,6 @@ from robustops.report.examples import (
     class_label,
     find_renderer,
     render_example,
-)
-from robustops.report.figures import (
-    AccuracyPoint,
-    SweepSeries,
-    robustness_curve_figure,
 )
 from robustops.text.attacks import get_text_attack
 

@@ -26,11 +26,10 @@ from typing import Protocol
 
 import numpy as np
 
-from robustops.evaluation.plots import figure_png
+from robustops.evaluation.plots import figure_png, image_example_figure
 from robustops.evaluation.result import AdversarialExample, ExampleEdit
 from robustops.format import percent
 from robustops.report.document import Cell, Figure, GalleryItem, Paragraph, Span, Table
-from robustops.report.figures import image_example_figure
 from robustops.threats import ThreatModel
 
 __all__ = [
