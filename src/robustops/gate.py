@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -378,33 +379,45 @@ def _threshold(rule: Mapping[str, float], name: str) -> float | None:
     return rule.get(name, rule.get(DEFAULT_KEY))
 
 
-def _regression(
-    rule: str,
-    threat: str | None,
-    what: str,
-    outcome: str,
-    base: list[bool],
-    new: list[bool],
-    paired_why_not: str | None,
-    policy: GatePolicy,
-) -> RuleOutcome:
-    """Is ``new`` (per-sample outcomes: ``outcome``, e.g. robust) worse than ``base`` beyond
-    noise?"""
-    nb, nn = len(base), len(new)
+@dataclass(frozen=True)
+class _Comparison:
+    """One regression question: is ``new`` (per-sample outcomes, e.g. robust) worse than
+    ``base``? ``what`` names the figure (``robust accuracy``), ``outcome`` one success
+    (``robust``); ``paired_why_not`` is ``None`` when both were measured on the same samples."""
+
+    rule: str
+    threat: str | None
+    what: str
+    outcome: str
+    base: list[bool]
+    new: list[bool]
+    paired_why_not: str | None
+
+
+@dataclass(frozen=True)
+class _Test:
+    """A one-sided test of a drop: its p-value, its figures and one sentence about it."""
+
+    p_value: float
+    figures: dict[str, float]
+    text: str
+
+
+def _regression(c: _Comparison, policy: GatePolicy) -> RuleOutcome:
+    """Is ``c.new`` worse than ``c.base`` beyond noise (and beyond ``policy.min_effect``)?"""
+    nb, nn = len(c.base), len(c.new)
     if nb == 0 or nn == 0:
         return RuleOutcome(
-            rule=rule,
-            threat=threat,
+            rule=c.rule,
+            threat=c.threat,
             status="skip",
-            reason=f"{what}: nothing to compare (baseline {nb} samples, new {nn} samples).",
+            reason=f"{c.what}: nothing to compare (baseline {nb} samples, new {nn} samples).",
         )
-    if paired_why_not is None and nb != nn:
-        paired_why_not = "the per-sample records differ in length"
-    kb, kn = sum(base), sum(new)
+    kb, kn = sum(c.base), sum(c.new)
     acc_b, acc_n = kb / nb, kn / nn
     lb, hb, ci_b = _ci(kb, nb)
     ln, hn, ci_n = _ci(kn, nn)
-    drop, change = acc_b - acc_n, acc_n - acc_b
+    drop = acc_b - acc_n
     figures = {
         "baseline": acc_b,
         "baseline_low": lb,
@@ -419,45 +432,60 @@ def _regression(
         "min_effect": policy.min_effect,
     }
     head = (
-        f"{what} {percent(acc_b)} ({ci_b}) in the baseline → {percent(acc_n)} ({ci_n}) now "
-        f"({points(change, sign=True)})"
+        f"{c.what} {percent(acc_b)} ({ci_b}) in the baseline → {percent(acc_n)} ({ci_n}) now "
+        f"({points(-drop, sign=True)})"
     )
-    if paired_why_not is None:
-        b, c, p = mcnemar_exact(base, new)
-        figures.update(paired=1.0, b=float(b), c=float(c), p_value=p)
-        test = (
-            f"exact McNemar test on the same {nb} samples: {b} {outcome} in the baseline only, "
-            f"{c} in the new result only, one-sided p = {_p(p)}"
-        )
-    else:
-        p = _fisher_greater(kb, nb, kn, nn)
-        lo, hi = _newcombe(kb, nb, kn, nn)
-        figures.update(paired=0.0, drop_low=lo, drop_high=hi)
-        test = (
-            f"unpaired: {paired_why_not}, so Fisher's exact test one-sided p = {_p(p)}, "
-            f"95% Newcombe CI of the drop [{points(lo, sign=True, unit=False)}, {points(hi, sign=True, unit=False)}] points"
-        )
-    figures["p_value"] = p
-    significant = p <= policy.alpha
-    large = drop > policy.min_effect
-    if significant and large:
-        status: RuleStatus = "fail"
-        verdict = f"a significant regression at alpha {policy.alpha:g}"
-    elif significant:
-        status = "pass"
-        verdict = (
-            f"significant at alpha {policy.alpha:g} but not above min_effect {policy.min_effect:g}"
-        )
-    else:
-        status = "pass"
-        verdict = f"not significant at alpha {policy.alpha:g}"
+    why_not = c.paired_why_not
+    if why_not is None and nb != nn:
+        why_not = "the per-sample records differ in length"
+    test = _paired_test(c) if why_not is None else _unpaired_test(kb, nb, kn, nn, why_not)
+    figures.update(test.figures)
+    figures["p_value"] = test.p_value
+    status, verdict = _regression_verdict(test.p_value, drop, policy)
     return RuleOutcome(
-        rule=rule,
-        threat=threat,
+        rule=c.rule,
+        threat=c.threat,
         status=status,
-        reason=f"{head}; {test}: {verdict}.",
+        reason=f"{head}; {test.text}: {verdict}.",
         figures=figures,
     )
+
+
+def _paired_test(c: _Comparison) -> _Test:
+    """The exact McNemar test on the same samples."""
+    b, cc, p = mcnemar_exact(c.base, c.new)
+    return _Test(
+        p,
+        {"paired": 1.0, "b": float(b), "c": float(cc), "p_value": p},
+        f"exact McNemar test on the same {len(c.base)} samples: {b} {c.outcome} in the "
+        f"baseline only, {cc} in the new result only, one-sided p = {_p(p)}",
+    )
+
+
+def _unpaired_test(kb: int, nb: int, kn: int, nn: int, why_not: str) -> _Test:
+    """Fisher's exact test on two proportions, with the Newcombe interval of the drop."""
+    p = _fisher_greater(kb, nb, kn, nn)
+    lo, hi = _newcombe(kb, nb, kn, nn)
+    interval = f"[{points(lo, sign=True, unit=False)}, {points(hi, sign=True, unit=False)}]"
+    return _Test(
+        p,
+        {"paired": 0.0, "drop_low": lo, "drop_high": hi},
+        f"unpaired: {why_not}, so Fisher's exact test one-sided p = {_p(p)}, "
+        f"95% Newcombe CI of the drop {interval} points",
+    )
+
+
+def _regression_verdict(p: float, drop: float, policy: GatePolicy) -> tuple[RuleStatus, str]:
+    """``(status, why)``: a regression fails only when significant and larger than
+    ``min_effect``."""
+    significant = p <= policy.alpha
+    if significant and drop > policy.min_effect:
+        return "fail", f"a significant regression at alpha {policy.alpha:g}"
+    if significant:
+        return "pass", (
+            f"significant at alpha {policy.alpha:g} but not above min_effect {policy.min_effect:g}"
+        )
+    return "pass", f"not significant at alpha {policy.alpha:g}"
 
 
 def _attack_defaults(name: str) -> dict[str, Any]:
@@ -528,77 +556,85 @@ def _identity_warnings(new: SuiteResult, base: SuiteResult) -> list[str]:
 def _absolute_threat_rules(
     t: ThreatResult, new: SuiteResult, policy: GatePolicy
 ) -> list[RuleOutcome]:
-    out = []
-    n = new.n_samples
+    """The absolute rules of ``policy`` that apply to threat ``t`` of ``new``."""
+    rules = (
+        _min_robust_rule(t, new, policy),
+        _max_success_rule(t, new, policy),
+        _max_ece_rule(t, policy),
+    )
+    return [r for r in rules if r is not None]
+
+
+def _min_robust_rule(t: ThreatResult, new: SuiteResult, policy: GatePolicy) -> RuleOutcome | None:
     minimum = _threshold(policy.min_robust_accuracy, t.name)
-    if minimum is not None:
-        lo, hi, ci = _ci(t.n_robust, n)
-        judged = _judged(policy, t.n_robust, n, t.robust_accuracy, minimum=True)
-        ok = judged >= minimum
-        out.append(
-            RuleOutcome(
-                rule=f"min_robust_accuracy[{t.name}]",
-                threat=t.name,
-                status="pass" if ok else "fail",
-                reason=f"robust accuracy {percent(t.robust_accuracy)} ({t.n_robust}/{n}, {ci})"
-                f"{_judged_note(policy, judged, minimum=True)} is "
-                f"{'at least' if ok else 'below'} the minimum {percent(minimum)}.",
-                figures={
-                    "value": t.robust_accuracy,
-                    "low": lo,
-                    "high": hi,
-                    "judged": judged,
-                    "threshold": minimum,
-                },
-            )
-        )
+    if minimum is None:
+        return None
+    n = new.n_samples
+    lo, hi, ci = _ci(t.n_robust, n)
+    judged = _judged(policy, t.n_robust, n, t.robust_accuracy, minimum=True)
+    ok = judged >= minimum
+    return RuleOutcome(
+        rule=f"min_robust_accuracy[{t.name}]",
+        threat=t.name,
+        status="pass" if ok else "fail",
+        reason=f"robust accuracy {percent(t.robust_accuracy)} ({t.n_robust}/{n}, {ci})"
+        f"{_judged_note(policy, judged, minimum=True)} is "
+        f"{'at least' if ok else 'below'} the minimum {percent(minimum)}.",
+        figures={
+            "value": t.robust_accuracy,
+            "low": lo,
+            "high": hi,
+            "judged": judged,
+            "threshold": minimum,
+        },
+    )
+
+
+def _max_success_rule(t: ThreatResult, new: SuiteResult, policy: GatePolicy) -> RuleOutcome | None:
     most = _threshold(policy.max_attack_success_rate, t.name)
-    if most is not None:
-        broken = sum(c and not r for c, r in zip(new.samples.clean_correct, t.robust, strict=False))
-        attacked = t.n_attacked if t.n_attacked is not None else sum(new.samples.clean_correct)
-        rate = broken / attacked if attacked else 0.0
-        lo, hi, ci = _ci(broken, attacked)
-        judged = _judged(policy, broken, attacked, rate, minimum=False)
-        ok = judged <= most
-        out.append(
-            RuleOutcome(
-                rule=f"max_attack_success_rate[{t.name}]",
-                threat=t.name,
-                status="pass" if ok else "fail",
-                reason=f"attacks broke {percent(rate)} of the attacked samples ({broken}/{attacked}, "
-                f"{ci}){_judged_note(policy, judged, minimum=False)} "
-                f"{'at most' if ok else 'above'} the maximum {percent(most)}.",
-                figures={"value": rate, "low": lo, "high": hi, "judged": judged, "threshold": most},
-            )
-        )
+    if most is None:
+        return None
+    broken = sum(c and not r for c, r in zip(new.samples.clean_correct, t.robust, strict=False))
+    attacked = t.n_attacked if t.n_attacked is not None else sum(new.samples.clean_correct)
+    rate = broken / attacked if attacked else 0.0
+    lo, hi, ci = _ci(broken, attacked)
+    judged = _judged(policy, broken, attacked, rate, minimum=False)
+    ok = judged <= most
+    return RuleOutcome(
+        rule=f"max_attack_success_rate[{t.name}]",
+        threat=t.name,
+        status="pass" if ok else "fail",
+        reason=f"attacks broke {percent(rate)} of the attacked samples ({broken}/{attacked}, "
+        f"{ci}){_judged_note(policy, judged, minimum=False)} "
+        f"{'at most' if ok else 'above'} the maximum {percent(most)}.",
+        figures={"value": rate, "low": lo, "high": hi, "judged": judged, "threshold": most},
+    )
+
+
+def _max_ece_rule(t: ThreatResult, policy: GatePolicy) -> RuleOutcome | None:
     maximum = _threshold(policy.max_attacked_ece, t.name)
-    if maximum is not None:
-        rule = f"max_attacked_ece[{t.name}]"
-        if t.calibration is None:
-            out.append(
-                RuleOutcome(
-                    rule=rule,
-                    threat=t.name,
-                    status="fail",
-                    reason="the result has no calibration figures for this threat "
-                    f"(needed for the maximum attacked ECE {maximum:.3f}).",
-                    figures={"threshold": maximum},
-                )
-            )
-        else:
-            ece = t.calibration.attacked.ece
-            ok = ece <= maximum
-            out.append(
-                RuleOutcome(
-                    rule=rule,
-                    threat=t.name,
-                    status="pass" if ok else "fail",
-                    reason=f"ECE on the attacked inputs {ece:.3f} is "
-                    f"{'at most' if ok else 'above'} the maximum {maximum:.3f}.",
-                    figures={"value": ece, "threshold": maximum},
-                )
-            )
-    return out
+    if maximum is None:
+        return None
+    rule = f"max_attacked_ece[{t.name}]"
+    if t.calibration is None:
+        return RuleOutcome(
+            rule=rule,
+            threat=t.name,
+            status="fail",
+            reason="the result has no calibration figures for this threat "
+            f"(needed for the maximum attacked ECE {maximum:.3f}).",
+            figures={"threshold": maximum},
+        )
+    ece = t.calibration.attacked.ece
+    ok = ece <= maximum
+    return RuleOutcome(
+        rule=rule,
+        threat=t.name,
+        status="pass" if ok else "fail",
+        reason=f"ECE on the attacked inputs {ece:.3f} is "
+        f"{'at most' if ok else 'above'} the maximum {maximum:.3f}.",
+        figures={"value": ece, "threshold": maximum},
+    )
 
 
 def _missing_threat_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutcome]:
@@ -861,59 +897,64 @@ def _regression_rules(
 ) -> list[RuleOutcome]:
     why_not = _same_samples(new, baseline)
     unlike = _not_comparable(new, baseline)
+    clean = _Comparison(
+        "regression[clean]",
+        None,
+        "clean accuracy",
+        "correct",
+        baseline.samples.clean_correct,
+        new.samples.clean_correct,
+        why_not,
+    )
     out = [
-        _incomparable("regression[clean]", None, unlike)
+        _incomparable(clean.rule, None, unlike)
         if unlike is not None
-        else _regression(
-            "regression[clean]",
-            None,
-            "clean accuracy",
-            "correct",
-            baseline.samples.clean_correct,
-            new.samples.clean_correct,
-            why_not,
-            policy,
-        )
+        else _regression(clean, policy)
     ]
-    new_names = {t.name for t in new.threats}
+    out += [_threat_regression(bt, new, unlike, why_not, policy) for bt in baseline.threats]
     base_names = {t.name for t in baseline.threats}
-    for bt in baseline.threats:
-        rule = f"regression[{bt.name}]"
-        if bt.name not in new_names:
-            out.append(
-                RuleOutcome(
-                    rule=rule,
-                    threat=bt.name,
-                    status="fail",
-                    reason=f"threat {bt.name!r} was evaluated in the baseline (robust accuracy "
-                    f"{percent(bt.robust_accuracy)}) but is missing from the new result.",
-                    figures={"baseline": bt.robust_accuracy},
-                )
-            )
-            continue
-        nt = new.threat(bt.name)
-        differences = _threat_differences(nt, bt)
-        if unlike is not None or differences:
-            out.append(_incomparable(rule, bt.name, unlike or "; ".join(differences)))
-            continue
-        out.append(
-            _regression(
-                rule, bt.name, "robust accuracy", "robust", bt.robust, nt.robust, why_not, policy
-            )
+    out += [
+        RuleOutcome(
+            rule=f"regression[{nt.name}]",
+            threat=nt.name,
+            status="skip",
+            reason=f"threat {nt.name!r} is new (not in the baseline): robust accuracy "
+            f"{percent(nt.robust_accuracy)}, nothing to compare.",
+            figures={"new": nt.robust_accuracy},
         )
-    for nt in new.threats:
-        if nt.name not in base_names:
-            out.append(
-                RuleOutcome(
-                    rule=f"regression[{nt.name}]",
-                    threat=nt.name,
-                    status="skip",
-                    reason=f"threat {nt.name!r} is new (not in the baseline): robust accuracy "
-                    f"{percent(nt.robust_accuracy)}, nothing to compare.",
-                    figures={"new": nt.robust_accuracy},
-                )
-            )
+        for nt in new.threats
+        if nt.name not in base_names
+    ]
     return out
+
+
+def _threat_regression(
+    bt: ThreatResult,
+    new: SuiteResult,
+    unlike: str | None,
+    why_not: str | None,
+    policy: GatePolicy,
+) -> RuleOutcome:
+    """The regression rule of baseline threat ``bt``: missing from ``new``, not comparable
+    (``unlike``, or another experiment), or tested."""
+    rule = f"regression[{bt.name}]"
+    if bt.name not in {t.name for t in new.threats}:
+        return RuleOutcome(
+            rule=rule,
+            threat=bt.name,
+            status="fail",
+            reason=f"threat {bt.name!r} was evaluated in the baseline (robust accuracy "
+            f"{percent(bt.robust_accuracy)}) but is missing from the new result.",
+            figures={"baseline": bt.robust_accuracy},
+        )
+    nt = new.threat(bt.name)
+    differences = _threat_differences(nt, bt)
+    if unlike is not None or differences:
+        return _incomparable(rule, bt.name, unlike or "; ".join(differences))
+    comparison = _Comparison(
+        rule, bt.name, "robust accuracy", "robust", bt.robust, nt.robust, why_not
+    )
+    return _regression(comparison, policy)
 
 
 def evaluate_gate(new: SuiteResult, baseline: SuiteResult | None, policy: GatePolicy) -> GateReport:
