@@ -511,11 +511,7 @@ def certify_dataset(
         device: where to run; default the model's device. The model is moved there (in place,
             as ``nn.Module.to`` does).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SpecError.single("seed", f"must be an int, got {seed!r}")
-    grid = [float(r) for r in radii]
-    if any(not math.isfinite(r) or r < 0 for r in grid):
-        raise SpecError.single("radii", f"must be finite numbers >= 0, got {list(radii)!r}")
+    run = _DatasetRun(n0, n, alpha, batch_size, seed, tuple(radii))
     if not isinstance(labels, Tensor) or labels.dim() != 1:
         raise SpecError.single("labels", "must be a tensor of shape (N,)")
     if not isinstance(inputs, Tensor) or inputs.shape[:1] != labels.shape:
@@ -526,7 +522,41 @@ def certify_dataset(
     t0 = time.perf_counter()
     cert = smoothed.certify_detailed(inputs, n0, n, alpha, batch_size=batch_size, generator=seed)
     wall = time.perf_counter() - t0
-    y = labels.detach().cpu().to(torch.int64)
+    return _record(smoothed, run, cert, labels.detach().cpu().to(torch.int64), wall)
+
+
+@dataclass(frozen=True)
+class _DatasetRun:
+    """The settings of one :func:`certify_dataset` call that its record keeps; ``seed`` and
+    ``radii`` (L2, input units) are checked here, ``radii`` stored as floats."""
+
+    n0: int
+    n: int
+    alpha: float
+    batch_size: int
+    seed: int
+    radii: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise SpecError.single("seed", f"must be an int, got {self.seed!r}")
+        grid = tuple(float(r) for r in self.radii)
+        if any(not math.isfinite(r) or r < 0 for r in grid):
+            raise SpecError.single(
+                "radii", f"must be finite numbers >= 0, got {list(self.radii)!r}"
+            )
+        object.__setattr__(self, "radii", grid)  # frozen: set once, here
+
+
+def _record(
+    smoothed: SmoothedClassifier,
+    run: _DatasetRun,
+    cert: SmoothedCertificate,
+    y: Tensor,
+    wall: float,
+) -> CertificationResult:
+    """The :class:`CertificationResult` of ``cert`` against labels ``y`` ``(N,)`` (CPU int64),
+    with ``wall`` seconds of certification."""
     pred, rad = cert.predictions, cert.radii
     correct = (pred == y) & (pred != ABSTAIN)
     count = int(y.shape[0])
@@ -536,12 +566,12 @@ def certify_dataset(
 
     return CertificationResult(
         sigma=smoothed.sigma,
-        n0=n0,
-        n=n,
-        alpha=alpha,
-        batch_size=batch_size,
-        seed=seed,
-        num_classes=num_classes,
+        n0=run.n0,
+        n=run.n,
+        alpha=run.alpha,
+        batch_size=run.batch_size,
+        seed=run.seed,
+        num_classes=smoothed.num_classes,
         device=str(smoothed.device),
         n_samples=count,
         labels=y.tolist(),
@@ -550,11 +580,11 @@ def certify_dataset(
         correct=correct.tolist(),
         abstain_rate=share(pred == ABSTAIN),
         clean_accuracy=share(correct),
-        certified_accuracy={radius_key(r): share(correct & (rad >= r)) for r in grid},
+        certified_accuracy={radius_key(r): share(correct & (rad >= r)) for r in run.radii},
         average_certified_radius=float(torch.where(correct, rad, 0.0).sum()) / count
         if count
         else 0.0,
-        max_certifiable_radius=max_certifiable_radius(sigma, n, alpha),
+        max_certifiable_radius=max_certifiable_radius(smoothed.sigma, run.n, run.alpha),
         wall_time_s=wall,
-        samples_per_second=count * (n0 + n) / wall if wall > 0 else 0.0,
+        samples_per_second=count * (run.n0 + run.n) / wall if wall > 0 else 0.0,
     )
