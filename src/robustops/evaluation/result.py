@@ -232,6 +232,12 @@ class ThreatResult(StrictModel):
                 ("total_queries", self.total_queries, sum(self.queries), "the per-sample sum"),
             ],
         )
+        return out + self._attack_disagreements(at, n_attacked)
+
+    def _attack_disagreements(self, at: str, n_attacked: int) -> list[str]:
+        """Where each attack's figures disagree with the per-sample record: attacks run in
+        order on the samples still robust, starting from the ``n_attacked`` attacked ones."""
+        out: list[str] = []
         still = n_attacked
         for k, a in enumerate(self.attacks):
             by_name = sum(1 for b in self.broken_by if b == a.name)

@@ -252,6 +252,86 @@ def _verdict_callout(r: SuiteResult) -> Paragraph:
     )
 
 
+def _latency_block(r: SuiteResult) -> Block:
+    """The latency table, or a note that latency was not measured."""
+    lat = r.latency
+    if lat is None:
+        return Paragraph.of("Latency was not measured.", note=True)
+    return Table(
+        ("latency p50", "p95", "p99", "mean", "throughput"),
+        (
+            (
+                f"{lat.p50_ms:.2f} ms",
+                f"{lat.p95_ms:.2f} ms",
+                f"{lat.p99_ms:.2f} ms",
+                f"{lat.mean_ms:.2f} ms",
+                f"{lat.throughput_per_s:,.0f} samples/s",
+            ),
+        ),
+        numeric=frozenset({0, 1, 2, 3, 4}),
+        caption=f"single-input latency over {lat.n_calls} calls on {r.device}; "
+        f"throughput in batches of {lat.batch_size}",
+    )
+
+
+def _stochastic_block(r: SuiteResult) -> Paragraph | None:
+    """How the suite adapted to a stochastic model (``None`` when it was not stochastic)."""
+    st = r.stochastic
+    if st is None or not st.detected:
+        return None
+    adapted = ", ".join(st.adapted_attacks) or "none"
+    return Paragraph.of(
+        Status("warn" if st.unadapted_attacks else "pass"),
+        f" Stochastic model (two passes differ by up to {st.max_logit_gap:.3g} in a "
+        f"logit): predictions average {st.eot_samples} passes; attacks given EOT "
+        f"and no early stop: {adapted}."
+        + (
+            f" Attacks run without EOT, whose failures may overstate robustness: "
+            f"{', '.join(st.unadapted_attacks)}."
+            if st.unadapted_attacks
+            else ""
+        ),
+    )
+
+
+def _calibration_row(label: str, m: CalibrationMetrics) -> tuple[Cell, ...]:
+    return (
+        label,
+        f"{m.temperature:.3g}",
+        str(m.n),
+        percent(m.accuracy),
+        f"{m.mean_confidence:.3f}",
+        f"{m.ece:.3f}",
+        f"{m.adaptive_ece:.3f}",
+        f"{m.brier:.3f}",
+        f"{m.nll:.3f}",
+    )
+
+
+def _calibration_table(
+    raw: list[tuple[str, CalibrationMetrics]], scaled: list[tuple[str, CalibrationMetrics]]
+) -> Table:
+    """Every calibration figure of the ``raw`` curves, then of the ``scaled`` ones."""
+    rows = [_calibration_row(label, m) for label, m in raw]
+    rows += [_calibration_row(f"{label}, scaled", m) for label, m in scaled]
+    return Table(
+        (
+            "inputs",
+            "temperature",
+            "n",
+            "accuracy",
+            "confidence",
+            "ECE",
+            "adaptive ECE",
+            "Brier",
+            "NLL",
+        ),
+        tuple(rows),
+        numeric=frozenset(range(1, 9)),
+        caption="attacked: each sample's worst case over the threat's attacks",
+    )
+
+
 class _Builder:
     def __init__(self, result: SuiteResult) -> None:
         self.r = result
@@ -338,8 +418,17 @@ class _Builder:
         return KeyValues(tuple(items))
 
     def summary(self) -> Section:
-        r = self.r
         sec = self.section("Summary")
+        sec.blocks.append(self.summary_table())
+        sec.blocks.append(_latency_block(self.r))
+        stochastic = _stochastic_block(self.r)
+        if stochastic is not None:
+            sec.blocks.append(stochastic)
+        return sec
+
+    def summary_table(self) -> Table:
+        """Clean and per-threat accuracy with Wilson intervals, attack success, ECE, audit."""
+        r = self.r
         n = r.n_samples
         n_clean = sum(r.samples.clean_correct)
         clean_ece = r.calibration.clean.ece if r.calibration is not None else None
@@ -370,62 +459,21 @@ class _Builder:
                     else ("n/a (black-box text)" if t.threat.modality == "text" else "not audited"),
                 )
             )
-        sec.blocks.append(
-            Table(
-                (
-                    "inputs",
-                    "threat model",
-                    "accuracy",
-                    "95% CI (Wilson)",
-                    "attack success",
-                    "ECE",
-                    "masking audit",
-                ),
-                tuple(rows),
-                numeric=frozenset({2, 3, 4, 5}),
-                caption=f"{n} evaluated samples; robust accuracy = correct and not broken by any "
-                "attack of the threat; ECE on the clean, resp. attacked, inputs",
-            )
+        return Table(
+            (
+                "inputs",
+                "threat model",
+                "accuracy",
+                "95% CI (Wilson)",
+                "attack success",
+                "ECE",
+                "masking audit",
+            ),
+            tuple(rows),
+            numeric=frozenset({2, 3, 4, 5}),
+            caption=f"{n} evaluated samples; robust accuracy = correct and not broken by any "
+            "attack of the threat; ECE on the clean, resp. attacked, inputs",
         )
-        lat = r.latency
-        if lat is not None:
-            sec.blocks.append(
-                Table(
-                    ("latency p50", "p95", "p99", "mean", "throughput"),
-                    (
-                        (
-                            f"{lat.p50_ms:.2f} ms",
-                            f"{lat.p95_ms:.2f} ms",
-                            f"{lat.p99_ms:.2f} ms",
-                            f"{lat.mean_ms:.2f} ms",
-                            f"{lat.throughput_per_s:,.0f} samples/s",
-                        ),
-                    ),
-                    numeric=frozenset({0, 1, 2, 3, 4}),
-                    caption=f"single-input latency over {lat.n_calls} calls on {r.device}; "
-                    f"throughput in batches of {lat.batch_size}",
-                )
-            )
-        else:
-            sec.blocks.append(Paragraph.of("Latency was not measured.", note=True))
-        st = r.stochastic
-        if st is not None and st.detected:
-            adapted = ", ".join(st.adapted_attacks) or "none"
-            sec.blocks.append(
-                Paragraph.of(
-                    Status("warn" if st.unadapted_attacks else "pass"),
-                    f" Stochastic model (two passes differ by up to {st.max_logit_gap:.3g} in a "
-                    f"logit): predictions average {st.eot_samples} passes; attacks given EOT "
-                    f"and no early stop: {adapted}."
-                    + (
-                        f" Attacks run without EOT, whose failures may overstate robustness: "
-                        f"{', '.join(st.unadapted_attacks)}."
-                        if st.unadapted_attacks
-                        else ""
-                    ),
-                )
-            )
-        return sec
 
     def curves(self) -> Section:
         r = self.r
@@ -450,76 +498,86 @@ class _Builder:
         groups: dict[tuple[str, bool], list[ThreatResult]] = {}
         for t in r.threats:
             groups.setdefault((t.threat.norm, t.threat.targeted), []).append(t)
+        for (norm, targeted), threats in groups.items():
+            sec.subsections.append(self.curve(norm, targeted, threats))
+        return sec
+
+    def curve(self, norm: str, targeted: bool, threats: list[ThreatResult]) -> Section:
+        """Robust accuracy against the budget of the ``threats`` sharing ``norm`` and goal: a
+        figure, its table and the audit sweeps' table."""
+        r = self.r
         n = r.n_samples
         clean_ci = wilson_interval(sum(r.samples.clean_correct), n)
-        for (norm, targeted), threats in groups.items():
-            goal = "targeted" if targeted else "untargeted"
-            title = f"{_norm_title(norm)}, {goal}"
-            text = norm == _WORD_EDITS
-            sub = self.section(title, level=3, key=f"curve {norm} {goal}")
-            points = [AccuracyPoint(0.0, r.clean_accuracy, *clean_ci, "clean")]
-            rows: list[tuple[Cell, ...]] = [
-                ("clean", _epsilon(norm, 0.0), percent(r.clean_accuracy), _ci(clean_ci))
-            ]
-            for t in sorted(threats, key=lambda t: t.threat.epsilon):
-                ci = wilson_interval(t.n_robust, n)
-                points.append(AccuracyPoint(t.threat.epsilon, t.robust_accuracy, *ci, t.name))
-                rows.append(
-                    (t.name, _epsilon(norm, t.threat.epsilon), percent(t.robust_accuracy), _ci(ci))
-                )
-            sweeps: list[SweepSeries] = []
-            sweep_rows: list[tuple[Cell, ...]] = []
-            for t in threats:
-                audit = self._audits.get(t.name)
-                if audit is None:
-                    continue
-                pts, unbounded = audit_sweep(audit)
-                if not pts and unbounded is None:
-                    continue
-                label = f"audit of {t.name}: 1 − PGD success on {audit.n_samples} audited samples"
-                sweeps.append(SweepSeries(label, tuple((e, 1 - s) for e, s in pts)))
-                for e, s in pts:
-                    sweep_rows.append((t.name, f"{e:g}", percent(s), percent(1 - s)))
-                if unbounded is not None:
-                    e, s = unbounded
-                    sweep_rows.append((t.name, f"{e:g} (unbounded)", percent(s), percent(1 - s)))
-            fig = robustness_curve_figure(
-                points,
-                sweeps,
-                title=f"robust accuracy, {title}",
-                norm=norm,
-                xlabel="word-edit budget (share of the words)" if text else "",
-                percent=text,
+        goal = "targeted" if targeted else "untargeted"
+        title = f"{_norm_title(norm)}, {goal}"
+        text = norm == _WORD_EDITS
+        sub = self.section(title, level=3, key=f"curve {norm} {goal}")
+        points = [AccuracyPoint(0.0, r.clean_accuracy, *clean_ci, "clean")]
+        rows: list[tuple[Cell, ...]] = [
+            ("clean", _epsilon(norm, 0.0), percent(r.clean_accuracy), _ci(clean_ci))
+        ]
+        for t in sorted(threats, key=lambda t: t.threat.epsilon):
+            ci = wilson_interval(t.n_robust, n)
+            points.append(AccuracyPoint(t.threat.epsilon, t.robust_accuracy, *ci, t.name))
+            rows.append(
+                (t.name, _epsilon(norm, t.threat.epsilon), percent(t.robust_accuracy), _ci(ci))
             )
-            if text:
-                caption = f"robust accuracy against the word-edit budget ({goal})"
-            else:
-                caption = f"robust accuracy against {_norm_title(norm)} epsilon ({goal})"
-            sub.blocks.append(self.figure(f"robustness-{norm}-{goal}", fig, caption, caption))
+        sweeps, sweep_rows = self.sweeps(threats)
+        fig = robustness_curve_figure(
+            points,
+            sweeps,
+            title=f"robust accuracy, {title}",
+            norm=norm,
+            xlabel="word-edit budget (share of the words)" if text else "",
+            percent=text,
+        )
+        if text:
+            caption = f"robust accuracy against the word-edit budget ({goal})"
+        else:
+            caption = f"robust accuracy against {_norm_title(norm)} epsilon ({goal})"
+        sub.blocks.append(self.figure(f"robustness-{norm}-{goal}", fig, caption, caption))
+        budget = "word-edit budget" if text else "epsilon"
+        sub.blocks.append(
+            Table(
+                ("threat", budget, "robust accuracy", "95% CI (Wilson)"),
+                tuple(rows),
+                numeric=frozenset({1, 2, 3}),
+            )
+        )
+        if sweep_rows:
             sub.blocks.append(
                 Table(
-                    (
-                        "threat",
-                        "word-edit budget" if text else "epsilon",
-                        "robust accuracy",
-                        "95% CI (Wilson)",
-                    ),
-                    tuple(rows),
+                    ("audited threat", "epsilon", "PGD success", "1 − success"),
+                    tuple(sweep_rows),
                     numeric=frozenset({1, 2, 3}),
+                    caption="gradient-masking audit sweep, on the audited (correctly "
+                    "classified) samples; the unbounded budget is not plotted",
                 )
             )
-            if sweep_rows:
-                sub.blocks.append(
-                    Table(
-                        ("audited threat", "epsilon", "PGD success", "1 − success"),
-                        tuple(sweep_rows),
-                        numeric=frozenset({1, 2, 3}),
-                        caption="gradient-masking audit sweep, on the audited (correctly "
-                        "classified) samples; the unbounded budget is not plotted",
-                    )
-                )
-            sec.subsections.append(sub)
-        return sec
+        return sub
+
+    def sweeps(
+        self, threats: list[ThreatResult]
+    ) -> tuple[list[SweepSeries], list[tuple[Cell, ...]]]:
+        """The audit sweeps of ``threats`` as dashed curves, and as table rows (with the
+        unbounded budget, which is not plotted)."""
+        sweeps: list[SweepSeries] = []
+        rows: list[tuple[Cell, ...]] = []
+        for t in threats:
+            audit = self._audits.get(t.name)
+            if audit is None:
+                continue
+            pts, unbounded = audit_sweep(audit)
+            if not pts and unbounded is None:
+                continue
+            label = f"audit of {t.name}: 1 − PGD success on {audit.n_samples} audited samples"
+            sweeps.append(SweepSeries(label, tuple((e, 1 - s) for e, s in pts)))
+            for e, s in pts:
+                rows.append((t.name, f"{e:g}", percent(s), percent(1 - s)))
+            if unbounded is not None:
+                e, s = unbounded
+                rows.append((t.name, f"{e:g} (unbounded)", percent(s), percent(1 - s)))
+        return sweeps, rows
 
     def threats(self) -> Section:
         r = self.r
@@ -615,43 +673,7 @@ class _Builder:
                     "after temperature scaling",
                 )
             )
-        rows: list[tuple[Cell, ...]] = []
-
-        def row(label: str, m: CalibrationMetrics) -> tuple[Cell, ...]:
-            return (
-                label,
-                f"{m.temperature:.3g}",
-                str(m.n),
-                percent(m.accuracy),
-                f"{m.mean_confidence:.3f}",
-                f"{m.ece:.3f}",
-                f"{m.adaptive_ece:.3f}",
-                f"{m.brier:.3f}",
-                f"{m.nll:.3f}",
-            )
-
-        for label, m in raw:
-            rows.append(row(label, m))
-        for label, m in scaled:
-            rows.append(row(f"{label}, scaled", m))
-        sec.blocks.append(
-            Table(
-                (
-                    "inputs",
-                    "temperature",
-                    "n",
-                    "accuracy",
-                    "confidence",
-                    "ECE",
-                    "adaptive ECE",
-                    "Brier",
-                    "NLL",
-                ),
-                tuple(rows),
-                numeric=frozenset(range(1, 9)),
-                caption="attacked: each sample's worst case over the threat's attacks",
-            )
-        )
+        sec.blocks.append(_calibration_table(raw, scaled))
         return sec
 
     def certification(self) -> Section:

@@ -435,42 +435,48 @@ class TextRenderer:
             notes.append("no edits recorded")
             return GalleryItem(_title(example), caption, note="; ".join(notes), body=body)
         shown = edits[:MAX_EDIT_ROWS]
-        chars = [_characters(e) for e in shown]
-        columns = [
-            "word #",
-            "kind",
-            "before",
-            "after",
-            "score change when applied",
-            "contribution when reverted",
-        ]
-        with_chars = any(chars)
-        if with_chars:
-            columns.append("characters")
-        rows: list[tuple[Cell, ...]] = []
-        for e, c in zip(shown, chars, strict=True):
-            row: list[Cell] = [
-                str(e.position),
-                e.kind,
-                Span(visible_text(e.before)),
-                Span(visible_text(e.after, _flagged(e))),
-                _signed(e.score_change),
-                _signed(e.contribution),
-            ]
-            if with_chars:
-                row.append(c or "—")
-            rows.append(tuple(row))
-        goal = "the target class" if example.target is not None else "a wrong class"
-        table = Table(
-            tuple(columns),
-            tuple(rows),
-            numeric=frozenset({0, 4, 5}),
-            caption="edits in the order applied; word # counts the whitespace-separated words "
-            f"of the original from 0; objective: the probability margin towards {goal}",
-        )
         if len(edits) > len(shown):
             notes.append(f"the first {len(shown)} of {len(edits)} edits listed")
+        table = _edits_table(shown, targeted=example.target is not None)
         return GalleryItem(_title(example), caption, table=table, note="; ".join(notes), body=body)
+
+
+def _edits_table(shown: Sequence[ExampleEdit], *, targeted: bool) -> Table:
+    """The edits of a text example, in the order applied, with their effect on the objective
+    (and the characters an edit brought in, when any did)."""
+    chars = [_characters(e) for e in shown]
+    columns = [
+        "word #",
+        "kind",
+        "before",
+        "after",
+        "score change when applied",
+        "contribution when reverted",
+    ]
+    with_chars = any(chars)
+    if with_chars:
+        columns.append("characters")
+    rows: list[tuple[Cell, ...]] = []
+    for e, c in zip(shown, chars, strict=True):
+        row: list[Cell] = [
+            str(e.position),
+            e.kind,
+            Span(visible_text(e.before)),
+            Span(visible_text(e.after, _flagged(e))),
+            _signed(e.score_change),
+            _signed(e.contribution),
+        ]
+        if with_chars:
+            row.append(c or "—")
+        rows.append(tuple(row))
+    goal = "the target class" if targeted else "a wrong class"
+    return Table(
+        tuple(columns),
+        tuple(rows),
+        numeric=frozenset({0, 4, 5}),
+        caption="edits in the order applied; word # counts the whitespace-separated words "
+        f"of the original from 0; objective: the probability margin towards {goal}",
+    )
 
 
 _RENDERERS: list[ExampleRenderer] = [TextRenderer(), ImageRenderer(), FeatureRenderer()]
