@@ -553,6 +553,50 @@ def _identity_warnings(new: SuiteResult, base: SuiteResult) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class _ShareCheck:
+    """An absolute rule on a share ``k / n`` (``value``): at least (``minimum``) or at most
+    ``threshold``. ``lead`` opens the reason (``robust accuracy 91.0%``), ``verb`` joins it to
+    the bound (`` is`` or nothing); ``extra`` figures come first."""
+
+    rule: str
+    threat: str | None
+    lead: str
+    k: int
+    n: int
+    value: float
+    threshold: float
+    minimum: bool = True
+    verb: str = " is"
+    extra: Mapping[str, float] | None = None
+
+
+def _share_outcome(c: _ShareCheck, policy: GatePolicy) -> RuleOutcome:
+    """Judge ``c`` (the estimate, or its interval's unfavourable end) against its threshold."""
+    lo, hi, ci = _ci(c.k, c.n)
+    judged = _judged(policy, c.k, c.n, c.value, minimum=c.minimum)
+    ok = judged >= c.threshold if c.minimum else judged <= c.threshold
+    if c.minimum:
+        bound = f"{'at least' if ok else 'below'} the minimum"
+    else:
+        bound = f"{'at most' if ok else 'above'} the maximum"
+    return RuleOutcome(
+        rule=c.rule,
+        threat=c.threat,
+        status="pass" if ok else "fail",
+        reason=f"{c.lead} ({c.k}/{c.n}, {ci}){_judged_note(policy, judged, minimum=c.minimum)}"
+        f"{c.verb} {bound} {percent(c.threshold)}.",
+        figures={
+            **(c.extra or {}),
+            "value": c.value,
+            "low": lo,
+            "high": hi,
+            "judged": judged,
+            "threshold": c.threshold,
+        },
+    )
+
+
 def _absolute_threat_rules(
     t: ThreatResult, new: SuiteResult, policy: GatePolicy
 ) -> list[RuleOutcome]:
@@ -569,25 +613,16 @@ def _min_robust_rule(t: ThreatResult, new: SuiteResult, policy: GatePolicy) -> R
     minimum = _threshold(policy.min_robust_accuracy, t.name)
     if minimum is None:
         return None
-    n = new.n_samples
-    lo, hi, ci = _ci(t.n_robust, n)
-    judged = _judged(policy, t.n_robust, n, t.robust_accuracy, minimum=True)
-    ok = judged >= minimum
-    return RuleOutcome(
+    check = _ShareCheck(
         rule=f"min_robust_accuracy[{t.name}]",
         threat=t.name,
-        status="pass" if ok else "fail",
-        reason=f"robust accuracy {percent(t.robust_accuracy)} ({t.n_robust}/{n}, {ci})"
-        f"{_judged_note(policy, judged, minimum=True)} is "
-        f"{'at least' if ok else 'below'} the minimum {percent(minimum)}.",
-        figures={
-            "value": t.robust_accuracy,
-            "low": lo,
-            "high": hi,
-            "judged": judged,
-            "threshold": minimum,
-        },
+        lead=f"robust accuracy {percent(t.robust_accuracy)}",
+        k=t.n_robust,
+        n=new.n_samples,
+        value=t.robust_accuracy,
+        threshold=minimum,
     )
+    return _share_outcome(check, policy)
 
 
 def _max_success_rule(t: ThreatResult, new: SuiteResult, policy: GatePolicy) -> RuleOutcome | None:
@@ -597,18 +632,18 @@ def _max_success_rule(t: ThreatResult, new: SuiteResult, policy: GatePolicy) -> 
     broken = sum(c and not r for c, r in zip(new.samples.clean_correct, t.robust, strict=False))
     attacked = t.n_attacked if t.n_attacked is not None else sum(new.samples.clean_correct)
     rate = broken / attacked if attacked else 0.0
-    lo, hi, ci = _ci(broken, attacked)
-    judged = _judged(policy, broken, attacked, rate, minimum=False)
-    ok = judged <= most
-    return RuleOutcome(
+    check = _ShareCheck(
         rule=f"max_attack_success_rate[{t.name}]",
         threat=t.name,
-        status="pass" if ok else "fail",
-        reason=f"attacks broke {percent(rate)} of the attacked samples ({broken}/{attacked}, "
-        f"{ci}){_judged_note(policy, judged, minimum=False)} "
-        f"{'at most' if ok else 'above'} the maximum {percent(most)}.",
-        figures={"value": rate, "low": lo, "high": hi, "judged": judged, "threshold": most},
+        lead=f"attacks broke {percent(rate)} of the attacked samples",
+        k=broken,
+        n=attacked,
+        value=rate,
+        threshold=most,
+        minimum=False,
+        verb="",
     )
+    return _share_outcome(check, policy)
 
 
 def _max_ece_rule(t: ThreatResult, policy: GatePolicy) -> RuleOutcome | None:
@@ -710,26 +745,16 @@ def _clean_rules(
     n = new.n_samples
     k = sum(new.samples.clean_correct)
     if policy.min_clean_accuracy is not None:
-        lo, hi, ci = _ci(k, n)
-        judged = _judged(policy, k, n, new.clean_accuracy, minimum=True)
-        ok = judged >= policy.min_clean_accuracy
-        out.append(
-            RuleOutcome(
-                rule="min_clean_accuracy",
-                threat=None,
-                status="pass" if ok else "fail",
-                reason=f"clean accuracy {percent(new.clean_accuracy)} ({k}/{n}, {ci})"
-                f"{_judged_note(policy, judged, minimum=True)} is "
-                f"{'at least' if ok else 'below'} the minimum {percent(policy.min_clean_accuracy)}.",
-                figures={
-                    "value": new.clean_accuracy,
-                    "low": lo,
-                    "high": hi,
-                    "judged": judged,
-                    "threshold": policy.min_clean_accuracy,
-                },
-            )
+        check = _ShareCheck(
+            rule="min_clean_accuracy",
+            threat=None,
+            lead=f"clean accuracy {percent(new.clean_accuracy)}",
+            k=k,
+            n=n,
+            value=new.clean_accuracy,
+            threshold=policy.min_clean_accuracy,
         )
+        out.append(_share_outcome(check, policy))
     if policy.max_clean_accuracy_drop is not None:
         maximum = policy.max_clean_accuracy_drop
         if baseline is None:
@@ -821,28 +846,18 @@ def _certification_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutco
             )
             continue
         acc = cert.certified_accuracy_at(float(radius))
-        k = round(acc * cert.n_samples)
-        lo, hi, ci = _ci(k, cert.n_samples)
-        judged = _judged(policy, k, cert.n_samples, acc, minimum=True)
-        ok = judged >= minimum
-        out.append(
-            RuleOutcome(
-                rule=rule,
-                threat=None,
-                status="pass" if ok else "fail",
-                reason=f"certified accuracy at L2 radius {radius} is {percent(acc)} "
-                f"({k}/{cert.n_samples}, {ci}){_judged_note(policy, judged, minimum=True)} "
-                f"{'at least' if ok else 'below'} the minimum {percent(minimum)}.",
-                figures={
-                    "radius": float(radius),
-                    "value": acc,
-                    "low": lo,
-                    "high": hi,
-                    "judged": judged,
-                    "threshold": minimum,
-                },
-            )
+        check = _ShareCheck(
+            rule=rule,
+            threat=None,
+            lead=f"certified accuracy at L2 radius {radius} is {percent(acc)}",
+            k=round(acc * cert.n_samples),
+            n=cert.n_samples,
+            value=acc,
+            threshold=minimum,
+            verb="",
+            extra={"radius": float(radius)},
         )
+        out.append(_share_outcome(check, policy))
     return out
 
 
