@@ -235,7 +235,8 @@ def audit_gradient_masking(
     cuda = [dev.index or 0] if dev.type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        result = _audit(model, inputs, labels, threat, settings, dev)
+        audited = _audited_samples(model, inputs, labels, threat, settings, dev)
+        result = _audit(audited, threat, settings)
     return result.model_copy(update={"wall_time_s": time.perf_counter() - t_start})
 
 
@@ -278,15 +279,9 @@ class _Runs:
     margin_norm: Tensor
 
 
-def _audit(
-    model: nn.Module,
-    inputs: Tensor,
-    labels: Tensor,
-    threat: ThreatModel,
-    settings: AuditSettings,
-    dev: torch.device,
-) -> AuditResult:
-    audited = _audited_samples(model, inputs, labels, threat, settings, dev)
+def _audit(audited: _Audited, threat: ThreatModel, settings: AuditSettings) -> AuditResult:
+    """Run the attacks on the ``audited`` samples and grade every check (``threat`` is the
+    one the caller gave, before its white-box copy)."""
     ctx = audited.ctx
     runs = _run_attacks(audited, settings, targeted=threat.targeted)
     steps = settings.steps
