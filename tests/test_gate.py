@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from robustops.attacks import build_attack
 from robustops.cli import app
 from robustops.data import Dataset
-from robustops.defenses.smoothing import CertificationResult
 from robustops.errors import SpecError
 from robustops.evaluation import (
     AttackFigures,
@@ -33,6 +32,7 @@ from robustops.evaluation import (
     ThreatResult,
     run_suite,
 )
+from robustops.evaluation.certification import CertificationResult
 from robustops.evaluation.metrics import CalibrationMetrics
 from robustops.evaluation.result import LatencyFigures
 from robustops.gate import (

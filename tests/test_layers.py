@@ -26,7 +26,7 @@ RANK: dict[str, int] = {
     "report": 5,
 }
 # Top-level modules: the foundations anyone may import, and the top that nothing imports.
-FOUNDATION = {"errors", "io", "trust", "_util", "__init__"}
+FOUNDATION = {"errors", "io", "trust", "_util", "schema", "format", "__init__"}
 TOP = {"config", "gate", "junit", "runner", "cli", "__main__"}
 
 

@@ -517,26 +517,40 @@ def gate(
 
     Exit code: 0 when every rule passes, 1 when one fails, 2 for invalid input.
     """
-    from rich.markup import escape
+    try:
+        report = _run_gate(result, policy, baseline, tier, junit)
+    except RobustOpsError as exc:
+        _fail(exc)
+        return
+    if not _print_gate(report, junit):
+        raise typer.Exit(code=1)
 
+
+def _run_gate(
+    result: Path, policy: Path, baseline: Path | None, tier: str | None, junit: Path | None
+) -> GateReport:
+    """Load the policy and the results, judge them and write the JUnit file if asked."""
     from robustops.gate import evaluate_gate, load_policy
     from robustops.junit import to_junit_xml
 
     try:
-        try:
-            rules = load_policy(policy, tier)
-        except UnicodeDecodeError as exc:
-            raise SpecError.single(
-                "--policy", f"{policy} is not UTF-8 text (byte {exc.start}: {exc.reason})"
-            ) from None
-        new = _load_result(result, "--result")
-        base = _load_result(baseline, "--baseline") if baseline is not None else None
-        report = evaluate_gate(new, base, rules)
-        if junit is not None:
-            _write_junit(junit, to_junit_xml(new, report))
-    except RobustOpsError as exc:
-        _fail(exc)
-        return
+        rules = load_policy(policy, tier)
+    except UnicodeDecodeError as exc:
+        raise SpecError.single(
+            "--policy", f"{policy} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
+    new = _load_result(result, "--result")
+    base = _load_result(baseline, "--baseline") if baseline is not None else None
+    report = evaluate_gate(new, base, rules)
+    if junit is not None:
+        _write_junit(junit, to_junit_xml(new, report))
+    return report
+
+
+def _print_gate(report: GateReport, junit: Path | None) -> bool:
+    """Print the gate's table, warnings and failures; True when the gate passed."""
+    from rich.markup import escape
+
     console.print(_gate_table(report))
     for w in report.warnings:
         console.print(f"[yellow]warning[/]: {escape(w)}", highlight=False, soft_wrap=True)
@@ -545,7 +559,7 @@ def gate(
     failures = report.failures()
     if not failures:
         console.print(f"[green]gate passed[/]: {len(report.rules)} rules checked")
-        return
+        return True
     console.print(
         f"[bold red]gate failed[/]: {len(failures)} of {len(report.rules)} rules failed",
         highlight=False,
@@ -554,7 +568,7 @@ def gate(
         console.print(
             f"  [red]{escape(r.rule)}[/]: {escape(r.reason)}", highlight=False, soft_wrap=True
         )
-    raise typer.Exit(code=1)
+    return False
 
 
 @app.command("attacks")

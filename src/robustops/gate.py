@@ -35,17 +35,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from scipy import stats
 
 from robustops.attacks.registry import attack_defaults
 from robustops.errors import SpecError
 from robustops.evaluation.metrics import wilson_interval as _wilson
 from robustops.evaluation.result import SuiteResult, ThreatResult
+from robustops.format import percent, points
 from robustops.io import load_yaml
+from robustops.schema import StrictModel
 from robustops.threats import validation_error_to_spec_error
 
 __all__ = [
@@ -72,11 +75,7 @@ CONFIDENCE = 0.95
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GatePolicy(_Strict):
+class GatePolicy(StrictModel):
     """The rules a new result must meet. Every rule is optional; see the module docstring.
 
     Attributes:
@@ -222,7 +221,7 @@ def _declared_threats(evaluation: object, tier: str | None) -> list[str] | None:
 # -- the report ----------------------------------------------------------------------------------
 
 
-class RuleOutcome(_Strict):
+class RuleOutcome(StrictModel):
     """One rule checked against the results."""
 
     rule: str = Field(description="e.g. 'min_robust_accuracy[linf-0.3]', 'regression[clean]'")
@@ -232,7 +231,7 @@ class RuleOutcome(_Strict):
     figures: dict[str, float] = Field(default_factory=dict)
 
 
-class ResultIdentity(_Strict):
+class ResultIdentity(StrictModel):
     """Which result file a report is about."""
 
     name: str
@@ -261,7 +260,7 @@ class ResultIdentity(_Strict):
         )
 
 
-class GateReport(_Strict):
+class GateReport(StrictModel):
     """The gate's verdict: ``passed`` unless some rule failed."""
 
     passed: bool
@@ -330,13 +329,9 @@ def _str_or_none(v: object) -> str | None:
     return None if v is None else str(v)
 
 
-def _pct(x: float) -> str:
-    return f"{x:.1%}"
-
-
 def _ci(k: int, n: int) -> tuple[float, float, str]:
     lo, hi = wilson_interval(k, n)
-    return lo, hi, f"95% CI [{_pct(lo)}, {_pct(hi)}]"
+    return lo, hi, f"95% CI [{percent(lo)}, {percent(hi)}]"
 
 
 def _p(p: float) -> str:
@@ -355,7 +350,9 @@ def _judged(policy: GatePolicy, k: int, n: int, estimate: float, *, minimum: boo
 def _judged_note(policy: GatePolicy, value: float, *, minimum: bool) -> str:
     if policy.judge == "estimate":
         return ""
-    return f", judged on the {'lower' if minimum else 'upper'} end of its interval {_pct(value)},"
+    return (
+        f", judged on the {'lower' if minimum else 'upper'} end of its interval {percent(value)},"
+    )
 
 
 def _same_samples(new: SuiteResult, base: SuiteResult) -> str | None:
@@ -381,33 +378,45 @@ def _threshold(rule: Mapping[str, float], name: str) -> float | None:
     return rule.get(name, rule.get(DEFAULT_KEY))
 
 
-def _regression(
-    rule: str,
-    threat: str | None,
-    what: str,
-    outcome: str,
-    base: list[bool],
-    new: list[bool],
-    paired_why_not: str | None,
-    policy: GatePolicy,
-) -> RuleOutcome:
-    """Is ``new`` (per-sample outcomes: ``outcome``, e.g. robust) worse than ``base`` beyond
-    noise?"""
-    nb, nn = len(base), len(new)
+@dataclass(frozen=True)
+class _Comparison:
+    """One regression question: is ``new`` (per-sample outcomes, e.g. robust) worse than
+    ``base``? ``what`` names the figure (``robust accuracy``), ``outcome`` one success
+    (``robust``); ``paired_why_not`` is ``None`` when both were measured on the same samples."""
+
+    rule: str
+    threat: str | None
+    what: str
+    outcome: str
+    base: list[bool]
+    new: list[bool]
+    paired_why_not: str | None
+
+
+@dataclass(frozen=True)
+class _Test:
+    """A one-sided test of a drop: its p-value, its figures and one sentence about it."""
+
+    p_value: float
+    figures: dict[str, float]
+    text: str
+
+
+def _regression(c: _Comparison, policy: GatePolicy) -> RuleOutcome:
+    """Is ``c.new`` worse than ``c.base`` beyond noise (and beyond ``policy.min_effect``)?"""
+    nb, nn = len(c.base), len(c.new)
     if nb == 0 or nn == 0:
         return RuleOutcome(
-            rule=rule,
-            threat=threat,
+            rule=c.rule,
+            threat=c.threat,
             status="skip",
-            reason=f"{what}: nothing to compare (baseline {nb} samples, new {nn} samples).",
+            reason=f"{c.what}: nothing to compare (baseline {nb} samples, new {nn} samples).",
         )
-    if paired_why_not is None and nb != nn:
-        paired_why_not = "the per-sample records differ in length"
-    kb, kn = sum(base), sum(new)
+    kb, kn = sum(c.base), sum(c.new)
     acc_b, acc_n = kb / nb, kn / nn
     lb, hb, ci_b = _ci(kb, nb)
     ln, hn, ci_n = _ci(kn, nn)
-    drop, change = acc_b - acc_n, acc_n - acc_b
+    drop = acc_b - acc_n
     figures = {
         "baseline": acc_b,
         "baseline_low": lb,
@@ -422,45 +431,60 @@ def _regression(
         "min_effect": policy.min_effect,
     }
     head = (
-        f"{what} {_pct(acc_b)} ({ci_b}) in the baseline → {_pct(acc_n)} ({ci_n}) now "
-        f"({change * 100:+.1f} points)"
+        f"{c.what} {percent(acc_b)} ({ci_b}) in the baseline → {percent(acc_n)} ({ci_n}) now "
+        f"({points(-drop, sign=True)})"
     )
-    if paired_why_not is None:
-        b, c, p = mcnemar_exact(base, new)
-        figures.update(paired=1.0, b=float(b), c=float(c), p_value=p)
-        test = (
-            f"exact McNemar test on the same {nb} samples: {b} {outcome} in the baseline only, "
-            f"{c} in the new result only, one-sided p = {_p(p)}"
-        )
-    else:
-        p = _fisher_greater(kb, nb, kn, nn)
-        lo, hi = _newcombe(kb, nb, kn, nn)
-        figures.update(paired=0.0, drop_low=lo, drop_high=hi)
-        test = (
-            f"unpaired: {paired_why_not}, so Fisher's exact test one-sided p = {_p(p)}, "
-            f"95% Newcombe CI of the drop [{lo * 100:+.1f}, {hi * 100:+.1f}] points"
-        )
-    figures["p_value"] = p
-    significant = p <= policy.alpha
-    large = drop > policy.min_effect
-    if significant and large:
-        status: RuleStatus = "fail"
-        verdict = f"a significant regression at alpha {policy.alpha:g}"
-    elif significant:
-        status = "pass"
-        verdict = (
-            f"significant at alpha {policy.alpha:g} but not above min_effect {policy.min_effect:g}"
-        )
-    else:
-        status = "pass"
-        verdict = f"not significant at alpha {policy.alpha:g}"
+    why_not = c.paired_why_not
+    if why_not is None and nb != nn:
+        why_not = "the per-sample records differ in length"
+    test = _paired_test(c) if why_not is None else _unpaired_test(kb, nb, kn, nn, why_not)
+    figures.update(test.figures)
+    figures["p_value"] = test.p_value
+    status, verdict = _regression_verdict(test.p_value, drop, policy)
     return RuleOutcome(
-        rule=rule,
-        threat=threat,
+        rule=c.rule,
+        threat=c.threat,
         status=status,
-        reason=f"{head}; {test}: {verdict}.",
+        reason=f"{head}; {test.text}: {verdict}.",
         figures=figures,
     )
+
+
+def _paired_test(c: _Comparison) -> _Test:
+    """The exact McNemar test on the same samples."""
+    b, cc, p = mcnemar_exact(c.base, c.new)
+    return _Test(
+        p,
+        {"paired": 1.0, "b": float(b), "c": float(cc), "p_value": p},
+        f"exact McNemar test on the same {len(c.base)} samples: {b} {c.outcome} in the "
+        f"baseline only, {cc} in the new result only, one-sided p = {_p(p)}",
+    )
+
+
+def _unpaired_test(kb: int, nb: int, kn: int, nn: int, why_not: str) -> _Test:
+    """Fisher's exact test on two proportions, with the Newcombe interval of the drop."""
+    p = _fisher_greater(kb, nb, kn, nn)
+    lo, hi = _newcombe(kb, nb, kn, nn)
+    interval = f"[{points(lo, sign=True, unit=False)}, {points(hi, sign=True, unit=False)}]"
+    return _Test(
+        p,
+        {"paired": 0.0, "drop_low": lo, "drop_high": hi},
+        f"unpaired: {why_not}, so Fisher's exact test one-sided p = {_p(p)}, "
+        f"95% Newcombe CI of the drop {interval} points",
+    )
+
+
+def _regression_verdict(p: float, drop: float, policy: GatePolicy) -> tuple[RuleStatus, str]:
+    """``(status, why)``: a regression fails only when significant and larger than
+    ``min_effect``."""
+    significant = p <= policy.alpha
+    if significant and drop > policy.min_effect:
+        return "fail", f"a significant regression at alpha {policy.alpha:g}"
+    if significant:
+        return "pass", (
+            f"significant at alpha {policy.alpha:g} but not above min_effect {policy.min_effect:g}"
+        )
+    return "pass", f"not significant at alpha {policy.alpha:g}"
 
 
 def _threat_differences(new: ThreatResult, base: ThreatResult) -> list[str]:
@@ -517,80 +541,123 @@ def _identity_warnings(new: SuiteResult, base: SuiteResult) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class _ShareCheck:
+    """An absolute rule on a share ``k / n`` (``value``): at least (``minimum``) or at most
+    ``threshold``. ``lead`` opens the reason (``robust accuracy 91.0%``), ``verb`` joins it to
+    the bound (`` is`` or nothing); ``extra`` figures come first."""
+
+    rule: str
+    threat: str | None
+    lead: str
+    k: int
+    n: int
+    value: float
+    threshold: float
+    minimum: bool = True
+    verb: str = " is"
+    extra: Mapping[str, float] | None = None
+
+
+def _share_outcome(c: _ShareCheck, policy: GatePolicy) -> RuleOutcome:
+    """Judge ``c`` (the estimate, or its interval's unfavourable end) against its threshold."""
+    lo, hi, ci = _ci(c.k, c.n)
+    judged = _judged(policy, c.k, c.n, c.value, minimum=c.minimum)
+    ok = judged >= c.threshold if c.minimum else judged <= c.threshold
+    if c.minimum:
+        bound = f"{'at least' if ok else 'below'} the minimum"
+    else:
+        bound = f"{'at most' if ok else 'above'} the maximum"
+    return RuleOutcome(
+        rule=c.rule,
+        threat=c.threat,
+        status="pass" if ok else "fail",
+        reason=f"{c.lead} ({c.k}/{c.n}, {ci}){_judged_note(policy, judged, minimum=c.minimum)}"
+        f"{c.verb} {bound} {percent(c.threshold)}.",
+        figures={
+            **(c.extra or {}),
+            "value": c.value,
+            "low": lo,
+            "high": hi,
+            "judged": judged,
+            "threshold": c.threshold,
+        },
+    )
+
+
 def _absolute_threat_rules(
     t: ThreatResult, new: SuiteResult, policy: GatePolicy
 ) -> list[RuleOutcome]:
-    out = []
-    n = new.n_samples
+    """The absolute rules of ``policy`` that apply to threat ``t`` of ``new``."""
+    rules = (
+        _min_robust_rule(t, new, policy),
+        _max_success_rule(t, new, policy),
+        _max_ece_rule(t, policy),
+    )
+    return [r for r in rules if r is not None]
+
+
+def _min_robust_rule(t: ThreatResult, new: SuiteResult, policy: GatePolicy) -> RuleOutcome | None:
     minimum = _threshold(policy.min_robust_accuracy, t.name)
-    if minimum is not None:
-        lo, hi, ci = _ci(t.n_robust, n)
-        judged = _judged(policy, t.n_robust, n, t.robust_accuracy, minimum=True)
-        ok = judged >= minimum
-        out.append(
-            RuleOutcome(
-                rule=f"min_robust_accuracy[{t.name}]",
-                threat=t.name,
-                status="pass" if ok else "fail",
-                reason=f"robust accuracy {_pct(t.robust_accuracy)} ({t.n_robust}/{n}, {ci})"
-                f"{_judged_note(policy, judged, minimum=True)} is "
-                f"{'at least' if ok else 'below'} the minimum {_pct(minimum)}.",
-                figures={
-                    "value": t.robust_accuracy,
-                    "low": lo,
-                    "high": hi,
-                    "judged": judged,
-                    "threshold": minimum,
-                },
-            )
-        )
+    if minimum is None:
+        return None
+    check = _ShareCheck(
+        rule=f"min_robust_accuracy[{t.name}]",
+        threat=t.name,
+        lead=f"robust accuracy {percent(t.robust_accuracy)}",
+        k=t.n_robust,
+        n=new.n_samples,
+        value=t.robust_accuracy,
+        threshold=minimum,
+    )
+    return _share_outcome(check, policy)
+
+
+def _max_success_rule(t: ThreatResult, new: SuiteResult, policy: GatePolicy) -> RuleOutcome | None:
     most = _threshold(policy.max_attack_success_rate, t.name)
-    if most is not None:
-        broken = sum(c and not r for c, r in zip(new.samples.clean_correct, t.robust, strict=False))
-        attacked = t.n_attacked if t.n_attacked is not None else sum(new.samples.clean_correct)
-        rate = broken / attacked if attacked else 0.0
-        lo, hi, ci = _ci(broken, attacked)
-        judged = _judged(policy, broken, attacked, rate, minimum=False)
-        ok = judged <= most
-        out.append(
-            RuleOutcome(
-                rule=f"max_attack_success_rate[{t.name}]",
-                threat=t.name,
-                status="pass" if ok else "fail",
-                reason=f"attacks broke {_pct(rate)} of the attacked samples ({broken}/{attacked}, "
-                f"{ci}){_judged_note(policy, judged, minimum=False)} "
-                f"{'at most' if ok else 'above'} the maximum {_pct(most)}.",
-                figures={"value": rate, "low": lo, "high": hi, "judged": judged, "threshold": most},
-            )
-        )
+    if most is None:
+        return None
+    broken = sum(c and not r for c, r in zip(new.samples.clean_correct, t.robust, strict=False))
+    attacked = t.n_attacked if t.n_attacked is not None else sum(new.samples.clean_correct)
+    rate = broken / attacked if attacked else 0.0
+    check = _ShareCheck(
+        rule=f"max_attack_success_rate[{t.name}]",
+        threat=t.name,
+        lead=f"attacks broke {percent(rate)} of the attacked samples",
+        k=broken,
+        n=attacked,
+        value=rate,
+        threshold=most,
+        minimum=False,
+        verb="",
+    )
+    return _share_outcome(check, policy)
+
+
+def _max_ece_rule(t: ThreatResult, policy: GatePolicy) -> RuleOutcome | None:
     maximum = _threshold(policy.max_attacked_ece, t.name)
-    if maximum is not None:
-        rule = f"max_attacked_ece[{t.name}]"
-        if t.calibration is None:
-            out.append(
-                RuleOutcome(
-                    rule=rule,
-                    threat=t.name,
-                    status="fail",
-                    reason="the result has no calibration figures for this threat "
-                    f"(needed for the maximum attacked ECE {maximum:.3f}).",
-                    figures={"threshold": maximum},
-                )
-            )
-        else:
-            ece = t.calibration.attacked.ece
-            ok = ece <= maximum
-            out.append(
-                RuleOutcome(
-                    rule=rule,
-                    threat=t.name,
-                    status="pass" if ok else "fail",
-                    reason=f"ECE on the attacked inputs {ece:.3f} is "
-                    f"{'at most' if ok else 'above'} the maximum {maximum:.3f}.",
-                    figures={"value": ece, "threshold": maximum},
-                )
-            )
-    return out
+    if maximum is None:
+        return None
+    rule = f"max_attacked_ece[{t.name}]"
+    if t.calibration is None:
+        return RuleOutcome(
+            rule=rule,
+            threat=t.name,
+            status="fail",
+            reason="the result has no calibration figures for this threat "
+            f"(needed for the maximum attacked ECE {maximum:.3f}).",
+            figures={"threshold": maximum},
+        )
+    ece = t.calibration.attacked.ece
+    ok = ece <= maximum
+    return RuleOutcome(
+        rule=rule,
+        threat=t.name,
+        status="pass" if ok else "fail",
+        reason=f"ECE on the attacked inputs {ece:.3f} is "
+        f"{'at most' if ok else 'above'} the maximum {maximum:.3f}.",
+        figures={"value": ece, "threshold": maximum},
+    )
 
 
 def _missing_threat_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutcome]:
@@ -666,26 +733,16 @@ def _clean_rules(
     n = new.n_samples
     k = sum(new.samples.clean_correct)
     if policy.min_clean_accuracy is not None:
-        lo, hi, ci = _ci(k, n)
-        judged = _judged(policy, k, n, new.clean_accuracy, minimum=True)
-        ok = judged >= policy.min_clean_accuracy
-        out.append(
-            RuleOutcome(
-                rule="min_clean_accuracy",
-                threat=None,
-                status="pass" if ok else "fail",
-                reason=f"clean accuracy {_pct(new.clean_accuracy)} ({k}/{n}, {ci})"
-                f"{_judged_note(policy, judged, minimum=True)} is "
-                f"{'at least' if ok else 'below'} the minimum {_pct(policy.min_clean_accuracy)}.",
-                figures={
-                    "value": new.clean_accuracy,
-                    "low": lo,
-                    "high": hi,
-                    "judged": judged,
-                    "threshold": policy.min_clean_accuracy,
-                },
-            )
+        check = _ShareCheck(
+            rule="min_clean_accuracy",
+            threat=None,
+            lead=f"clean accuracy {percent(new.clean_accuracy)}",
+            k=k,
+            n=n,
+            value=new.clean_accuracy,
+            threshold=policy.min_clean_accuracy,
         )
+        out.append(_share_outcome(check, policy))
     if policy.max_clean_accuracy_drop is not None:
         maximum = policy.max_clean_accuracy_drop
         if baseline is None:
@@ -706,9 +763,9 @@ def _clean_rules(
                     rule="max_clean_accuracy_drop",
                     threat=None,
                     status="pass" if ok else "fail",
-                    reason=f"clean accuracy {_pct(baseline.clean_accuracy)} in the baseline → "
-                    f"{_pct(new.clean_accuracy)} now, a drop of {drop * 100:.1f} points, "
-                    f"{'within' if ok else 'above'} the maximum {maximum * 100:.1f} points.",
+                    reason=f"clean accuracy {percent(baseline.clean_accuracy)} in the baseline → "
+                    f"{percent(new.clean_accuracy)} now, a drop of {points(drop)}, "
+                    f"{'within' if ok else 'above'} the maximum {points(maximum)}.",
                     figures={
                         "baseline": baseline.clean_accuracy,
                         "new": new.clean_accuracy,
@@ -771,34 +828,24 @@ def _certification_rules(new: SuiteResult, policy: GatePolicy) -> list[RuleOutco
                     threat=None,
                     status="fail",
                     reason="the result has no certification (needed for a minimum certified "
-                    f"accuracy {_pct(minimum)} at radius {radius}).",
+                    f"accuracy {percent(minimum)} at radius {radius}).",
                     figures={"threshold": minimum},
                 )
             )
             continue
         acc = cert.certified_accuracy_at(float(radius))
-        k = round(acc * cert.n_samples)
-        lo, hi, ci = _ci(k, cert.n_samples)
-        judged = _judged(policy, k, cert.n_samples, acc, minimum=True)
-        ok = judged >= minimum
-        out.append(
-            RuleOutcome(
-                rule=rule,
-                threat=None,
-                status="pass" if ok else "fail",
-                reason=f"certified accuracy at L2 radius {radius} is {_pct(acc)} "
-                f"({k}/{cert.n_samples}, {ci}){_judged_note(policy, judged, minimum=True)} "
-                f"{'at least' if ok else 'below'} the minimum {_pct(minimum)}.",
-                figures={
-                    "radius": float(radius),
-                    "value": acc,
-                    "low": lo,
-                    "high": hi,
-                    "judged": judged,
-                    "threshold": minimum,
-                },
-            )
+        check = _ShareCheck(
+            rule=rule,
+            threat=None,
+            lead=f"certified accuracy at L2 radius {radius} is {percent(acc)}",
+            k=round(acc * cert.n_samples),
+            n=cert.n_samples,
+            value=acc,
+            threshold=minimum,
+            verb="",
+            extra={"radius": float(radius)},
         )
+        out.append(_share_outcome(check, policy))
     return out
 
 
@@ -853,59 +900,64 @@ def _regression_rules(
 ) -> list[RuleOutcome]:
     why_not = _same_samples(new, baseline)
     unlike = _not_comparable(new, baseline)
+    clean = _Comparison(
+        "regression[clean]",
+        None,
+        "clean accuracy",
+        "correct",
+        baseline.samples.clean_correct,
+        new.samples.clean_correct,
+        why_not,
+    )
     out = [
-        _incomparable("regression[clean]", None, unlike)
+        _incomparable(clean.rule, None, unlike)
         if unlike is not None
-        else _regression(
-            "regression[clean]",
-            None,
-            "clean accuracy",
-            "correct",
-            baseline.samples.clean_correct,
-            new.samples.clean_correct,
-            why_not,
-            policy,
-        )
+        else _regression(clean, policy)
     ]
-    new_names = {t.name for t in new.threats}
+    out += [_threat_regression(bt, new, unlike, why_not, policy) for bt in baseline.threats]
     base_names = {t.name for t in baseline.threats}
-    for bt in baseline.threats:
-        rule = f"regression[{bt.name}]"
-        if bt.name not in new_names:
-            out.append(
-                RuleOutcome(
-                    rule=rule,
-                    threat=bt.name,
-                    status="fail",
-                    reason=f"threat {bt.name!r} was evaluated in the baseline (robust accuracy "
-                    f"{_pct(bt.robust_accuracy)}) but is missing from the new result.",
-                    figures={"baseline": bt.robust_accuracy},
-                )
-            )
-            continue
-        nt = new.threat(bt.name)
-        differences = _threat_differences(nt, bt)
-        if unlike is not None or differences:
-            out.append(_incomparable(rule, bt.name, unlike or "; ".join(differences)))
-            continue
-        out.append(
-            _regression(
-                rule, bt.name, "robust accuracy", "robust", bt.robust, nt.robust, why_not, policy
-            )
+    out += [
+        RuleOutcome(
+            rule=f"regression[{nt.name}]",
+            threat=nt.name,
+            status="skip",
+            reason=f"threat {nt.name!r} is new (not in the baseline): robust accuracy "
+            f"{percent(nt.robust_accuracy)}, nothing to compare.",
+            figures={"new": nt.robust_accuracy},
         )
-    for nt in new.threats:
-        if nt.name not in base_names:
-            out.append(
-                RuleOutcome(
-                    rule=f"regression[{nt.name}]",
-                    threat=nt.name,
-                    status="skip",
-                    reason=f"threat {nt.name!r} is new (not in the baseline): robust accuracy "
-                    f"{_pct(nt.robust_accuracy)}, nothing to compare.",
-                    figures={"new": nt.robust_accuracy},
-                )
-            )
+        for nt in new.threats
+        if nt.name not in base_names
+    ]
     return out
+
+
+def _threat_regression(
+    bt: ThreatResult,
+    new: SuiteResult,
+    unlike: str | None,
+    why_not: str | None,
+    policy: GatePolicy,
+) -> RuleOutcome:
+    """The regression rule of baseline threat ``bt``: missing from ``new``, not comparable
+    (``unlike``, or another experiment), or tested."""
+    rule = f"regression[{bt.name}]"
+    if bt.name not in {t.name for t in new.threats}:
+        return RuleOutcome(
+            rule=rule,
+            threat=bt.name,
+            status="fail",
+            reason=f"threat {bt.name!r} was evaluated in the baseline (robust accuracy "
+            f"{percent(bt.robust_accuracy)}) but is missing from the new result.",
+            figures={"baseline": bt.robust_accuracy},
+        )
+    nt = new.threat(bt.name)
+    differences = _threat_differences(nt, bt)
+    if unlike is not None or differences:
+        return _incomparable(rule, bt.name, unlike or "; ".join(differences))
+    comparison = _Comparison(
+        rule, bt.name, "robust accuracy", "robust", bt.robust, nt.robust, why_not
+    )
+    return _regression(comparison, policy)
 
 
 def evaluate_gate(new: SuiteResult, baseline: SuiteResult | None, policy: GatePolicy) -> GateReport:

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from robustops import ThreatModel
 from robustops.attacks import build_attack
 from robustops.data import Dataset
-from robustops.defenses import TemperatureScaled, fit_temperature, fit_temperature_on
-from robustops.evaluation.metrics import negative_log_likelihood
+from robustops.defenses import TemperatureScaled, fit_temperature_on
+from robustops.evaluation.metrics import fit_temperature, negative_log_likelihood
 from robustops.models import SmallCNN, load_weights, predict_logits, save_weights, small_cnn
 
 

@@ -15,16 +15,18 @@ from torch import Tensor, nn
 
 from robustops.data import Dataset
 from robustops.defenses.smoothing import (
-    ABSTAIN,
-    CertificationResult,
     SmoothedClassifier,
-    certified_accuracy_curve,
     certify_dataset,
     clopper_pearson_lower,
     max_certifiable_radius,
-    plot_certified_accuracy,
 )
 from robustops.errors import SpecError
+from robustops.evaluation.certification import (
+    ABSTAIN,
+    CertificationResult,
+    certified_accuracy_curve,
+)
+from robustops.evaluation.plots import plot_certified_accuracy
 from robustops.models import SmallCNN
 
 SIGMA = 0.5
@@ -415,3 +417,13 @@ def test_clopper_pearson_matches_cohen_bound() -> None:
     lows = clopper_pearson_lower(ks, n, ALPHA)
     for k, p in zip(ks.tolist(), lows.tolist(), strict=True):
         assert binom.sf(k - 1, n, p) == pytest.approx(ALPHA, rel=1e-6)
+
+
+def test_defenses_do_not_own_the_certification_record() -> None:
+    """The record and its figure live in evaluation (which never imports defenses); the
+    defense re-exports the same objects."""
+    from robustops.defenses import smoothing
+
+    assert smoothing.CertificationResult is CertificationResult
+    assert smoothing.plot_certified_accuracy is plot_certified_accuracy
+    assert smoothing.ABSTAIN == ABSTAIN

@@ -1,15 +1,15 @@
-"""Temperature scaling (Guo et al. 2017): divide logits by one scalar ``T`` fitted on held-out
-data so that confidence matches accuracy, without changing any prediction.
+"""Temperature scaling as a defense (Guo et al. 2017): :class:`TemperatureScaled` divides a
+model's logits by one scalar ``T``, and :func:`fit_temperature_on` fits ``T`` on held-out clean,
+adversarial (made here by an attack) or mixed inputs.
 
 Fitting on adversarial (or mixed clean + adversarial) held-out inputs keeps confidence honest
 under attack too: a model fitted on clean data alone tends to stay confident on the inputs an
-attacker crafted. ``T`` minimises the held-out NLL; the NLL is convex in ``1/T``, so a bounded
-scalar search over ``log T`` finds the global minimum deterministically.
+attacker crafted. The calibration math itself (ECE, Brier, NLL, reliability bins, the fit of
+``T`` on logits) lives in :mod:`robustops.evaluation.metrics`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -20,36 +20,13 @@ from robustops.evaluation.metrics import (
     FitOn,
     TemperatureFit,
     expected_calibration_error,
+    fit_temperature,
     negative_log_likelihood,
 )
 from robustops.models.classifier import eval_mode, predict_logits, resolve_device
 from robustops.text.models import TextClassifier, predict_text_logits
 
 __all__ = ["FitOn", "TemperatureFit", "TemperatureScaled", "fit_temperature", "fit_temperature_on"]
-
-_LOG_T_BOUNDS = (math.log(1e-2), math.log(1e5))
-
-
-def fit_temperature(logits: Tensor, labels: Tensor) -> float:
-    """The ``T`` in [0.01, 1e5] minimising the NLL of ``softmax(logits / T)`` ``(N, K)`` against
-    ``labels`` ``(N,)``."""
-    from scipy.optimize import minimize_scalar
-
-    if logits.dim() != 2 or labels.shape != (logits.shape[0],) or logits.shape[0] == 0:
-        raise ValueError(
-            f"need logits (N, K) and labels (N,) with N > 0; got {tuple(logits.shape)} and "
-            f"{tuple(labels.shape)}"
-        )
-    z = logits.detach().to(torch.float64).cpu()
-    y = labels.detach().to(torch.int64).cpu()
-
-    def nll(log_t: float) -> float:
-        return float(torch.nn.functional.cross_entropy(z / math.exp(log_t), y))
-
-    res = minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
-    best = float(res.x)
-    # The bounded search is exact for a unimodal objective; keep T = 1 if it is no worse.
-    return math.exp(best) if nll(best) < nll(0.0) else 1.0
 
 
 class TemperatureScaled(nn.Module):

@@ -15,7 +15,9 @@ every radius holds with probability at least ``1 - alpha`` (over the noise draws
   abstain unless ``p_lower > 1/2``, else radius ``σ Φ⁻¹(p_lower)``.
 * :func:`certify_dataset` runs CERTIFY on a data set and returns a :class:`CertificationResult`
   (certified accuracy at given radii, average certified radius, throughput), ready to be embedded
-  in a result file; :func:`certified_accuracy_curve` and :func:`plot_certified_accuracy` draw it.
+  in a result file. The record, its curve (:func:`certified_accuracy_curve`) and its figure
+  (:func:`plot_certified_accuracy`) live in :mod:`robustops.evaluation.certification` and
+  :mod:`robustops.evaluation.plots`; they are re-exported here for convenience.
 
 Radii are L2 norms in input units. The noise is not clipped to the input bounds (as Cohen et al.).
 
@@ -35,16 +37,21 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from robustops._util import make_generator
 from robustops.errors import SpecError
+from robustops.evaluation.certification import (
+    ABSTAIN,
+    CertificationResult,
+    certified_accuracy_curve,
+    radius_key,
+)
+from robustops.evaluation.plots import plot_certified_accuracy
 from robustops.models.classifier import eval_mode
 
 __all__ = [
@@ -58,9 +65,6 @@ __all__ = [
     "max_certifiable_radius",
     "plot_certified_accuracy",
 ]
-
-ABSTAIN = -1
-"""The prediction of a smoothed classifier that abstains (no significant top class)."""
 
 MemoryFormat = Literal["auto", "contiguous", "channels_last"]
 GeneratorLike = torch.Generator | int | None
@@ -480,94 +484,6 @@ def _batch_slots(inputs: Tensor, pieces: list[Piece], n_in: int) -> Tensor:
 # -- data-set certification -----------------------------------------------------------------
 
 
-class CertificationResult(BaseModel):
-    """CERTIFY run on a data set: the settings, the per-sample outcome and the summary figures.
-
-    A sample is certified correct at radius ``r`` when its prediction equals its label and its
-    certified radius is ``>= r`` (Cohen et al.'s certified accuracy).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    sigma: float = Field(description="standard deviation of the Gaussian noise (input units)")
-    n0: int = Field(description="selection samples per input (to guess the top class)")
-    n: int = Field(description="estimation samples per input (to bound its probability)")
-    alpha: float = Field(description="failure probability of each certificate")
-    batch_size: int = Field(description="noisy samples per forward pass")
-    seed: int = Field(description="seed of the noise generator")
-    num_classes: int = Field(description="number of classes of the base classifier")
-    device: str = Field(description="device the base classifier ran on")
-    n_samples: int = Field(description="inputs certified")
-    labels: list[int] = Field(description="per sample: the true label")
-    predictions: list[int] = Field(
-        description="per sample: the certified class, or -1 where the smoothed classifier abstains"
-    )
-    radii: list[float] = Field(
-        description="per sample: certified L2 radius in input units (0 where abstaining)"
-    )
-    correct: list[bool] = Field(
-        description="per sample: certified (not abstaining) and the prediction equals the label"
-    )
-    abstain_rate: float = Field(description="share of samples where the classifier abstained")
-    clean_accuracy: float = Field(
-        description="share of samples predicted correctly (radius >= 0), i.e. certified "
-        "accuracy at radius 0"
-    )
-    certified_accuracy: dict[str, float] = Field(
-        description="certified accuracy (share correct with radius >= r) keyed by the radius r "
-        "as str(float(r)), e.g. '0.5'"
-    )
-    average_certified_radius: float = Field(
-        description="mean over all samples of the radius if correct, else 0 (input units)"
-    )
-    max_certifiable_radius: float = Field(
-        description="largest radius n and alpha allow: sigma * Phi^-1(alpha ** (1 / n))"
-    )
-    wall_time_s: float = Field(description="wall time of the certification (seconds)")
-    samples_per_second: float = Field(
-        description="noisy forward samples (n_samples * (n0 + n)) per second of wall time"
-    )
-
-    def certified_accuracy_at(self, r: float) -> float:
-        """Share of samples certified correct at radius ``r`` (radius ``>= r``), in [0, 1]."""
-        if not self.n_samples:
-            return 0.0
-        hits = sum(1 for ok, rad in zip(self.correct, self.radii, strict=True) if ok and rad >= r)
-        return hits / self.n_samples
-
-    def inconsistencies(self) -> list[str]:
-        """The summary figures that disagree with the per-sample record, as ``"field: why"``
-        (empty when none): a certification edited after the run is refused by its result."""
-        n = self.n_samples
-        if {len(self.labels), len(self.predictions), len(self.radii), len(self.correct)} != {n}:
-            return [f"labels, predictions, radii and correct must have n_samples = {n} entries"]
-        out = []
-        expected = [p != -1 and p == y for p, y in zip(self.predictions, self.labels, strict=True)]
-        if expected != self.correct:
-            out.append("correct: does not match predictions == labels (abstentions excluded)")
-        share = (lambda k: k / n) if n else (lambda k: 0.0)
-        acr = sum(r for ok, r in zip(self.correct, self.radii, strict=True) if ok)
-        figures = [
-            ("abstain_rate", self.abstain_rate, share(self.predictions.count(-1))),
-            ("clean_accuracy", self.clean_accuracy, share(sum(self.correct))),
-            ("average_certified_radius", self.average_certified_radius, share(acr)),
-            *(
-                (f"certified_accuracy.{r}", v, self.certified_accuracy_at(float(r)))
-                for r, v in self.certified_accuracy.items()
-            ),
-        ]
-        out += [
-            f"{name}: {stored!r} disagrees with the per-sample record ({value!r})"
-            for name, stored, value in figures
-            if abs(stored - value) > 1e-9 * max(1.0, abs(value))
-        ]
-        return out
-
-
-def _radius_key(r: float) -> str:
-    return str(float(r))
-
-
 def certify_dataset(
     model: nn.Module,
     inputs: Tensor,
@@ -595,11 +511,7 @@ def certify_dataset(
         device: where to run; default the model's device. The model is moved there (in place,
             as ``nn.Module.to`` does).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SpecError.single("seed", f"must be an int, got {seed!r}")
-    grid = [float(r) for r in radii]
-    if any(not math.isfinite(r) or r < 0 for r in grid):
-        raise SpecError.single("radii", f"must be finite numbers >= 0, got {list(radii)!r}")
+    run = _DatasetRun(n0, n, alpha, batch_size, seed, tuple(radii))
     if not isinstance(labels, Tensor) or labels.dim() != 1:
         raise SpecError.single("labels", "must be a tensor of shape (N,)")
     if not isinstance(inputs, Tensor) or inputs.shape[:1] != labels.shape:
@@ -610,7 +522,41 @@ def certify_dataset(
     t0 = time.perf_counter()
     cert = smoothed.certify_detailed(inputs, n0, n, alpha, batch_size=batch_size, generator=seed)
     wall = time.perf_counter() - t0
-    y = labels.detach().cpu().to(torch.int64)
+    return _record(smoothed, run, cert, labels.detach().cpu().to(torch.int64), wall)
+
+
+@dataclass(frozen=True)
+class _DatasetRun:
+    """The settings of one :func:`certify_dataset` call that its record keeps; ``seed`` and
+    ``radii`` (L2, input units) are checked here, ``radii`` stored as floats."""
+
+    n0: int
+    n: int
+    alpha: float
+    batch_size: int
+    seed: int
+    radii: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise SpecError.single("seed", f"must be an int, got {self.seed!r}")
+        grid = tuple(float(r) for r in self.radii)
+        if any(not math.isfinite(r) or r < 0 for r in grid):
+            raise SpecError.single(
+                "radii", f"must be finite numbers >= 0, got {list(self.radii)!r}"
+            )
+        object.__setattr__(self, "radii", grid)  # frozen: set once, here
+
+
+def _record(
+    smoothed: SmoothedClassifier,
+    run: _DatasetRun,
+    cert: SmoothedCertificate,
+    y: Tensor,
+    wall: float,
+) -> CertificationResult:
+    """The :class:`CertificationResult` of ``cert`` against labels ``y`` ``(N,)`` (CPU int64),
+    with ``wall`` seconds of certification."""
     pred, rad = cert.predictions, cert.radii
     correct = (pred == y) & (pred != ABSTAIN)
     count = int(y.shape[0])
@@ -620,12 +566,12 @@ def certify_dataset(
 
     return CertificationResult(
         sigma=smoothed.sigma,
-        n0=n0,
-        n=n,
-        alpha=alpha,
-        batch_size=batch_size,
-        seed=seed,
-        num_classes=num_classes,
+        n0=run.n0,
+        n=run.n,
+        alpha=run.alpha,
+        batch_size=run.batch_size,
+        seed=run.seed,
+        num_classes=smoothed.num_classes,
         device=str(smoothed.device),
         n_samples=count,
         labels=y.tolist(),
@@ -634,38 +580,11 @@ def certify_dataset(
         correct=correct.tolist(),
         abstain_rate=share(pred == ABSTAIN),
         clean_accuracy=share(correct),
-        certified_accuracy={_radius_key(r): share(correct & (rad >= r)) for r in grid},
+        certified_accuracy={radius_key(r): share(correct & (rad >= r)) for r in run.radii},
         average_certified_radius=float(torch.where(correct, rad, 0.0).sum()) / count
         if count
         else 0.0,
-        max_certifiable_radius=max_certifiable_radius(sigma, n, alpha),
+        max_certifiable_radius=max_certifiable_radius(smoothed.sigma, run.n, run.alpha),
         wall_time_s=wall,
-        samples_per_second=count * (n0 + n) / wall if wall > 0 else 0.0,
+        samples_per_second=count * (run.n0 + run.n) / wall if wall > 0 else 0.0,
     )
-
-
-def certified_accuracy_curve(
-    result: CertificationResult, radii: Sequence[float] | None = None
-) -> list[tuple[float, float]]:
-    """``[(r, certified accuracy at r), ...]`` for increasing ``r``.
-
-    ``radii=None``: the exact step function, one point at 0 and at every distinct radius of a
-    correctly certified sample (the accuracy holds from just after the previous point up to
-    and including each point, and is 0 beyond the last).
-    """
-    if radii is None:
-        grid = sorted({0.0, *(r for ok, r in zip(result.correct, result.radii, strict=True) if ok)})
-    else:
-        grid = sorted(float(r) for r in radii)
-    return [(r, result.certified_accuracy_at(r)) for r in grid]
-
-
-def plot_certified_accuracy(
-    results: Sequence[CertificationResult], path: str | Path, *, title: str | None = None
-) -> Path:
-    """Plot certified accuracy against L2 radius (a step curve per result, labelled by its
-    sigma, with the reported radii and the largest certifiable radius marked) and save it as a
-    PNG at ``path``; returns the path. Drawn on matplotlib's Agg canvas, never through pyplot."""
-    from robustops.evaluation.plots import certified_accuracy_figure, save_figure
-
-    return save_figure(certified_accuracy_figure(results, title=title), path)

@@ -1,5 +1,6 @@
 """The evaluation suite and its versioned result schema."""
 
+from robustops.evaluation.certification import CertificationResult
 from robustops.evaluation.masking import AuditCheck, AuditResult, audit_gradient_masking
 from robustops.evaluation.result import (
     SCHEMA_VERSION,
@@ -29,6 +30,7 @@ __all__ = [
     "AttackFigures",
     "AuditCheck",
     "AuditResult",
+    "CertificationResult",
     "ExampleEdit",
     "LatencyFigures",
     "ProgressEvent",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from robustops._util import make_generator
@@ -41,10 +41,12 @@ from robustops.attacks.base import frozen_parameters
 from robustops.attacks.eot import is_stochastic, loss_and_grad, mean_logits
 from robustops.attacks.losses import ce_loss, margin_loss
 from robustops.errors import SpecError
+from robustops.format import percent, points
 from robustops.models.classifier import eval_mode, resolve_device
+from robustops.schema import StrictModel
 from robustops.threats import ThreatModel
 
-__all__ = ["AuditCheck", "AuditResult", "CheckStatus", "audit_gradient_masking"]
+__all__ = ["AuditCheck", "AuditResult", "AuditSettings", "CheckStatus", "audit_gradient_masking"]
 
 CheckStatus = Literal["pass", "warn", "fail", "skip"]
 Verdict = Literal["pass", "warn", "fail"]
@@ -72,10 +74,8 @@ EPSILON_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 _RANK: dict[str, int] = {"skip": -1, "pass": 0, "warn": 1, "fail": 2}
 
 
-class AuditCheck(BaseModel):
+class AuditCheck(StrictModel):
     """One check of the audit."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="the check, e.g. 'gradient_health'")
     status: CheckStatus = Field(
@@ -87,10 +87,8 @@ class AuditCheck(BaseModel):
     )
 
 
-class AuditResult(BaseModel):
+class AuditResult(StrictModel):
     """The gradient-masking audit of one model under one threat."""
-
-    model_config = ConfigDict(extra="forbid")
 
     threat: str = Field(description="name of the audited threat")
     n_inputs: int = Field(description="inputs given to the audit")
@@ -164,6 +162,35 @@ class _Ctx:
         return success
 
 
+@dataclass(frozen=True)
+class AuditSettings:
+    """How hard the audit tries (validated on construction; :class:`SpecError` names the field).
+
+    Attributes:
+        steps: PGD and APGD iterations (PGD also runs with ``2 * steps``).
+        square_queries: Square Attack's budget per sample.
+        noise_draws: random points of the ball tried per sample.
+        eot_samples: passes averaged per gradient when the model turns out stochastic.
+        batch_size: samples per attack call.
+        seed: seeds every attack, the targets and the global torch generator during the audit.
+    """
+
+    steps: int = 20
+    square_queries: int = 500
+    noise_draws: int = 100
+    eot_samples: int = 10
+    batch_size: int = 250
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for pname in ("steps", "square_queries", "noise_draws", "eot_samples", "batch_size"):
+            value = getattr(self, pname)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError.single(pname, f"must be an int >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise SpecError.single("seed", f"must be an int, got {self.seed!r}")
+
+
 def audit_gradient_masking(
     model: nn.Module,
     inputs: Tensor,
@@ -189,12 +216,8 @@ def audit_gradient_masking(
         threat: norm, epsilon, bounds and goal. The audit needs gradients and sets its own
             query budgets, so it uses a white-box copy of the threat without ``query_budget``.
             When targeted, a random wrong class per input is drawn from ``seed``.
-        steps: PGD and APGD iterations (PGD also runs with ``2 * steps``).
-        square_queries: Square Attack's budget per sample.
-        noise_draws: random points of the ball tried per sample.
-        eot_samples: passes averaged per gradient when the model turns out stochastic.
-        batch_size: samples per attack call.
-        seed: seeds every attack, the targets and the global torch generator during the audit.
+        steps, square_queries, noise_draws, eot_samples, batch_size, seed: see
+            :class:`AuditSettings`.
         device: where to run; default the model's device.
 
     Returns:
@@ -205,17 +228,19 @@ def audit_gradient_masking(
     Raises:
         SpecError: invalid arguments, or no input the model classifies correctly.
     """
-    for pname, value in (
-        ("steps", steps),
-        ("square_queries", square_queries),
-        ("noise_draws", noise_draws),
-        ("eot_samples", eot_samples),
-        ("batch_size", batch_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SpecError.single(pname, f"must be an int >= 1, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SpecError.single("seed", f"must be an int, got {seed!r}")
+    settings = AuditSettings(steps, square_queries, noise_draws, eot_samples, batch_size, seed)
+    _check_inputs(inputs, labels, threat)
+    dev = resolve_device(model, device)
+    t_start = time.perf_counter()
+    cuda = [dev.index or 0] if dev.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        audited = _audited_samples(model, inputs, labels, threat, settings, dev)
+        result = _audit(audited, threat, settings)
+    return result.model_copy(update={"wall_time_s": time.perf_counter() - t_start})
+
+
+def _check_inputs(inputs: Tensor, labels: Tensor, threat: ThreatModel) -> None:
     if not isinstance(threat, ThreatModel):
         raise SpecError.single("threat", f"expected a ThreatModel, got {type(threat).__name__}")
     if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() < 2:
@@ -224,48 +249,85 @@ def audit_gradient_masking(
         raise SpecError.single("labels", f"must be a tensor of shape ({inputs.shape[0]},)")
     if inputs.shape[0] == 0:
         raise SpecError.single("inputs", "no samples to audit")
-    dev = resolve_device(model, device)
-    t_start = time.perf_counter()
-    cuda = [dev.index or 0] if dev.type == "cuda" else []
-    with eval_mode(model), torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        result = _audit(
-            model,
-            inputs,
-            labels,
-            threat,
-            steps=steps,
-            square_queries=square_queries,
-            noise_draws=noise_draws,
-            eot_samples=eot_samples,
-            batch_size=batch_size,
-            seed=seed,
-            dev=dev,
-        )
-    return result.model_copy(update={"wall_time_s": time.perf_counter() - t_start})
 
 
-def _audit(
+@dataclass(frozen=True)
+class _Audited:
+    """The samples the audit runs on (``ctx``), how many inputs it was given, and what the
+    stochasticity probe found."""
+
+    ctx: _Ctx
+    n_inputs: int
+    num_classes: int
+    stochastic: bool
+    max_diff: float
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """``(n,)`` bool successes of each attack the checks share (``square`` ``None`` for
+    non-image inputs), the epsilon sweep and the clean input-gradient norms."""
+
+    fgsm: Tensor
+    pgd: Tensor
+    pgd_long: Tensor
+    white: Tensor
+    square: Tensor | None
+    noise: Tensor
+    sweep: list[tuple[float, float]]
+    ce_norm: Tensor
+    margin_norm: Tensor
+
+
+def _audit(audited: _Audited, threat: ThreatModel, settings: AuditSettings) -> AuditResult:
+    """Run the attacks on the ``audited`` samples and grade every check (``threat`` is the
+    one the caller gave, before its white-box copy)."""
+    ctx = audited.ctx
+    runs = _run_attacks(audited, settings, targeted=threat.targeted)
+    steps = settings.steps
+    checks = [
+        _check_single_step(ctx.n, runs.fgsm, runs.pgd, steps),
+        _check_black_box(ctx.n, runs.white, runs.square),
+        _check_monotone(ctx.n, runs.sweep),
+        _check_noise(ctx.n, runs.white, runs.noise, settings.noise_draws),
+        _check_gradients(runs.ce_norm, runs.margin_norm, torch.finfo(ctx.x.dtype).tiny),
+        _check_stochastic(audited.stochastic, audited.max_diff, ctx.eot),
+        _check_more_steps(ctx.n, runs.pgd, runs.pgd_long, steps),
+    ]
+    verdict: Verdict = "pass"
+    for c in checks:
+        if c.status != "skip" and _RANK[c.status] > _RANK[verdict]:
+            verdict = c.status
+    return AuditResult(
+        threat=threat.name,
+        n_inputs=audited.n_inputs,
+        n_samples=ctx.n,
+        verdict=verdict,
+        summary=_summary(verdict, checks, ctx.n, threat.name),
+        checks=checks,
+        stochastic=audited.stochastic,
+        eot_samples=ctx.eot,
+        seed=settings.seed,
+        wall_time_s=0.0,
+    )
+
+
+def _audited_samples(
     model: nn.Module,
     inputs: Tensor,
     labels: Tensor,
     threat: ThreatModel,
-    *,
-    steps: int,
-    square_queries: int,
-    noise_draws: int,
-    eot_samples: int,
-    batch_size: int,
-    seed: int,
+    settings: AuditSettings,
     dev: torch.device,
-) -> AuditResult:
+) -> _Audited:
+    """Probe the model for stochasticity and keep the inputs it classifies correctly (on the
+    mean logits of ``eot_samples`` passes when stochastic) and that the threat attacks."""
+    batch_size, seed = settings.batch_size, settings.seed
     x_all = inputs.detach().cpu()
     y_all = labels.detach().cpu().to(torch.int64)
     n_inputs = int(x_all.shape[0])
-    audit_threat = threat.model_copy(update={"knowledge": "white-box", "query_budget": None})
-
     stochastic, max_diff = is_stochastic(model, x_all[:batch_size].to(dev))
-    eot = eot_samples if stochastic else 1
+    eot = settings.eot_samples if stochastic else 1
     logits = torch.cat(
         [
             mean_logits(model, x_all[i : i + batch_size].to(dev), eot).cpu()
@@ -283,59 +345,38 @@ def _audit(
         x=x_all[keep],
         y=y_all[keep],
         t=targets_all[keep] if targets_all is not None else None,
-        threat=audit_threat,
+        threat=threat.model_copy(update={"knowledge": "white-box", "query_budget": None}),
         dev=dev,
         batch_size=batch_size,
         seed=seed,
         eot=eot,
     )
-    wb: dict[str, Any] = {"eot_samples": eot}
+    return _Audited(ctx, n_inputs, num_classes, stochastic, max_diff)
+
+
+def _run_attacks(audited: _Audited, settings: AuditSettings, *, targeted: bool) -> _Runs:
+    """Every attack the checks need, each run once."""
+    ctx, steps = audited.ctx, settings.steps
+    wb: dict[str, Any] = {"eot_samples": ctx.eot}
     # On a stochastic model an early-stopped PGD point sits just across the boundary of one
     # noisy estimate and fresh passes often disagree: run every step and judge the last point.
-    pgd_kw: dict[str, Any] = {**wb, "steps": steps, "early_stop": not stochastic}
-
-    # The attacks, each run once and shared by the checks.
+    pgd_kw: dict[str, Any] = {**wb, "steps": steps, "early_stop": not audited.stochastic}
     fgsm = ctx.run("fgsm", **wb)
     pgd = ctx.run("pgd", **pgd_kw)
     pgd_long = ctx.run("pgd", **{**pgd_kw, "steps": 2 * steps})
     white = pgd.clone()
     white |= ctx.run("apgd-ce", idx=(~white).nonzero().squeeze(1), steps=steps, **wb)
-    if num_classes >= (4 if threat.targeted else 3):
+    if audited.num_classes >= (4 if targeted else 3):
         white |= ctx.run("apgd-dlr", idx=(~white).nonzero().squeeze(1), steps=steps, **wb)
     sweep = _epsilon_sweep(ctx, pgd, pgd_kw)
     square = (
-        ctx.run("square", idx=(~white).nonzero().squeeze(1), queries=square_queries)
+        ctx.run("square", idx=(~white).nonzero().squeeze(1), queries=settings.square_queries)
         if ctx.x.dim() in (3, 4)
         else None
     )
-    noise = ctx.run("uniform_noise", idx=(~white).nonzero().squeeze(1), draws=noise_draws)
+    noise = ctx.run("uniform_noise", idx=(~white).nonzero().squeeze(1), draws=settings.noise_draws)
     ce_norm, margin_norm = _gradient_norms(ctx)
-
-    checks = [
-        _check_single_step(ctx.n, fgsm, pgd, steps),
-        _check_black_box(ctx.n, white, square),
-        _check_monotone(ctx.n, sweep),
-        _check_noise(ctx.n, white, noise, noise_draws),
-        _check_gradients(ce_norm, margin_norm, torch.finfo(ctx.x.dtype).tiny),
-        _check_stochastic(stochastic, max_diff, eot),
-        _check_more_steps(ctx.n, pgd, pgd_long, steps),
-    ]
-    verdict: Verdict = "pass"
-    for c in checks:
-        if c.status != "skip" and _RANK[c.status] > _RANK[verdict]:
-            verdict = c.status
-    return AuditResult(
-        threat=threat.name,
-        n_inputs=n_inputs,
-        n_samples=ctx.n,
-        verdict=verdict,
-        summary=_summary(verdict, checks, ctx.n, threat.name),
-        checks=checks,
-        stochastic=stochastic,
-        eot_samples=eot,
-        seed=seed,
-        wall_time_s=0.0,
-    )
+    return _Runs(fgsm, pgd, pgd_long, white, square, noise, sweep, ce_norm, margin_norm)
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -404,14 +445,14 @@ def _check_single_step(n: int, fgsm: Tensor, pgd: Tensor, steps: int) -> AuditCh
         return _make(
             "iterative_beats_single_step",
             "fail",
-            f"{counts}: one step beats {steps} by {_pts(r_fgsm - r_pgd)} (tolerance "
-            f"{_pts(tol)}), so the iterates are misled, as with a masked or noisy gradient",
+            f"{counts}: one step beats {steps} by {points(r_fgsm - r_pgd)} (tolerance "
+            f"{points(tol)}), so the iterates are misled, as with a masked or noisy gradient",
             figures,
         )
     return _make(
         "iterative_beats_single_step",
         "pass",
-        f"{counts}: the iterative attack is at least as strong (within {_pts(tol)})",
+        f"{counts}: the iterative attack is at least as strong (within {points(tol)})",
         figures,
     )
 
@@ -428,18 +469,18 @@ def _check_black_box(n: int, white: Tensor, square: Tensor | None) -> AuditCheck
         "square_only_share": share,
     }
     lead = (
-        f"Square broke {only}/{n} ({_pct(share)}) samples that PGD and APGD did not "
+        f"Square broke {only}/{n} ({percent(share)}) samples that PGD and APGD did not "
         f"(white-box success {_frac(white)})"
     )
     if share > BLACK_BOX_FAIL:
         return _make(
             name,
             "fail",
-            f"{lead}: above {_pct(BLACK_BOX_FAIL)}, the gradients mislead the white-box attacks",
+            f"{lead}: above {percent(BLACK_BOX_FAIL)}, the gradients mislead the white-box attacks",
             figures,
         )
     if share > _tolerance(n, BLACK_BOX_WARN):
-        return _make(name, "warn", f"{lead}: above {_pct(BLACK_BOX_WARN)}", figures)
+        return _make(name, "warn", f"{lead}: above {percent(BLACK_BOX_WARN)}", figures)
     return _make(name, "pass", f"{lead}: the white-box attacks are at least as strong", figures)
 
 
@@ -454,20 +495,20 @@ def _check_monotone(n: int, sweep: list[tuple[float, float]]) -> AuditCheck:
     max_drop = max(drops, default=0.0)
     unbounded = sweep[-1][1]
     figures["max_drop"] = max_drop
-    curve = ", ".join(f"{e:.3g}: {_pct(r)}" for e, r in sweep)
+    curve = ", ".join(f"{e:.3g}: {percent(r)}" for e, r in sweep)
     problems: list[str] = []
     status: CheckStatus = "pass"
     if unbounded < UNBOUNDED_MIN_SUCCESS:
         problems.append(
-            f"the unbounded budget ({sweep[-1][0]:.3g}) breaks only {_pct(unbounded)} "
-            f"(< {_pct(UNBOUNDED_MIN_SUCCESS)}), so PGD cannot follow the gradient anywhere"
+            f"the unbounded budget ({sweep[-1][0]:.3g}) breaks only {percent(unbounded)} "
+            f"(< {percent(UNBOUNDED_MIN_SUCCESS)}), so PGD cannot follow the gradient anywhere"
         )
         status = "fail"
     if max_drop > MONOTONE_FAIL:
-        problems.append(f"success falls by {_pts(max_drop)} as epsilon grows")
+        problems.append(f"success falls by {points(max_drop)} as epsilon grows")
         status = "fail"
     elif max_drop > _tolerance(n, MONOTONE_WARN):
-        problems.append(f"success falls by {_pts(max_drop)} as epsilon grows")
+        problems.append(f"success falls by {points(max_drop)} as epsilon grows")
         status = "warn" if status == "pass" else status
     if problems:
         return _make(
@@ -477,7 +518,7 @@ def _check_monotone(n: int, sweep: list[tuple[float, float]]) -> AuditCheck:
         name,
         "pass",
         f"PGD success by epsilon ({curve}) rises with the budget and reaches "
-        f"{_pct(unbounded)} when unbounded",
+        f"{percent(unbounded)} when unbounded",
         figures,
     )
 
@@ -493,7 +534,7 @@ def _check_noise(n: int, white: Tensor, noise: Tensor, draws: int) -> AuditCheck
         "draws": float(draws),
     }
     lead = (
-        f"{draws} random points of the ball broke {only}/{n} ({_pct(share)}) samples that "
+        f"{draws} random points of the ball broke {only}/{n} ({percent(share)}) samples that "
         f"the gradient attacks did not (white-box success {_frac(white)})"
     )
     if share > _tolerance(n, NOISE_FAIL):
@@ -526,7 +567,7 @@ def _check_gradients(ce: Tensor, margin: Tensor, tiny: float) -> AuditCheck:
     }
     lead = (
         f"input gradient zero, underflowing (norm <= {tiny:.3g}) or non-finite on "
-        f"{int(any_dead.sum())}/{n} samples ({_pct(share)}): cross-entropy "
+        f"{int(any_dead.sum())}/{n} samples ({percent(share)}): cross-entropy "
         f"{int(ce_dead.sum())}, margin loss {int(margin_dead.sum())}"
     )
     if share > DEAD_GRADIENT_WARN:
@@ -577,11 +618,11 @@ def _check_more_steps(n: int, pgd: Tensor, pgd_long: Tensor, steps: int) -> Audi
         return _make(
             name,
             "warn",
-            f"{lead}: doubling the steps gains {_pts(gain)} (> {_pts(tol)}), the attack has not "
+            f"{lead}: doubling the steps gains {points(gain)} (> {points(tol)}), the attack has not "
             f"converged and the robustness is overestimated",
             figures,
         )
-    return _make(name, "pass", f"{lead}: a gain of {_pts(gain)} (<= {_pts(tol)})", figures)
+    return _make(name, "pass", f"{lead}: a gain of {points(gain)} (<= {points(tol)})", figures)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -616,15 +657,7 @@ def _rate(mask: Tensor) -> float:
 
 
 def _frac(mask: Tensor) -> str:
-    return f"{int(mask.sum())}/{mask.numel()} ({_pct(_rate(mask))})"
-
-
-def _pct(share: float) -> str:
-    return f"{100 * share:.1f}%"
-
-
-def _pts(share: float) -> str:
-    return f"{100 * share:.1f} points"
+    return f"{int(mask.sum())}/{mask.numel()} ({percent(_rate(mask))})"
 
 
 def _finite(v: float) -> float:

@@ -1,4 +1,5 @@
-"""Calibration metrics: does a model's confidence match how often it is right?
+"""Calibration, in one place: does a model's confidence match how often it is right, and
+which temperature would make it match?
 
 All functions take logits (or log-probabilities: the softmax of ``log p`` is ``p``) ``(N, K)``
 and labels ``(N,)``. Confidence is the top softmax probability, a prediction its argmax.
@@ -9,15 +10,25 @@ and labels ``(N,)``. Confidence is the top softmax probability, a prediction its
   when confidences pile up near 1.
 * Brier score: ``mean_i Σ_k (p_ik − 1[k = y_i])²``, in [0, 2].
 * NLL: ``mean_i −log p_{i, y_i}`` in nats.
+* Temperature scaling (Guo et al. 2017): :func:`fit_temperature` finds the ``T`` minimising the
+  NLL of ``softmax(logits / T)``; the NLL is convex in ``1/T``, so a bounded scalar search over
+  ``log T`` finds the global minimum deterministically. (Fitting it on attacked held-out data
+  needs attacks: :func:`robustops.defenses.fit_temperature_on`.)
+
+Also :func:`wilson_interval`, the confidence interval of every share the reports and the gate
+print.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
+
+from robustops.schema import StrictModel
 
 __all__ = [
     "CalibrationMetrics",
@@ -27,16 +38,15 @@ __all__ = [
     "brier_score",
     "calibration_metrics",
     "expected_calibration_error",
+    "fit_temperature",
     "negative_log_likelihood",
     "reliability_bins",
     "wilson_interval",
 ]
 
 
-class ReliabilityBin(BaseModel):
+class ReliabilityBin(StrictModel):
     """One confidence bin of a reliability diagram."""
-
-    model_config = ConfigDict(extra="forbid")
 
     lower: float = Field(description="lower confidence edge (exclusive, except for the first bin)")
     upper: float = Field(description="upper confidence edge (inclusive)")
@@ -45,10 +55,8 @@ class ReliabilityBin(BaseModel):
     accuracy: float = Field(description="share of those samples predicted correctly (0 when empty)")
 
 
-class CalibrationMetrics(BaseModel):
+class CalibrationMetrics(StrictModel):
     """Calibration of one set of predictions (e.g. clean inputs, or one threat's attacked ones)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     n: int = Field(description="samples")
     temperature: float = Field(
@@ -65,11 +73,12 @@ class CalibrationMetrics(BaseModel):
 
 FitOn = Literal["clean", "adversarial", "mix"]
 
+_LOG_T_BOUNDS = (math.log(1e-2), math.log(1e5))
+"""Search range of ``log T``: ``T`` in [0.01, 1e5]."""
 
-class TemperatureFit(BaseModel):
+
+class TemperatureFit(StrictModel):
     """A fitted temperature and how it was obtained (recorded in the suite result)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(description="logits are divided by this; > 1 softens confidence")
     fit_on: FitOn = Field(description="held-out inputs used: clean, adversarial, or both")
@@ -199,6 +208,28 @@ def calibration_metrics(
         nll=negative_log_likelihood(scaled, labels),
         bins=reliability_bins(scaled, labels, n_bins),
     )
+
+
+def fit_temperature(logits: Tensor, labels: Tensor) -> float:
+    """The ``T`` in [0.01, 1e5] minimising the NLL of ``softmax(logits / T)`` ``(N, K)`` against
+    ``labels`` ``(N,)``."""
+    from scipy.optimize import minimize_scalar
+
+    if logits.dim() != 2 or labels.shape != (logits.shape[0],) or logits.shape[0] == 0:
+        raise ValueError(
+            f"need logits (N, K) and labels (N,) with N > 0; got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    z = logits.detach().to(torch.float64).cpu()
+    y = labels.detach().to(torch.int64).cpu()
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z / math.exp(log_t), y))
+
+    res = minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
+    best = float(res.x)
+    # The bounded search is exact for a unimodal objective; keep T = 1 if it is no worse.
+    return math.exp(best) if nll(best) < nll(0.0) else 1.0
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -1,4 +1,6 @@
-"""Figures of a suite result, drawn with matplotlib's non-interactive Agg canvas (no display).
+"""Every figure of RobustOps, drawn with matplotlib's non-interactive Agg canvas (no display):
+reliability diagrams, certified accuracy against radius, robust accuracy against epsilon and
+adversarial-example panels. The CLI's ``--plots`` and the reports both draw through here.
 
 Figures are built as :class:`matplotlib.figure.Figure` objects attached to an Agg canvas, never
 through ``pyplot``: no global state, nothing to close, safe to call from any thread and without
@@ -11,27 +13,39 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from robustops.evaluation.certification import CertificationResult, certified_accuracy_curve
 from robustops.evaluation.metrics import CalibrationMetrics
 from robustops.io import atomic_path
 
 if TYPE_CHECKING:
-    from robustops.defenses.smoothing import CertificationResult
     from robustops.evaluation.result import SuiteResult
 
 __all__ = [
+    "DIVERGING",
+    "AccuracyPoint",
+    "SweepSeries",
     "certified_accuracy_figure",
     "figure_png",
+    "image_example_figure",
     "mpl_text",
     "new_figure",
+    "plot_certified_accuracy",
     "plot_reliability",
     "plot_result",
     "reliability_curves",
     "reliability_figure",
+    "robustness_curve_figure",
     "save_figure",
 ]
+
+DIVERGING = "RdBu_r"
+"""Colormap of signed maps: blue negative, white 0, red positive."""
 
 
 def new_figure(figsize: tuple[float, float] = (5.0, 5.0), dpi: int = 110) -> Any:
@@ -107,8 +121,6 @@ def certified_accuracy_figure(
     """Certified accuracy against L2 radius: the exact step curve per result (labelled by its
     sigma), the reported radii (``certified_accuracy``) as points and the largest radius ``n``
     and ``alpha`` allow as a dotted vertical line."""
-    from robustops.defenses.smoothing import certified_accuracy_curve
-
     fig = new_figure((6.0, 4.0), dpi)
     ax = fig.add_subplot()
     right = 0.0
@@ -141,6 +153,15 @@ def certified_accuracy_figure(
     return fig
 
 
+def plot_certified_accuracy(
+    results: Sequence[CertificationResult], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Plot certified accuracy against L2 radius (a step curve per result, labelled by its
+    sigma, with the reported radii and the largest certifiable radius marked, see
+    :func:`certified_accuracy_figure`) and save it as a PNG at ``path``; returns the path."""
+    return save_figure(certified_accuracy_figure(results, title=title), path)
+
+
 def plot_result(result: SuiteResult, out_dir: str | Path) -> list[Path]:
     """Every figure the result supports, written to ``out_dir``: the reliability diagram (clean
     and attacked per threat, before and, when fitted, after temperature scaling) and the
@@ -161,8 +182,6 @@ def plot_result(result: SuiteResult, out_dir: str | Path) -> list[Path]:
                 )
             )
     if result.certification is not None:
-        from robustops.defenses.smoothing import plot_certified_accuracy
-
         written.append(
             plot_certified_accuracy([result.certification], out / "certified_accuracy.png")
         )
@@ -190,3 +209,151 @@ def reliability_curves(
         if t.calibration.attacked_scaled is not None:
             scaled.append((t.name, t.calibration.attacked_scaled))
     return raw, scaled
+
+
+# -- robust accuracy against the budget ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccuracyPoint:
+    """Accuracy at one budget with its confidence interval; ``label`` annotates the point."""
+
+    epsilon: float
+    accuracy: float
+    low: float
+    high: float
+    label: str
+
+
+@dataclass(frozen=True)
+class SweepSeries:
+    """A dashed curve ``[(epsilon, value)]`` drawn over the accuracy curve (an audit sweep)."""
+
+    label: str
+    points: tuple[tuple[float, float], ...]
+
+
+def robustness_curve_figure(
+    points: Sequence[AccuracyPoint],
+    sweeps: Sequence[SweepSeries] = (),
+    *,
+    title: str = "",
+    norm: str = "",
+    xlabel: str = "",
+    percent: bool = False,
+    dpi: int = 100,
+) -> Any:
+    """Accuracy against epsilon: ``points`` (clean at 0 and each threat) joined in order of
+    epsilon with their confidence intervals as error bars, and each of ``sweeps`` dashed.
+    ``xlabel`` replaces the default ``epsilon (norm)`` axis label; ``percent`` shows the budget
+    as a percentage (a share, e.g. of the words edited)."""
+    fig = new_figure((6.4, 4.2), dpi)
+    ax = fig.add_subplot()
+    right = max(_accuracy_curve(ax, points), _sweep_curves(ax, sweeps))
+    right = right if right > 0 else 1.0
+    ax.set_xlim(-0.02 * right, right * 1.1)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel(mpl_text(xlabel) if xlabel else f"epsilon ({norm})" if norm else "epsilon")
+    if percent:
+        from matplotlib.ticker import PercentFormatter  # matplotlib is imported when drawing
+
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_ylabel("accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="x-small")
+    if title:
+        ax.set_title(mpl_text(title), fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_curve(ax: Any, points: Sequence[AccuracyPoint]) -> float:
+    """Draw ``points`` in order of epsilon with Wilson error bars and labels; returns the
+    largest epsilon drawn (0 without points)."""
+    pts = sorted(points, key=lambda p: p.epsilon)
+    if not pts:
+        return 0.0
+    xs = np.array([p.epsilon for p in pts])
+    ys = np.array([p.accuracy for p in pts])
+    err = np.array(
+        [
+            [max(p.accuracy - p.low, 0.0) for p in pts],
+            [max(p.high - p.accuracy, 0.0) for p in pts],
+        ]
+    )
+    ax.errorbar(
+        xs,
+        ys,
+        yerr=err,
+        marker="o",
+        capsize=3,
+        label="accuracy on all evaluated samples (95% Wilson interval)",
+    )
+    for p in pts:
+        ax.annotate(
+            mpl_text(p.label),
+            (p.epsilon, p.accuracy),
+            textcoords="offset points",
+            xytext=(6, -12 if p.accuracy > 0.9 else 5),
+            fontsize="x-small",
+        )
+    return float(xs.max())
+
+
+def _sweep_curves(ax: Any, sweeps: Sequence[SweepSeries]) -> float:
+    """Draw each non-empty sweep dashed; returns the largest epsilon drawn (0 without any)."""
+    right = 0.0
+    for s in sweeps:
+        if not s.points:
+            continue
+        sx, sy = zip(*sorted(s.points), strict=True)
+        ax.plot(sx, sy, linestyle="--", marker="s", markersize=4, label=mpl_text(s.label))
+        right = max(right, float(max(sx)))
+    return right
+
+
+# -- adversarial-example panels ------------------------------------------------------------------
+
+
+def _image(x: np.ndarray, bounds: tuple[float, float]) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(C, H, W)`` as what ``imshow`` takes, with its keyword arguments."""
+    low, high = bounds
+    if x.shape[0] == 1:
+        return x[0], {"cmap": "gray", "vmin": low, "vmax": high}
+    return np.clip((x.transpose(1, 2, 0) - low) / (high - low), 0.0, 1.0), {}
+
+
+def _signed(ax: Any, fig: Any, m: np.ndarray, title: str) -> None:
+    scale = float(np.abs(m).max()) if m.size else 0.0
+    scale = scale if scale > 0 and np.isfinite(scale) else 1.0
+    im = ax.imshow(m, cmap=DIVERGING, vmin=-scale, vmax=scale, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize="x-small")
+    ax.set_title(title, fontsize="small")
+
+
+def image_example_figure(
+    clean: np.ndarray,
+    adversarial: np.ndarray,
+    attribution: np.ndarray,
+    *,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    dpi: int = 90,
+) -> Any:
+    """Four panels for one image ``(C, H, W)``: clean, adversarial, the perturbation (per pixel
+    the signed channel change of largest magnitude) and the attribution (summed over channels),
+    the last two on a diverging colormap symmetric around 0."""
+    fig = new_figure((9.6, 2.6), dpi)
+    axes = fig.subplots(1, 4)
+    for ax, x, title in ((axes[0], clean, "clean"), (axes[1], adversarial, "adversarial")):
+        img, kw = _image(x, bounds)
+        ax.imshow(img, interpolation="nearest", **kw)
+        ax.set_title(title, fontsize="small")
+    delta = adversarial - clean
+    pick = np.abs(delta).argmax(axis=0)[None]
+    _signed(axes[2], fig, np.take_along_axis(delta, pick, axis=0)[0], "perturbation δ")
+    _signed(axes[3], fig, attribution.sum(axis=0), "attribution δ⊙∇margin")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig

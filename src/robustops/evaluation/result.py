@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from robustops.defenses.smoothing import CertificationResult
 from robustops.errors import SpecError
+from robustops.evaluation.certification import CertificationResult
 from robustops.evaluation.masking import AuditResult
 from robustops.evaluation.metrics import CalibrationMetrics, TemperatureFit
 from robustops.io import atomic_write_text, read_text_file
+from robustops.schema import StrictModel
 from robustops.threats import ThreatModel, validation_error_to_spec_error
 
 __all__ = [
@@ -45,11 +46,7 @@ _TOLERANCE = 1e-9
 floats round-trip exactly; this only absorbs a different order of the division)."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AttackFigures(_Strict):
+class AttackFigures(StrictModel):
     """One attack's share of a threat's evaluation.
 
     Attacks run in order on the samples still robust, so ``n_attacked`` shrinks down the list.
@@ -77,7 +74,7 @@ class AttackFigures(_Strict):
     )
 
 
-class ExampleEdit(_Strict):
+class ExampleEdit(StrictModel):
     """One edited word of a text example (schema >= 1.2)."""
 
     position: int = Field(description="index of the word in the whitespace split of the text")
@@ -94,7 +91,7 @@ class ExampleEdit(_Strict):
     )
 
 
-class AdversarialExample(_Strict):
+class AdversarialExample(StrictModel):
     """One broken sample kept for reports: what changed and why it mattered.
 
     Tensor inputs fill ``shape``, ``clean``, ``adversarial`` and ``attribution``; texts fill
@@ -133,7 +130,7 @@ class AdversarialExample(_Strict):
     )
 
 
-class ThreatCalibration(_Strict):
+class ThreatCalibration(StrictModel):
     """Calibration on the attacked inputs of one threat: per sample its worst case (the input
     that broke it; else the attempt with the highest loss; else, for samples misclassified
     clean and so never attacked, the clean input)."""
@@ -145,7 +142,7 @@ class ThreatCalibration(_Strict):
     )
 
 
-class SuiteCalibration(_Strict):
+class SuiteCalibration(StrictModel):
     """Calibration on the clean inputs, and the temperature fitted on held-out data if any."""
 
     n_bins: int = Field(description="bins of every ECE and reliability diagram of the run")
@@ -157,7 +154,7 @@ class SuiteCalibration(_Strict):
     )
 
 
-class ThreatResult(_Strict):
+class ThreatResult(StrictModel):
     """Figures for one threat: a sample is robust only if it was classified correctly and every
     attack of the threat failed on it (per-sample worst case)."""
 
@@ -235,6 +232,12 @@ class ThreatResult(_Strict):
                 ("total_queries", self.total_queries, sum(self.queries), "the per-sample sum"),
             ],
         )
+        return out + self._attack_disagreements(at, n_attacked)
+
+    def _attack_disagreements(self, at: str, n_attacked: int) -> list[str]:
+        """Where each attack's figures disagree with the per-sample record: attacks run in
+        order on the samples still robust, starting from the ``n_attacked`` attacked ones."""
+        out: list[str] = []
         still = n_attacked
         for k, a in enumerate(self.attacks):
             by_name = sum(1 for b in self.broken_by if b == a.name)
@@ -256,7 +259,7 @@ class ThreatResult(_Strict):
         return out
 
 
-class SamplesRecord(_Strict):
+class SamplesRecord(StrictModel):
     """Which samples were evaluated and how the clean model did on them."""
 
     split: str = "test"
@@ -265,7 +268,7 @@ class SamplesRecord(_Strict):
     clean_correct: list[bool]
 
 
-class LatencyFigures(_Strict):
+class LatencyFigures(StrictModel):
     """How fast the model answers: single-input calls (what a serving endpoint sees per request)
     and batched throughput at the suite's batch size. Wall-clock, on the run's device."""
 
@@ -278,7 +281,7 @@ class LatencyFigures(_Strict):
     throughput_per_s: float = Field(description="samples per second in batches of batch_size")
 
 
-class StochasticRecord(_Strict):
+class StochasticRecord(StrictModel):
     """Whether the (tensor) model answered differently on two passes over the same inputs, and
     how the suite adapted (schema >= 1.2)."""
 
@@ -334,7 +337,7 @@ def _version(text: str) -> tuple[int, ...]:
     return parts
 
 
-class SuiteResult(_Strict):
+class SuiteResult(StrictModel):
     """One run of the evaluation suite on one model and data set.
 
     A result is checked for internal consistency whenever it is built or read: the per-sample

@@ -10,12 +10,16 @@ from robustops.attacks.registry import attack_defaults
 from robustops.evaluation.masking import AuditResult
 from robustops.evaluation.metrics import CalibrationMetrics, wilson_interval
 from robustops.evaluation.plots import (
+    AccuracyPoint,
+    SweepSeries,
     certified_accuracy_figure,
     figure_png,
     reliability_curves,
     reliability_figure,
+    robustness_curve_figure,
 )
 from robustops.evaluation.result import AttackFigures, SuiteResult, ThreatResult
+from robustops.format import percent
 from robustops.report.document import (
     Block,
     Cell,
@@ -35,11 +39,6 @@ from robustops.report.examples import (
     class_label,
     find_renderer,
     render_example,
-)
-from robustops.report.figures import (
-    AccuracyPoint,
-    SweepSeries,
-    robustness_curve_figure,
 )
 
 __all__ = ["MAX_EXAMPLES", "audit_sweep", "build_document", "wilson_interval"]
@@ -92,12 +91,8 @@ def audit_sweep(audit: AuditResult) -> tuple[list[tuple[float, float]], tuple[fl
     return sorted(points), unbounded
 
 
-def _pct(p: float) -> str:
-    return f"{100 * p:.1f}%"
-
-
 def _ci(lo_hi: tuple[float, float]) -> str:
-    return f"[{_pct(lo_hi[0])}, {_pct(lo_hi[1])}]"
+    return f"[{percent(lo_hi[0])}, {percent(lo_hi[1])}]"
 
 
 def _num(v: float | None, fmt: str = ".4g") -> str:
@@ -106,7 +101,7 @@ def _num(v: float | None, fmt: str = ".4g") -> str:
 
 def _share(v: float) -> str:
     """A share as a percentage: 0.2 → ``20%``, 0.125 → ``12.5%``."""
-    return f"{100 * v:.4g}%"
+    return percent(v, 4, significant=True)
 
 
 def _norm_title(norm: str) -> str:
@@ -175,7 +170,7 @@ def _attack_table(t: ThreatResult) -> Table:
             _params(a.params, attack_defaults(a.name, t.threat)),
             str(a.n_attacked),
             str(a.n_broken),
-            _pct(a.success_rate),
+            percent(a.success_rate),
             f"{a.mean_queries:.1f}",
         ]
         if per_success:
@@ -223,6 +218,86 @@ def _verdict_callout(r: SuiteResult) -> Paragraph:
         f" (worst over {len(r.audit)} audited threat{'s' if len(r.audit) != 1 else ''})",
         f": {detail}" if detail else "",
         callout=verdict,
+    )
+
+
+def _latency_block(r: SuiteResult) -> Block:
+    """The latency table, or a note that latency was not measured."""
+    lat = r.latency
+    if lat is None:
+        return Paragraph.of("Latency was not measured.", note=True)
+    return Table(
+        ("latency p50", "p95", "p99", "mean", "throughput"),
+        (
+            (
+                f"{lat.p50_ms:.2f} ms",
+                f"{lat.p95_ms:.2f} ms",
+                f"{lat.p99_ms:.2f} ms",
+                f"{lat.mean_ms:.2f} ms",
+                f"{lat.throughput_per_s:,.0f} samples/s",
+            ),
+        ),
+        numeric=frozenset({0, 1, 2, 3, 4}),
+        caption=f"single-input latency over {lat.n_calls} calls on {r.device}; "
+        f"throughput in batches of {lat.batch_size}",
+    )
+
+
+def _stochastic_block(r: SuiteResult) -> Paragraph | None:
+    """How the suite adapted to a stochastic model (``None`` when it was not stochastic)."""
+    st = r.stochastic
+    if st is None or not st.detected:
+        return None
+    adapted = ", ".join(st.adapted_attacks) or "none"
+    return Paragraph.of(
+        Status("warn" if st.unadapted_attacks else "pass"),
+        f" Stochastic model (two passes differ by up to {st.max_logit_gap:.3g} in a "
+        f"logit): predictions average {st.eot_samples} passes; attacks given EOT "
+        f"and no early stop: {adapted}."
+        + (
+            f" Attacks run without EOT, whose failures may overstate robustness: "
+            f"{', '.join(st.unadapted_attacks)}."
+            if st.unadapted_attacks
+            else ""
+        ),
+    )
+
+
+def _calibration_row(label: str, m: CalibrationMetrics) -> tuple[Cell, ...]:
+    return (
+        label,
+        f"{m.temperature:.3g}",
+        str(m.n),
+        percent(m.accuracy),
+        f"{m.mean_confidence:.3f}",
+        f"{m.ece:.3f}",
+        f"{m.adaptive_ece:.3f}",
+        f"{m.brier:.3f}",
+        f"{m.nll:.3f}",
+    )
+
+
+def _calibration_table(
+    raw: list[tuple[str, CalibrationMetrics]], scaled: list[tuple[str, CalibrationMetrics]]
+) -> Table:
+    """Every calibration figure of the ``raw`` curves, then of the ``scaled`` ones."""
+    rows = [_calibration_row(label, m) for label, m in raw]
+    rows += [_calibration_row(f"{label}, scaled", m) for label, m in scaled]
+    return Table(
+        (
+            "inputs",
+            "temperature",
+            "n",
+            "accuracy",
+            "confidence",
+            "ECE",
+            "adaptive ECE",
+            "Brier",
+            "NLL",
+        ),
+        tuple(rows),
+        numeric=frozenset(range(1, 9)),
+        caption="attacked: each sample's worst case over the threat's attacks",
     )
 
 
@@ -312,8 +387,17 @@ class _Builder:
         return KeyValues(tuple(items))
 
     def summary(self) -> Section:
-        r = self.r
         sec = self.section("Summary")
+        sec.blocks.append(self.summary_table())
+        sec.blocks.append(_latency_block(self.r))
+        stochastic = _stochastic_block(self.r)
+        if stochastic is not None:
+            sec.blocks.append(stochastic)
+        return sec
+
+    def summary_table(self) -> Table:
+        """Clean and per-threat accuracy with Wilson intervals, attack success, ECE, audit."""
+        r = self.r
         n = r.n_samples
         n_clean = sum(r.samples.clean_correct)
         clean_ece = r.calibration.clean.ece if r.calibration is not None else None
@@ -321,7 +405,7 @@ class _Builder:
             (
                 "clean",
                 _DASH,
-                _pct(r.clean_accuracy),
+                percent(r.clean_accuracy),
                 _ci(wilson_interval(n_clean, n)),
                 _DASH,
                 _num(clean_ece, ".3f"),
@@ -335,71 +419,30 @@ class _Builder:
                 (
                     t.name,
                     _threat_line(t, self.class_names),
-                    _pct(t.robust_accuracy),
+                    percent(t.robust_accuracy),
                     _ci(wilson_interval(t.n_robust, n)),
-                    _pct(t.attack_success_rate),
+                    percent(t.attack_success_rate),
                     _num(ece, ".3f"),
                     Status(audit.verdict)
                     if audit is not None
                     else ("n/a (black-box text)" if t.threat.modality == "text" else "not audited"),
                 )
             )
-        sec.blocks.append(
-            Table(
-                (
-                    "inputs",
-                    "threat model",
-                    "accuracy",
-                    "95% CI (Wilson)",
-                    "attack success",
-                    "ECE",
-                    "masking audit",
-                ),
-                tuple(rows),
-                numeric=frozenset({2, 3, 4, 5}),
-                caption=f"{n} evaluated samples; robust accuracy = correct and not broken by any "
-                "attack of the threat; ECE on the clean, resp. attacked, inputs",
-            )
+        return Table(
+            (
+                "inputs",
+                "threat model",
+                "accuracy",
+                "95% CI (Wilson)",
+                "attack success",
+                "ECE",
+                "masking audit",
+            ),
+            tuple(rows),
+            numeric=frozenset({2, 3, 4, 5}),
+            caption=f"{n} evaluated samples; robust accuracy = correct and not broken by any "
+            "attack of the threat; ECE on the clean, resp. attacked, inputs",
         )
-        lat = r.latency
-        if lat is not None:
-            sec.blocks.append(
-                Table(
-                    ("latency p50", "p95", "p99", "mean", "throughput"),
-                    (
-                        (
-                            f"{lat.p50_ms:.2f} ms",
-                            f"{lat.p95_ms:.2f} ms",
-                            f"{lat.p99_ms:.2f} ms",
-                            f"{lat.mean_ms:.2f} ms",
-                            f"{lat.throughput_per_s:,.0f} samples/s",
-                        ),
-                    ),
-                    numeric=frozenset({0, 1, 2, 3, 4}),
-                    caption=f"single-input latency over {lat.n_calls} calls on {r.device}; "
-                    f"throughput in batches of {lat.batch_size}",
-                )
-            )
-        else:
-            sec.blocks.append(Paragraph.of("Latency was not measured.", note=True))
-        st = r.stochastic
-        if st is not None and st.detected:
-            adapted = ", ".join(st.adapted_attacks) or "none"
-            sec.blocks.append(
-                Paragraph.of(
-                    Status("warn" if st.unadapted_attacks else "pass"),
-                    f" Stochastic model (two passes differ by up to {st.max_logit_gap:.3g} in a "
-                    f"logit): predictions average {st.eot_samples} passes; attacks given EOT "
-                    f"and no early stop: {adapted}."
-                    + (
-                        f" Attacks run without EOT, whose failures may overstate robustness: "
-                        f"{', '.join(st.unadapted_attacks)}."
-                        if st.unadapted_attacks
-                        else ""
-                    ),
-                )
-            )
-        return sec
 
     def curves(self) -> Section:
         r = self.r
@@ -424,76 +467,86 @@ class _Builder:
         groups: dict[tuple[str, bool], list[ThreatResult]] = {}
         for t in r.threats:
             groups.setdefault((t.threat.norm, t.threat.targeted), []).append(t)
+        for (norm, targeted), threats in groups.items():
+            sec.subsections.append(self.curve(norm, targeted, threats))
+        return sec
+
+    def curve(self, norm: str, targeted: bool, threats: list[ThreatResult]) -> Section:
+        """Robust accuracy against the budget of the ``threats`` sharing ``norm`` and goal: a
+        figure, its table and the audit sweeps' table."""
+        r = self.r
         n = r.n_samples
         clean_ci = wilson_interval(sum(r.samples.clean_correct), n)
-        for (norm, targeted), threats in groups.items():
-            goal = "targeted" if targeted else "untargeted"
-            title = f"{_norm_title(norm)}, {goal}"
-            text = norm == _WORD_EDITS
-            sub = self.section(title, level=3, key=f"curve {norm} {goal}")
-            points = [AccuracyPoint(0.0, r.clean_accuracy, *clean_ci, "clean")]
-            rows: list[tuple[Cell, ...]] = [
-                ("clean", _epsilon(norm, 0.0), _pct(r.clean_accuracy), _ci(clean_ci))
-            ]
-            for t in sorted(threats, key=lambda t: t.threat.epsilon):
-                ci = wilson_interval(t.n_robust, n)
-                points.append(AccuracyPoint(t.threat.epsilon, t.robust_accuracy, *ci, t.name))
-                rows.append(
-                    (t.name, _epsilon(norm, t.threat.epsilon), _pct(t.robust_accuracy), _ci(ci))
-                )
-            sweeps: list[SweepSeries] = []
-            sweep_rows: list[tuple[Cell, ...]] = []
-            for t in threats:
-                audit = self._audits.get(t.name)
-                if audit is None:
-                    continue
-                pts, unbounded = audit_sweep(audit)
-                if not pts and unbounded is None:
-                    continue
-                label = f"audit of {t.name}: 1 − PGD success on {audit.n_samples} audited samples"
-                sweeps.append(SweepSeries(label, tuple((e, 1 - s) for e, s in pts)))
-                for e, s in pts:
-                    sweep_rows.append((t.name, f"{e:g}", _pct(s), _pct(1 - s)))
-                if unbounded is not None:
-                    e, s = unbounded
-                    sweep_rows.append((t.name, f"{e:g} (unbounded)", _pct(s), _pct(1 - s)))
-            fig = robustness_curve_figure(
-                points,
-                sweeps,
-                title=f"robust accuracy, {title}",
-                norm=norm,
-                xlabel="word-edit budget (share of the words)" if text else "",
-                percent=text,
+        goal = "targeted" if targeted else "untargeted"
+        title = f"{_norm_title(norm)}, {goal}"
+        text = norm == _WORD_EDITS
+        sub = self.section(title, level=3, key=f"curve {norm} {goal}")
+        points = [AccuracyPoint(0.0, r.clean_accuracy, *clean_ci, "clean")]
+        rows: list[tuple[Cell, ...]] = [
+            ("clean", _epsilon(norm, 0.0), percent(r.clean_accuracy), _ci(clean_ci))
+        ]
+        for t in sorted(threats, key=lambda t: t.threat.epsilon):
+            ci = wilson_interval(t.n_robust, n)
+            points.append(AccuracyPoint(t.threat.epsilon, t.robust_accuracy, *ci, t.name))
+            rows.append(
+                (t.name, _epsilon(norm, t.threat.epsilon), percent(t.robust_accuracy), _ci(ci))
             )
-            if text:
-                caption = f"robust accuracy against the word-edit budget ({goal})"
-            else:
-                caption = f"robust accuracy against {_norm_title(norm)} epsilon ({goal})"
-            sub.blocks.append(self.figure(f"robustness-{norm}-{goal}", fig, caption, caption))
+        sweeps, sweep_rows = self.sweeps(threats)
+        fig = robustness_curve_figure(
+            points,
+            sweeps,
+            title=f"robust accuracy, {title}",
+            norm=norm,
+            xlabel="word-edit budget (share of the words)" if text else "",
+            percent=text,
+        )
+        if text:
+            caption = f"robust accuracy against the word-edit budget ({goal})"
+        else:
+            caption = f"robust accuracy against {_norm_title(norm)} epsilon ({goal})"
+        sub.blocks.append(self.figure(f"robustness-{norm}-{goal}", fig, caption, caption))
+        budget = "word-edit budget" if text else "epsilon"
+        sub.blocks.append(
+            Table(
+                ("threat", budget, "robust accuracy", "95% CI (Wilson)"),
+                tuple(rows),
+                numeric=frozenset({1, 2, 3}),
+            )
+        )
+        if sweep_rows:
             sub.blocks.append(
                 Table(
-                    (
-                        "threat",
-                        "word-edit budget" if text else "epsilon",
-                        "robust accuracy",
-                        "95% CI (Wilson)",
-                    ),
-                    tuple(rows),
+                    ("audited threat", "epsilon", "PGD success", "1 − success"),
+                    tuple(sweep_rows),
                     numeric=frozenset({1, 2, 3}),
+                    caption="gradient-masking audit sweep, on the audited (correctly "
+                    "classified) samples; the unbounded budget is not plotted",
                 )
             )
-            if sweep_rows:
-                sub.blocks.append(
-                    Table(
-                        ("audited threat", "epsilon", "PGD success", "1 − success"),
-                        tuple(sweep_rows),
-                        numeric=frozenset({1, 2, 3}),
-                        caption="gradient-masking audit sweep, on the audited (correctly "
-                        "classified) samples; the unbounded budget is not plotted",
-                    )
-                )
-            sec.subsections.append(sub)
-        return sec
+        return sub
+
+    def sweeps(
+        self, threats: list[ThreatResult]
+    ) -> tuple[list[SweepSeries], list[tuple[Cell, ...]]]:
+        """The audit sweeps of ``threats`` as dashed curves, and as table rows (with the
+        unbounded budget, which is not plotted)."""
+        sweeps: list[SweepSeries] = []
+        rows: list[tuple[Cell, ...]] = []
+        for t in threats:
+            audit = self._audits.get(t.name)
+            if audit is None:
+                continue
+            pts, unbounded = audit_sweep(audit)
+            if not pts and unbounded is None:
+                continue
+            label = f"audit of {t.name}: 1 − PGD success on {audit.n_samples} audited samples"
+            sweeps.append(SweepSeries(label, tuple((e, 1 - s) for e, s in pts)))
+            for e, s in pts:
+                rows.append((t.name, f"{e:g}", percent(s), percent(1 - s)))
+            if unbounded is not None:
+                e, s = unbounded
+                rows.append((t.name, f"{e:g} (unbounded)", percent(s), percent(1 - s)))
+        return sweeps, rows
 
     def threats(self) -> Section:
         r = self.r
@@ -516,8 +569,8 @@ class _Builder:
                 attacked = f"of the {t.n_attacked} correctly classified samples"
             sub.blocks.append(
                 Paragraph.of(
-                    f"Robust accuracy {_pct(t.robust_accuracy)} ({t.n_robust}/{r.n_samples}, "
-                    f"95% CI {_ci(ci)}); attack success {_pct(t.attack_success_rate)} "
+                    f"Robust accuracy {percent(t.robust_accuracy)} ({t.n_robust}/{r.n_samples}, "
+                    f"95% CI {_ci(ci)}); attack success {percent(t.attack_success_rate)} "
                     f"{attacked}; {t.total_queries:,} queries; {t.wall_time_s:.2f} s."
                 )
             )
@@ -589,43 +642,7 @@ class _Builder:
                     "after temperature scaling",
                 )
             )
-        rows: list[tuple[Cell, ...]] = []
-
-        def row(label: str, m: CalibrationMetrics) -> tuple[Cell, ...]:
-            return (
-                label,
-                f"{m.temperature:.3g}",
-                str(m.n),
-                _pct(m.accuracy),
-                f"{m.mean_confidence:.3f}",
-                f"{m.ece:.3f}",
-                f"{m.adaptive_ece:.3f}",
-                f"{m.brier:.3f}",
-                f"{m.nll:.3f}",
-            )
-
-        for label, m in raw:
-            rows.append(row(label, m))
-        for label, m in scaled:
-            rows.append(row(f"{label}, scaled", m))
-        sec.blocks.append(
-            Table(
-                (
-                    "inputs",
-                    "temperature",
-                    "n",
-                    "accuracy",
-                    "confidence",
-                    "ECE",
-                    "adaptive ECE",
-                    "Brier",
-                    "NLL",
-                ),
-                tuple(rows),
-                numeric=frozenset(range(1, 9)),
-                caption="attacked: each sample's worst case over the threat's attacks",
-            )
-        )
+        sec.blocks.append(_calibration_table(raw, scaled))
         return sec
 
     def certification(self) -> Section:
@@ -636,7 +653,7 @@ class _Builder:
             Paragraph.of(
                 f"Randomized smoothing: σ = {cert.sigma:g}, n0 = {cert.n0}, n = {cert.n}, "
                 f"α = {cert.alpha:g}, {cert.n_samples} samples. Smoothed clean accuracy "
-                f"{_pct(cert.clean_accuracy)}, abstained {_pct(cert.abstain_rate)}, average "
+                f"{percent(cert.clean_accuracy)}, abstained {percent(cert.abstain_rate)}, average "
                 f"certified radius {cert.average_certified_radius:.3f}, largest certifiable "
                 f"radius {cert.max_certifiable_radius:.3f} (dotted); "
                 f"{cert.samples_per_second:,.0f} noisy samples/s, {cert.wall_time_s:.1f} s."
@@ -655,7 +672,7 @@ class _Builder:
         rows = tuple(
             (
                 f"{float(radius):g}",
-                _pct(acc),
+                percent(acc),
                 _ci(wilson_interval(round(acc * cert.n_samples), cert.n_samples)),
             )
             for radius, acc in grid

@@ -26,10 +26,10 @@ from typing import Protocol
 
 import numpy as np
 
-from robustops.evaluation.plots import figure_png
+from robustops.evaluation.plots import figure_png, image_example_figure
 from robustops.evaluation.result import AdversarialExample, ExampleEdit
+from robustops.format import percent
 from robustops.report.document import Cell, Figure, GalleryItem, Paragraph, Span, Table
-from robustops.report.figures import image_example_figure
 from robustops.threats import ThreatModel
 
 __all__ = [
@@ -97,10 +97,6 @@ class ExampleRenderer(Protocol):
         ...
 
 
-def _pct(p: float) -> str:
-    return f"{100 * p:.1f}%"
-
-
 def _class_name(k: int, class_names: Sequence[str]) -> str:
     return str(class_names[k]) if 0 <= k < len(class_names) else ""
 
@@ -113,7 +109,7 @@ def class_label(k: int, class_names: Sequence[str] = ()) -> str:
 
 def _prediction(k: int, confidence: float, class_names: Sequence[str]) -> str:
     name = _class_name(k, class_names)
-    return f"{name} ({k}, {_pct(confidence)})" if name else f"{k} ({_pct(confidence)})"
+    return f"{name} ({k}, {percent(confidence)})" if name else f"{k} ({percent(confidence)})"
 
 
 def example_caption(
@@ -130,7 +126,7 @@ def example_caption(
     target = f"; target {class_label(ex.target, class_names)}" if ex.target is not None else ""
     if size is None:
         if threat.norm == "word-edits":
-            size = f"{_pct(ex.perturbation_norm)} of the words edited"
+            size = f"{percent(ex.perturbation_norm)} of the words edited"
         else:
             symbol = _NORM_SYMBOL.get(threat.norm, f"‖δ‖ ({threat.norm})")
             size = f"{symbol} = {ex.perturbation_norm:.4g}"
@@ -413,7 +409,9 @@ class TextRenderer:
         n = len(words)
         edits = list(example.edits)
         k = len({e.position for e in edits}) if edits else round(example.perturbation_norm * n)
-        size = f"{k} of {n} word{'s' if n != 1 else ''} edited ({_pct(example.perturbation_norm)})"
+        size = (
+            f"{k} of {n} word{'s' if n != 1 else ''} edited ({percent(example.perturbation_norm)})"
+        )
         caption = example_caption(example, ctx.threat, ctx.class_names, size=size)
         notes: list[str] = []
         by_pos = _replay(words, edits)
@@ -437,42 +435,48 @@ class TextRenderer:
             notes.append("no edits recorded")
             return GalleryItem(_title(example), caption, note="; ".join(notes), body=body)
         shown = edits[:MAX_EDIT_ROWS]
-        chars = [_characters(e) for e in shown]
-        columns = [
-            "word #",
-            "kind",
-            "before",
-            "after",
-            "score change when applied",
-            "contribution when reverted",
-        ]
-        with_chars = any(chars)
-        if with_chars:
-            columns.append("characters")
-        rows: list[tuple[Cell, ...]] = []
-        for e, c in zip(shown, chars, strict=True):
-            row: list[Cell] = [
-                str(e.position),
-                e.kind,
-                Span(visible_text(e.before)),
-                Span(visible_text(e.after, _flagged(e))),
-                _signed(e.score_change),
-                _signed(e.contribution),
-            ]
-            if with_chars:
-                row.append(c or "—")
-            rows.append(tuple(row))
-        goal = "the target class" if example.target is not None else "a wrong class"
-        table = Table(
-            tuple(columns),
-            tuple(rows),
-            numeric=frozenset({0, 4, 5}),
-            caption="edits in the order applied; word # counts the whitespace-separated words "
-            f"of the original from 0; objective: the probability margin towards {goal}",
-        )
         if len(edits) > len(shown):
             notes.append(f"the first {len(shown)} of {len(edits)} edits listed")
+        table = _edits_table(shown, targeted=example.target is not None)
         return GalleryItem(_title(example), caption, table=table, note="; ".join(notes), body=body)
+
+
+def _edits_table(shown: Sequence[ExampleEdit], *, targeted: bool) -> Table:
+    """The edits of a text example, in the order applied, with their effect on the objective
+    (and the characters an edit brought in, when any did)."""
+    chars = [_characters(e) for e in shown]
+    columns = [
+        "word #",
+        "kind",
+        "before",
+        "after",
+        "score change when applied",
+        "contribution when reverted",
+    ]
+    with_chars = any(chars)
+    if with_chars:
+        columns.append("characters")
+    rows: list[tuple[Cell, ...]] = []
+    for e, c in zip(shown, chars, strict=True):
+        row: list[Cell] = [
+            str(e.position),
+            e.kind,
+            Span(visible_text(e.before)),
+            Span(visible_text(e.after, _flagged(e))),
+            _signed(e.score_change),
+            _signed(e.contribution),
+        ]
+        if with_chars:
+            row.append(c or "—")
+        rows.append(tuple(row))
+    goal = "the target class" if targeted else "a wrong class"
+    return Table(
+        tuple(columns),
+        tuple(rows),
+        numeric=frozenset({0, 4, 5}),
+        caption="edits in the order applied; word # counts the whitespace-separated words "
+        f"of the original from 0; objective: the probability margin towards {goal}",
+    )
 
 
 _RENDERERS: list[ExampleRenderer] = [TextRenderer(), ImageRenderer(), FeatureRenderer()]

@@ -15,8 +15,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import ConfigDict, Field, computed_field, model_validator
 
+from robustops.schema import StrictModel
 from robustops.threats.model import Knowledge
 
 __all__ = ["CatalogEntry", "Channel", "RiskLevel", "RiskRow", "ThreatCatalog", "risk_level"]
@@ -37,10 +38,10 @@ def risk_level(risk: int) -> RiskLevel:
     return "low"
 
 
-class CatalogEntry(BaseModel):
+class CatalogEntry(StrictModel):
     """One threat scenario of the catalog."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     id: str = Field(
         pattern=r"^[a-z0-9][a-z0-9._-]*$", description="stable slug, e.g. 'img-evasion-linf'"
@@ -77,10 +78,8 @@ class CatalogEntry(BaseModel):
         return risk_level(self.risk)
 
 
-class RiskRow(BaseModel):
+class RiskRow(StrictModel):
     """One line of the risk register: a catalog entry and what the evaluation says of it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     id: str
     title: str
@@ -104,10 +103,8 @@ class RiskRow(BaseModel):
     threats: list[str]
 
 
-class ThreatCatalog(BaseModel):
+class ThreatCatalog(StrictModel):
     """The versioned list of threat scenarios."""
-
-    model_config = ConfigDict(extra="forbid")
 
     entries: list[CatalogEntry] = Field(min_length=1)
 
