@@ -35,7 +35,7 @@ __all__ = [
     "ThreatResult",
 ]
 
-SCHEMA_VERSION = "1.3.0"
+SCHEMA_VERSION = "1.4.0"
 
 MAX_RESULT_BYTES = 512 * 2**20
 """Largest result file read (bytes): far above any suite's output, well below what a crafted
@@ -49,7 +49,9 @@ floats round-trip exactly; this only absorbs a different order of the division).
 class AttackFigures(StrictModel):
     """One attack's share of a threat's evaluation.
 
-    Attacks run in order on the samples still robust, so ``n_attacked`` shrinks down the list.
+    Attacks run in order on the samples still robust, so ``n_attacked`` shrinks down the list;
+    in an independent threat (corruptions) every attack runs on every attacked sample and
+    ``broken`` lists the samples it broke.
     """
 
     name: str
@@ -71,6 +73,11 @@ class AttackFigures(StrictModel):
     mean_edits: float | None = Field(
         default=None,
         description="word-edits threats: mean words edited per broken sample (schema >= 1.2)",
+    )
+    broken: list[int] | None = Field(
+        default=None,
+        description="independent threats: the positions of the samples this attack broke "
+        "(schema >= 1.4)",
     )
 
 
@@ -187,6 +194,11 @@ class ThreatResult(StrictModel):
     examples: list[AdversarialExample] = Field(
         default_factory=list, description="a few broken samples for reports (schema >= 1.1)"
     )
+    independent: bool = Field(
+        default=False,
+        description="every attack ran on every attacked sample (corruption threats), not on the "
+        "samples the previous ones left robust (schema >= 1.4)",
+    )
 
     def check_against(self, samples: SamplesRecord, index: int) -> list[str]:
         """Where this threat's figures disagree with its own per-sample record and the clean
@@ -232,7 +244,46 @@ class ThreatResult(StrictModel):
                 ("total_queries", self.total_queries, sum(self.queries), "the per-sample sum"),
             ],
         )
+        if self.independent:
+            return out + self._independent_disagreements(at, attacked, broken)
         return out + self._attack_disagreements(at, n_attacked)
+
+    def _independent_disagreements(
+        self, at: str, attacked: list[bool], broken: list[bool]
+    ) -> list[str]:
+        """An independent threat's attacks against the record: each ran on every attacked
+        sample and broke exactly the attacked samples it lists; together they broke the broken
+        ones, each first named in ``broken_by`` by the first attack that lists it."""
+        out: list[str] = []
+        n_attacked = sum(attacked)
+        first: dict[int, str] = {}
+        for k, a in enumerate(self.attacks):
+            where = f"{at}.attacks.{k} ({a.name!r})"
+            hits = a.broken if a.broken is not None else []
+            if a.broken is None or any(not 0 <= i < len(attacked) or not attacked[i] for i in hits):
+                out.append(f"{where}.broken: not a list of attacked samples")
+                continue
+            for i in hits:
+                first.setdefault(i, a.name)
+            out += _disagreements(
+                where,
+                [
+                    ("n_attacked", a.n_attacked, n_attacked, f"{n_attacked} attacked samples"),
+                    ("n_broken", a.n_broken, len(set(hits)), f"{len(set(hits))} listed"),
+                    (
+                        "success_rate",
+                        a.success_rate,
+                        _share(a.n_broken, a.n_attacked),
+                        f"{a.n_broken}/{a.n_attacked}",
+                    ),
+                ],
+            )
+        named = [first.get(i) for i in range(len(broken))]
+        if named != list(self.broken_by) or any(
+            (b is not None) != k for b, k in zip(named, broken, strict=True)
+        ):
+            out.append(f"{at}.broken_by: does not name the first attack listing each broken sample")
+        return out
 
     def _attack_disagreements(self, at: str, n_attacked: int) -> list[str]:
         """Where each attack's figures disagree with the per-sample record: attacks run in

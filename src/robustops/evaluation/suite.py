@@ -755,7 +755,7 @@ class _ThreatRun:
         owed = self.attacked if self.st.runs_independently else self.robust & self.attacked
         idx = owed.nonzero().squeeze(1)
         t0 = time.perf_counter()
-        tally = _Tally()
+        tally = _Tally(record_broken=self.st.runs_independently)
         for start in range(0, idx.numel(), self.opts.batch_size):
             b = idx[start : start + self.opts.batch_size]
             self._batch(attack, b, tally)
@@ -793,7 +793,7 @@ class _ThreatRun:
                 adv, details = att.item(j)
                 self.kept.append(_Kept(i, attack.name, adv, details, float(att.size[j])))
         self.robust[b[success]] = False
-        tally.add(att, success)
+        tally.add(att, success, b)
 
     def _result(
         self, figures: list[AttackFigures], wall_s: float, temperature: TemperatureFit | None
@@ -819,6 +819,7 @@ class _ThreatRun:
             if self.kept
             else [],
             calibration=self._calibration(temperature) if self.opts.calibration and n else None,
+            independent=self.st.runs_independently,
         )
 
     def _calibration(self, temperature: TemperatureFit | None) -> ThreatCalibration:
@@ -842,8 +843,12 @@ class _Tally:
     success_queries: int = 0
     sizes: list[Tensor] = field(default_factory=list)
     edits: list[Tensor] = field(default_factory=list)
+    record_broken: bool = False
+    broken: list[int] = field(default_factory=list)
 
-    def add(self, att: _Attempt, success: Tensor) -> None:
+    def add(self, att: _Attempt, success: Tensor, b: Tensor) -> None:
+        if self.record_broken:
+            self.broken += b[success].tolist()
         self.n_broken += int(success.sum())
         self.total_queries += int(att.queries.sum())
         self.success_queries += int(att.queries[success].sum())
@@ -868,6 +873,7 @@ class _Tally:
             if self.n_broken
             else None,
             mean_edits=float(edits.mean()) if edits.numel() else None,
+            broken=sorted(self.broken) if self.record_broken else None,
         )
 
 
