@@ -177,7 +177,9 @@ class Attack:
     def get_params(self) -> dict[str, Any]:
         """The hyper-parameters as the constructor stored them (its keyword-only arguments, read
         back from the attributes of the same names): what :meth:`with_params` passes on."""
-        return {k: getattr(self, k) for k in self.param_defaults()}
+        names = self.param_defaults()
+        stored = [k for k in vars(self) if k in names]  # in the order the constructor set them
+        return {k: getattr(self, k) for k in [*stored, *(k for k in names if k not in stored)]}
 
     def params(self) -> dict[str, Any]:
         """The hyper-parameters as recorded in results and reports (JSON-ready; an attack
