@@ -16,3 +16,17 @@ class NoisyInput(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.model(x + self.sigma * torch.randn_like(x))
         return out
+
+
+class Counting(nn.Module):
+    """Forwards to ``model`` and counts the rows (per-sample queries) it evaluated."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rows = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.rows += x.shape[0]
+        out: Tensor = self.model(x)
+        return out

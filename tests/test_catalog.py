@@ -96,13 +96,21 @@ def test_bad_catalog_names_the_field(tmp_path: Path, entries: list[Any], expecte
     assert expected in [p for p, _ in info.value.errors], info.value.errors
 
 
-def test_threats_command_ranks_and_flags_uncovered() -> None:
-    result = CliRunner().invoke(app, ["threats", str(ROOT / "configs" / "mnist.yaml")])
-    assert result.exit_code == 0, result.output
+def test_threats_command_ranks_and_flags_uncovered(tmp_path: Path) -> None:
+    import yaml
+
+    shipped = CliRunner().invoke(app, ["threats", str(ROOT / "configs" / "mnist.yaml")])
+    assert shipped.exit_code == 0, shipped.output
+    assert "no attack covers" not in shipped.output  # the patch threat covers the sticker
+    raw = yaml.safe_load((ROOT / "configs" / "mnist.yaml").read_text())
+    raw["catalog"]["entries"][2]["exercised_by"] = []
+    uncovered = tmp_path / "mnist.yaml"
+    uncovered.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["threats", str(uncovered)])
     assert "no attack covers: img-patch-sticker" in result.output
     spec = load_spec(ROOT / "configs" / "mnist.yaml")
     assert spec.catalog is not None
-    assert spec.catalog.content_hash()[:12] in result.output
+    assert spec.catalog.content_hash()[:12] in shipped.output
 
 
 def test_schema_command_exports_json_schema(tmp_path: Path) -> None:

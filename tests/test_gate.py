@@ -839,7 +839,7 @@ def test_a_wildcard_rule_needs_a_threat_and_the_spec_its_threats(tmp_path: Path)
     # A policy read from a spec knows which threats its evaluation declares (per tier).
     root = Path(__file__).resolve().parent.parent
     policy = load_policy(root / "configs" / "mnist.yaml")
-    assert policy.threats == ["linf-0.3", "l2-2.0"]
+    assert policy.threats == ["linf-0.3", "l2-2.0", "patch-6"]
     only_linf = _result({"linf-0.3": _pattern(9, 10)})
     report = evaluate_gate(only_linf, None, policy.model_copy(update={"max_p99_latency_ms": None}))
     missing = _rule(report, "threats[l2-2.0]")

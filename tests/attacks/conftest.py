@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -27,3 +29,14 @@ def half_width_cnn() -> tuple[nn.Module, Tensor, Tensor, Tensor, Tensor]:
         ok = net(ds.x_test).argmax(dim=1) == ds.y_test
     idx = ok.nonzero().squeeze(1)[:N_EVAL]
     return net, ds.x_test, ds.y_test, ds.x_test[idx], ds.y_test[idx]
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread() -> Iterator[None]:
+    """The image-threat attacks run many small batches, where more intra-op threads only add
+    overhead (a lot of it on a loaded machine: minutes with two threads on two busy cores,
+    seconds with one): one thread for the module that asks, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

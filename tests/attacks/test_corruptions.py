@@ -4,8 +4,6 @@ check against forged outputs, and the corruption attacks on MNIST and colour ima
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
@@ -44,13 +42,7 @@ def _colour(n: int = 6, seed: int = 0) -> Tensor:
     return nn.functional.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Many small per-image operations: one intra-op thread for this module, restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")

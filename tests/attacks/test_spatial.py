@@ -4,13 +4,13 @@ first-order attack, targeted threats, query accounting and reproducibility."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
 
+from model_helpers import Counting
 from robustops import ThreatModel
 from robustops.attacks import SpatialGrid, SpatialPGD, build_attack, spatial_transform
 from robustops.attacks.budget import check_budget
@@ -23,29 +23,7 @@ def _threat(eps: float = 30.0, translation: float = 3.0, **kw: Any) -> ThreatMod
     return ThreatModel(name="s", norm="spatial", epsilon=eps, translation=translation, **kw)
 
 
-class Counting(nn.Module):
-    """Forwards to ``model`` and counts the rows (per-sample queries) it evaluated."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.rows = 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.rows += x.shape[0]
-        out: Tensor = self.model(x)
-        return out
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These attacks run many small batches, where more intra-op threads only add overhead (a
-    lot of it on a loaded machine: this file took minutes with two threads on two busy cores,
-    seconds with one): one thread for this module, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")

@@ -183,8 +183,18 @@ class Attack:
 
     def params(self) -> dict[str, Any]:
         """The hyper-parameters as recorded in results and reports (JSON-ready; an attack
-        holding an object, e.g. an embedding, records its name instead)."""
-        return self.get_params()
+        holding an object, e.g. an embedding, records its name instead): :meth:`get_params`,
+        and the options a subclass fixes for its parent (APGD-DLR's ``loss``), so that a result
+        says everything the run used."""
+        every = {
+            p.name
+            for klass in type(self).__mro__
+            if "__init__" in vars(klass)
+            for p in inspect.signature(vars(klass)["__init__"]).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        stored = {k: v for k, v in vars(self).items() if k in every}
+        return {**stored, **{k: v for k, v in self.get_params().items() if k not in stored}}
 
     def with_params(self, **changes: Any) -> Self:
         """A new attack of this class and threat with :meth:`get_params` updated by ``changes``,
