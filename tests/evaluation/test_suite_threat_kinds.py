@@ -93,3 +93,18 @@ def test_a_budget_breaking_plugin_gains_nothing(
     res = run_suite(trained_cnn, x[:N], y[:N], [SuiteThreat(PATCH, [attack])], OPTS)
     t = res.threat("patch-6")
     assert t.attacks[0].n_broken == 0 and t.robust_accuracy == 1.0
+
+
+def test_the_report_shows_budgets_and_the_corruption_table(
+    result: SuiteResult, tmp_path: Any
+) -> None:
+    from robustops.report import render_markdown
+
+    page = render_markdown(result, tmp_path).read_text(encoding="utf-8")
+    assert "6×6 patch" in page and "rotation ≤ 30°, translation ≤ 3 px" in page
+    assert "## Common corruptions" in page
+    row = next(line for line in page.splitlines() if line.startswith("| elastic |"))
+    t = result.threat("corruption-3")
+    elastic = next(a for a in t.attacks if a.name == "elastic")
+    n = result.n_samples
+    assert f"{(sum(result.samples.clean_correct) - elastic.n_broken) / n:.1%}" in row

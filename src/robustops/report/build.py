@@ -46,7 +46,13 @@ __all__ = ["MAX_EXAMPLES", "audit_sweep", "build_document", "wilson_interval"]
 MAX_EXAMPLES = 8
 """Adversarial examples shown per threat."""
 
-_NORM_NAME = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
+_NORM_NAME = {
+    "linf": "L∞",
+    "l2": "L2",
+    "patch": "patch side (pixels)",
+    "spatial": "rotation (degrees)",
+    "corruption": "corruption severity",
+}
 _WORD_EDITS = "word-edits"
 _DASH = "—"
 
@@ -114,13 +120,6 @@ def _epsilon(norm: str, epsilon: float) -> str:
     return _share(epsilon) if norm == _WORD_EDITS else f"{epsilon:g}"
 
 
-def _budget(norm: str, epsilon: float) -> str:
-    """``L∞ ε = 0.1``, or ``word edits ≤ 20% of the words``."""
-    if norm == _WORD_EDITS:
-        return f"word edits ≤ {_share(epsilon)} of the words"
-    return f"{_NORM_NAME.get(norm, norm)} ε = {epsilon:g}"
-
-
 def _threat_line(t: ThreatResult, class_names: tuple[str, ...] = ()) -> str:
     tm = t.threat
     if not tm.targeted:
@@ -129,7 +128,7 @@ def _threat_line(t: ThreatResult, class_names: tuple[str, ...] = ()) -> str:
         goal = f"targeted at class {class_label(tm.target_class, class_names)}"
     else:
         goal = "targeted"
-    parts = [_budget(tm.norm, tm.epsilon), tm.knowledge, goal]
+    parts = [tm.budget, tm.knowledge, goal]
     if tm.norm != _WORD_EDITS:
         parts.append(f"bounds [{tm.bounds[0]:g}, {tm.bounds[1]:g}]")
     if tm.query_budget is not None:
@@ -346,6 +345,8 @@ class _Builder:
         if r.threats:
             doc.sections.append(self.curves())
             doc.sections.append(self.threats())
+        if any(t.independent for t in r.threats):
+            doc.sections.append(self.corruptions())
         if r.audit:
             doc.sections.append(self.audit())
         if r.calibration is not None:
@@ -443,6 +444,33 @@ class _Builder:
             caption=f"{n} evaluated samples; robust accuracy = correct and not broken by any "
             "attack of the threat; ECE on the clean, resp. attacked, inputs",
         )
+
+    def corruptions(self) -> Section:
+        """Accuracy under each corruption at each severity (the independent threats): a sample
+        counts when it is classified correctly both clean and corrupted."""
+        r = self.r
+        sec = self.section("Common corruptions", key="corruptions")
+        note = (
+            "Accuracy under each corruption alone (every sample corrupted by each), by severity "
+            "1–5 as MNIST-C / CIFAR-10-C define them; a sample counts when it is classified "
+            "correctly both clean and corrupted. The last row is the worst case over the "
+            "corruptions of each threat (its robust accuracy)."
+        )
+        sec.blocks.append(Paragraph.of(note, note=True))
+        threats = sorted((t for t in r.threats if t.independent), key=lambda t: t.threat.epsilon)
+        n, correct = r.n_samples, sum(r.samples.clean_correct)
+        names = list(dict.fromkeys(a.name for t in threats for a in t.attacks))
+        rows: list[tuple[Cell, ...]] = []
+        for name in names:
+            cells: list[Cell] = [name]
+            for t in threats:
+                a = next((a for a in t.attacks if a.name == name), None)
+                cells.append(_DASH if a is None or not n else percent((correct - a.n_broken) / n))
+            rows.append(tuple(cells))
+        rows.append(("worst case", *(percent(t.robust_accuracy) for t in threats)))
+        columns = ("corruption", *(f"{t.name} (severity {t.threat.epsilon:g})" for t in threats))
+        sec.blocks.append(Table(columns, tuple(rows), numeric=frozenset(range(1, len(columns)))))
+        return sec
 
     def curves(self) -> Section:
         r = self.r

@@ -17,6 +17,7 @@ from pydantic import (
 from torch import Tensor
 
 from robustops.errors import SpecError
+from robustops.format import percent
 
 __all__ = [
     "CORRUPTION_SEVERITIES",
@@ -130,10 +131,11 @@ class ThreatModel(BaseModel):
 
     @property
     def budget(self) -> str:
-        """The budget in words for reports, e.g. ``"L∞ ε = 0.3"``, ``"6×6 patch"``."""
+        """The budget in words for reports: ``L∞ ε = 0.3``, ``word edits ≤ 20% of the words``,
+        ``6×6 patch``, ``rotation ≤ 30°, translation ≤ 3 px``, ``corruption severity 3``."""
         eps = f"{self.epsilon:g}"
         if self.norm == "word-edits":
-            return f"≤ {self.epsilon:.0%} of words edited"
+            return f"word edits ≤ {percent(self.epsilon, 4, significant=True)} of the words"
         if self.norm == "patch":
             return f"{eps}×{eps} patch"
         if self.norm == "spatial":
