@@ -171,3 +171,15 @@ def test_bad_options_name_the_parameter() -> None:
         Occlusion(_threat(), stride=0)
     with pytest.raises(SpecError, match="knowledge"):
         AdversarialPatch(_threat(knowledge="decision-based"))
+
+
+def test_a_sample_gets_the_same_patch_in_any_batch(data: Data) -> None:
+    """Per-sample randomness: what the suite finds for a sample does not depend on which other
+    samples an earlier attack left in its batch (the worst case never loses to one attack run
+    alone) or on how the samples are sharded."""
+    net, x, y = data
+    attack = build_attack("patch", _threat(4), locations=4, steps=3)
+    whole = attack(net, x[:24], y[:24])
+    part = attack(net, x[8:24:2], y[8:24:2])
+    assert torch.equal(part.adversarial, whole.adversarial[8:24:2])
+    assert torch.equal(part.queries, whole.queries[8:24:2])

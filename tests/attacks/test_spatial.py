@@ -205,3 +205,13 @@ def test_bad_options_name_the_parameter() -> None:
         SpatialPGD(_threat(), step_size=-1.0)
     with pytest.raises(SpecError, match=r"threat\.norm"):
         SpatialGrid(ThreatModel(name="l", norm="linf", epsilon=0.1))
+
+
+def test_spatial_pgd_gives_a_sample_the_same_result_in_any_batch(data: Data) -> None:
+    net, x, y = data
+    threat = ThreatModel(name="s", norm="spatial", epsilon=30, translation=3)
+    attack = build_attack("spatial-pgd", threat, steps=3, restarts=2)
+    whole = attack(net, x[:24], y[:24])
+    part = attack(net, x[8:24:2], y[8:24:2])
+    assert torch.equal(part.details, whole.details[8:24:2])
+    assert torch.equal(part.adversarial, whole.adversarial[8:24:2])

@@ -103,7 +103,8 @@ def test_the_report_shows_budgets_and_the_corruption_table(
     page = render_markdown(result, tmp_path).read_text(encoding="utf-8")
     assert "6×6 patch" in page and "rotation ≤ 30°, translation ≤ 3 px" in page
     assert "## Common corruptions" in page
-    row = next(line for line in page.splitlines() if line.startswith("| elastic |"))
+    table = page.split("## Common corruptions", 1)[1]
+    row = next(line for line in table.splitlines() if line.startswith("| elastic |"))
     t = result.threat("corruption-3")
     elastic = next(a for a in t.attacks if a.name == "elastic")
     n = result.n_samples

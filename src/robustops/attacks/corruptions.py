@@ -51,7 +51,6 @@ use torch's generators on the input's device (CPU and CUDA draws differ; each is
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -63,6 +62,7 @@ from PIL import Image
 from torch import Tensor
 
 from robustops.attacks.base import Attack, ModelFn
+from robustops.attacks.randomness import SampleRandomness
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import CORRUPTION_SEVERITIES
@@ -86,43 +86,7 @@ _RTOL, _ATOL = 1e-5, 1e-6
 """How close an output must be to the recomputed corruption (per entry, input units)."""
 
 
-class _Randomness:
-    """Per-sample generators for a batch ``(N, ...)``, created on first use, each seeded from
-    ``key`` (corruption, severity, seed) and a sha256 of its sample's dtype, shape and bytes."""
-
-    def __init__(self, x: Tensor, key: str) -> None:
-        self._x = x
-        self._key = key
-        self._gens: list[torch.Generator] | None = None
-
-    def generators(self) -> list[torch.Generator]:
-        """One generator per sample, on the batch's device."""
-        if self._gens is None:
-            data = self._x.detach().to("cpu").contiguous()
-            self._gens = []
-            for sample in data:
-                h = hashlib.sha256(self._key.encode())
-                h.update(f"{sample.dtype}{tuple(sample.shape)}".encode())
-                h.update(sample.reshape(-1).view(torch.uint8).numpy().tobytes())
-                gen = torch.Generator(device=self._x.device)
-                gen.manual_seed(int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1))
-                self._gens.append(gen)
-        return self._gens
-
-    def per_sample(self, draw: Callable[[int, torch.Generator], Tensor]) -> Tensor:
-        """``draw(i, generator)`` for every sample ``i``, stacked: ``(N, ...)``."""
-        return torch.stack([draw(i, g) for i, g in enumerate(self.generators())])
-
-    def uniform(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """``(N, *shape)`` uniform in [-1, 1), in ``like``'s dtype and device."""
-
-        def draw(_: int, g: torch.Generator) -> Tensor:
-            return torch.rand(shape, generator=g, device=like.device, dtype=like.dtype)
-
-        return self.per_sample(draw) * 2 - 1
-
-
-CorruptionFn = Callable[[Tensor, int, _Randomness], Tensor]
+CorruptionFn = Callable[[Tensor, int, SampleRandomness], Tensor]
 """A corruption on the [0, 1] scale: ``(images (N, C, H, W) in [0, 1], severity 1..5,
 per-sample randomness) -> (N, C, H, W)`` (clipped to [0, 1] by :func:`corrupt`)."""
 
@@ -144,7 +108,7 @@ def _level(u: Tensor, severity: int, colour: tuple[float, ...], grey: tuple[floa
 
 
 @_corruption("gaussian_noise")
-def _gaussian_noise(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
+def _gaussian_noise(u: Tensor, severity: int, rnd: SampleRandomness) -> Tensor:
     sigma = _level(u, severity, (0.04, 0.06, 0.08, 0.09, 0.10), (0.08, 0.12, 0.18, 0.26, 0.38))
 
     def draw(_: int, g: torch.Generator) -> Tensor:
@@ -154,7 +118,7 @@ def _gaussian_noise(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
 
 
 @_corruption("shot_noise")
-def _shot_noise(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
+def _shot_noise(u: Tensor, severity: int, rnd: SampleRandomness) -> Tensor:
     lam = _level(u, severity, (500, 250, 100, 75, 50), (60, 25, 12, 5, 3))
     rates = u * lam
     return rnd.per_sample(lambda i, g: torch.poisson(rates[i], generator=g)) / lam
@@ -191,13 +155,13 @@ def _gaussian_filter(img: Tensor, sigma: float, truncate: float, mode: str) -> T
 
 
 @_corruption("gaussian_blur")
-def _gaussian_blur(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
+def _gaussian_blur(u: Tensor, severity: int, rnd: SampleRandomness) -> Tensor:
     sigma = _level(u, severity, (0.4, 0.6, 0.7, 0.8, 1.0), (1.0, 2.0, 3.0, 4.0, 6.0))
     return _gaussian_filter(u, sigma, truncate=4.0, mode="nearest")
 
 
 @_corruption("jpeg_compression")
-def _jpeg(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
+def _jpeg(u: Tensor, severity: int, rnd: SampleRandomness) -> Tensor:
     quality = int(_level(u, severity, (80, 65, 58, 50, 40), (25, 18, 15, 10, 7)))
     pixels = (u * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     decoded = []
@@ -214,7 +178,7 @@ def _jpeg(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
 
 
 @_corruption("brightness")
-def _brightness(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
+def _brightness(u: Tensor, severity: int, rnd: SampleRandomness) -> Tensor:
     shift = _level(u, severity, (0.05, 0.1, 0.15, 0.2, 0.3), (0.1, 0.2, 0.3, 0.4, 0.5))
     if u.shape[1] == 1:
         return u + shift
@@ -224,7 +188,7 @@ def _brightness(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
 
 
 @_corruption("contrast")
-def _contrast(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
+def _contrast(u: Tensor, severity: int, rnd: SampleRandomness) -> Tensor:
     factor = _level(u, severity, (0.75, 0.5, 0.4, 0.3, 0.15), (0.4, 0.3, 0.2, 0.1, 0.05))
     means = u.mean(dim=(2, 3), keepdim=True)
     return (u - means) * factor + means
@@ -287,7 +251,7 @@ def _displacement(noise: Tensor, alpha: float, sigma: float) -> Tensor:
 
 
 @_corruption("elastic_transform")
-def _elastic(u: Tensor, severity: int, rnd: _Randomness) -> Tensor:
+def _elastic(u: Tensor, severity: int, rnd: SampleRandomness) -> Tensor:
     n, _, h, w = u.shape
     side = min(h, w)
     alpha, sigma, shift = _elastic_scales(severity, h, w)
@@ -356,7 +320,7 @@ def corrupt(
         raise ValueError(f"corruptions need float images (N, 1 or 3, H, W), got {tuple(x.shape)}")
     low, high = bounds
     u = ((images - low) / (high - low)).clamp(0.0, 1.0)
-    rnd = _Randomness(images, f"{name}|{severity}|{seed}")
+    rnd = SampleRandomness(images, f"{name}|{severity}|{seed}")
     out = CORRUPTIONS[name](u, severity, rnd).clamp(0.0, 1.0)
     return (low + out * (high - low)).clamp(low, high).to(x.dtype).reshape(x.shape)
 

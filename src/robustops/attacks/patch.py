@@ -25,6 +25,7 @@ from torch import Tensor
 
 from robustops.attacks.base import Attack, ModelFn, is_adversarial
 from robustops.attacks.eot import LOSSES, loss_and_grad
+from robustops.attacks.randomness import SampleRandomness
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
@@ -208,6 +209,7 @@ class AdversarialPatch(_PatchAttack):
         best_loss = torch.full((n,), -math.inf, device=x.device)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         queries = torch.ones(n, dtype=torch.int64, device=x.device)  # the saliency pass
+        rnd = SampleRandomness(x, f"patch|{self.seed}|{self.steps}|{self.step_size}|{self.loss}")
 
         def judge(idx: Tensor, adv: Tensor, corner: Tensor, logits: Tensor, loss: Tensor) -> Tensor:
             """Record each image's best patch; the mask of the images still running."""
@@ -230,8 +232,7 @@ class AdversarialPatch(_PatchAttack):
             mask = _square_masks(corner, kh, kw, x.shape[-2], x.shape[-1]).view(
                 idx.numel(), *([1] * (x.dim() - 3)), x.shape[-2], x.shape[-1]
             )
-            noise = torch.rand(x0.shape, generator=gen, device=x.device, dtype=x.dtype)
-            patch = low + (high - low) * noise
+            patch = low + (high - low) * rnd.rand(idx, x0)
             for _ in range(self.steps):
                 adv = torch.where(mask, patch, x0)
                 t = targets[idx] if targets is not None else None

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from robustops.attacks.base import Attack, ModelFn, is_adversarial
 from robustops.attacks.eot import LOSSES
+from robustops.attacks.randomness import SampleRandomness
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
@@ -349,6 +350,10 @@ class SpatialPGD(_SpatialAttack):
         best_loss = torch.full((n,), -math.inf, device=x.device)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         queries = torch.zeros(n, dtype=torch.int64, device=x.device)
+        rnd = SampleRandomness(
+            x, f"spatial-pgd|{self.seed}|{self.steps}|{self.step_size}|{self.loss}"
+        )
+        params_like = best  # one (angle, dx, dy) draw per sample
 
         def judge(idx: Tensor, params: Tensor, logits: Tensor, loss: Tensor) -> Tensor:
             """Record each sample's best point; the mask of the samples still running."""
@@ -365,7 +370,7 @@ class SpatialPGD(_SpatialAttack):
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            u = torch.rand(idx.numel(), 3, generator=gen, device=x.device, dtype=x.dtype)
+            u = rnd.rand(idx, params_like)
             params = (2 * u - 1) * budget
             for _ in range(self.steps):
                 params = params.detach().requires_grad_(True)
