@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from robustops.errors import RobustOpsError, SpecError
+from robustops.format import percent
 from robustops.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -325,7 +326,7 @@ def _print_result(result: SuiteResult, out: Path, plots: Path | None) -> None:
 
 def _summary_table(result: SuiteResult) -> Table:
     table = Table(
-        title=f"{result.name}: {result.n_samples} samples, clean accuracy {result.clean_accuracy:.1%}"
+        title=f"{result.name}: {result.n_samples} samples, clean accuracy {percent(result.clean_accuracy)}"
     )
     table.add_column("threat")
     table.add_column("attack")
@@ -349,7 +350,7 @@ def _summary_table(result: SuiteResult) -> Table:
             ]
             if edits:
                 cells.append(f"{a.mean_edits:.2f}" if a.mean_edits is not None else "")
-            cells += [f"{a.wall_time_s:.2f}", f"{t.robust_accuracy:.1%}" if last else ""]
+            cells += [f"{a.wall_time_s:.2f}", f"{percent(t.robust_accuracy)}" if last else ""]
             table.add_row(*cells, end_section=last)
     return table
 
@@ -378,7 +379,7 @@ def _calibration_table(result: SuiteResult) -> Table:
 
         table.add_row(
             label,
-            f"{raw.accuracy:.1%}",
+            f"{percent(raw.accuracy)}",
             cell(raw.mean_confidence, scaled.mean_confidence if scaled else None),
             cell(raw.ece, scaled.ece if scaled else None),
             cell(raw.brier, scaled.brier if scaled else None),
@@ -411,14 +412,14 @@ def _certification_table(result: SuiteResult) -> Table:
     assert cert is not None
     table = Table(
         title=f"randomized smoothing: σ={cert.sigma:g}, n={cert.n}, α={cert.alpha:g}, "
-        f"{cert.n_samples} samples; abstained {cert.abstain_rate:.1%}; "
+        f"{cert.n_samples} samples; abstained {percent(cert.abstain_rate)}; "
         f"ACR {cert.average_certified_radius:.3f}; max certifiable radius "
         f"{cert.max_certifiable_radius:.2f}"
     )
     table.add_column("L2 radius", justify="right")
     table.add_column("certified accuracy", justify="right", style="bold")
     for r, acc in cert.certified_accuracy.items():
-        table.add_row(r, f"{acc:.1%}")
+        table.add_row(r, f"{percent(acc)}")
     table.caption = f"{cert.samples_per_second:,.0f} noisy samples/s, {cert.wall_time_s:.1f} s"
     return table
 
@@ -634,8 +635,10 @@ def threats(
             ", ".join(r.threats) if r.covered else "[bold red]not covered[/]",
         ]
         if accs is not None:
-            cells.append("" if r.robust_accuracy is None else f"{r.robust_accuracy:.1%}")
-            cells.append("" if r.attack_success_rate is None else f"{r.attack_success_rate:.1%}")
+            cells.append("" if r.robust_accuracy is None else f"{percent(r.robust_accuracy)}")
+            cells.append(
+                "" if r.attack_success_rate is None else f"{percent(r.attack_success_rate)}"
+            )
         table.add_row(*cells)
     console.print(table)
     uncovered = [r.id for r in rows if not r.covered]

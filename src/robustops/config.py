@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from robustops.attacks import Attack, build_attack
 from robustops.attacks.registry import AttackSpec
@@ -19,6 +19,7 @@ from robustops.errors import SpecError, shorten
 from robustops.evaluation.suite import SuiteThreat
 from robustops.gate import DEFAULT_KEY, GatePolicy, GatePolicyFile
 from robustops.io import load_yaml
+from robustops.schema import StrictModel
 from robustops.threats import ThreatCatalog, ThreatModel, validation_error_to_spec_error
 from robustops.training.recipe import Recipe
 from robustops.trust import REF_PATTERN, check_ref
@@ -35,11 +36,7 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     """Which embedded data set and how to split it: images and tables (:data:`DATASETS`:
     ``mnist_subset``, ``digits``, ``breast_cancer``) or texts (:data:`TEXT_DATASETS`:
     ``sms_spam``)."""
@@ -69,7 +66,7 @@ class DataSpec(_Strict):
         return "text" if self.name in TEXT_DATASETS else "tensor"
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """A model factory ``module:callable`` with keyword arguments and optional safetensors weights."""
 
     factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -156,7 +153,7 @@ def _default_calibration_attack(threat: ThreatModel) -> AttackSpec:
     return AttackSpec.model_validate(by_knowledge[threat.knowledge])
 
 
-class CalibrationSpec(_Strict):
+class CalibrationSpec(StrictModel):
     """Calibration under attack (on by default): ECE, Brier and NLL on clean and attacked inputs,
     and a temperature fitted on held-out test samples that are never evaluated.
 
@@ -184,7 +181,7 @@ class CalibrationSpec(_Strict):
     attack: AttackSpec | None = None
 
 
-class AuditSpec(_Strict):
+class AuditSpec(StrictModel):
     """The gradient-masking audit (see :mod:`robustops.evaluation.masking`), per threat.
 
     Attributes:
@@ -201,7 +198,7 @@ class AuditSpec(_Strict):
     eot_samples: int = Field(default=10, ge=1)
 
 
-class CertificationSpec(_Strict):
+class CertificationSpec(StrictModel):
     """Randomized-smoothing certification (Cohen et al. 2019) of the spec's model.
 
     Attributes:
@@ -229,7 +226,7 @@ class CertificationSpec(_Strict):
         return sorted(v)
 
 
-class TierSpec(_Strict):
+class TierSpec(StrictModel):
     """A budget tier of the suite, e.g. ``quick`` for pull requests and ``full`` for nightly:
     what it keeps of the evaluation section (everything when a field is null).
 
@@ -248,7 +245,7 @@ class TierSpec(_Strict):
     certification: bool = True
 
 
-class EvaluationSpec(_Strict):
+class EvaluationSpec(StrictModel):
     """The suite: threats with their attacks, on ``n_samples`` test samples (all when null), and
     the optional calibration, gradient-masking audit and certification. ``eot_samples``: see
     :func:`robustops.evaluation.run_suite` (a stochastic model is evaluated on its mean logits
@@ -313,7 +310,7 @@ class EvaluationSpec(_Strict):
         return names.index(self.calibration.threat) if self.calibration.threat else 0
 
 
-class PipelineSpec(_Strict):
+class PipelineSpec(StrictModel):
     """The whole pipeline spec."""
 
     name: str = Field(min_length=1)

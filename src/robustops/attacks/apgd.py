@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from robustops.attacks.base import Attack, ModelFn, is_adversarial, project
+from robustops.attacks.base import Attack, ModelFn, is_adversarial, perturbation_norm, project
 from robustops.attacks.eot import (
     LOSSES,
     LossFn,
@@ -80,10 +80,9 @@ def _reference_start(x: Tensor, threat: ThreatModel, gen: torch.Generator) -> Te
     then projected onto the bounds. ``x`` ``(n, ...)``; returns ``(n, ...)``."""
     if threat.norm == "linf":
         t = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
-        scale = t.flatten(1).abs().amax(dim=1)
     else:
         t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        scale = t.flatten(1).norm(p=2, dim=1)
+    scale = perturbation_norm(t, threat.norm)
     return project(x + threat.epsilon * (t / _view(scale.clamp_min(1e-12), x)), x, threat)
 
 

@@ -26,12 +26,13 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from torch import Tensor, nn
 
 from robustops._util import make_generator
 from robustops.errors import SpecError, UnsafeArtifactError, short_repr
 from robustops.io import atomic_write_text
+from robustops.schema import StrictModel
 from robustops.trust import builtin, resolve_callable
 
 __all__ = [
@@ -251,27 +252,21 @@ MAX_PARAMETERS = 200_000_000
 """Most embedding parameters (vocabulary × width) a saved text model may declare (800 MB)."""
 
 
-class _VocabMeta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _VocabMeta(StrictModel):
     kind: Literal["char_ngram"]
     ngram_range: tuple[Annotated[int, Field(ge=1, le=32)], Annotated[int, Field(ge=1, le=32)]]
     lowercase: bool
     ngrams: list[str] = Field(max_length=MAX_VOCAB)
 
 
-class _ArchMeta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _ArchMeta(StrictModel):
     vocab_size: int = Field(ge=0, le=MAX_VOCAB)
     num_classes: int = Field(ge=1, le=MAX_CLASSES)
     embed_dim: int = Field(ge=1, le=MAX_EMBED_DIM)
 
 
-class _FileMeta(BaseModel):
+class _FileMeta(StrictModel):
     """The ``robustops`` metadata of a saved :class:`TorchTextClassifier`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     format: Literal["robustops.text.TorchTextClassifier/1"]
     model: _ArchMeta

@@ -6,7 +6,6 @@ from typing import Any, Literal
 
 import torch
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -18,6 +17,7 @@ from torch import Tensor
 
 from robustops.errors import SpecError
 from robustops.format import percent
+from robustops.schema import StrictModel
 
 __all__ = [
     "CORRUPTION_SEVERITIES",
@@ -36,7 +36,7 @@ _INTEGRAL = ("patch", "corruption")
 Knowledge = Literal["white-box", "score-based", "decision-based"]
 
 
-class ThreatModel(BaseModel):
+class ThreatModel(StrictModel):
     """What an attacker may do: perturb an input inside a norm ball, within a query budget.
 
     The same type serves every modality and perturbation family; ``norm`` names the family
@@ -75,7 +75,7 @@ class ThreatModel(BaseModel):
         translation: ``spatial`` only: the largest shift per axis, in pixels.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     name: str = Field(min_length=1, max_length=200)
     norm: Norm = "linf"

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from robustops.attacks.base import Attack
 from robustops.attacks.registry import AttackSpec, build_attack
 from robustops.errors import SpecError
+from robustops.schema import StrictModel
 from robustops.threats.model import ThreatModel
 
 __all__ = [
@@ -36,10 +37,6 @@ __all__ = [
 
 ObjectiveName = Literal["standard", "pgd-at", "trades", "fast", "gaussian"]
 PerturbationKind = Literal["linf", "l2", "patch", "noise"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _refuse_unused(
@@ -63,7 +60,7 @@ def _refuse_unused(
     return data
 
 
-class ObjectiveSpec(_Strict):
+class ObjectiveSpec(StrictModel):
     """What the model is trained to minimise.
 
     * ``standard``: cross-entropy on clean inputs.
@@ -122,7 +119,7 @@ class ObjectiveSpec(_Strict):
         return self.steps if self.steps is not None else 10
 
 
-class PerturbationSpec(_Strict):
+class PerturbationSpec(StrictModel):
     """One family of perturbations of a recipe's mix, drawn per batch with probability
     proportional to ``weight``.
 
@@ -161,7 +158,7 @@ class PerturbationSpec(_Strict):
         return self
 
 
-class CurriculumSpec(_Strict):
+class CurriculumSpec(StrictModel):
     """How much of each perturbation's budget is used over training (a factor in [0, 1]).
 
     * ``constant``: the full budget throughout.
@@ -210,7 +207,7 @@ class CurriculumSpec(_Strict):
         return self
 
 
-class ScheduleSpec(_Strict):
+class ScheduleSpec(StrictModel):
     """Learning-rate schedule, evaluated every batch from the recipe's peak ``lr``.
 
     * ``constant``: ``lr`` throughout (after an optional linear ``warmup_epochs``).
@@ -250,7 +247,7 @@ class ScheduleSpec(_Strict):
         return self
 
 
-class OptimizerSpec(_Strict):
+class OptimizerSpec(StrictModel):
     """``adam`` (default) or ``sgd`` (with ``momentum`` and optional ``nesterov``)."""
 
     name: Literal["adam", "sgd"] = "adam"
@@ -266,7 +263,7 @@ class OptimizerSpec(_Strict):
         )
 
 
-class AWPSpec(_Strict):
+class AWPSpec(StrictModel):
     """Adversarial weight perturbation (Wu et al. 2020) on top of PGD-AT or TRADES: before each
     update, every weight matrix ``w`` moves by ``gamma * ||w|| * g / ||g||`` along the gradient
     ``g`` of the training loss, the update is computed there, and the move is undone."""
@@ -275,7 +272,7 @@ class AWPSpec(_Strict):
     warmup_epochs: int = Field(default=0, ge=0)
 
 
-class ValidationSpec(_Strict):
+class ValidationSpec(StrictModel):
     """Hold out ``holdout`` training samples (a seeded draw) to measure clean and robust accuracy
     after each epoch; robust accuracy is under PGD (``pgd_steps`` steps, one random start) at the
     full budget of the first ``linf``/``l2`` perturbation of the mix."""
@@ -285,7 +282,7 @@ class ValidationSpec(_Strict):
     batch_size: int = Field(default=500, ge=1)
 
 
-class EarlyStoppingSpec(_Strict):
+class EarlyStoppingSpec(StrictModel):
     """Stop when validation robust accuracy has not improved by more than ``min_delta`` for
     ``patience`` epochs (counted once the curriculum reached the full budget; Rice et al.
     2020)."""
@@ -294,7 +291,7 @@ class EarlyStoppingSpec(_Strict):
     min_delta: float = Field(default=0.0, ge=0)
 
 
-class GuardSpec(_Strict):
+class GuardSpec(StrictModel):
     """Catastrophic-overfitting guard (for fast training). After each epoch, on the first
     ``samples`` held-out inputs, measure FGSM accuracy and PGD accuracy (``pgd_steps`` steps) at
     the full budget. If PGD accuracy fell by at least ``drop`` since the last good epoch while
@@ -310,7 +307,7 @@ class GuardSpec(_Strict):
     max_restores: int = Field(default=3, ge=0)
 
 
-class AugmentSpec(_Strict):
+class AugmentSpec(StrictModel):
     """Adversarial data augmentation for text models (the text trainer only,
     :func:`robustops.training.text.fit_text`).
 
@@ -384,7 +381,7 @@ class AugmentSpec(_Strict):
         return built
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     """A whole training recipe.
 
     Attributes:
