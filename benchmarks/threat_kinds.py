@@ -23,15 +23,11 @@ the suite on the first ``--n-eval`` test samples, seed 0:
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from robustops._util import environment
+from common import model_benchmark_main
 from robustops.attacks import build_attack
 from robustops.config import load_spec
 from robustops.evaluation import SuiteOptions, SuiteThreat, run_suite
@@ -130,28 +126,9 @@ def _print_table(results: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-eval", type=int, default=500)
-    ap.add_argument("--retrain", action="store_true")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/threat_kinds.json")
-    ap.add_argument("--table-only", action="store_true", help="print the table of --out")
-    args = ap.parse_args()
-    if args.table_only:
-        _print_table(json.loads(args.out.read_text())["results"])
-        return
-    torch.set_num_threads(args.threads)
-    results = [run(name, args.n_eval, args.retrain) for name in CONFIGS]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"results": results, "environment": environment(), "args": vars(args)},
-            indent=2,
-            default=str,
-        )
+    model_benchmark_main(
+        __doc__ or "", "benchmarks/results/threat_kinds.json", CONFIGS, run, _print_table
     )
-    _print_table(results)
-    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from model_helpers import Counting
 from robustops import SpecError, ThreatModel
 from robustops.attacks import PGD, Square, build_attack, get_attack
 from robustops.attacks.square import p_schedule
@@ -23,20 +24,6 @@ Batch = tuple[Tensor, Tensor]
 
 def _threat(norm: str = "linf", eps: float = 0.3, **kw: Any) -> ThreatModel:
     return ThreatModel(name="t", norm=norm, epsilon=eps, knowledge="score-based", **kw)  # type: ignore[arg-type]
-
-
-class Counting(nn.Module):
-    """Forwards to ``model`` and counts the rows (per-sample queries) it evaluated."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.rows = 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.rows += x.shape[0]
-        out: Tensor = self.model(x)
-        return out
 
 
 @pytest.fixture(scope="module")
