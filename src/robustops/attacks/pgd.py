@@ -82,6 +82,51 @@ class _Best:
         self.hit = self.hit | hit
 
 
+class _LinfBall:
+    """PGD's geometry in the L∞ ball: the exact box of the ball ∩ bounds around ``x0``, built
+    once per restart, so each projection is a single clamp (the same result as ``project()``,
+    see ``linf_box``); steps along the gradient's sign."""
+
+    def __init__(self, x0: Tensor, threat: ThreatModel, box: tuple[Tensor, Tensor] | None = None):
+        self.x0, self.threat = x0, threat
+        low, high = threat.bounds
+        self.lo, self.hi = (
+            box if box is not None else linf_box(x0, eps_as(threat.epsilon, x0), low, high)
+        )
+
+    def start(self, gen: torch.Generator, random: bool) -> Tensor:
+        start = random_point(self.x0, self.threat, gen, 1.0) if random else self.x0
+        return torch.clamp(start, self.lo, self.hi)
+
+    def step(self, adv: Tensor, grad: Tensor, alpha: float) -> Tensor:
+        # adv + alpha * sign(grad) is exact-equal to the out-of-place form.
+        return torch.add(adv, grad.sign(), alpha=alpha).clamp_(self.lo, self.hi)
+
+    def subset(self, keep: Tensor) -> _LinfBall:
+        return _LinfBall(self.x0[keep], self.threat, (self.lo[keep], self.hi[keep]))
+
+
+class _L2Ball:
+    """PGD's geometry in the L2 ball: a start uniform in the ball, steps along the normalised
+    gradient, each projected onto the ball ∩ bounds."""
+
+    def __init__(self, x0: Tensor, threat: ThreatModel):
+        self.x0, self.threat = x0, threat
+
+    def start(self, gen: torch.Generator, random: bool) -> Tensor:
+        return random_start(self.x0, self.threat, gen) if random else self.x0.clone()
+
+    def step(self, adv: Tensor, grad: Tensor, alpha: float) -> Tensor:
+        return project(adv + alpha * ascent_direction(grad, "l2"), self.x0, self.threat)
+
+    def subset(self, keep: Tensor) -> _L2Ball:
+        return _L2Ball(self.x0[keep], self.threat)
+
+
+_BALLS: dict[str, type[_LinfBall] | type[_L2Ball]] = {"linf": _LinfBall, "l2": _L2Ball}
+"""PGD's two variants differ only in this geometry (start, step, subset of the samples)."""
+
+
 @register_attack
 class PGD(PGDOptions, Attack):
     """PGD: ``steps`` signed (L∞) or normalised (L2) gradient steps, projected after each.
@@ -130,8 +175,6 @@ class PGD(PGDOptions, Attack):
         alpha = self.step_size if self.step_size is not None else 2.5 * threat.epsilon / self.steps
         loss_fn = LOSSES[self.loss]
         eot = self.eot_samples
-        linf = threat.norm == "linf"
-        low, high = threat.bounds
         best = x.clone()
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
@@ -141,14 +184,8 @@ class PGD(PGDOptions, Attack):
                 break
             x0, y0 = x[idx], y[idx]
             t0 = targets[idx] if targets is not None else None
-            if linf:
-                # The exact L∞ ball ∩ bounds, once per restart: each projection is then a single
-                # clamp, with the same result as project() (see linf_box).
-                lo, hi = linf_box(x0, eps_as(threat.epsilon, x0), low, high)
-                start = random_point(x0, threat, gen, 1.0) if self.random_start else x0
-                adv = torch.clamp(start, lo, hi)
-            else:
-                adv = random_start(x0, threat, gen) if self.random_start else x0.clone()
+            ball = _BALLS[threat.norm](x0, threat)
+            adv = ball.start(gen, self.random_start)
             top = None if self.early_stop else _Best(adv)
             for step in range(self.steps):
                 logits, loss, grad = loss_and_grad(model, adv, y0, t0, loss_fn, eot)
@@ -162,15 +199,10 @@ class PGD(PGDOptions, Attack):
                     keep = ~hit
                     idx, x0, y0, adv, grad = (t[keep] for t in (idx, x0, y0, adv, grad))
                     t0 = t0[keep] if t0 is not None else None
-                    if linf:
-                        lo, hi = lo[keep], hi[keep]
+                    ball = ball.subset(keep)
                     if idx.numel() == 0:
                         break
-                if linf:
-                    # adv + alpha * sign(grad) is exact-equal to the out-of-place form.
-                    adv = torch.add(adv, grad.sign(), alpha=alpha).clamp_(lo, hi)
-                else:
-                    adv = project(adv + alpha * ascent_direction(grad, threat.norm), x0, threat)
+                adv = ball.step(adv, grad, alpha)
             if top is not None:
                 # Without early stop the answer is the best iterate (adversarial first, then the
                 # highest loss), not the last: the last one is judged too (one more query).
