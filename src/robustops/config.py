@@ -8,13 +8,13 @@ file's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from robustops.attacks import Attack, build_attack
 from robustops.attacks.registry import AttackSpec
-from robustops.data import DATASETS, TEXT_DATASETS
+from robustops.data import DATASETS, TEXT_DATASETS, DataSource
 from robustops.errors import SpecError, shorten
 from robustops.evaluation.suite import SuiteThreat
 from robustops.gate import DEFAULT_KEY, GatePolicy, GatePolicyFile
@@ -37,11 +37,19 @@ __all__ = [
 
 
 class DataSpec(StrictModel):
-    """Which embedded data set and how to split it: images and tables (:data:`DATASETS`:
-    ``mnist_subset``, ``digits``, ``breast_cancer``) or texts (:data:`TEXT_DATASETS`:
-    ``sms_spam``)."""
+    """Which data and how to split it: an embedded set by ``name`` (images and tables,
+    :data:`DATASETS`: ``mnist_subset``, ``digits``, ``breast_cancer``; texts,
+    :data:`TEXT_DATASETS`: ``sms_spam``), or the user's own data in ``source`` (see
+    :mod:`robustops.data.sources`: ``image-folder``, ``arrays``, ``image-manifest``, ``csv``,
+    ``parquet``, ``text-csv``, ``jsonl``, ``hf-saved``), then ``name`` is free: it labels the
+    data in results (default: the source's kind)."""
 
-    name: str = "mnist_subset"
+    name: str | None = Field(
+        default=None,
+        description="an embedded data set (default mnist_subset), or with `source` a label for "
+        "the user's data",
+    )
+    source: DataSource | None = None
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
     max_text_chars: int = Field(
@@ -52,27 +60,62 @@ class DataSpec(StrictModel):
         "refused with this cap in the message (attack cost grows with text length)",
     )
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in DATASETS and v not in TEXT_DATASETS:
+    @model_validator(mode="after")
+    def _known(self) -> DataSpec:
+        if self.source is not None:
+            if self.name is None:
+                self.name = self.source.kind
+            return self
+        if self.name is None:
+            self.name = "mnist_subset"
+        if self.name not in DATASETS and self.name not in TEXT_DATASETS:
             known = sorted([*DATASETS, *TEXT_DATASETS])
-            raise ValueError(f"unknown data set {v!r}; available: {known}")
-        return v
+            raise ValueError(
+                f"unknown data set {self.name!r}; available: {known} (or give a `source`)"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """The data's name in results: the embedded set's name, or the user's label."""
+        assert self.name is not None  # set by the validator
+        return self.name
 
     @property
     def modality(self) -> Literal["tensor", "text"]:
-        """``"text"`` for a text data set, ``"tensor"`` for images and tables."""
+        """``"text"`` for text data, ``"tensor"`` for images and tables."""
+        if self.source is not None:
+            return self.source.modality
         return "text" if self.name in TEXT_DATASETS else "tensor"
 
 
+class NormalizeSpec(StrictModel):
+    """Per-channel input normalisation the model expects, ``(x - mean) / std``: the built model
+    is wrapped in :class:`robustops.models.Normalized`, so data, attacks and threat budgets stay
+    in pixel space [0, 1]. One value per channel (or one for all)."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> NormalizeSpec:
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean has {len(self.mean)} values but std has {len(self.std)}; give one per channel"
+            )
+        return self
+
+
 class ModelSpec(StrictModel):
-    """A model factory ``module:callable`` with keyword arguments and optional safetensors weights."""
+    """A model factory ``module:callable`` with keyword arguments and optional safetensors weights;
+    ``normalize``: the model's own input normalisation (tensor data only; the weights file holds
+    the inner model's weights)."""
 
     factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: Path | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    normalize: NormalizeSpec | None = None
 
     @field_validator("weights")
     @classmethod
@@ -381,6 +424,10 @@ class PipelineSpec(StrictModel):
         no ``word-edits`` threats or text augmentation)."""
         text = self.data.modality == "text"
         errors: list[tuple[str, str]] = []
+        if text and self.model.normalize is not None:
+            errors.append(
+                ("model.normalize", "mean/std normalisation is for image and table inputs")
+            )
         ev = self.evaluation
         for i, ts in enumerate(ev.threats if ev else []):
             if (ts.norm == "word-edits") != text:
@@ -561,7 +608,10 @@ def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
         if spec.train
         else None
     )
-    return spec.model_copy(update={"model": model, "train": train})
+    data = spec.data
+    if data.source is not None:
+        data = data.model_copy(update={"source": data.source.resolved(base)})
+    return spec.model_copy(update={"model": model, "train": train, "data": data})
 
 
 def load_spec(path: str | Path) -> PipelineSpec:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from robustops._util import environment, file_sha256, make_generator, state_dict_sha256
 from robustops.config import PipelineSpec
-from robustops.data import TEXT_DATASETS, Dataset, TextDataset, load_dataset
+from robustops.data import TEXT_DATASETS, Dataset, TextDataset, load_dataset, load_source
 from robustops.defenses import fit_temperature_on
 from robustops.defenses.smoothing import CertificationResult, certify_dataset
 from robustops.errors import ModelRuntimeError, OutputError, RobustOpsError, SpecError
@@ -24,7 +24,7 @@ from robustops.evaluation import ProgressEvent, SuiteOptions, SuiteRecord, Suite
 from robustops.evaluation.masking import AuditResult, audit_gradient_masking
 from robustops.evaluation.metrics import TemperatureFit
 from robustops.io import atomic_write_text, check_writable
-from robustops.models import build_model, save_weights
+from robustops.models import Normalized, build_model, save_weights
 from robustops.text.models import TorchTextClassifier, check_texts
 from robustops.training import (
     BatchEvent,
@@ -108,17 +108,38 @@ def save_result(result: SuiteResult, path: str | Path, option: str = "--out") ->
 
 
 def load_spec_dataset(spec: PipelineSpec) -> Dataset | TextDataset:
-    """The spec's data set, fingerprint-checked and split (a :class:`TextDataset` for text)."""
-    if spec.data.modality == "text":
-        data = TEXT_DATASETS[spec.data.name](
-            test_fraction=spec.data.test_fraction, seed=spec.data.split_seed
-        )
+    """The spec's data set, fingerprint-checked and split (a :class:`TextDataset` for text):
+    an embedded set, or the user's ``data.source`` read by
+    :func:`robustops.data.load_source`."""
+    d = spec.data
+    if d.source is not None:
+        data = load_source(d.source, name=d.label, test_fraction=d.test_fraction, seed=d.split_seed)
+    elif d.modality == "text":
+        data = TEXT_DATASETS[d.label](test_fraction=d.test_fraction, seed=d.split_seed)
+    else:
+        data = load_dataset(d.label, test_fraction=d.test_fraction, seed=d.split_seed)
+    if isinstance(data, TextDataset):
         check_texts(data.texts_train, max_chars=spec.data.max_text_chars, field="data.train")
         check_texts(data.texts_test, max_chars=spec.data.max_text_chars, field="data.test")
-        return data
-    return load_dataset(
-        spec.data.name, test_fraction=spec.data.test_fraction, seed=spec.data.split_seed
-    )
+    return data
+
+
+def _normalized(spec: PipelineSpec, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` wrapped in :class:`Normalized` when the spec has ``model.normalize``."""
+    norm = spec.model.normalize
+    if norm is None:
+        return model
+    return Normalized(model, norm.mean, norm.std).to(_device_of(model))
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    """The model whose weights are saved: the one inside :class:`Normalized`, if wrapped."""
+    return model.model if isinstance(model, Normalized) else model
 
 
 def _tensor_data(spec: PipelineSpec) -> Dataset:
@@ -186,6 +207,7 @@ def _train_meta(
         "seed": spec.seed,
         "model_factory": spec.model.factory,
         "model_kwargs": spec.model.kwargs,
+        "model_normalize": spec.model.normalize.model_dump() if spec.model.normalize else None,
         "data": data.describe(),
         "state_sha256": state_dict_sha256(module),
     }
@@ -210,7 +232,9 @@ def _train_tensors(spec: PipelineSpec, hooks: FitHooks, resume: bool) -> dict[st
         data = _tensor_data(spec)
         torch.manual_seed(spec.seed)
         with model_stage("building the model"):
-            model = build_model(spec.model.factory, spec.model.kwargs, device=device)
+            model = _normalized(
+                spec, build_model(spec.model.factory, spec.model.kwargs, device=device)
+            )
         options = FitOptions(
             checkpoint_dir=rec.checkpoint_path(),
             resume=resume,
@@ -225,7 +249,7 @@ def _train_tensors(spec: PipelineSpec, hooks: FitHooks, resume: bool) -> dict[st
             )
         sidecar_path = Path(str(rec.out) + ".json")
         if ctx.is_main:
-            sidecar = _write_tensor_outputs(spec, data, model, result)
+            sidecar = _write_tensor_outputs(spec, data, _inner(model), result)
         ctx.barrier()
         if not ctx.is_main:
             sidecar = json.loads(sidecar_path.read_text())
@@ -392,12 +416,15 @@ def _load_for_evaluation(
     else:
         device = spec.resolved_device()
         with model_stage("building the model"):
-            model = build_model(
-                spec.model.factory,
-                spec.model.kwargs,
-                spec.model.weights,
-                sha256=spec.model.sha256,
-                device=device,
+            model = _normalized(
+                spec,
+                build_model(
+                    spec.model.factory,
+                    spec.model.kwargs,
+                    spec.model.weights,
+                    sha256=spec.model.sha256,
+                    device=device,
+                ),
             )
         n_test = data.x_test.shape[0]
     n = n_test if spec.evaluation.n_samples is None else min(spec.evaluation.n_samples, n_test)
@@ -419,7 +446,8 @@ def _model_info(spec: PipelineSpec, model: torch.nn.Module | TorchTextClassifier
         "kwargs": spec.model.kwargs,
         "weights": str(spec.model.weights),
         "weights_sha256": file_sha256(spec.model.weights),
-        "state_sha256": state_dict_sha256(module),
+        "state_sha256": state_dict_sha256(_inner(module)),
+        **({"normalize": spec.model.normalize.model_dump()} if spec.model.normalize else {}),
     }
 
 

@@ -50,6 +50,9 @@ class Dataset:
         num_classes: number of classes.
         fingerprint: sha256 of the full decoded data set (before the split).
         split_seed: seed of the stratified split; ``test_fraction`` its test share.
+        classes: class names by index (user data sources; ``None`` for the embedded sets).
+        source: JSON-ready description of the user data source it was read from (kind, paths,
+            options), or ``None`` for an embedded set.
     """
 
     name: str
@@ -61,6 +64,8 @@ class Dataset:
     fingerprint: str
     split_seed: int
     test_fraction: float
+    classes: tuple[str, ...] | None = None
+    source: dict[str, object] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -68,8 +73,9 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def describe(self) -> dict[str, object]:
-        """JSON-ready identity of this split (for results and lineage)."""
-        return {
+        """JSON-ready identity of this split (for results and lineage); user data adds its
+        ``classes`` and ``source``."""
+        out: dict[str, object] = {
             "name": self.name,
             "fingerprint": self.fingerprint,
             "split_seed": self.split_seed,
@@ -79,6 +85,11 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
         }
+        if self.classes is not None:
+            out["classes"] = list(self.classes)
+        if self.source is not None:
+            out["source"] = self.source
+        return out
 
 
 def _fingerprint(pixels: np.ndarray, labels: np.ndarray) -> str:

@@ -71,6 +71,8 @@ class TextDataset:
         fingerprint: sha256 of the full decoded data set (before deduplication and the split).
         split_seed: seed of the stratified split; ``test_fraction`` its test share.
         deduplicated: whether exact (label, text) repeats were dropped before the split.
+        source: JSON-ready description of the user data source it was read from, or ``None``
+            for an embedded set.
     """
 
     name: str
@@ -83,6 +85,7 @@ class TextDataset:
     split_seed: int
     test_fraction: float
     deduplicated: bool = True
+    source: dict[str, object] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -91,7 +94,7 @@ class TextDataset:
 
     def describe(self) -> dict[str, object]:
         """JSON-ready identity of this split (for results and lineage)."""
-        return {
+        out: dict[str, object] = {
             "name": self.name,
             "fingerprint": self.fingerprint,
             "split_seed": self.split_seed,
@@ -104,6 +107,9 @@ class TextDataset:
             "train_class_counts": torch.bincount(self.y_train, minlength=self.num_classes).tolist(),
             "test_class_counts": torch.bincount(self.y_test, minlength=self.num_classes).tolist(),
         }
+        if self.source is not None:
+            out["source"] = self.source
+        return out
 
 
 def _read_packaged_bytes() -> bytes:

@@ -9,6 +9,7 @@ from robustops.models.loading import (
     resolve_factory,
     save_weights,
 )
+from robustops.models.normalize import Normalized
 from robustops.models.reference import MLP, SmallCNN, mlp, small_cnn
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Classifier",
     "Ensemble",
     "MultiHead",
+    "Normalized",
     "ProbaClassifier",
     "SmallCNN",
     "as_classifier",

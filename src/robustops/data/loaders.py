@@ -1,0 +1,954 @@
+"""Read a user's data source (:mod:`robustops.data.sources`) into a :class:`Dataset` or a
+:class:`TextDataset`, fingerprinted and split.
+
+How a source is read, in three passes that keep memory bounded (one copy of the decoded data
+plus one batch, never two full copies):
+
+1. **Fingerprint**: sha256 streamed over the source's files in sorted order of their path
+   relative to the source (for each file: its relative path, NUL, its size as 8 bytes
+   little-endian, its bytes read in 1 MiB chunks). It identifies the *files*, so it changes
+   when any byte of them does, and not when the folder is moved.
+2. **Index**: the labels (and a ``split_column`` or ``train/``/``test/`` folders) only, then the
+   split: the source's own when it has one, else stratified by class with ``data.split_seed``
+   and ``data.test_fraction``. Train samples keep their source order; test samples are ordered
+   class 0, 1, …, K-1, 0, 1, … like the embedded sets (every prefix near-stratified).
+3. **Decode**: the inputs batch by batch (images one file at a time, tables in chunks of rows,
+   arrays in chunks read from the ``.npy`` stream), each written straight into the
+   preallocated train or test tensor.
+
+Bad data raises :class:`DataIntegrityError` naming the file and the row (or line): NaN or
+infinite values, wrong shapes, labels outside ``classes``, a class without samples, images that
+do not decode, text that is not UTF-8, missing columns. Nothing is dropped silently: the only
+things skipped are blank JSONL lines and hidden files (``.name``) of an image folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from robustops.data.embedded import Dataset, _interleave_by_class
+from robustops.data.sms_spam import TextDataset
+from robustops.data.sources import (
+    ArraysSource,
+    CsvSource,
+    DataSource,
+    HfSavedSource,
+    ImageFolderSource,
+    ImageManifestSource,
+    JsonlSource,
+    ParquetSource,
+    TextCsvSource,
+)
+from robustops.errors import DataIntegrityError, SpecError, shorten
+
+__all__ = ["IMAGE_SUFFIXES", "fingerprint_files", "load_source"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+"""File endings an image folder may hold."""
+
+_CHUNK_BYTES = 1 << 20
+_IMAGE_BATCH = 256
+
+
+# ---------------------------------------------------------------------------- fingerprints
+
+
+def fingerprint_files(files: Iterable[tuple[str, Path]]) -> str:
+    """sha256 over ``(relative name, file)`` pairs in sorted name order, streamed (see the module
+    docstring); a file that cannot be read raises :class:`DataIntegrityError` naming it."""
+    h = hashlib.sha256()
+    for name, path in sorted(files, key=lambda t: t[0]):
+        try:
+            size = path.stat().st_size
+            h.update(name.encode("utf-8") + b"\0" + size.to_bytes(8, "little"))
+            with path.open("rb") as fh:
+                while chunk := fh.read(_CHUNK_BYTES):
+                    h.update(chunk)
+        except OSError as exc:
+            raise DataIntegrityError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    return h.hexdigest()
+
+
+def _one_file(path: Path) -> list[tuple[str, Path]]:
+    if not path.is_file():
+        raise DataIntegrityError(f"{path}: no such file")
+    return [(path.name, path)]
+
+
+# ---------------------------------------------------------------------------- labels and split
+
+
+@dataclass(frozen=True)
+class _Index:
+    """What the index pass learns: labels ``(N,)`` int64, class names, and the source's own
+    split (``is_test`` ``(N,)`` bool) if it has one."""
+
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    is_test: np.ndarray | None = None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _class_names(values: Sequence[Any]) -> list[str]:
+    """Sorted distinct label values as names (numerically when they are all integers)."""
+    distinct = set(values)
+    if all(_is_int(v) for v in distinct):
+        return [str(v) for v in sorted(int(v) for v in distinct)]
+    return sorted(str(v) for v in distinct)
+
+
+def _labels(
+    values: Sequence[Any], given: list[str] | None, where: str, row_name: Any
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Map label values to class indices. ``given``: the spec's ``classes`` (a value outside
+    them is an error naming the row, and so is a class without samples); default: the sorted
+    distinct values. ``row_name(i)`` names row ``i`` in messages."""
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and not np.isfinite(v)) or v == "":
+            raise DataIntegrityError(f"{where}: {row_name(i)}: the label is missing")
+    names = list(given) if given is not None else _class_names(values)
+    if len(names) < 2:
+        raise DataIntegrityError(
+            f"{where}: needs at least 2 classes, found {names} (a classifier needs two)"
+        )
+    lookup = {n: k for k, n in enumerate(names)}
+    labels = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        k = lookup.get(str(v))
+        if k is None:
+            raise DataIntegrityError(
+                f"{where}: {row_name(i)}: label {shorten(str(v), 80)!r} is not one of the "
+                f"classes {names}"
+            )
+        labels[i] = k
+    _check_classes(labels, tuple(names), where)
+    return labels, tuple(names)
+
+
+def _check_classes(labels: np.ndarray, classes: tuple[str, ...], where: str) -> None:
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [classes[k] for k in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DataIntegrityError(f"{where}: class(es) {empty} have no sample")
+
+
+def _split_flags(values: Sequence[Any], where: str, row_name: Any) -> np.ndarray:
+    flags = np.empty(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        s = str(v).strip().lower()
+        if s not in ("train", "test"):
+            raise DataIntegrityError(
+                f"{where}: {row_name(i)}: split value {shorten(str(v), 40)!r} is neither "
+                "'train' nor 'test'"
+            )
+        flags[i] = s == "test"
+    return flags
+
+
+def _split(index: _Index, test_fraction: float, seed: int, where: str) -> tuple[np.ndarray, ...]:
+    """Train and test positions: the source's own split, or a stratified one."""
+    from sklearn.model_selection import train_test_split
+
+    labels = index.labels
+    if index.is_test is not None:
+        tr, te = np.flatnonzero(~index.is_test), np.flatnonzero(index.is_test)
+        if tr.size == 0 or te.size == 0:
+            raise DataIntegrityError(f"{where}: the source's split leaves the train or test empty")
+    else:
+        counts = np.bincount(labels, minlength=len(index.classes))
+        few = [index.classes[k] for k in np.flatnonzero(counts < 2)]
+        if few:
+            raise DataIntegrityError(
+                f"{where}: class(es) {few} have fewer than 2 samples: a stratified split needs "
+                "at least one in train and one in test"
+            )
+        try:
+            tr, te = train_test_split(
+                np.arange(labels.shape[0]),
+                test_size=test_fraction,
+                stratify=labels,
+                random_state=seed,
+            )
+        except ValueError as exc:
+            raise DataIntegrityError(f"{where}: cannot split stratified: {exc}") from exc
+        tr = np.sort(tr)
+    return tr, _interleave_by_class(te, labels[te])
+
+
+class _Filler:
+    """Preallocated train and test tensors, filled batch by batch in source order."""
+
+    def __init__(self, shape: tuple[int, ...], n: int, tr: np.ndarray, te: np.ndarray) -> None:
+        self.x_train = torch.empty((len(tr), *shape), dtype=torch.float32)
+        self.x_test = torch.empty((len(te), *shape), dtype=torch.float32)
+        self.slot = np.full(n, -1, dtype=np.int64)
+        self.slot[tr] = np.arange(len(tr))
+        self.slot[te] = np.arange(len(te))
+        self.test = np.zeros(n, dtype=bool)
+        self.test[te] = True
+
+    def put(self, start: int, rows: np.ndarray) -> None:
+        """Rows ``start … start + len(rows) - 1`` of the source, float32 ``(k, *shape)``."""
+        pos = np.arange(start, start + rows.shape[0])
+        is_test = self.test[pos]
+        t = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        m = torch.from_numpy(is_test)
+        self.x_test[torch.from_numpy(self.slot[pos[is_test]])] = t[m]
+        self.x_train[torch.from_numpy(self.slot[pos[~is_test]])] = t[~m]
+
+
+def _tensor_dataset(
+    name: str,
+    index: _Index,
+    shape: tuple[int, ...],
+    batches: Iterator[tuple[int, np.ndarray]],
+    fp: str,
+    test_fraction: float,
+    seed: int,
+    info: dict[str, object],
+    where: str,
+) -> Dataset:
+    tr, te = _split(index, test_fraction, seed, where)
+    fill = _Filler(shape, index.labels.shape[0], tr, te)
+    for start, rows in batches:
+        fill.put(start, rows)
+    y = torch.from_numpy(index.labels)
+    own = index.is_test is not None
+    return Dataset(
+        name=name,
+        x_train=fill.x_train,
+        y_train=y[torch.from_numpy(tr)].contiguous(),
+        x_test=fill.x_test,
+        y_test=y[torch.from_numpy(te)].contiguous(),
+        num_classes=len(index.classes),
+        fingerprint=fp,
+        split_seed=seed,
+        test_fraction=float(len(te) / len(index.labels)) if own else test_fraction,
+        classes=index.classes,
+        source={**info, "split": "source" if own else "stratified"},
+    )
+
+
+# ---------------------------------------------------------------------------- text checks
+
+
+def _check_utf8(path: Path) -> None:
+    """Stream ``path`` line by line; the first line that is not UTF-8 raises, naming it."""
+    try:
+        with path.open("rb") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataIntegrityError(
+                        f"{path}: line {lineno} is not valid UTF-8 (byte {exc.start} of the "
+                        "line); save the file as UTF-8"
+                    ) from None
+    except OSError as exc:
+        raise DataIntegrityError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def _csv_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of a UTF-8 CSV with a header; missing columns and short rows
+    raise :class:`DataIntegrityError` naming the file (and the line)."""
+    _check_utf8(path)
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh, strict=True)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise DataIntegrityError(
+                f"{path}: missing column(s) {missing}; the header has {shorten(str(header))}"
+            )
+        try:
+            for row in reader:
+                if any(row.get(c) is None for c in columns):
+                    raise DataIntegrityError(
+                        f"{path}: line {reader.line_num}: fewer fields than the header"
+                    )
+                yield reader.line_num, row
+        except csv.Error as exc:
+            raise DataIntegrityError(f"{path}: line {reader.line_num}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def _decode_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One image as float32 ``(C, H, W)`` in [0, 1]: converted to grey (``L``) or ``RGB``,
+    resized (bilinear) to ``size`` ``(H, W)`` when it differs."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataIntegrityError(f"{path}: not a decodable image ({shorten(str(exc))})") from None
+    except Image.DecompressionBombError as exc:
+        raise DataIntegrityError(f"{path}: refused, too many pixels ({exc})") from None
+    return a[None] if channels == 1 else a.transpose(2, 0, 1)
+
+
+def _image_batches(
+    files: Sequence[Path], channels: int, size: tuple[int, int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    for start in range(0, len(files), _IMAGE_BATCH):
+        chunk = files[start : start + _IMAGE_BATCH]
+        yield start, np.stack([_decode_image(f, channels, size) for f in chunk])
+
+
+def _class_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise DataIntegrityError(f"{root}: no such folder")
+    subs = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    stray = [p.name for p in subs if not p.is_dir()]
+    if stray:
+        raise DataIntegrityError(
+            f"{root}: files {shorten(str(stray))} sit beside the class folders; every image "
+            "belongs in its class's sub-folder"
+        )
+    return subs
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    bad = [str(p.relative_to(folder)) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if bad:
+        raise DataIntegrityError(
+            f"{folder}: {len(bad)} file(s) are not images by their ending (first: {bad[0]!r}); "
+            f"accepted: {sorted(IMAGE_SUFFIXES)}"
+        )
+    return files
+
+
+def _load_image_folder(
+    src: ImageFolderSource, name: str, test_fraction: float, seed: int
+) -> Dataset:
+    root = src.path
+    parts = [root / "train", root / "test"] if src.split_folders else [root]
+    files: list[Path] = []
+    values: list[str] = []
+    flags: list[bool] = []
+    found: list[list[str]] = []
+    for part in parts:
+        folders = _class_folders(part)
+        found.append([p.name for p in folders])
+        for folder in folders:
+            imgs = _folder_images(folder)
+            if not imgs:
+                raise DataIntegrityError(f"{folder}: class folder {folder.name!r} has no image")
+            files += imgs
+            values += [folder.name] * len(imgs)
+            flags += [part.name == "test" and src.split_folders] * len(imgs)
+    if src.split_folders and found[0] != found[1]:
+        raise DataIntegrityError(
+            f"{root}: train/ has classes {found[0]} but test/ has {found[1]}; they must match"
+        )
+    where = str(root)
+    labels, classes = _labels(values, src.classes, where, lambda i: str(files[i]))
+    index = _Index(labels, classes, np.array(flags) if src.split_folders else None)
+    fp = fingerprint_files((f.relative_to(root).as_posix(), f) for f in files)
+    return _tensor_dataset(
+        name,
+        index,
+        (src.channels, *src.size),
+        _image_batches(files, src.channels, src.size),
+        fp,
+        test_fraction,
+        seed,
+        _info(src),
+        where,
+    )
+
+
+def _load_image_manifest(
+    src: ImageManifestSource, name: str, test_fraction: float, seed: int
+) -> Dataset:
+    csv_path = src.path
+    base = csv_path.parent
+    cols = [src.path_column, src.label_column, *([src.split_column] if src.split_column else [])]
+    files: list[Path] = []
+    values: list[str] = []
+    splits: list[str] = []
+    lines: list[int] = []
+    for lineno, row in _csv_rows(csv_path, cols):
+        rel = row[src.path_column].strip()
+        pure = PurePosixPath(rel.replace("\\", "/"))
+        if not rel or pure.is_absolute() or ".." in pure.parts:
+            raise DataIntegrityError(
+                f"{csv_path}: line {lineno}: image path {shorten(rel, 80)!r} must be relative to "
+                "the manifest's folder, without '..'"
+            )
+        f = base / pure
+        if not f.is_file():
+            raise DataIntegrityError(f"{csv_path}: line {lineno}: no image file {rel!r}")
+        files.append(f)
+        values.append(row[src.label_column])
+        lines.append(lineno)
+        if src.split_column:
+            splits.append(row[src.split_column])
+    if not files:
+        raise DataIntegrityError(f"{csv_path}: the manifest lists no image")
+    where = str(csv_path)
+    row_name = lambda i: f"line {lines[i]}"  # noqa: E731
+    labels, classes = _labels(values, src.classes, where, row_name)
+    is_test = _split_flags(splits, where, row_name) if src.split_column else None
+    names = [
+        ("manifest", csv_path),
+        *((f"images/{f.relative_to(base).as_posix()}", f) for f in files),
+    ]
+    fp = fingerprint_files(names)
+    return _tensor_dataset(
+        name,
+        _Index(labels, classes, is_test),
+        (src.channels, *src.size),
+        _image_batches(files, src.channels, src.size),
+        fp,
+        test_fraction,
+        seed,
+        _info(src),
+        where,
+    )
+
+
+# ---------------------------------------------------------------------------- arrays
+
+
+class _NpyStream:
+    """An ``.npy`` array read row chunk by row chunk from a binary stream (never unpickled)."""
+
+    def __init__(self, fh: IO[bytes], where: str) -> None:
+        fmt = np.lib.format
+        try:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+        except ValueError as exc:
+            raise DataIntegrityError(f"{where}: not a .npy array ({exc})") from None
+        if dtype.hasobject:
+            raise DataIntegrityError(
+                f"{where}: holds Python objects (it would need pickle, which is never loaded); "
+                "save a numeric array"
+            )
+        if fortran and len(shape) > 1:
+            raise DataIntegrityError(
+                f"{where}: is stored in Fortran order; save np.ascontiguousarray(x) instead"
+            )
+        self.fh, self.where = fh, where
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype: np.dtype[Any] = dtype
+        self.row_items = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        n = self.shape[0] if self.shape else 0
+        for start in range(0, n, rows):
+            k = min(rows, n - start)
+            want = k * self.row_items * self.dtype.itemsize
+            buf = self.fh.read(want)
+            if len(buf) != want:
+                raise DataIntegrityError(f"{self.where}: truncated after row {start}")
+            yield start, np.frombuffer(buf, dtype=self.dtype).reshape((k, *self.shape[1:]))
+
+
+def _array_streams(src: ArraysSource) -> tuple[list[tuple[str, Path]], Any, Any, list[Any]]:
+    """The files to fingerprint, the x and y streams, and what to close."""
+    if src.path is not None:
+        if not src.path.is_file():
+            raise DataIntegrityError(f"{src.path}: no such file")
+        try:
+            zf = zipfile.ZipFile(src.path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataIntegrityError(f"{src.path}: not a readable .npz ({exc})") from None
+        members = set(zf.namelist())
+        missing = [k for k in ("x", "y") if f"{k}.npy" not in members]
+        if missing:
+            zf.close()
+            raise DataIntegrityError(
+                f"{src.path}: missing array(s) {missing}; it holds "
+                f"{sorted(m.removesuffix('.npy') for m in members)} (save with np.savez(path, x=…, y=…))"
+            )
+        fx, fy = zf.open("x.npy"), zf.open("y.npy")
+        files = [(src.path.name, src.path)]
+        closers: list[Any] = [fx, fy, zf]
+        return files, (fx, f"{src.path}[x]"), (fy, f"{src.path}[y]"), closers
+    assert src.x is not None and src.y is not None
+    for f in (src.x, src.y):
+        if not f.is_file():
+            raise DataIntegrityError(f"{f}: no such file")
+    fx, fy = src.x.open("rb"), src.y.open("rb")
+    return [("x", src.x), ("y", src.y)], (fx, str(src.x)), (fy, str(src.y)), [fx, fy]
+
+
+def _load_arrays(src: ArraysSource, name: str, test_fraction: float, seed: int) -> Dataset:
+    files, (fx, wx), (fy, wy), closers = _array_streams(src)
+    try:
+        fp = fingerprint_files(files)
+        ys = _NpyStream(fy, wy)
+        if len(ys.shape) != 1 or ys.dtype.kind not in "iu":
+            raise DataIntegrityError(
+                f"{wy}: labels must be a 1-D integer array, got shape {ys.shape} dtype {ys.dtype}"
+            )
+        y = np.concatenate([c for _, c in ys.chunks(1 << 20)] or [np.empty(0, ys.dtype)])
+        y = y.astype(np.int64)
+        xs = _NpyStream(fx, wx)
+        if len(xs.shape) not in (2, 4) or xs.shape[0] != y.shape[0]:
+            raise DataIntegrityError(
+                f"{wx}: inputs must be (N, C, H, W) images or (N, D) rows with N = {y.shape[0]} "
+                f"(the labels), got shape {xs.shape}"
+            )
+        if xs.dtype.kind not in "iuf" or xs.dtype.kind == "b":
+            raise DataIntegrityError(f"{wx}: dtype {xs.dtype} is not numeric")
+        k = len(src.classes) if src.classes is not None else int(y.max(initial=-1)) + 1
+        bad = np.flatnonzero((y < 0) | (y >= k))
+        if bad.size:
+            raise DataIntegrityError(
+                f"{wy}: row {int(bad[0])}: label {int(y[bad[0]])} is outside the classes 0…{k - 1}"
+            )
+        classes = tuple(src.classes) if src.classes is not None else tuple(map(str, range(k)))
+        if len(classes) < 2:
+            raise DataIntegrityError(f"{wy}: needs at least 2 classes")
+        _check_classes(y, classes, wy)
+        image = len(xs.shape) == 4
+        rows = max(1, (8 << 20) // max(1, xs.row_items * 4))
+
+        def batches() -> Iterator[tuple[int, np.ndarray]]:
+            for start, chunk in xs.chunks(rows):
+                v = chunk.astype(np.float32)
+                if xs.dtype == np.uint8:
+                    v /= 255.0
+                ok = np.isfinite(v).reshape(v.shape[0], -1).all(axis=1)
+                if image:
+                    ok &= ((v >= 0) & (v <= 1)).reshape(v.shape[0], -1).all(axis=1)
+                if not ok.all():
+                    i = start + int(np.flatnonzero(~ok)[0])
+                    what = "NaN, infinite or outside [0, 1]" if image else "NaN or infinite"
+                    raise DataIntegrityError(f"{wx}: row {i}: values are {what}")
+                yield start, v
+
+        return _tensor_dataset(
+            name,
+            _Index(y, classes),
+            tuple(int(s) for s in xs.shape[1:]),
+            batches(),
+            fp,
+            test_fraction,
+            seed,
+            _info(src),
+            wx,
+        )
+    finally:
+        for c in closers:
+            c.close()
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _table_features(src: CsvSource | ParquetSource, header: list[str]) -> tuple[list[str], Any]:
+    from robustops.tabular import get_schema
+
+    schema = None
+    if src.schema_name is not None:
+        try:
+            schema = get_schema(src.schema_name)
+        except SpecError as exc:
+            raise SpecError.single("data.source.schema", exc.errors[0][1]) from None
+    if src.features is not None:
+        features = list(src.features)
+    elif schema is not None:
+        features = schema.names
+    else:
+        features = [c for c in header if c not in (src.label, src.split_column)]
+    if schema is not None and features != schema.names:
+        raise SpecError.single(
+            "data.source.features",
+            f"schema {schema.name!r} expects the columns {schema.names} in that order",
+        )
+    missing = [
+        c for c in [src.label, *features, *filter(None, [src.split_column])] if c not in header
+    ]
+    if missing:
+        raise DataIntegrityError(
+            f"{src.path}: missing column(s) {missing}; the header has {shorten(str(header))}"
+        )
+    return features, schema
+
+
+def _table_rows(
+    df: Any, features: list[str], start: int, schema: Any, where: str, csv_lines: bool
+) -> np.ndarray:
+    """A chunk of rows as float32 ``(k, D)``, checked (finite, numeric, the schema) and scaled
+    by the schema when there is one."""
+    import pandas as pd
+
+    def row_name(i: int) -> str:
+        return f"row {i} (line {i + 2})" if csv_lines else f"row {i}"
+
+    sub = df[features]
+    try:
+        raw = np.array(sub.to_numpy(dtype=np.float64))  # writable: the schema wraps it
+    except (ValueError, TypeError):
+        for col in features:
+            num = pd.to_numeric(sub[col], errors="coerce")
+            bad = np.flatnonzero(num.isna().to_numpy() & sub[col].notna().to_numpy())
+            if bad.size:
+                i = int(bad[0])
+                raise DataIntegrityError(
+                    f"{where}: {row_name(start + i)}, column {col!r}: "
+                    f"{shorten(str(sub[col].iloc[i]), 60)!r} is not a number"
+                ) from None
+        raise
+    finite = np.isfinite(raw)
+    if not finite.all():
+        i, j = (int(v) for v in np.argwhere(~finite)[0])
+        raise DataIntegrityError(
+            f"{where}: {row_name(start + i)}, column {features[j]!r}: value is missing, NaN or "
+            "infinite"
+        )
+    if schema is None:
+        return raw.astype(np.float32)
+    found = schema.validate(raw, raw=True, limit=1)
+    if found:
+        v = found[0]
+        raise DataIntegrityError(
+            f"{where}: {row_name(start + v.row)}, column {v.feature!r}: {v.reason} "
+            f"(schema {schema.name!r})"
+        )
+    return np.asarray(schema.scale(raw).numpy(), dtype=np.float32)
+
+
+def _load_table(
+    src: CsvSource | ParquetSource, name: str, test_fraction: float, seed: int
+) -> Dataset:
+    path = src.path
+    if not path.is_file():
+        raise DataIntegrityError(f"{path}: no such file")
+    fp = fingerprint_files(_one_file(path))
+    where = str(path)
+    is_csv = isinstance(src, CsvSource)
+    if is_csv:
+        import pandas as pd
+
+        _check_utf8(path)
+        header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+
+        def chunks(cols: list[str]) -> Iterator[Any]:
+            try:
+                yield from pd.read_csv(path, usecols=cols, chunksize=src.chunk_rows)
+            except (ValueError, pd.errors.ParserError) as exc:
+                raise DataIntegrityError(f"{path}: {shorten(str(exc))}") from None
+
+    else:
+        pq = _pyarrow_parquet()
+        try:
+            pfile = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises its own ArrowInvalid and OSError kinds
+            raise DataIntegrityError(
+                f"{path}: not a readable Parquet file ({shorten(str(exc))})"
+            ) from None
+        header = list(pfile.schema_arrow.names)
+
+        def chunks(cols: list[str]) -> Iterator[Any]:
+            for batch in pfile.iter_batches(batch_size=src.chunk_rows, columns=cols):
+                yield batch.to_pandas()
+
+    features, schema = _table_features(src, header)
+    meta_cols = [src.label, *([src.split_column] if src.split_column else [])]
+    values: list[Any] = []
+    splits: list[Any] = []
+    for df in chunks(meta_cols):
+        values += [None if _missing(v) else _plain(v) for v in df[src.label].tolist()]
+        if src.split_column:
+            splits += df[src.split_column].tolist()
+
+    def row_name(i: int) -> str:
+        return f"row {i} (line {i + 2})" if is_csv else f"row {i}"
+
+    labels, classes = _labels(values, src.classes, where, row_name)
+    is_test = _split_flags(splits, where, row_name) if src.split_column else None
+
+    def batches() -> Iterator[tuple[int, np.ndarray]]:
+        start = 0
+        for df in chunks(features):
+            rows = _table_rows(df, features, start, schema, where, is_csv)
+            yield start, rows
+            start += rows.shape[0]
+
+    info = {**_info(src), "features": features}
+    return _tensor_dataset(
+        name,
+        _Index(labels, classes, is_test),
+        (len(features),),
+        batches(),
+        fp,
+        test_fraction,
+        seed,
+        info,
+        where,
+    )
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _plain(v: Any) -> Any:
+    """A label value as a plain Python value (a float that is an integer becomes an int)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _pyarrow_parquet() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # pragma: no cover - pyarrow is a dependency
+        raise DataIntegrityError("Parquet sources need pyarrow: pip install pyarrow") from exc
+    return pq
+
+
+# ---------------------------------------------------------------------------- texts
+
+
+def _text_dataset(
+    name: str,
+    texts: list[str],
+    index: _Index,
+    fp: str,
+    test_fraction: float,
+    seed: int,
+    info: dict[str, object],
+    where: str,
+) -> TextDataset:
+    tr, te = _split(index, test_fraction, seed, where)
+    y = torch.from_numpy(index.labels)
+    own = index.is_test is not None
+    return TextDataset(
+        name=name,
+        texts_train=[texts[i] for i in tr],
+        y_train=y[torch.from_numpy(tr)].contiguous(),
+        texts_test=[texts[i] for i in te],
+        y_test=y[torch.from_numpy(te)].contiguous(),
+        classes=index.classes,
+        fingerprint=fp,
+        split_seed=seed,
+        test_fraction=float(len(te) / len(texts)) if own else test_fraction,
+        deduplicated=False,
+        source={**info, "split": "source" if own else "stratified"},
+    )
+
+
+def _load_text_csv(src: TextCsvSource, name: str, test_fraction: float, seed: int) -> TextDataset:
+    path = src.path
+    if not path.is_file():
+        raise DataIntegrityError(f"{path}: no such file")
+    cols = [src.text, src.label, *([src.split_column] if src.split_column else [])]
+    texts: list[str] = []
+    values: list[str] = []
+    splits: list[str] = []
+    lines: list[int] = []
+    for lineno, row in _csv_rows(path, cols):
+        texts.append(row[src.text])
+        values.append(row[src.label])
+        lines.append(lineno)
+        if src.split_column:
+            splits.append(row[src.split_column])
+    return _finish_texts(src, name, texts, values, splits, lines, test_fraction, seed)
+
+
+def _load_jsonl(src: JsonlSource, name: str, test_fraction: float, seed: int) -> TextDataset:
+    path = src.path
+    if not path.is_file():
+        raise DataIntegrityError(f"{path}: no such file")
+    texts: list[str] = []
+    values: list[Any] = []
+    splits: list[Any] = []
+    lines: list[int] = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataIntegrityError(
+                    f"{path}: line {lineno} is not valid UTF-8 (byte {exc.start} of the line)"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataIntegrityError(f"{path}: line {lineno}: not JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataIntegrityError(f"{path}: line {lineno}: not a JSON object")
+            keys = [src.text, src.label, *([src.split_column] if src.split_column else [])]
+            missing = [k for k in keys if k not in rec]
+            if missing:
+                raise DataIntegrityError(f"{path}: line {lineno}: missing key(s) {missing}")
+            text, label = rec[src.text], rec[src.label]
+            if not isinstance(text, str):
+                raise DataIntegrityError(f"{path}: line {lineno}: {src.text!r} is not a string")
+            if not (isinstance(label, str) or _is_int(label)):
+                raise DataIntegrityError(
+                    f"{path}: line {lineno}: label {shorten(repr(label), 60)} must be a string or "
+                    "an integer"
+                )
+            texts.append(text)
+            values.append(label)
+            lines.append(lineno)
+            if src.split_column:
+                splits.append(rec[src.split_column])
+    return _finish_texts(src, name, texts, values, splits, lines, test_fraction, seed)
+
+
+def _finish_texts(
+    src: TextCsvSource | JsonlSource,
+    name: str,
+    texts: list[str],
+    values: list[Any],
+    splits: list[Any],
+    lines: list[int],
+    test_fraction: float,
+    seed: int,
+) -> TextDataset:
+    where = str(src.path)
+    if not texts:
+        raise DataIntegrityError(f"{where}: holds no text")
+
+    def row_name(i: int) -> str:
+        return f"line {lines[i]}"
+
+    labels, classes = _labels(values, src.classes, where, row_name)
+    is_test = _split_flags(splits, where, row_name) if src.split_column else None
+    fp = fingerprint_files(_one_file(src.path))
+    return _text_dataset(
+        name, texts, _Index(labels, classes, is_test), fp, test_fraction, seed, _info(src), where
+    )
+
+
+# ---------------------------------------------------------------------------- Hugging Face
+
+
+def _load_hf_saved(
+    src: HfSavedSource, name: str, test_fraction: float, seed: int
+) -> Dataset | TextDataset:
+    try:
+        import datasets
+    except ImportError:
+        raise DataIntegrityError(
+            "hf-saved sources need the Hugging Face `datasets` package: pip install 'robustops[hf]'"
+        ) from None
+    root = src.path
+    if not root.is_dir():
+        raise DataIntegrityError(f"{root}: no such folder")
+    fp = fingerprint_files(
+        (p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file()
+    )
+    try:
+        obj = datasets.load_from_disk(str(root))
+    except Exception as exc:  # datasets raises FileNotFoundError and its own kinds
+        raise DataIntegrityError(
+            f"{root}: not a dataset saved with save_to_disk ({shorten(str(exc))})"
+        ) from None
+    where = str(root)
+    if isinstance(obj, datasets.DatasetDict):
+        if set(obj) != {"train", "test"}:
+            raise DataIntegrityError(
+                f"{where}: holds splits {sorted(obj)}; give one Dataset or exactly train and test"
+            )
+        parts = [obj["train"], obj["test"]]
+        ds = datasets.concatenate_datasets(parts)
+        is_test: np.ndarray | None = np.r_[
+            np.zeros(len(parts[0]), bool), np.ones(len(parts[1]), bool)
+        ]
+    else:
+        ds, is_test = obj, None
+    cols = [src.label, *([src.text] if src.text else (src.features or []))]
+    if src.split_column:
+        cols.append(src.split_column)
+    missing = [c for c in cols if c not in ds.column_names]
+    if missing:
+        raise DataIntegrityError(f"{where}: missing column(s) {missing}; it has {ds.column_names}")
+    feature = ds.features[src.label]
+    values: list[Any] = list(ds[src.label])
+    given = src.classes
+    if given is None and isinstance(feature, datasets.ClassLabel):
+        given = list(feature.names)
+        values = [
+            feature.names[v] if _is_int(v) and 0 <= v < len(feature.names) else v for v in values
+        ]
+    row_name = lambda i: f"row {i}"  # noqa: E731
+    labels, classes = _labels(values, given, where, row_name)
+    if src.split_column:
+        is_test = _split_flags(list(ds[src.split_column]), where, row_name)
+    index = _Index(labels, classes, is_test)
+    info = _info(src)
+    if src.text is not None:
+        texts = list(ds[src.text])
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise DataIntegrityError(f"{where}: row {i}: {src.text!r} is not a string")
+        return _text_dataset(name, texts, index, fp, test_fraction, seed, info, where)
+    features = list(src.features or [])
+    batch = 10_000
+
+    def batches() -> Iterator[tuple[int, np.ndarray]]:
+        import pandas as pd
+
+        for start in range(0, len(ds), batch):
+            df = pd.DataFrame(ds[start : start + batch])
+            yield start, _table_rows(df, features, start, None, where, False)
+
+    return _tensor_dataset(
+        name, index, (len(features),), batches(), fp, test_fraction, seed, info, where
+    )
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def _info(src: Any) -> dict[str, object]:
+    out: dict[str, object] = src.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return out
+
+
+def load_source(
+    source: DataSource, *, name: str, test_fraction: float = 0.2, seed: int = 0
+) -> Dataset | TextDataset:
+    """Read ``source`` (its paths already resolved), fingerprint it and split it; a
+    :class:`TextDataset` for ``text-csv``, ``jsonl`` and ``hf-saved`` with a ``text`` column, a
+    :class:`Dataset` otherwise. ``name`` labels the data set in results."""
+    if not 0.0 < test_fraction < 1.0:
+        raise SpecError.single("data.test_fraction", f"must be in (0, 1), got {test_fraction!r}")
+    if isinstance(source, ImageFolderSource):
+        return _load_image_folder(source, name, test_fraction, seed)
+    if isinstance(source, ImageManifestSource):
+        return _load_image_manifest(source, name, test_fraction, seed)
+    if isinstance(source, ArraysSource):
+        return _load_arrays(source, name, test_fraction, seed)
+    if isinstance(source, (CsvSource, ParquetSource)):
+        return _load_table(source, name, test_fraction, seed)
+    if isinstance(source, TextCsvSource):
+        return _load_text_csv(source, name, test_fraction, seed)
+    if isinstance(source, JsonlSource):
+        return _load_jsonl(source, name, test_fraction, seed)
+    return _load_hf_saved(source, name, test_fraction, seed)
