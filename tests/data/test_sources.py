@@ -15,7 +15,7 @@ import torch
 from pydantic import TypeAdapter
 
 from robustops.config import DataSpec, load_spec
-from robustops.data import DataSource, Dataset, TextDataset, load_breast_cancer, load_source
+from robustops.data import Dataset, DataSource, TextDataset, load_breast_cancer, load_source
 from robustops.errors import DataIntegrityError, SpecError
 from robustops.models import Normalized, mlp
 from spec_helpers import write_spec
@@ -34,7 +34,9 @@ def test_image_folder_loads_split_and_classes(sources: Path) -> None:
     assert len(d.x_train) + len(d.x_test) == 120 and float(d.x_train.max()) <= 1.0
     assert set(torch.bincount(d.y_test).tolist()) <= {2, 3}  # stratified: 24 test images
     assert d.y_test[:10].tolist() == list(range(10))  # interleaved like the embedded sets
-    resized = load({"kind": "image-folder", "path": "mnist", "size": [14, 14], "channels": 3}, sources)
+    resized = load(
+        {"kind": "image-folder", "path": "mnist", "size": [14, 14], "channels": 3}, sources
+    )
     assert resized.input_shape == (3, 14, 14)
     assert resized.fingerprint == d.fingerprint  # the files, not the decoding
 
@@ -68,7 +70,9 @@ def test_parquet_with_schema_equals_the_embedded_table(sources: Path) -> None:
 def test_csv_table_arrays_manifest_and_text_csv(sources: Path, tmp_path: Path) -> None:
     df = pd.read_parquet(sources / "bc.parquet")
     df.to_csv(tmp_path / "bc.csv", index=False)
-    t = load({"kind": "csv", "path": "bc.csv", "label": "diagnosis", "schema": "breast_cancer"}, tmp_path)
+    t = load(
+        {"kind": "csv", "path": "bc.csv", "label": "diagnosis", "schema": "breast_cancer"}, tmp_path
+    )
     assert t.classes == ("benign", "malignant") and t.input_shape == (32,)  # sorted by default
     x = np.random.default_rng(0).integers(0, 256, (40, 1, 4, 4)).astype(np.uint8)
     y = np.arange(40) % 4
@@ -82,9 +86,19 @@ def test_csv_table_arrays_manifest_and_text_csv(sources: Path, tmp_path: Path) -
     assert total == pytest.approx(x.sum() / 255.0, rel=1e-6)  # every row once, uint8 / 255
     rows = ["path,label,split"]
     for i, png in enumerate(sorted((sources / "mnist").rglob("*.png"))):
-        rows.append(f"{png.relative_to(sources).as_posix()},{png.parent.name},{'test' if i % 4 == 0 else 'train'}")
+        rows.append(
+            f"{png.relative_to(sources).as_posix()},{png.parent.name},{'test' if i % 4 == 0 else 'train'}"
+        )
     (sources / "manifest.csv").write_text("\n".join(rows) + "\n")
-    m = load({"kind": "image-manifest", "path": "manifest.csv", "size": [28, 28], "split_column": "split"}, sources)
+    m = load(
+        {
+            "kind": "image-manifest",
+            "path": "manifest.csv",
+            "size": [28, 28],
+            "split_column": "split",
+        },
+        sources,
+    )
     assert len(m.x_test) == 30 and m.describe()["source"]["split"] == "source"  # type: ignore[index]
     with (tmp_path / "t.csv").open("w", encoding="utf-8") as fh:
         fh.write('text,label\n"héllo, world",a\nbye,b\nhi,a\nyo,b\n')
@@ -94,7 +108,8 @@ def test_csv_table_arrays_manifest_and_text_csv(sources: Path, tmp_path: Path) -
 
 def test_hf_saved(sources: Path, tmp_path: Path) -> None:
     datasets = pytest.importorskip(
-        "datasets", reason="hf-saved needs the optional `datasets` package: pip install 'robustops[hf]'"
+        "datasets",
+        reason="hf-saved needs the optional `datasets` package: pip install 'robustops[hf]'",
     )
     rows = [json.loads(line) for line in (sources / "sms.jsonl").read_text().splitlines()]
     ds = datasets.Dataset.from_list(rows)
@@ -118,15 +133,25 @@ def _bad_csv(tmp_path: Path, body: str) -> str:
 @pytest.mark.parametrize(
     ("body", "kw", "message"),
     [
-        ("1,2,x\n3,nan,y\n1,2,x\n3,4,y\n", {}, r"t\.csv: row 1 \(line 3\), column 'b': value is missing"),
+        (
+            "1,2,x\n3,nan,y\n1,2,x\n3,4,y\n",
+            {},
+            r"t\.csv: row 1 \(line 3\), column 'b': value is missing",
+        ),
         ("1,2,x\n3,inf,y\n1,2,x\n3,4,y\n", {}, r"row 1 \(line 3\), column 'b'"),
-        ("1,2,x\n3,zz,y\n1,2,x\n3,4,y\n", {}, r"row 1 \(line 3\), column 'b': 'zz' is not a number"),
+        (
+            "1,2,x\n3,zz,y\n1,2,x\n3,4,y\n",
+            {},
+            r"row 1 \(line 3\), column 'b': 'zz' is not a number",
+        ),
         ("1,2,x\n3,4,z\n", {"classes": ["x", "y"]}, r"row 1 \(line 3\): label 'z' is not one of"),
         ("1,2,x\n3,4,x\n", {"classes": ["x", "y"]}, r"class\(es\) \['y'\] have no sample"),
         ("1,2,x\n3,4,y\n", {"features": ["a", "c"]}, r"missing column\(s\) \['c'\]"),
     ],
 )
-def test_bad_tables_name_file_and_row(tmp_path: Path, body: str, kw: dict[str, Any], message: str) -> None:
+def test_bad_tables_name_file_and_row(
+    tmp_path: Path, body: str, kw: dict[str, Any], message: str
+) -> None:
     with pytest.raises(DataIntegrityError, match=message):
         load({"kind": "csv", "path": _bad_csv(tmp_path, body), **kw}, tmp_path, test_fraction=0.5)
 
@@ -141,7 +166,9 @@ def test_bad_images_and_texts_name_file_and_line(sources: Path, tmp_path: Path) 
     (tmp_path / "m" / "10").mkdir()
     with pytest.raises(DataIntegrityError, match="class folder '10' has no image"):
         load(spec, tmp_path)
-    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "ok", "label": "a"}\n{"text": "\xff", "label": "b"}\n')
+    (tmp_path / "bad.jsonl").write_bytes(
+        b'{"text": "ok", "label": "a"}\n{"text": "\xff", "label": "b"}\n'
+    )
     with pytest.raises(DataIntegrityError, match=r"bad\.jsonl: line 2 is not valid UTF-8"):
         load({"kind": "jsonl", "path": "bad.jsonl"}, tmp_path)
     (tmp_path / "bad.csv").write_bytes(b"text,label\nok,a\n\xe9t\xe9,b\n")
@@ -189,9 +216,14 @@ def test_spec_errors_carry_field_paths(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"model\.normalize\.std\.0"):
         load_spec(write_spec(tmp_path, bad_norm))
     assert DataSpec().label == "mnist_subset" and DataSpec().modality == "tensor"
-    spec = load_spec(write_spec(tmp_path, {**base, "data": {"source": {"kind": "jsonl", "path": "d/t.jsonl"}}}))
+    spec = load_spec(
+        write_spec(tmp_path, {**base, "data": {"source": {"kind": "jsonl", "path": "d/t.jsonl"}}})
+    )
     assert spec.data.modality == "text" and spec.data.label == "jsonl"
-    assert spec.data.source is not None and spec.data.source.path == (tmp_path / "d" / "t.jsonl").resolve()  # type: ignore[union-attr]
+    assert (
+        spec.data.source is not None
+        and spec.data.source.path == (tmp_path / "d" / "t.jsonl").resolve()
+    )  # type: ignore[union-attr]
 
 
 def test_normalized_model_sees_standardised_inputs() -> None:

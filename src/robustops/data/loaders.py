@@ -293,8 +293,8 @@ def _decode_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarra
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
+        with Image.open(path) as opened:
+            im = opened.convert("L" if channels == 1 else "RGB")
             if im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             a = np.asarray(im, dtype=np.float32) / 255.0
