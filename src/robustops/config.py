@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from robustops.attacks import Attack, build_attack
 from robustops.attacks.registry import AttackSpec
@@ -44,12 +44,12 @@ class DataSpec(StrictModel):
     ``parquet``, ``text-csv``, ``jsonl``, ``hf-saved``), then ``name`` is free: it labels the
     data in results (default: the source's kind)."""
 
+    source: DataSource | None = None
     name: str | None = Field(
         default=None,
         description="an embedded data set (default mnist_subset), or with `source` a label for "
         "the user's data",
     )
-    source: DataSource | None = None
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
     max_text_chars: int = Field(
@@ -60,19 +60,20 @@ class DataSpec(StrictModel):
         "refused with this cap in the message (attack cost grows with text length)",
     )
 
-    @model_validator(mode="after")
-    def _known(self) -> DataSpec:
-        if self.source is not None:
-            if self.name is None:
-                self.name = self.source.kind
-            return self
-        if self.name is None:
-            self.name = "mnist_subset"
-        if self.name not in DATASETS and self.name not in TEXT_DATASETS:
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str | None, info: ValidationInfo) -> str | None:
+        # Only without a source (an invalid source is reported on its own, not here).
+        embedded = "source" in info.data and info.data["source"] is None
+        if embedded and name is not None and name not in DATASETS and name not in TEXT_DATASETS:
             known = sorted([*DATASETS, *TEXT_DATASETS])
-            raise ValueError(
-                f"unknown data set {self.name!r}; available: {known} (or give a `source`)"
-            )
+            raise ValueError(f"unknown data set {name!r}; available: {known} (or give a `source`)")
+        return name
+
+    @model_validator(mode="after")
+    def _default_name(self) -> DataSpec:
+        if self.name is None:
+            self.name = self.source.kind if self.source is not None else "mnist_subset"
         return self
 
     @property

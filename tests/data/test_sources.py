@@ -206,7 +206,7 @@ def test_spec_errors_carry_field_paths(tmp_path: Path) -> None:
         ({"source": {"kind": "image-folder", "path": "x"}}, "data.source.image-folder.size"),
         ({"source": {"kind": "pdf", "path": "x"}}, "data.source"),
         ({"source": {"kind": "arrays", "x": "x.npy"}}, "data.source.arrays"),
-        ({"name": "nope"}, "data"),
+        ({"name": "nope"}, "data.name"),
     ]
     for data, path in cases:
         with pytest.raises(SpecError) as exc:
