@@ -7,6 +7,7 @@ file's folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ __all__ = [
     "AttackSpec",
     "DataSpec",
     "EvaluationSpec",
+    "HuggingFaceSpec",
     "ModelSpec",
     "PipelineSpec",
     "ThreatSpec",
@@ -107,13 +109,33 @@ class NormalizeSpec(StrictModel):
         return self
 
 
+class HuggingFaceSpec(StrictModel):
+    """A Hugging Face sequence-classification model (``model.huggingface``): a local
+    ``save_pretrained`` directory with ``config.json``, ``*.safetensors`` weights and the
+    tokenizer's files. Loaded with ``local_files_only`` and ``trust_remote_code=False``; a
+    directory holding any pickle file is refused (see :mod:`robustops.text.hf`)."""
+
+    path: Path = Field(
+        description="the model directory (relative to the spec): evaluated when model.weights "
+        "is not set, and the starting point of fine-tuning"
+    )
+    max_length: int = Field(
+        default=128, ge=1, le=65_536, description="tokens per text; longer texts are truncated"
+    )
+    batch_size: int = Field(default=64, ge=1, description="texts per forward pass")
+
+
 class ModelSpec(StrictModel):
-    """A model factory ``module:callable`` with keyword arguments and optional safetensors weights;
+    """The model: a factory ``module:callable`` with keyword arguments and optional safetensors
+    weights, or a Hugging Face model directory (``huggingface``; text data only). For a Hugging
+    Face model, ``weights`` names a fine-tuned directory (what ``robustops train`` writes to
+    ``train.out``) and ``sha256`` pins the content fingerprint of the evaluated directory.
     ``normalize``: the model's own input normalisation (tensor data only; the weights file holds
     the inner model's weights)."""
 
-    factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    factory: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    huggingface: HuggingFaceSpec | None = None
     weights: Path | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     normalize: NormalizeSpec | None = None
@@ -121,11 +143,39 @@ class ModelSpec(StrictModel):
     @field_validator("weights")
     @classmethod
     def _safetensors_only(cls, v: Path | None) -> Path | None:
-        if v is not None and v.suffix != ".safetensors":
+        if v is not None and v.suffix not in (".safetensors", ""):
             raise ValueError(
-                "weights must be a .safetensors file (pickle-based formats are refused)"
+                "weights must be a .safetensors file, or a folder for a Hugging Face model "
+                "(pickle-based formats are refused)"
             )
         return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelSpec:
+        if (self.factory is None) == (self.huggingface is None):
+            raise ValueError("give exactly one of factory and huggingface")
+        if self.huggingface is not None and self.kwargs:
+            raise ValueError("kwargs are for a factory; a huggingface model takes none")
+        return self
+
+    def errors(self, train_out: Path | None) -> list[tuple[str, str]]:
+        """``(field path, message)`` for weights and training output that do not fit the model's
+        kind: files (``.safetensors``) for a factory, folders for a Hugging Face model."""
+        errors: list[tuple[str, str]] = []
+        hf = self.huggingface is not None
+        want = "a folder (no suffix)" if hf else "a .safetensors file"
+        for field, p in (("model.weights", self.weights), ("train.out", train_out)):
+            if p is not None and (p.suffix == ".safetensors") == hf:
+                errors.append((field, f"must name {want} for this model"))
+        return errors
+
+    def with_paths(self, fix: Callable[[Path | None], Path | None]) -> ModelSpec:
+        """This section with ``weights`` and ``huggingface.path`` passed through ``fix``."""
+        update: dict[str, Any] = {"weights": fix(self.weights)}
+        if self.huggingface is not None:
+            path = fix(self.huggingface.path)
+            update["huggingface"] = self.huggingface.model_copy(update={"path": path})
+        return self.model_copy(update=update)
 
 
 class TrainSpec(Recipe):
@@ -148,8 +198,10 @@ class TrainSpec(Recipe):
     @field_validator("out")
     @classmethod
     def _safetensors_out(cls, v: Path) -> Path:
-        if v.suffix != ".safetensors":
-            raise ValueError("out must name a .safetensors file")
+        if v.suffix not in (".safetensors", ""):
+            raise ValueError(
+                "out must name a .safetensors file (a folder for a Hugging Face model)"
+            )
         return v
 
     def checkpoint_path(self) -> Path:
@@ -420,19 +472,28 @@ class PipelineSpec(StrictModel):
         ]
 
     def modality_errors(self) -> list[tuple[str, str]]:
-        """Sections that do not fit the data's modality (text data: ``word-edits`` threats,
-        no gradient-masking audit or certification, a text training recipe; images and tables:
-        no ``word-edits`` threats or text augmentation)."""
+        """Sections that do not fit the data's modality or the model (text data: ``word-edits``
+        threats, no gradient-masking audit or certification, a text training recipe; images and
+        tables: no ``word-edits`` threats or text augmentation, no Hugging Face model; weights
+        and ``train.out`` a file or a folder as the model's kind needs)."""
         text = self.data.modality == "text"
-        errors: list[tuple[str, str]] = []
+        errors = self.model.errors(self.train.out if self.train else None)
         if text and self.model.normalize is not None:
             errors.append(
                 ("model.normalize", "mean/std normalisation is for image and table inputs")
             )
+        if self.model.huggingface is not None and not text:
+            errors.append(
+                (
+                    "model.huggingface",
+                    f"a Hugging Face sequence-classification model takes texts, not data set "
+                    f"{self.data.name!r}",
+                )
+            )
         ev = self.evaluation
         for i, ts in enumerate(ev.threats if ev else []):
             if (ts.norm == "word-edits") != text:
-                want = "word-edits" if text else "linf or l2"
+                want = "word-edits" if text else "linf, l2, patch, spatial or corruption"
                 errors.append(
                     (
                         f"evaluation.threats.{i}.norm",
@@ -501,7 +562,7 @@ class PipelineSpec(StrictModel):
         """Every ``module:callable`` this spec would make RobustOps import, as ``(field path,
         reference)``: ``model.factory`` and any ``factory`` or ``preprocess`` string inside
         ``model.kwargs`` (ensemble members, text preprocessing), however deep. Imports nothing."""
-        refs = [("model.factory", self.model.factory)]
+        refs = [("model.factory", self.model.factory)] if self.model.factory else []
 
         def walk(value: Any, path: str) -> None:
             if isinstance(value, dict):
@@ -597,7 +658,7 @@ def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p).resolve()
 
-    model = spec.model.model_copy(update={"weights": fix(spec.model.weights)})
+    model = spec.model.with_paths(fix)
     train = (
         spec.train.model_copy(
             update={

@@ -25,7 +25,8 @@ from robustops.evaluation.masking import AuditResult, audit_gradient_masking
 from robustops.evaluation.metrics import TemperatureFit
 from robustops.io import atomic_write_text, check_writable
 from robustops.models import Normalized, build_model, save_weights
-from robustops.text.models import TorchTextClassifier, check_texts
+from robustops.text.hf import HFTextClassifier
+from robustops.text.models import TextClassifier, TorchTextClassifier, check_texts
 from robustops.training import (
     BatchEvent,
     EpochMetrics,
@@ -208,6 +209,7 @@ def _train_meta(
         "model_factory": spec.model.factory,
         "model_kwargs": spec.model.kwargs,
         "model_normalize": spec.model.normalize.model_dump() if spec.model.normalize else None,
+        "model_huggingface": _hf_info(spec),
         "data": data.describe(),
         "state_sha256": state_dict_sha256(module),
     }
@@ -233,7 +235,7 @@ def _train_tensors(spec: PipelineSpec, hooks: FitHooks, resume: bool) -> dict[st
         torch.manual_seed(spec.seed)
         with model_stage("building the model"):
             model = _normalized(
-                spec, build_model(spec.model.factory, spec.model.kwargs, device=device)
+                spec, build_model(_factory_ref(spec), spec.model.kwargs, device=device)
             )
         options = FitOptions(
             checkpoint_dir=rec.checkpoint_path(),
@@ -301,6 +303,8 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
     assert spec.train is not None
     data = load_spec_dataset(spec)
     assert isinstance(data, TextDataset)
+    if spec.model.huggingface is not None:
+        return _train_hf(spec, data, on_epoch)
     clf = _text_classifier(spec, data)
     with model_stage("training"):
         result = fit_text(
@@ -309,11 +313,68 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
     return _write_text_outputs(spec, data, clf, result)
 
 
+def _factory_ref(spec: PipelineSpec) -> str:
+    """``model.factory`` (:class:`SpecError` when the model is a Hugging Face one instead)."""
+    if spec.model.factory is None:
+        raise SpecError.single("model.factory", "this step needs a factory model")
+    return spec.model.factory
+
+
+def _hf_info(spec: PipelineSpec) -> dict[str, Any] | None:
+    """The ``model.huggingface`` section as JSON (``None`` for a factory model)."""
+    hf = spec.model.huggingface
+    return None if hf is None else hf.model_dump(mode="json")
+
+
+def _load_hf(spec: PipelineSpec, path: Path, sha256: str | None, field: str) -> HFTextClassifier:
+    """The spec's Hugging Face classifier read from directory ``path`` (local files only)."""
+    hf = spec.model.huggingface
+    assert hf is not None
+    with model_stage("loading the Hugging Face model"):
+        return HFTextClassifier.load(
+            path,
+            sha256=sha256,
+            max_length=hf.max_length,
+            batch_size=hf.batch_size,
+            device=spec.resolved_device(),
+            field=field,
+        )
+
+
+def _train_hf(
+    spec: PipelineSpec, data: TextDataset, on_epoch: Callable[[Any], None] | None
+) -> dict[str, Any]:
+    """Hugging Face branch of :func:`train_spec`: fine-tune ``model.huggingface.path`` with
+    :func:`robustops.training.hf.fit_hf` (adversarial augmentation when the recipe has
+    ``augment``) and write ``train.out`` as a ``save_pretrained`` folder (safetensors + tokenizer),
+    ``<out>.json``, the metrics and the augmentation log."""
+    from robustops.training.hf import fit_hf
+
+    assert spec.train is not None and spec.model.huggingface is not None
+    clf = _load_hf(spec, spec.model.huggingface.path, None, "model.huggingface.path")
+    if clf.num_classes != data.num_classes:
+        raise SpecError.single(
+            "model.huggingface.path",
+            f"the model has {clf.num_classes} labels, data set {spec.data.name!r} "
+            f"{data.num_classes} classes",
+        )
+    base = clf.fingerprint
+    torch.manual_seed(spec.seed)
+    with model_stage("training"):
+        result = fit_hf(
+            clf, data.texts_train, data.y_train, spec.train, seed=spec.seed, on_epoch=on_epoch
+        )
+    sidecar = _write_text_outputs(spec, data, clf, result)
+    sidecar["base_fingerprint"] = base
+    atomic_write_text(Path(str(spec.train.out) + ".json"), json.dumps(sidecar, indent=2))
+    return sidecar
+
+
 def _text_classifier(spec: PipelineSpec, data: TextDataset) -> TorchTextClassifier:
     """The untrained classifier the spec's factory builds from the training texts."""
     from robustops.models.loading import resolve_factory
 
-    factory = resolve_factory(spec.model.factory, field="model.factory")
+    factory = resolve_factory(_factory_ref(spec), field="model.factory")
     try:
         with model_stage("building the model"):
             clf = factory(
@@ -333,7 +394,10 @@ def _text_classifier(spec: PipelineSpec, data: TextDataset) -> TorchTextClassifi
 
 
 def _write_text_outputs(
-    spec: PipelineSpec, data: TextDataset, clf: TorchTextClassifier, result: TextTrainResult
+    spec: PipelineSpec,
+    data: TextDataset,
+    clf: TorchTextClassifier | HFTextClassifier,
+    result: TextTrainResult,
 ) -> dict[str, Any]:
     """Write the safetensors file (vocabulary in its metadata), the metrics (JSON lines), the
     augmented texts (``<out>.augment.jsonl``, one record per adversarial text added to
@@ -351,7 +415,10 @@ def _write_text_outputs(
         "epochs_run": len(result.history),
         "augmented_texts": len(result.augmented),
     }
-    sha = _save_trained(out, lambda p: clf.save(p, metadata=meta))
+    if isinstance(clf, HFTextClassifier):  # a folder; its content fingerprint as sha256
+        sha = _save_trained(out, clf.save)
+    else:
+        sha = _save_trained(out, lambda p: clf.save(p, metadata=meta))
     atomic_write_text(metrics_path, "".join(json.dumps(h.to_json()) + "\n" for h in result.history))
     if rec.augment is not None:
         atomic_write_text(
@@ -397,21 +464,29 @@ def _training_stage(checkpoint_dir: Path, model: torch.nn.Module) -> Iterator[No
 
 def _load_for_evaluation(
     spec: PipelineSpec,
-) -> tuple[Dataset | TextDataset, torch.nn.Module | TorchTextClassifier, str, int]:
+) -> tuple[
+    Dataset | TextDataset, torch.nn.Module | TorchTextClassifier | HFTextClassifier, str, int
+]:
     """Data, model with its weights, device, and how many test samples the suite evaluates
     (text: a :class:`TorchTextClassifier` read from its safetensors file, on the CPU)."""
     if spec.evaluation is None:
         raise SpecError.single("evaluation", "the spec has no evaluation section")
-    if spec.model.weights is None:
+    if spec.model.weights is None and spec.model.huggingface is None:
         raise SpecError.single(
             "model.weights", "evaluation needs trained weights (a .safetensors file)"
         )
     _check_code(spec)
     data = load_spec_dataset(spec)
-    model: torch.nn.Module | TorchTextClassifier
+    model: torch.nn.Module | TorchTextClassifier | HFTextClassifier
     if isinstance(data, TextDataset):
         device = "cpu"
-        model = TorchTextClassifier.load(spec.model.weights, sha256=spec.model.sha256)
+        if spec.model.huggingface is not None:  # the fine-tuned folder, else the base model
+            field = "model.weights" if spec.model.weights else "model.huggingface.path"
+            path = spec.model.weights or spec.model.huggingface.path
+            model = _load_hf(spec, path, spec.model.sha256, field)
+        else:
+            assert spec.model.weights is not None
+            model = TorchTextClassifier.load(spec.model.weights, sha256=spec.model.sha256)
         n_test = len(data.texts_test)
     else:
         device = spec.resolved_device()
@@ -419,7 +494,7 @@ def _load_for_evaluation(
             model = _normalized(
                 spec,
                 build_model(
-                    spec.model.factory,
+                    _factory_ref(spec),
                     spec.model.kwargs,
                     spec.model.weights,
                     sha256=spec.model.sha256,
@@ -438,7 +513,18 @@ def _test_split(data: Dataset | TextDataset) -> tuple[Tensor | list[str], Tensor
     return data.x_test, data.y_test
 
 
-def _model_info(spec: PipelineSpec, model: torch.nn.Module | TorchTextClassifier) -> dict[str, Any]:
+def _model_info(
+    spec: PipelineSpec, model: torch.nn.Module | TorchTextClassifier | HFTextClassifier
+) -> dict[str, Any]:
+    if isinstance(model, HFTextClassifier):
+        return {
+            "huggingface": _hf_info(spec),
+            "architecture": type(model.module).__name__,
+            "class_names": model.class_names,
+            "weights": str(model.source),
+            "fingerprint": model.fingerprint,
+            "state_sha256": state_dict_sha256(model.module),
+        }
     assert spec.model.weights is not None
     module = model.module if isinstance(model, TorchTextClassifier) else model
     return {
@@ -509,7 +595,7 @@ def evaluate_spec(
 def _audits(
     spec: PipelineSpec,
     data: Dataset | TextDataset,
-    model: torch.nn.Module | TorchTextClassifier,
+    model: torch.nn.Module | TextClassifier,
     seed: int,
     device: str,
 ) -> list[AuditResult]:
@@ -604,7 +690,7 @@ def _certify(
 
 def _fit_temperature(
     spec: PipelineSpec,
-    model: torch.nn.Module | TorchTextClassifier,
+    model: torch.nn.Module | TextClassifier,
     data: Dataset | TextDataset,
     n_eval: int,
     seed: int,

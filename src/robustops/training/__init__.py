@@ -11,6 +11,7 @@ from robustops.training.checkpoint import (
     write_checkpoint,
 )
 from robustops.training.distributed import DistContext, env_rank, init_distributed
+from robustops.training.hf import fit_hf
 from robustops.training.recipe import (
     AugmentSpec,
     AWPSpec,
@@ -75,6 +76,7 @@ __all__ = [
     "curriculum_factor",
     "env_rank",
     "fit",
+    "fit_hf",
     "fit_text",
     "init_distributed",
     "latest_checkpoint",

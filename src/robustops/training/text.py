@@ -48,7 +48,12 @@ from torch import Tensor, nn
 from robustops._util import make_generator
 from robustops.attacks.base import Attack
 from robustops.errors import SpecError
-from robustops.text.models import Preprocess, TorchTextClassifier, char_ngram_classifier
+from robustops.text.models import (
+    Preprocess,
+    TextClassifier,
+    TorchTextClassifier,
+    char_ngram_classifier,
+)
 from robustops.training.recipe import AugmentSpec, Recipe
 from robustops.training.schedules import learning_rate
 
@@ -232,10 +237,13 @@ def _labels(labels: Tensor | Sequence[int] | np.ndarray) -> Tensor:
 
 
 class _Pool:
-    """The adversarial texts trained on: encoded ids, labels, and membership by text+label."""
+    """The adversarial texts trained on: encoded ids (``encode(text)`` of each: n-gram ids for
+    the char n-gram model, the text itself for a model that tokenizes per batch), labels, and
+    membership by text+label."""
 
-    def __init__(self) -> None:
-        self.ids: list[Tensor] = []
+    def __init__(self, encode: Callable[[str], Any]) -> None:
+        self.encode = encode
+        self.ids: list[Any] = []
         self.labels: list[int] = []
         self.keys: set[tuple[str, int]] = set()
 
@@ -262,13 +270,13 @@ class _TextData:
     """What every augmentation round of one :func:`fit_text` call attacks.
 
     Attributes:
-        classifier: the model being trained (attacked in eval mode).
+        classifier: the model being trained (attacked in eval mode through ``predict_logits``).
         texts: the training texts, ``N`` strings.
         y: their labels ``(N,)`` int64.
         seed: the base seed the rounds derive their draw and attack seeds from.
     """
 
-    classifier: TorchTextClassifier
+    classifier: TextClassifier
     texts: list[str]
     y: Tensor
     seed: int
@@ -319,8 +327,7 @@ class _Round:
         if key in self.pool.keys:
             return
         self.pool.keys.add(key)
-        classifier = self.data.classifier
-        self.pool.ids.append(_encode_one(classifier, classifier.prepare([text.text])[0]))
+        self.pool.ids.append(self.pool.encode(text.text))
         self.pool.labels.append(text.label)
         self.added.append(text)
 
@@ -357,7 +364,7 @@ def _augment_round(
 
 
 def _checked_labels(
-    classifier: TorchTextClassifier,
+    classifier: TextClassifier,
     texts: Sequence[str],
     labels: Tensor | Sequence[int] | np.ndarray,
     recipe: Recipe,
@@ -481,7 +488,8 @@ def fit_text(
     data = _TextData(classifier, list(texts), y, seed=int(gen.initial_seed()))
     encoded = [_encode_one(classifier, t) for t in classifier.prepare(data.texts)]
     loop = _TextLoop(classifier, recipe)
-    spec, pool = recipe.augment, _Pool()
+    spec = recipe.augment
+    pool = _Pool(lambda text: _encode_one(classifier, classifier.prepare([text])[0]))
     history: list[TextEpochMetrics] = []
     augmented: list[AugmentedText] = []
     classifier.module.train()
