@@ -29,8 +29,8 @@ $(DEV_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# torchattacks declares torchvision, whose wheel would replace torch; it never imports it.
 	$(BIN)/pip install --quiet --no-deps $(PEERS)
-	# The hf extra (transformers, tokenizers) came with .[dev]; it must not have moved torch.
-	$(BIN)/python -c "import transformers, tokenizers"
+	# The hf extra (transformers, tokenizers, datasets) came with .[dev]; it must not have moved torch.
+	$(BIN)/python -c "import transformers, tokenizers, datasets"
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(DEV_STAMP)
 
