@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -184,16 +186,13 @@ def test_ray_cluster_equals_one_process_sample_by_sample(
     ray = pytest.importorskip(
         "ray", reason="Ray is not installed: pip install 'robustops[ray]' (CI installs it)"
     )
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=str(tmp_path / "ray"),
-    )
+    temp = tempfile.mkdtemp(prefix="ro-ray-")  # short: Ray's socket paths are limited to 107 bytes
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
     try:
         plan = _plan(digits, model_state)
         merged = run_sharded(plan, shards=2, executor="ray", ray_address="auto")
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
     _assert_same_per_sample(merged, single)
     assert merged.topology is not None and merged.topology.executor == "ray"
