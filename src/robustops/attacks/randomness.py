@@ -110,9 +110,7 @@ class SampleDraws:
         )
         return out.to(device=like.device, dtype=like.dtype)
 
-    def randint(
-        self, low: int, high: int, shape: tuple[int, ...], device: torch.device
-    ) -> Tensor:
+    def randint(self, low: int, high: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
         """``shape`` int64 uniform in ``[low, high)`` on ``device``."""
         out = self._rows(
             shape, lambda g: torch.randint(low, high, shape[1:], generator=g, device=device)

@@ -67,7 +67,9 @@ from robustops.evaluation.suite import (
 from robustops.io import atomic_write_text, read_text_file
 
 __all__ = [
+    "ArchitectureFactory",
     "Executor",
+    "ScaleOut",
     "ShardOutcome",
     "SuitePlan",
     "merge_shards",
@@ -81,6 +83,44 @@ log = logging.getLogger(__name__)
 Executor = Literal["inline", "local", "ray"]
 
 _MAX_SHARD_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class ScaleOut:
+    """How to spread a suite run (what ``robustops evaluate --workers/--ray/--shard-dir`` set).
+
+    Attributes:
+        workers: local worker processes (``local`` executor), or Ray tasks in flight.
+        ray_address: a Ray cluster address (``"local"``: a head started on this machine for the
+            run); ``None``: local processes.
+        shard_dir: shard checkpoints (``None``: none).
+        shards: how many shards (default: the workers).
+    """
+
+    workers: int = 1
+    ray_address: str | None = None
+    shard_dir: str | Path | None = None
+    shards: int | None = None
+
+    @property
+    def executor(self) -> Executor:
+        if self.ray_address is not None:
+            return "ray"
+        return "local" if self.workers > 1 else "inline"
+
+
+@dataclass(frozen=True)
+class ArchitectureFactory:
+    """``fn(**kwargs)`` moved to ``device`` in eval mode: a model's architecture, rebuilt in a
+    worker (``fn`` pickles by reference, as the module and name the parent already resolved
+    under its trust policy)."""
+
+    fn: Callable[..., nn.Module]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def __call__(self) -> nn.Module:
+        return self.fn(**self.kwargs).to(self.device).eval()
 
 
 @dataclass(frozen=True)
@@ -598,13 +638,11 @@ def _merge_stochastic(records: Sequence[StochasticRecord | None]) -> StochasticR
     )
 
 
-def run_sharded_torchrun(
-    plan: SuitePlan, *, shard_dir: str | Path | None = None
-) -> SuiteResult | None:
+def run_sharded_torchrun(plan: SuitePlan, *, shard_dir: str | Path | None = None) -> SuiteResult:
     """Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set): rank ``r`` runs shard ``r`` of
     ``WORLD_SIZE`` (reusing its checkpoint in ``shard_dir`` if any), the outcomes are gathered
-    to rank 0 over gloo (CPU), which merges them and returns the result; other ranks return
-    ``None``."""
+    to rank 0 over gloo (CPU), which merges them; the merged result is broadcast back, so every
+    rank returns it (write it from rank 0 only)."""
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -629,13 +667,16 @@ def run_sharded_torchrun(
                     atomic_write_text(_shard_path(folder, rank), text)
         gathered: list[Any] = [None] * world if rank == 0 else []
         dist.gather_object(text, gathered if rank == 0 else None, dst=0)
-        if rank != 0:
-            return None
-        outcomes = [ShardOutcome.from_json(t) for t in gathered if t is not None]
-        master = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
-        return merge_shards(
-            outcomes, plan, executor="torchrun", workers=world, address=master, started=t0
-        )
+        box: list[Any] = [None]
+        if rank == 0:
+            outcomes = [ShardOutcome.from_json(t) for t in gathered if t is not None]
+            master = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+            merged = merge_shards(
+                outcomes, plan, executor="torchrun", workers=world, address=master, started=t0
+            )
+            box = [merged.model_dump_json()]
+        dist.broadcast_object_list(box, src=0)
+        return SuiteResult.model_validate_json(box[0])
     finally:
         if own:
             dist.destroy_process_group()
