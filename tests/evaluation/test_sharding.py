@@ -57,9 +57,7 @@ def _threats() -> list[SuiteThreat]:
                 build_attack("square", linf, queries=30),
             ],
         ),
-        SuiteThreat(
-            l2, [build_attack("pgd", l2, steps=5), build_attack("square", l2, queries=20)]
-        ),
+        SuiteThreat(l2, [build_attack("pgd", l2, steps=5), build_attack("square", l2, queries=20)]),
     ]
 
 
