@@ -80,10 +80,10 @@ def _published_apgd(
     """Algorithm 1 of the paper written out one sample at a time (untargeted CE, one restart,
     stop at the first adversarial iterate), to check the vectorised bookkeeping against."""
     # Each sample draws its start from its own generator, keyed by the attack, seed and content.
-    draws = SampleRandomness(x, f"apgd|{seed}").rows()
+    draws = SampleRandomness(x, f"apgd-ce|{seed}").rows()
     t = draws.rand(tuple(x.shape), x) * 2 - 1
     if threat.norm == "l2":  # the L2 start draws Gaussian noise instead
-        draws = SampleRandomness(x, f"apgd|{seed}").rows()
+        draws = SampleRandomness(x, f"apgd-ce|{seed}").rows()
         t = draws.randn(tuple(x.shape), x)
     ckpts = set(apgd_checkpoints(steps)[1:])
     eps = threat.epsilon
