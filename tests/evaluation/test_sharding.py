@@ -194,3 +194,19 @@ def test_ray_cluster_equals_one_process_sample_by_sample(
         shutil.rmtree(temp, ignore_errors=True)
     _assert_same_per_sample(merged, single)
     assert merged.topology is not None and merged.topology.executor == "ray"
+
+
+def test_no_samples_are_refused_before_any_worker_starts(
+    digits: Dataset, model_state: dict[str, Tensor]
+) -> None:
+    plan = _plan(digits, model_state)
+    empty = SuitePlan(
+        **{
+            **plan.__dict__,
+            "inputs": plan.inputs[:0],
+            "labels": plan.labels[:0],
+            "record": SuiteRecord(name="digits"),
+        }
+    )
+    with pytest.raises(ValueError, match="no samples"):
+        run_sharded(empty, shards=2, executor="local")

@@ -197,9 +197,11 @@ def _state_sha256(state: dict[str, Tensor]) -> str:
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     """``shards`` contiguous ``[start, stop)`` ranges covering ``0..n-1``, sizes differing by at
-    most one (empty shards dropped)."""
+    most one (empty shards dropped; no samples: one empty shard)."""
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
+    if n == 0:
+        return [(0, 0)]
     size, extra = divmod(n, shards)
     out, start = [], 0
     for k in range(shards):
@@ -342,6 +344,8 @@ def run_sharded(
         ray_address: the Ray cluster (``"local"``: start a head on this machine, shut down
             after the run; ``None``: Ray's own default, ``RAY_ADDRESS`` or a new local one).
     """
+    if plan.n == 0:
+        raise ValueError("no samples to evaluate")
     t0 = time.perf_counter()
     bounds = shard_bounds(plan.n, shards)
     n_workers = workers or len(bounds) or 1
