@@ -443,6 +443,11 @@ class APGDT(APGD):
         self._check_positive("n_target_classes", n_target_classes, integer=True)
         self.n_target_classes = n_target_classes
 
+    def _randomness(self, x: Tensor) -> SampleRandomness:
+        """APGD-DLR's per-sample generators: given a target, this attack *is* ``apgd-dlr``
+        towards it, and draws the same starts."""
+        return SampleRandomness(x, f"apgd-dlr|{self.seed}")
+
     def _run(
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
     ) -> tuple[Tensor, Tensor]:
