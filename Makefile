@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
-# Development: test, lint and type tools, and the reference libraries of the tests and benchmarks.
+# Development: test, lint and type tools (and Ray, through the dev extra, for the sharded-suite
+# tests), and the reference libraries of the tests and benchmarks.
 $(DEV_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# torchattacks declares torchvision, whose wheel would replace torch; it never imports it.

@@ -243,10 +243,35 @@ def evaluate(
     ] = None,
     trust_code: TrustOpt = None,
     allow_code: AllowCodeOpt = False,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=1, help="shard the samples across this many local processes"),
+    ] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="shard across a Ray cluster at this address ('local': start a head here)",
+        ),
+    ] = None,
+    shard_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--shard-dir",
+            help="shard checkpoints, reused by a rerun (default: <out>.shards when sharding)",
+        ),
+    ] = None,
 ) -> None:
-    """Run the spec's evaluation suite and write the result JSON."""
+    """Run the spec's evaluation suite and write the result JSON.
+
+    With --workers N or --ray ADDRESS the samples are sharded (per-sample outcomes equal a
+    single-process run); under torchrun every rank runs its shard and rank 0 writes the result.
+    """
+    import os
+
     from robustops.config import load_spec
     from robustops.evaluation import ProgressEvent
+    from robustops.evaluation.sharding import ScaleOut
     from robustops.io import check_writable
     from robustops.runner import evaluate_spec, save_result
 
@@ -276,7 +301,13 @@ def evaluate(
                     tasks[key] = bar.add_task(f"{ev.threat} · {ev.attack}", total=max(ev.total, 1))
                 bar.update(tasks[key], completed=ev.done if ev.total else 1)
 
-            result = evaluate_spec(s, seed=seed, progress=on_progress, tier=tier)
+            scale = None
+            if workers > 1 or ray is not None or shard_dir is not None:
+                folder = shard_dir or out.with_name(out.name + ".shards")
+                scale = ScaleOut(workers=workers, ray_address=ray, shard_dir=folder)
+            result = evaluate_spec(s, seed=seed, progress=on_progress, tier=tier, scale=scale)
+        if os.environ.get("RANK", "0") != "0":
+            return  # torchrun: rank 0 writes the merged result
         save_result(result, out)
     except RobustOpsError as exc:
         _fail(exc)

@@ -20,11 +20,26 @@ from robustops.data import TEXT_DATASETS, Dataset, TextDataset, load_dataset, lo
 from robustops.defenses import fit_temperature_on
 from robustops.defenses.smoothing import CertificationResult, certify_dataset
 from robustops.errors import ModelRuntimeError, OutputError, RobustOpsError, SpecError
-from robustops.evaluation import ProgressEvent, SuiteOptions, SuiteRecord, SuiteResult, run_suite
+from robustops.evaluation import (
+    ProgressEvent,
+    SuiteOptions,
+    SuiteRecord,
+    SuiteResult,
+    SuiteThreat,
+    run_suite,
+)
 from robustops.evaluation.masking import AuditResult, audit_gradient_masking
 from robustops.evaluation.metrics import TemperatureFit
+from robustops.evaluation.sharding import (
+    ArchitectureFactory,
+    ScaleOut,
+    SuitePlan,
+    run_sharded,
+    run_sharded_torchrun,
+)
 from robustops.io import atomic_write_text, check_writable
 from robustops.models import Normalized, build_model, save_weights
+from robustops.models.loading import resolve_factory
 from robustops.text.hf import HFTextClassifier
 from robustops.text.models import TextClassifier, TorchTextClassifier, check_texts
 from robustops.training import (
@@ -543,11 +558,16 @@ def evaluate_spec(
     seed: int | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     tier: str | None = None,
+    scale: ScaleOut | None = None,
 ) -> SuiteResult:
     """Run the spec's evaluation suite on its model and the first ``n_samples`` test samples,
     with the calibration figures (temperature fitted on the test samples after them), and the
     gradient-masking audit and certification when the spec asks for them. ``tier`` is only
-    recorded in the result: cut the spec down with :meth:`PipelineSpec.with_tier` first."""
+    recorded in the result: cut the spec down with :meth:`PipelineSpec.with_tier` first.
+    ``scale``: shard the suite across processes or a Ray cluster (tensor models; see
+    :mod:`robustops.evaluation.sharding`); under ``torchrun`` (``WORLD_SIZE`` > 1) every rank
+    runs its shard, rank 0 merges, and every rank returns the merged result (write it from
+    rank 0 only)."""
     data, model, device, n = _load_for_evaluation(spec)
     assert spec.evaluation is not None
     ev = spec.evaluation
@@ -555,27 +575,35 @@ def evaluate_spec(
         run_seed = spec.seed if seed is None else seed
         temperature = _fit_temperature(spec, model, data, n, run_seed, device)
         inputs, labels = _test_split(data)
-        result = run_suite(
-            model,
-            inputs[:n],
-            labels[:n],
-            spec.build_threats(seed=run_seed),
-            SuiteOptions(
-                batch_size=ev.batch_size,
-                seed=run_seed,
-                device=device,
-                calibration=ev.calibration.enabled,
-                n_bins=ev.calibration.n_bins,
-                eot_samples=ev.eot_samples,
-            ),
-            record=SuiteRecord(
-                name=spec.name,
-                indices=list(range(n)),
-                data_info=data.describe(),
-                model_info=_model_info(spec, model),
-            ),
-            progress=progress,
-            temperature=temperature,
+        options = SuiteOptions(
+            batch_size=ev.batch_size,
+            seed=run_seed,
+            device=device,
+            calibration=ev.calibration.enabled,
+            n_bins=ev.calibration.n_bins,
+            eot_samples=ev.eot_samples,
+        )
+        record = SuiteRecord(
+            name=spec.name,
+            indices=list(range(n)),
+            data_info=data.describe(),
+            model_info=_model_info(spec, model),
+        )
+        threats = spec.build_threats(seed=run_seed)
+        sharded = _sharded_suite(spec, model, inputs[:n], labels[:n], threats, options, record)
+        result = (
+            sharded(scale, temperature)
+            if sharded is not None and (scale is not None or _under_torchrun())
+            else run_suite(
+                model,
+                inputs[:n],
+                labels[:n],
+                threats,
+                options,
+                record=record,
+                progress=progress,
+                temperature=temperature,
+            )
         )
         audits = _audits(spec, data, model, run_seed, device)
         certification = None
@@ -590,6 +618,57 @@ def evaluate_spec(
             "tier": tier,
         }
     )
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def _sharded_suite(
+    spec: PipelineSpec,
+    model: torch.nn.Module | TextClassifier,
+    inputs: Tensor | list[str],
+    labels: Tensor,
+    threats: list[SuiteThreat],
+    options: SuiteOptions,
+    record: SuiteRecord,
+) -> Callable[[ScaleOut | None, TemperatureFit | None], SuiteResult] | None:
+    """How to run the suite sharded (tensor models: workers rebuild the architecture from the
+    spec's factory and load its state dict); ``None`` for text models (they run in one
+    process)."""
+    if not isinstance(model, torch.nn.Module) or not isinstance(inputs, Tensor):
+        return None
+    module: torch.nn.Module = model
+    norm = spec.model.normalize
+
+    def run(scale: ScaleOut | None, temperature: TemperatureFit | None) -> SuiteResult:
+        plan = SuitePlan(
+            model_factory=ArchitectureFactory(
+                resolve_factory(_factory_ref(spec)),
+                dict(spec.model.kwargs),
+                str(options.device or "cpu"),
+                normalize=(tuple(norm.mean), tuple(norm.std)) if norm is not None else None,
+            ),
+            state_dict={k: v.detach().cpu() for k, v in module.state_dict().items()},
+            inputs=inputs,
+            labels=labels,
+            threats=threats,
+            options=options,
+            record=record,
+            temperature=temperature,
+        )
+        if scale is None:  # under torchrun
+            return run_sharded_torchrun(plan)
+        return run_sharded(
+            plan,
+            shards=scale.shards or scale.workers,
+            executor=scale.executor,
+            workers=scale.workers,
+            shard_dir=scale.shard_dir,
+            ray_address=scale.ray_address,
+        )
+
+    return run
 
 
 def _audits(

@@ -20,6 +20,7 @@ from robustops.attacks import (
     project,
 )
 from robustops.attacks.apgd import apgd_checkpoints
+from robustops.attacks.randomness import SampleRandomness
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
 
@@ -78,11 +79,12 @@ def _published_apgd(
 ) -> tuple[Tensor, Tensor]:
     """Algorithm 1 of the paper written out one sample at a time (untargeted CE, one restart,
     stop at the first adversarial iterate), to check the vectorised bookkeeping against."""
-    gen = torch.Generator().manual_seed(seed)
-    t = torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1
+    # Each sample draws its start from its own generator, keyed by the attack, seed and content.
+    draws = SampleRandomness(x, f"apgd-ce|{seed}").rows()
+    t = draws.rand(tuple(x.shape), x) * 2 - 1
     if threat.norm == "l2":  # the L2 start draws Gaussian noise instead
-        gen = torch.Generator().manual_seed(seed)
-        t = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        draws = SampleRandomness(x, f"apgd-ce|{seed}").rows()
+        t = draws.randn(tuple(x.shape), x)
     ckpts = set(apgd_checkpoints(steps)[1:])
     eps = threat.epsilon
     outs, queries = [], []

@@ -39,6 +39,7 @@ from robustops.attacks.eot import (
     loss_and_grad,
     mean_logits,
 )
+from robustops.attacks.randomness import SampleDraws, SampleRandomness
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
@@ -74,14 +75,15 @@ def _view(v: Tensor, ref: Tensor) -> Tensor:
     return v.view(-1, *([1] * (ref.dim() - 1)))
 
 
-def _reference_start(x: Tensor, threat: ThreatModel, gen: torch.Generator) -> Tensor:
+def _reference_start(x: Tensor, threat: ThreatModel, draws: SampleDraws) -> Tensor:
     """The reference implementation's random start: ``x + eps * t / ||t||`` (``t`` uniform in
     ``[-1, 1]`` for L∞, Gaussian for L2), i.e. a random point on the sphere of radius epsilon,
-    then projected onto the bounds. ``x`` ``(n, ...)``; returns ``(n, ...)``."""
+    then projected onto the bounds. ``x`` ``(n, ...)``, one row of ``draws`` per sample; returns
+    ``(n, ...)``."""
     if threat.norm == "linf":
-        t = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+        t = draws.rand(tuple(x.shape), x) * 2 - 1
     else:
-        t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        t = draws.randn(tuple(x.shape), x)
     scale = perturbation_norm(t, threat.norm)
     return project(x + threat.epsilon * (t / _view(scale.clamp_min(1e-12), x)), x, threat)
 
@@ -239,7 +241,7 @@ class APGD(Attack):
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         out = _Outcome.start(x)
-        self._restarts(model, x, y, targets, targets, gen, out)
+        self._restarts(model, x, y, targets, targets, self._randomness(x), out)
         return out.best, out.queries
 
     def _restarts(
@@ -249,7 +251,7 @@ class APGD(Attack):
         y: Tensor,
         targets: Tensor | None,
         aim: Tensor | None,
-        gen: torch.Generator,
+        rnd: SampleRandomness,
         out: _Outcome,
     ) -> None:
         """``restarts`` runs on the samples of ``x`` ``(n, ...)`` not yet ``out.done``, the loss
@@ -261,7 +263,7 @@ class APGD(Attack):
                 break
             t0 = targets[idx] if targets is not None else None
             a0 = aim[idx] if aim is not None else None
-            run = self._single_run(model, x[idx], y[idx], t0, a0, idx, gen, out)
+            run = self._single_run(model, x[idx], y[idx], t0, a0, idx, rnd.rows(idx), out)
             if run is not None and run.idx.numel():
                 better = run.f_max > out.best_loss[run.idx]
                 out.best[run.idx[better]] = run.x_max[better]
@@ -275,7 +277,7 @@ class APGD(Attack):
         t0: Tensor | None,
         aim0: Tensor | None,
         idx: Tensor,
-        gen: torch.Generator,
+        draws: SampleDraws,
         out: _Outcome,
     ) -> _Run | None:
         """One restart on ``x0`` ``(n, ...)`` (rows ``idx`` of the caller's batch), the loss
@@ -288,7 +290,7 @@ class APGD(Attack):
         """
         threat = self.threat
         loss_fn = _checked(self.loss, LOSSES[self.loss])
-        start = _reference_start(x0, threat, gen)
+        start = _reference_start(x0, threat, draws)
         eot = self.eot_samples
         logits, loss, grad = loss_and_grad(model, start, y0, aim0, loss_fn, eot)
         out.queries[idx] += eot
@@ -441,17 +443,23 @@ class APGDT(APGD):
         self._check_positive("n_target_classes", n_target_classes, integer=True)
         self.n_target_classes = n_target_classes
 
+    def _randomness(self, x: Tensor) -> SampleRandomness:
+        """APGD-DLR's per-sample generators: given a target, this attack *is* ``apgd-dlr``
+        towards it, and draws the same starts."""
+        return SampleRandomness(x, f"apgd-dlr|{self.seed}")
+
     def _run(
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         out = _Outcome.start(x)
+        rnd = self._randomness(x)
         if targets is not None or x.shape[0] == 0:
-            self._restarts(model, x, y, targets, targets, gen, out)
+            self._restarts(model, x, y, targets, targets, rnd, out)
             return out.best, out.queries
         logits = mean_logits(model, x, self.eot_samples)
         out.queries += self.eot_samples
         others = logits.scatter(1, y[:, None], -math.inf)  # the label is never a target
         ranked = others.argsort(dim=1, descending=True)
         for j in range(min(self.n_target_classes, logits.shape[1] - 1)):
-            self._restarts(model, x, y, None, ranked[:, j], gen, out)
+            self._restarts(model, x, y, None, ranked[:, j], rnd, out)
         return out.best, out.queries

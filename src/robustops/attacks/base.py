@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from robustops._util import make_generator
+from robustops.attacks.randomness import SampleRandomness
 from robustops.errors import SpecError
 from robustops.threats import Knowledge, ThreatModel
 from robustops.threats.geometry import perturbation_norm, project, random_start
@@ -293,6 +294,19 @@ class Attack:
         elif targets is not None:
             raise SpecError.single("targets", "given, but the threat is untargeted")
         return inputs.detach(), labels.to(device=inputs.device, dtype=torch.int64), targets
+
+    def _randomness(self, x: Tensor) -> SampleRandomness:
+        """Per-sample generators for the batch ``x`` ``(N, ...)``, keyed by the attack's name, its
+        seed and each sample's content: what the built-in tensor attacks draw from instead of
+        the batch generator ``gen``, so a sample's result does not depend on its batch.
+
+        Keyed by content rather than by the sample's index in its data set: an attack is called
+        on a batch and knows no indices, the contract stays ``attack(model, inputs, labels)``,
+        and a sample gets the same draws whether the suite runs it alone, in any batch, after
+        earlier attacks removed its neighbours, or in any shard of a sharded run (the suite's
+        own draws, the targets, are keyed by (seed, sample index)). Two identical inputs get
+        identical draws, which is what a deterministic attack would give them anyway."""
+        return SampleRandomness(x, f"{self.name}|{self.seed}")
 
     def _run(
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator

@@ -27,7 +27,7 @@ class FGSM(Attack):
             with a random start).
         eot_samples: forward+backward passes whose gradients are averaged (Expectation over
             Transformation, for stochastic models); each counts as a query. 1: plain FGSM.
-        seed: seeds the random start.
+        seed: seeds the random start (per sample: see :meth:`Attack._randomness`).
     """
 
     name = "fgsm"
@@ -55,7 +55,11 @@ class FGSM(Attack):
     def _run(
         self, model: ModelFn, x: Tensor, y: Tensor, targets: Tensor | None, gen: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        start = random_start(x, self.threat, gen, self.start_scale) if self.random_start else x
+        start = (
+            random_start(x, self.threat, self._randomness(x).rows(), self.start_scale)
+            if self.random_start
+            else x
+        )
         _, _, grad = loss_and_grad(model, start, y, targets, ce_loss, self.eot_samples)
         alpha = self.threat.epsilon if self.step_size is None else self.step_size
         adv = project(start + alpha * ascent_direction(grad, self.threat.norm), x, self.threat)

@@ -20,7 +20,7 @@ class UniformNoise(Attack):
 
     L∞ draws are uniform in the cube; L2 draws are uniform in the ball. Needs labels only.
     ``eot_samples`` forward passes judge each draw on their mean logits (for stochastic models);
-    every pass is a query.
+    every pass is a query. Each sample draws from its own generator (:meth:`Attack._randomness`).
     """
 
     name = "uniform_noise"
@@ -44,12 +44,13 @@ class UniformNoise(Attack):
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         model = averaged_model(model, self.eot_samples)
+        rnd = self._randomness(x)
         with torch.no_grad():
             for _ in range(self.draws):
                 idx = (~found).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
-                cand = random_start(x[idx], self.threat, gen)
+                cand = random_start(x[idx], self.threat, rnd.rows(idx))
                 queries[idx] += self.eot_samples
                 hit = is_adversarial(model(cand), y[idx], None if targets is None else targets[idx])
                 best[idx] = cand

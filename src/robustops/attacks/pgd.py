@@ -26,7 +26,7 @@ from robustops.attacks.eot import (
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
-from robustops.threats.geometry import eps_as, linf_box, random_point
+from robustops.threats.geometry import RowDraws, eps_as, linf_box, random_point
 
 __all__ = ["LOSSES", "PGD", "LossFn", "ascent_direction", "loss_and_grad"]
 
@@ -94,8 +94,8 @@ class _LinfBall:
             box if box is not None else linf_box(x0, eps_as(threat.epsilon, x0), low, high)
         )
 
-    def start(self, gen: torch.Generator, random: bool) -> Tensor:
-        start = random_point(self.x0, self.threat, gen, 1.0) if random else self.x0
+    def start(self, draws: RowDraws, random: bool) -> Tensor:
+        start = random_point(self.x0, self.threat, draws, 1.0) if random else self.x0
         return torch.clamp(start, self.lo, self.hi)
 
     def step(self, adv: Tensor, grad: Tensor, alpha: float) -> Tensor:
@@ -113,8 +113,8 @@ class _L2Ball:
     def __init__(self, x0: Tensor, threat: ThreatModel):
         self.x0, self.threat = x0, threat
 
-    def start(self, gen: torch.Generator, random: bool) -> Tensor:
-        return random_start(self.x0, self.threat, gen) if random else self.x0.clone()
+    def start(self, draws: RowDraws, random: bool) -> Tensor:
+        return random_start(self.x0, self.threat, draws) if random else self.x0.clone()
 
     def step(self, adv: Tensor, grad: Tensor, alpha: float) -> Tensor:
         return project(adv + alpha * ascent_direction(grad, "l2"), self.x0, self.threat)
@@ -178,6 +178,7 @@ class PGD(PGDOptions, Attack):
         best = x.clone()
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        rnd = self._randomness(x)  # per-sample random starts
         for restart in range(self.restarts):
             idx = (~done).nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -185,7 +186,7 @@ class PGD(PGDOptions, Attack):
             x0, y0 = x[idx], y[idx]
             t0 = targets[idx] if targets is not None else None
             ball = _BALLS[threat.norm](x0, threat)
-            adv = ball.start(gen, self.random_start)
+            adv = ball.start(rnd.rows(idx), self.random_start)
             top = None if self.early_stop else _Best(adv)
             for step in range(self.steps):
                 logits, loss, grad = loss_and_grad(model, adv, y0, t0, loss_fn, eot)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["SampleRandomness"]
+__all__ = ["SampleDraws", "SampleRandomness"]
 
 
 class SampleRandomness:
@@ -62,3 +62,57 @@ class SampleRandomness:
                 for i in idx.tolist()
             ]
         )
+
+    def rows(self, idx: Tensor | None = None) -> SampleDraws:
+        """Draws for the samples ``idx`` (default: every sample of the batch), one row each, in
+        that order (see :class:`SampleDraws`)."""
+        gens = self.generators()
+        chosen = gens if idx is None else [gens[i] for i in idx.tolist()]
+        return SampleDraws(chosen)
+
+
+class SampleDraws:
+    """Row-wise draws (:class:`robustops.threats.geometry.RowDraws`): row ``r`` of every draw
+    comes from generator ``r``, which advances only by what that row draws; so a sample's draws
+    are the same whichever other samples are drawn with it."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self._gens = generators
+
+    def __len__(self) -> int:
+        return len(self._gens)
+
+    def subset(self, keep: Tensor) -> SampleDraws:
+        """The rows ``keep`` (a bool mask or indices over this object's rows)."""
+        picked = keep.nonzero().squeeze(1) if keep.dtype == torch.bool else keep
+        return SampleDraws([self._gens[i] for i in picked.tolist()])
+
+    def _rows(self, shape: tuple[int, ...], draw: Callable[[torch.Generator], Tensor]) -> Tensor:
+        if shape[0] != len(self._gens):
+            raise ValueError(f"{shape[0]} rows asked of draws for {len(self._gens)} samples")
+        if not self._gens:
+            return torch.empty(shape)
+        return torch.stack([draw(g) for g in self._gens])
+
+    def rand(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """``shape`` uniform in [0, 1), in ``like``'s dtype and device."""
+        out = self._rows(
+            shape,
+            lambda g: torch.rand(shape[1:], generator=g, device=like.device, dtype=like.dtype),
+        )
+        return out.to(device=like.device, dtype=like.dtype)
+
+    def randn(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """``shape`` standard normal, in ``like``'s dtype and device."""
+        out = self._rows(
+            shape,
+            lambda g: torch.randn(shape[1:], generator=g, device=like.device, dtype=like.dtype),
+        )
+        return out.to(device=like.device, dtype=like.dtype)
+
+    def randint(self, low: int, high: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        """``shape`` int64 uniform in ``[low, high)`` on ``device``."""
+        out = self._rows(
+            shape, lambda g: torch.randint(low, high, shape[1:], generator=g, device=device)
+        )
+        return out.to(device=device, dtype=torch.int64)

@@ -21,6 +21,7 @@ from torch import Tensor
 from robustops.attacks.base import Attack, ModelFn, is_adversarial, project
 from robustops.attacks.eot import averaged_model
 from robustops.attacks.losses import ce_loss, margin_loss
+from robustops.attacks.randomness import SampleDraws
 from robustops.attacks.registry import register_attack
 from robustops.errors import SpecError
 from robustops.threats import ThreatModel
@@ -78,22 +79,23 @@ def _bump(side: int, like: Tensor) -> Tensor:
     return torch.div(out, out.norm().clamp_min(1e-12))
 
 
-def _signs(shape: tuple[int, ...], gen: torch.Generator, like: Tensor) -> Tensor:
-    """Uniform ±1 of ``shape`` in ``like``'s dtype and device."""
-    bits = torch.randint(0, 2, shape, generator=gen, device=like.device)
+def _signs(shape: tuple[int, ...], draws: SampleDraws, like: Tensor) -> Tensor:
+    """Uniform ±1 of ``shape`` (one row per sample of ``draws``) in ``like``'s dtype and device."""
+    bits = draws.randint(0, 2, shape, like.device)
     return (2 * bits - 1).to(like.dtype)
 
 
 def _windows(
-    n: int, side: int, height: int, width: int, gen: torch.Generator, device: torch.device
+    n: int, side: int, height: int, width: int, draws: SampleDraws, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One random ``side × side`` square per sample, fully inside the image.
 
     Returns the mask ``(n, 1, H, W)`` bool and, for every pixel, its row ``(n, H)`` and column
     ``(n, W)`` offset relative to the square's top-left corner.
     """
-    top = torch.randint(0, height - side + 1, (n,), generator=gen, device=device)
-    left = torch.randint(0, width - side + 1, (n,), generator=gen, device=device)
+    corner = draws.randint(0, 1 << 30, (n, 2), device)
+    top = corner[:, 0] % (height - side + 1)
+    left = corner[:, 1] % (width - side + 1)
     rows = torch.arange(height, device=device)[None, :] - top[:, None]
     cols = torch.arange(width, device=device)[None, :] - left[:, None]
     in_rows = (rows >= 0) & (rows < side)
@@ -189,6 +191,7 @@ class Square(Attack):
         restarts = min(self.restarts, evaluations)
         share, extra = divmod(evaluations, restarts)
         model = averaged_model(model, eot)
+        rnd = self._randomness(x)  # per-sample squares, colours and signs
         with torch.no_grad():
             for r in range(restarts):
                 idx = (~done).nonzero().squeeze(1)
@@ -197,7 +200,7 @@ class Square(Attack):
                 t = targets[idx] if targets is not None else None
                 budget = share + (1 if r < extra else 0)
                 adv, used, hit = self._single_run(
-                    model, x.shape, images[idx], y[idx], t, budget, gen
+                    model, x.shape, images[idx], y[idx], t, budget, rnd.rows(idx)
                 )
                 queries[idx] += used * eot
                 if r == 0:
@@ -215,7 +218,7 @@ class Square(Attack):
         y: Tensor,
         targets: Tensor | None,
         budget: int,
-        gen: torch.Generator,
+        draws: SampleDraws,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One run of at most ``budget`` queries on images ``x`` ``(n, C, H, W)``.
 
@@ -236,22 +239,23 @@ class Square(Attack):
             state["t"] = targets
         if linf:
             state["lo"], state["hi"] = self._corners(x)
-            state["best"] = self._init_linf(state, gen)
+            state["best"] = self._init_linf(state, draws)
         else:
-            state["best"] = self._init_l2(x, gen)
+            state["best"] = self._init_l2(x, draws)
         state["loss"], success = query(state["best"], state)
         used = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
         result = state["best"].clone()
 
         act = (~success).nonzero().squeeze(1) if self.early_stop else torch.arange(x.shape[0])
         act = act.to(x.device)
+        draws = draws.subset(act)
         state = {k: v[act] for k, v in state.items()}
         state["hit"] = success[act]
         for it in range(budget - 1):
             if act.numel() == 0:
                 break
             p = p_schedule(self.p_init, it, budget)
-            cand = self._step_linf(state, p, gen) if linf else self._step_l2(state, p, gen)
+            cand = self._step_linf(state, p, draws) if linf else self._step_l2(state, p, draws)
             loss, adv = query(cand, state)
             used[act] += 1
             better = (loss > state["loss"]) | (adv & self.early_stop)
@@ -263,6 +267,7 @@ class Square(Attack):
                 success[act[adv]] = True
                 keep = ~adv
                 act = act[keep]
+                draws = draws.subset(keep)
                 state = {k: v[keep] for k, v in state.items()}
         success[act] = state["hit"]
         result[act] = state["best"]
@@ -279,13 +284,13 @@ class Square(Attack):
         eps = self.threat.epsilon
         return project(x - eps, x, self.threat), project(x + eps, x, self.threat)
 
-    def _init_linf(self, state: dict[str, Tensor], gen: torch.Generator) -> Tensor:
+    def _init_linf(self, state: dict[str, Tensor], draws: SampleDraws) -> Tensor:
         """Vertical stripes: each column of each channel set to ``x + ε`` or ``x - ε``."""
         n, c, _, w = state["x"].shape
-        up = torch.randint(0, 2, (n, c, 1, w), generator=gen, device=state["x"].device).bool()
+        up = draws.randint(0, 2, (n, c, 1, w), state["x"].device).bool()
         return torch.where(up, state["hi"], state["lo"])
 
-    def _step_linf(self, state: dict[str, Tensor], p: float, gen: torch.Generator) -> Tensor:
+    def _step_linf(self, state: dict[str, Tensor], p: float, draws: SampleDraws) -> Tensor:
         """Set one random square per sample to ``x ± ε``, one sign per channel (its colour).
 
         As in the reference, the colour is drawn uniformly among those that change the current
@@ -295,13 +300,12 @@ class Square(Attack):
         best, lo, hi = state["best"], state["lo"], state["hi"]
         n, c, h, w = best.shape
         side = min(max(round(math.sqrt(p * h * w)), 1), max(min(h, w) - 1, 1))
-        mask, _, _ = _windows(n, side, h, w, gen, best.device)
+        mask, _, _ = _windows(n, side, h, w, draws, best.device)
         outside = ~mask
         # (n, C): the square of channel k already holds x + ε (resp. x - ε) everywhere.
         at_hi = ((best == hi) | outside).flatten(2).all(dim=2)
         at_lo = ((best == lo) | outside).flatten(2).all(dim=2)
-        draws = torch.randint(0, 2, (_COLOUR_DRAWS, n, c), generator=gen, device=best.device)
-        up = draws.bool()
+        up = draws.randint(0, 2, (n, _COLOUR_DRAWS, c), best.device).transpose(0, 1).bool()
         same = torch.where(up, at_hi, at_lo).all(dim=2)  # (draws, n)
         first = (~same).to(torch.int8).argmax(dim=0)
         colour = up[first, torch.arange(n, device=best.device)]
@@ -310,7 +314,7 @@ class Square(Attack):
 
     # --- L2 ---------------------------------------------------------------------------------
 
-    def _init_l2(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def _init_l2(self, x: Tensor, draws: SampleDraws) -> Tensor:
         """A 5×5-ish grid of pseudo-Gaussian bumps with random signs per sample and channel,
         rescaled to norm ε, projected."""
         n, c, h, w = x.shape
@@ -322,12 +326,14 @@ class Square(Attack):
             top = start + i * side
             for j in range(w // side):
                 left = start + j * side
-                flip = bool(torch.randint(0, 2, (1,), generator=gen, device=x.device))
-                pattern = bump.t() if flip else bump
+                flip = draws.randint(0, 2, (n,), x.device).bool()
+                pattern = torch.where(flip[:, None, None], bump.t(), bump)  # (n, side, side)
                 rows = max(min(side, h - top), 0)
                 cols = max(min(side, w - left), 0)
-                sign = _signs((n, c, 1, 1), gen, x)
-                delta[:, :, top : top + rows, left : left + cols] += pattern[:rows, :cols] * sign
+                sign = _signs((n, c, 1, 1), draws, x)
+                delta[:, :, top : top + rows, left : left + cols] += (
+                    pattern[:, None, :rows, :cols] * sign
+                )
         return self._rescale_l2(x, delta)
 
     def _rescale_l2(self, x: Tensor, delta: Tensor) -> Tensor:
@@ -335,7 +341,7 @@ class Square(Attack):
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return project(x + self.threat.epsilon * delta / norms, x, self.threat)
 
-    def _step_l2(self, state: dict[str, Tensor], p: float, gen: torch.Generator) -> Tensor:
+    def _step_l2(self, state: dict[str, Tensor], p: float, draws: SampleDraws) -> Tensor:
         """Move perturbation mass from a random square W2 into a random square W1 (per sample).
 
         W1 receives a signed pseudo-Gaussian bump plus its current normalised content, scaled so
@@ -347,11 +353,11 @@ class Square(Attack):
         side = max(round(math.sqrt(p * h * w)), 3)
         side += 1 - side % 2
         side = min(side, h, w)
-        mask1, rows, cols = _windows(n, side, h, w, gen, x.device)
-        mask2, _, _ = _windows(n, side, h, w, gen, x.device)
+        mask1, rows, cols = _windows(n, side, h, w, draws, x.device)
+        mask2, _, _ = _windows(n, side, h, w, draws, x.device)
         bump = _bump(side, x)
         patterns = torch.stack([bump, bump.t()])
-        orient = torch.randint(0, 2, (n,), generator=gen, device=x.device)
+        orient = draws.randint(0, 2, (n,), x.device)
         r = rows.clamp(0, side - 1)[:, :, None]
         k = cols.clamp(0, side - 1)[:, None, :]
         placed = (patterns[orient[:, None, None], r, k][:, None] * mask1).to(x.dtype)
@@ -362,7 +368,7 @@ class Square(Attack):
         norm_img = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         norm_both = (delta * (mask1 | mask2)).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
 
-        new = placed * _signs((n, c, 1, 1), gen, x) + in1 / (norm1 + 1e-10)
+        new = placed * _signs((n, c, 1, 1), draws, x) + in1 / (norm1 + 1e-10)
         new_norm = new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12)
         room = ((eps**2 - norm_img.pow(2)).clamp_min(0) / c + norm_both.pow(2)).sqrt()
         new = new / new_norm * room

@@ -174,13 +174,14 @@ class TabularPGD(PGDOptions, TabularAttack):
         best = x.clone()
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        rnd = self._randomness(x)
         for restart in range(self.restarts):
             idx = (~done).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             x0, y0 = x[idx], y[idx]
             t0 = targets[idx] if targets is not None else None
-            z = random_point(x0, threat, gen, 1.0) if self.random_start else x0.clone()
+            z = random_point(x0, threat, rnd.rows(idx), 1.0) if self.random_start else x0.clone()
             z = relax(z, x0, c, threat)
             p = project_feasible(z, x0, c, threat)
             for step in range(self.steps):
@@ -240,13 +241,15 @@ class TabularNoise(TabularAttack):
         best = x.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        rnd = self._randomness(x)
         with torch.no_grad():
             for _ in range(self.draws):
                 idx = (~found).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
                 x0 = x[idx]
-                cand = project_feasible(random_point(x0, self.threat, gen, 1.0), x0, c, self.threat)
+                point = random_point(x0, self.threat, rnd.rows(idx), 1.0)
+                cand = project_feasible(point, x0, c, self.threat)
                 queries[idx] += 1
                 t0 = None if targets is None else targets[idx]
                 hit = is_adversarial(model(cand), y[idx], t0)

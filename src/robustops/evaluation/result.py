@@ -28,14 +28,16 @@ __all__ = [
     "ExampleEdit",
     "LatencyFigures",
     "SamplesRecord",
+    "ShardRecord",
     "StochasticRecord",
     "SuiteCalibration",
     "SuiteResult",
     "ThreatCalibration",
     "ThreatResult",
+    "TopologyRecord",
 ]
 
-SCHEMA_VERSION = "1.4.0"
+SCHEMA_VERSION = "1.5.0"
 
 MAX_RESULT_BYTES = 512 * 2**20
 """Largest result file read (bytes): far above any suite's output, well below what a crafted
@@ -354,6 +356,35 @@ class StochasticRecord(StrictModel):
     )
 
 
+class ShardRecord(StrictModel):
+    """One shard of a sharded run: the positions ``[start, stop)`` it evaluated, where, how long
+    it took, and whether its checkpoint was reused (schema >= 1.5)."""
+
+    index: int
+    start: int = Field(description="first position of the shard among the evaluated samples")
+    stop: int = Field(description="one past its last position")
+    host: str = Field(description="host name of the worker that ran it")
+    pid: int = Field(description="process id of that worker")
+    wall_time_s: float = Field(description="the shard's suite wall time, seconds")
+    resumed: bool = Field(
+        default=False, description="read back from its checkpoint instead of being run again"
+    )
+
+
+class TopologyRecord(StrictModel):
+    """How a sharded run was spread out (schema >= 1.5): every per-sample outcome is the
+    single-process one; only wall times and the latency figures (measured by shard 0's worker)
+    depend on the topology."""
+
+    executor: str = Field(description="'inline', 'local' (processes), 'ray' or 'torchrun'")
+    workers: int = Field(description="worker processes (Ray: tasks in flight; torchrun: ranks)")
+    address: str | None = Field(
+        default=None, description="Ray cluster address or torchrun master (null: this machine)"
+    )
+    shards: list[ShardRecord]
+    merge_time_s: float = Field(description="time to merge the shards' outcomes, seconds")
+
+
 def _share(k: int, n: int) -> float:
     return k / n if n else 0.0
 
@@ -434,6 +465,11 @@ class SuiteResult(StrictModel):
     stochastic: StochasticRecord | None = Field(
         default=None,
         description="tensor models: stochasticity check and EOT adaptation (schema >= 1.2)",
+    )
+    topology: TopologyRecord | None = Field(
+        default=None,
+        description="sharded runs: executor, workers and shards (null: one process) "
+        "(schema >= 1.5)",
     )
     content_sha256: str | None = Field(
         default=None,

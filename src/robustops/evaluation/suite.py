@@ -22,6 +22,7 @@ strings) with a :class:`~robustops.text.models.TextClassifier`. Both give the sa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -64,8 +65,11 @@ __all__ = [
     "ProgressEvent",
     "SuiteOptions",
     "SuiteRecord",
+    "SuiteRun",
     "SuiteThreat",
+    "ThreatDetails",
     "run_suite",
+    "run_suite_detailed",
     "verify",
 ]
 
@@ -107,7 +111,9 @@ class SuiteOptions:
     Attributes:
         batch_size: samples per attack call.
         seed: draws the targets of targeted threats (a random wrong class per sample, unless
-            the threat fixes a ``target_class``).
+            the threat fixes a ``target_class``), each from a generator keyed by (seed, threat,
+            the sample's index in its split, ``SuiteRecord.indices``): a sample's target does
+            not depend on the other samples, so a sharded run draws the same ones.
         device: where to run tensor models; default the model's device (texts: the CPU).
         calibration: report ECE, Brier and NLL on clean inputs and, per threat, on the attacked
             inputs (each sample's worst case: the input that broke it, else the attempt with the
@@ -165,6 +171,35 @@ class ProgressEvent:
     attack: str
     done: int
     total: int
+
+
+@dataclass(frozen=True)
+class ThreatDetails:
+    """What a threat's figures are computed from, beyond its per-sample record (what merging
+    shards needs to recompute them).
+
+    Attributes:
+        worst_logits: ``(N, K)`` float32, each sample's worst-case logits (see
+            ``SuiteOptions.calibration``).
+        sizes: per attack, the perturbation sizes of the samples it broke (threat's unit).
+        edits: per attack, texts: the words edited in each sample it broke (else empty).
+        success_queries: per attack, the queries it spent on the samples it broke.
+    """
+
+    worst_logits: Tensor
+    sizes: list[list[float]]
+    edits: list[list[float]]
+    success_queries: list[int]
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """A suite run's result with the per-sample tensors behind its figures: the clean logits
+    ``(N, K)`` and, per threat, :class:`ThreatDetails`."""
+
+    result: SuiteResult
+    clean_logits: Tensor
+    threats: list[ThreatDetails]
 
 
 @dataclass
@@ -579,7 +614,33 @@ def run_suite(
     temperature: TemperatureFit | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
 ) -> SuiteResult:
-    """Evaluate ``model`` on ``inputs`` / ``labels`` ``(N,)`` under each threat.
+    """Evaluate ``model`` on ``inputs`` / ``labels`` ``(N,)`` under each threat (see
+    :func:`run_suite_detailed` for the arguments)."""
+    return run_suite_detailed(
+        model,
+        inputs,
+        labels,
+        threats,
+        options,
+        record=record,
+        temperature=temperature,
+        progress=progress,
+    ).result
+
+
+def run_suite_detailed(
+    model: nn.Module | TextClassifier,
+    inputs: Tensor | Sequence[str],
+    labels: Tensor,
+    threats: Sequence[SuiteThreat],
+    options: SuiteOptions | None = None,
+    *,
+    record: SuiteRecord | None = None,
+    temperature: TemperatureFit | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> SuiteRun:
+    """Evaluate ``model`` on ``inputs`` / ``labels`` ``(N,)`` under each threat; the result with
+    the logits behind its figures (what :mod:`robustops.evaluation.sharding` merges).
 
     Args:
         model: an ``nn.Module`` returning logits for tensor ``inputs`` ``(N, ...)`` (every
@@ -614,13 +675,11 @@ def run_suite(
                 f"{int(y.max())}"
             )
         latency = _latency(backend, opts.latency_calls, opts.batch_size, clean_s) if n else None
-        gen = make_generator(opts.seed)
-        threat_results = [
-            _ThreatRun(backend, y, clean_logits, st, gen, opts).run(progress, temperature)
-            for st in threats
-        ]
+        indices = list(rec.indices) if rec.indices is not None else list(range(n))
+        runs = [_ThreatRun(backend, y, clean_logits, st, indices, opts) for st in threats]
+        threat_results = [r.run(progress, temperature) for r in runs]
     clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
-    return SuiteResult(
+    result = SuiteResult(
         name=rec.name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         seed=opts.seed,
@@ -632,7 +691,7 @@ def run_suite(
         model=dict(rec.model_info),
         environment=environment(),
         samples=SamplesRecord(
-            indices=list(rec.indices) if rec.indices is not None else list(range(n)),
+            indices=indices,
             labels=y.tolist(),
             clean_correct=clean_correct.tolist(),
         ),
@@ -641,6 +700,7 @@ def run_suite(
         latency=latency,
         stochastic=backend.record(),
     )
+    return SuiteRun(result, clean_logits, [r.details() for r in runs])
 
 
 def _check_inputs(
@@ -718,7 +778,7 @@ class _ThreatRun:
         y: Tensor,
         clean_logits: Tensor,
         st: SuiteThreat,
-        gen: torch.Generator,
+        indices: Sequence[int],
         opts: SuiteOptions,
     ) -> None:
         self.backend, self.y, self.clean_logits, self.st, self.opts = (
@@ -730,7 +790,9 @@ class _ThreatRun:
         )
         n = backend.n
         clean_correct = clean_logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool)
-        self.targets = st.threat.draw_targets(y, int(clean_logits.shape[1]) if n else 0, gen)
+        self.targets = _draw_targets(
+            st.threat, y, int(clean_logits.shape[1]) if n else 0, opts.seed, indices
+        )
         self.worst_logits = clean_logits.clone()
         self.worst_loss = _threat_loss(clean_logits, y, self.targets)
         self.robust = clean_correct.clone()
@@ -738,6 +800,16 @@ class _ThreatRun:
         self.broken_by: list[str | None] = [None] * n
         self.queries = torch.zeros(n, dtype=torch.int64)
         self.kept: list[_Kept] = []
+        self.tallies: list[_Tally] = []
+
+    def details(self) -> ThreatDetails:
+        """The per-sample tensors behind the figures (after :meth:`run`)."""
+        return ThreatDetails(
+            worst_logits=self.worst_logits,
+            sizes=[torch.cat(t.sizes).tolist() if t.sizes else [] for t in self.tallies],
+            edits=[torch.cat(t.edits).tolist() if t.edits else [] for t in self.tallies],
+            success_queries=[t.success_queries for t in self.tallies],
+        )
 
     def run(
         self,
@@ -756,6 +828,7 @@ class _ThreatRun:
         idx = owed.nonzero().squeeze(1)
         t0 = time.perf_counter()
         tally = _Tally(record_broken=self.st.runs_independently)
+        self.tallies.append(tally)
         for start in range(0, idx.numel(), self.opts.batch_size):
             b = idx[start : start + self.opts.batch_size]
             self._batch(attack, b, tally)
@@ -875,6 +948,27 @@ class _Tally:
             mean_edits=float(edits.mean()) if edits.numel() else None,
             broken=sorted(self.broken) if self.record_broken else None,
         )
+
+
+def _draw_targets(
+    threat: ThreatModel, y: Tensor, num_classes: int, seed: int, indices: Sequence[int]
+) -> Tensor | None:
+    """``(N,)`` targets of ``threat`` for labels ``y`` (``None``: untargeted): sample ``i``'s
+    drawn by :meth:`ThreatModel.draw_targets` from its own generator, seeded from (``seed``,
+    the threat's name, ``indices[i]``, its index in the split), so it is the same in any
+    shard."""
+    if not threat.targeted or threat.target_class is not None or y.numel() == 0:
+        return threat.draw_targets(y, num_classes, make_generator(seed))
+    if len(indices) != y.shape[0]:
+        raise ValueError(f"{len(indices)} sample indices for {y.shape[0]} labels")
+    out = []
+    for i, index in enumerate(indices):
+        key = hashlib.sha256(f"targets|{seed}|{threat.name}|{int(index)}".encode()).digest()
+        gen = make_generator(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+        drawn = threat.draw_targets(y[i : i + 1], num_classes, gen)
+        assert drawn is not None
+        out.append(drawn)
+    return torch.cat(out)
 
 
 def _threat_loss(logits: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:

@@ -5,12 +5,15 @@ projection and the suite's checks share these (they sit with the threat model, b
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
 
 from robustops.threats.model import ThreatModel
 
 __all__ = [
+    "RowDraws",
     "eps_as",
     "linf_box",
     "per_sample",
@@ -119,27 +122,57 @@ def project(
     return torch.where(per_sample(over, x), x.clamp(low, high), out)
 
 
+class RowDraws(Protocol):
+    """Random draws whose first dimension is one row per sample, each row from that sample's own
+    source (see ``robustops.attacks.randomness.SampleRandomness.rows``), so a sample's draws do
+    not depend on the other rows."""
+
+    def rand(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """``shape`` (``shape[0]`` rows) uniform in [0, 1), in ``like``'s dtype and device."""
+        ...
+
+    def randn(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """``shape`` (``shape[0]`` rows) standard normal, in ``like``'s dtype and device."""
+        ...
+
+
+def _rand(gen: torch.Generator | RowDraws, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    if isinstance(gen, torch.Generator):
+        return torch.rand(shape, generator=gen, device=like.device, dtype=like.dtype)
+    return gen.rand(shape, like)
+
+
+def _randn(gen: torch.Generator | RowDraws, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    if isinstance(gen, torch.Generator):
+        return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
+    return gen.randn(shape, like)
+
+
 def random_start(
-    x: Tensor, threat: ThreatModel, gen: torch.Generator, scale: float = 1.0
+    x: Tensor, threat: ThreatModel, gen: torch.Generator | RowDraws, scale: float = 1.0
 ) -> Tensor:
     """A random point of the ball of radius ``scale * epsilon`` around ``x``, projected.
 
     L∞: uniform in the cube. L2: uniform direction, radius ``eps * u**(1/d)`` (uniform in the
-    ball).
+    ball). ``gen``: one generator for the batch, or per-sample :class:`RowDraws` (one row per
+    sample of ``x``).
     """
     return project(random_point(x, threat, gen, scale), x, threat)
 
 
-def random_point(x: Tensor, threat: ThreatModel, gen: torch.Generator, scale: float) -> Tensor:
+def random_point(
+    x: Tensor, threat: ThreatModel, gen: torch.Generator | RowDraws, scale: float
+) -> Tensor:
     """:func:`random_start` before its projection (callers holding an L∞ box clamp instead)."""
     eps = threat.epsilon * scale
+    shape = tuple(x.shape)
     if threat.norm == "linf":
-        noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        noise = _rand(gen, shape, x)
         # x + eps * (2u - 1), computed in place (same rounding as the out-of-place expression).
         return noise.mul_(2).sub_(1).mul_(eps).add_(x)
-    direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    direction = _randn(gen, shape, x)
     direction = direction / per_sample(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
     d = x[0].numel()
-    u = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype)
+    u = _rand(gen, (x.shape[0],), x)
     radius = eps * u ** (1.0 / d)
     return x + per_sample(radius, x) * direction
