@@ -5,7 +5,10 @@ workers from the measured per-shard cost and merge cost.
     PYTHONPATH=src python benchmarks/sharding.py --spec configs/mnist.yaml --tier quick \\
         --n-samples 200 --out benchmarks/results/sharding.json
 
-Efficiency is ``t1 / (2 · t2)``. The projection assumes perfectly balanced shards on as many
+Efficiency is ``t1 / (2 · t2)``, with the single-process run on one torch thread (one core) and
+each of the two workers on one thread: the speed-up from one core to two. (The single process
+on two threads already uses both cores through intra-op parallelism, which no sharding on the
+same two cores can beat; ``--single-threads 2`` measures that instead.) The projection assumes perfectly balanced shards on as many
 cores as workers: ``t_k = startup + (t1 - startup_1) / k + merge(k)``, with ``startup`` the
 measured cost of spawning a worker and rebuilding the model (the slowest shard's wall time minus
 its share of the attack time is not separable here, so it is bounded by the 2-worker overhead
@@ -20,6 +23,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from robustops.config import load_spec
 from robustops.evaluation import SuiteResult
@@ -41,6 +46,7 @@ def main() -> None:
     parser.add_argument("--tier", default="quick")
     parser.add_argument("--n-samples", type=int, default=200)
     parser.add_argument("--out", default="benchmarks/results/sharding.json")
+    parser.add_argument("--single-threads", type=int, default=1)
     args = parser.parse_args()
     spec = load_spec(args.spec)
     if args.tier:
@@ -50,9 +56,12 @@ def main() -> None:
         update={"evaluation": spec.evaluation.model_copy(update={"n_samples": args.n_samples})}
     )
     load = os.getloadavg()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.single_threads)
     t = time.perf_counter()
     one = evaluate_spec(spec)
     t_one_total = time.perf_counter() - t
+    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as shards:
         t = time.perf_counter()
         two = evaluate_spec(spec, scale=ScaleOut(workers=2, shard_dir=shards))
@@ -68,6 +77,7 @@ def main() -> None:
         "tier": args.tier,
         "n_samples": one.n_samples,
         "cpu_count": os.cpu_count(),
+        "single_process_threads": args.single_threads,
         "load_average_before": [round(x, 2) for x in load],
         "t1_suite_s": round(t1, 3),
         "t2_suite_s": round(t2, 3),
