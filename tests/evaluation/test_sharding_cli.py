@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +101,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_torchrun_ranks_equal_one_process(trained: tuple[Path, SuiteResult]) -> None:
-    spec, single = trained
-    folder = spec.parent / "torchrun"
-    folder.mkdir()
-    out = folder / "C.json"
+def _torchrun(spec: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node 2 -m robustops evaluate --spec SPEC ARGS`` on 127.0.0.1."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -116,14 +112,20 @@ def test_two_torchrun_ranks_equal_one_process(trained: tuple[Path, SuiteResult])
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "robustops", "evaluate", "--spec", str(spec), "--out", str(out),
+        "-m", "robustops", "evaluate", "--spec", str(spec), *args,
     ]  # fmt: skip
-    t0 = time.monotonic()
-    proc = subprocess.run(
+    return subprocess.run(
         cmd, env=env, cwd=spec.parent, capture_output=True, text=True, timeout=300, check=False
     )
+
+
+def test_two_torchrun_ranks_equal_one_process(trained: tuple[Path, SuiteResult]) -> None:
+    spec, single = trained
+    folder = spec.parent / "torchrun"
+    folder.mkdir()
+    out = folder / "C.json"
+    proc = _torchrun(spec, "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert time.monotonic() - t0 < 300
     merged = SuiteResult.load(out)
     _assert_same_per_sample(merged, single)
     topo = merged.topology
@@ -133,3 +135,31 @@ def test_two_torchrun_ranks_equal_one_process(trained: tuple[Path, SuiteResult])
     # Only rank 0 wrote: the result and nothing else in its folder (no shard checkpoints, no
     # second result from rank 1).
     assert sorted(p.name for p in folder.iterdir()) == ["C.json"]
+
+
+def test_torchrun_ranks_keep_and_reuse_shard_checkpoints(
+    trained: tuple[Path, SuiteResult],
+) -> None:
+    spec, single = trained
+    shard_dir = spec.parent / "torchrun-shards"
+    out = spec.parent / "D.json"
+    first = _torchrun(spec, "--out", str(out), "--shard-dir", str(shard_dir))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert sorted(p.name for p in shard_dir.iterdir()) == ["shard-00000.json", "shard-00001.json"]
+    # A rerun after rank 1's shard was lost: rank 0 reuses its shard, rank 1 runs again.
+    (shard_dir / "shard-00001.json").unlink()
+    again = _torchrun(spec, "--out", str(out), "--shard-dir", str(shard_dir))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    merged = SuiteResult.load(out)
+    _assert_same_per_sample(merged, single)
+    assert merged.topology is not None
+    assert [s.resumed for s in merged.topology.shards] == [True, False]
+
+
+def test_workers_under_torchrun_are_refused(trained: tuple[Path, SuiteResult]) -> None:
+    spec, _ = trained
+    out = spec.parent / "E.json"
+    proc = _torchrun(spec, "--out", str(out), "--workers", "2")
+    assert proc.returncode != 0
+    assert "drop --workers and --ray" in proc.stdout + proc.stderr
+    assert not out.exists()
