@@ -163,3 +163,50 @@ def test_workers_under_torchrun_are_refused(trained: tuple[Path, SuiteResult]) -
     assert proc.returncode != 0
     assert "drop --workers and --ray" in proc.stdout + proc.stderr
     assert not out.exists()
+
+
+TEXT: dict[str, Any] = {
+    "name": "text-sharded",
+    "seed": 0,
+    "data": {"name": "sms_spam"},
+    "model": {
+        "factory": "robustops.text:char_ngram_classifier",
+        "kwargs": {"embed_dim": 16},
+        "weights": "w/spam.safetensors",
+    },
+    "train": {"epochs": 1, "lr": 0.02, "out": "w/spam.safetensors"},
+    "evaluation": {
+        "n_samples": 20,
+        "threats": [
+            {
+                "name": "evasion",
+                "norm": "word-edits",
+                "epsilon": 0.2,
+                "knowledge": "score-based",
+                "query_budget": 50,
+                "attacks": [{"name": "char-edit"}],
+            }
+        ],
+        "calibration": {"enabled": False},
+    },
+}
+
+
+def test_workers_on_a_text_spec_run_in_one_process(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, TEXT)
+    runner = CliRunner()
+    done = runner.invoke(app, ["train", "--spec", str(spec)])
+    assert done.exit_code == 0, done.output
+    single = runner.invoke(
+        app, ["evaluate", "--spec", str(spec), "--out", str(tmp_path / "a.json")]
+    )
+    assert single.exit_code == 0, single.output
+    args = ["evaluate", "--spec", str(spec), "--out", str(tmp_path / "b.json"), "--workers", "2"]
+    two = runner.invoke(app, args)
+    assert two.exit_code == 0, two.output
+    assert "text models are evaluated in one process" in two.output
+    a, b = SuiteResult.load(tmp_path / "a.json"), SuiteResult.load(tmp_path / "b.json")
+    # Text models are not sharded: no topology, no shard checkpoints, the one-process result.
+    assert b.topology is None
+    assert not (tmp_path / "b.json.shards").exists()
+    _assert_same_per_sample(b, a)
