@@ -305,6 +305,12 @@ def evaluate(
             if workers > 1 or ray is not None or shard_dir is not None:
                 folder = shard_dir or out.with_name(out.name + ".shards")
                 scale = ScaleOut(workers=workers, ray_address=ray, shard_dir=folder)
+                if s.data.modality == "text":
+                    err_console.print(
+                        "note: text models are evaluated in one process "
+                        "(--workers, --ray and --shard-dir apply to tensor models)",
+                        highlight=False,
+                    )
             result = evaluate_spec(s, seed=seed, progress=on_progress, tier=tier, scale=scale)
         if os.environ.get("RANK", "0") != "0":
             return  # torchrun: rank 0 writes the merged result

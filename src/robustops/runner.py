@@ -567,7 +567,13 @@ def evaluate_spec(
     ``scale``: shard the suite across processes or a Ray cluster (tensor models; see
     :mod:`robustops.evaluation.sharding`); under ``torchrun`` (``WORLD_SIZE`` > 1) every rank
     runs its shard, rank 0 merges, and every rank returns the merged result (write it from
-    rank 0 only)."""
+    rank 0 only; ``scale`` may then only name a ``shard_dir``)."""
+    if _under_torchrun() and scale is not None and (scale.workers > 1 or scale.ray_address):
+        raise SpecError.single(
+            "--workers",
+            "under torchrun every rank runs one shard (torchrun's --nproc_per_node and --nnodes "
+            "set the shards); drop --workers and --ray",
+        )
     data, model, device, n = _load_for_evaluation(spec)
     assert spec.evaluation is not None
     ev = spec.evaluation
@@ -657,8 +663,9 @@ def _sharded_suite(
             record=record,
             temperature=temperature,
         )
-        if scale is None:  # under torchrun
-            return run_sharded_torchrun(plan)
+        if _under_torchrun():  # rank r runs shard r; --shard-dir keeps the shards
+            return run_sharded_torchrun(plan, shard_dir=scale.shard_dir if scale else None)
+        assert scale is not None
         return run_sharded(
             plan,
             shards=scale.shards or scale.workers,

@@ -242,6 +242,7 @@ class ShardOutcome:
                 "key": self.key,
                 "host": self.host,
                 "pid": self.pid,
+                "resumed": self.resumed,
                 "result": self.run.result.model_dump(mode="json"),
                 "clean_logits": self.run.clean_logits.tolist(),
                 "threats": [
@@ -279,7 +280,7 @@ class ShardOutcome:
             run=run,
             host=str(data["host"]),
             pid=int(data["pid"]),
-            resumed=resumed,
+            resumed=resumed or bool(data.get("resumed", False)),
         )
 
 
