@@ -5,10 +5,12 @@ tiny-sms-bert`` into a temporary folder, then ``train`` and ``evaluate`` through
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 pytest.importorskip(
@@ -27,9 +29,15 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sms_hf.yaml"
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+def _offline_one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No hub; one torch thread (the model is too small to share: ~1 s instead of ~13 s on a
+    busy 2-core machine), restored afterwards."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _tiny(base: Path, tmp_path: Path) -> dict[str, Any]:
