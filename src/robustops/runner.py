@@ -86,12 +86,13 @@ def _check_code(spec: PipelineSpec) -> None:
 
 
 def check_outputs(spec: PipelineSpec) -> None:
-    """Before training: the weights file, the checkpoint folder and the metrics file of the
-    ``train`` section can all be written (:class:`OutputError` naming the field otherwise)."""
+    """Before training: the weights file (the folder, for a Hugging Face model), the checkpoint
+    folder and the metrics file of the ``train`` section can all be written
+    (:class:`OutputError` naming the field otherwise)."""
     if spec.train is None:
         return
     rec = spec.train
-    check_writable(rec.out, "train.out")
+    check_writable(rec.out, "train.out", folder=spec.model.huggingface is not None)
     check_writable(Path(str(rec.out) + ".json"), "train.out")
     check_writable(rec.metrics_path(), "train.metrics")
     if spec.data.modality != "text":

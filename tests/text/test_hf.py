@@ -1,6 +1,7 @@
-"""Hugging Face sequence-classification models: a tiny BERT and a WordPiece tokenizer built and
-saved here (nothing is downloaded: ``HF_HUB_OFFLINE=1``), loaded through the spec, attacked,
-evaluated by the suite and the CLI, fine-tuned with adversarial augmentation; pickle refused."""
+"""Hugging Face sequence-classification models: a tiny BERT and a WordPiece tokenizer built
+(:func:`robustops.text.hf.tiny_bert`) and saved by ``robustops.data.export`` (nothing is
+downloaded: ``HF_HUB_OFFLINE=1``), loaded through the spec, attacked, evaluated by the suite and
+the CLI, fine-tuned with adversarial augmentation; pickle refused."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ pytest.importorskip("tokenizers", reason="needs tokenizers (installed with trans
 from robustops.attacks.text import CharEdit, SplitWords, edits_within_budget
 from robustops.cli import app
 from robustops.config import load_spec
+from robustops.data.export import write_tiny_sms_bert
 from robustops.data.sms_spam import TextDataset
 from robustops.errors import SpecError, UnsafeArtifactError
 from robustops.evaluation import SuiteOptions, SuiteResult, SuiteThreat, run_suite
@@ -48,54 +50,15 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
-def _tiny_model(texts: list[str]) -> tuple[Any, Any]:
-    """A 1-layer BERT (hidden 32) and a 1 000-token WordPiece tokenizer trained on ``texts``."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(
-        texts, trainer=trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials)
-    )
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    config = BertConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-        id2label={0: "ham", 1: "spam"},
-        label2id={"ham": 0, "spam": 1},
-    )
-    torch.manual_seed(0)
-    return BertForSequenceClassification(config), tokenizer
-
-
 @pytest.fixture(scope="session")
 def hf_dirs(sms: TextDataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``base``: the tiny model, untrained; ``tuned``: it fine-tuned on SMS
-    (two epochs, ~5 s); both saved with ``save_pretrained``."""
+    """``base``: the tiny model, untrained, as ``python -m robustops.data.export tiny-sms-bert``
+    writes it; ``tuned``: it fine-tuned on SMS (two epochs, ~5 s); both saved with
+    ``save_pretrained``."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("hf")
-    model, tokenizer = _tiny_model(sms.texts_train[:2000])
-    clf = HFTextClassifier(model, tokenizer, max_length=48)
-    clf.save(root / "base")
+    write_tiny_sms_bert(root / "base")
+    clf = HFTextClassifier.load(root / "base", max_length=48)
     fit_hf(clf, sms.texts_train, sms.y_train, Recipe(epochs=2, batch_size=64, lr=3e-3), seed=0)
     clf.save(root / "tuned")
     return {"base": root / "base", "tuned": root / "tuned"}

@@ -7,7 +7,10 @@
   ``breast_cancer`` schema's raw columns plus ``diagnosis`` (``malignant``/``benign``)
   (``configs/breast_cancer_parquet.yaml``);
 * ``sms-jsonl``: ``OUT`` a JSON-lines file of the SMS messages, ``{"text": …, "label": "ham"}``
-  (``configs/sms_jsonl.yaml``).
+  (``configs/sms_jsonl.yaml``);
+* ``tiny-sms-bert``: ``OUT`` a ``save_pretrained`` folder (safetensors only) of a tiny, randomly
+  initialised BERT classifier (ham, spam) with a WordPiece tokenizer trained on the SMS training
+  split (``configs/sms_hf.yaml``; needs the ``hf`` extra).
 
 Nothing is downloaded: the data comes from the packages that ship it (see :mod:`.embedded`).
 """
@@ -20,7 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_breast_cancer_parquet", "write_mnist_folder", "write_sms_jsonl"]
+__all__ = [
+    "write_breast_cancer_parquet",
+    "write_mnist_folder",
+    "write_sms_jsonl",
+    "write_tiny_sms_bert",
+]
 
 
 def write_mnist_folder(out: str | Path, per_class: int | None = None) -> Path:
@@ -83,10 +91,26 @@ def write_sms_jsonl(out: str | Path, limit: int | None = None) -> Path:
     return out
 
 
+def write_tiny_sms_bert(out: str | Path, seed: int = 0) -> Path:
+    """A tiny, untrained BERT sequence classifier for the SMS task (1 layer, hidden 32, classes
+    ``ham``, ``spam``) and a 1 000-token WordPiece tokenizer trained on the first 2 000 messages
+    of ``sms_spam``'s default training split, saved with ``save_pretrained`` (safetensors, no
+    pickle) into folder ``out`` (replaced if it exists); see :func:`robustops.text.hf.tiny_bert`.
+    Returns ``out``."""
+    from robustops.data.sms_spam import SMS_SPAM_CLASSES, load_sms_spam
+    from robustops.text.hf import tiny_bert
+
+    out = Path(out)
+    texts = load_sms_spam().texts_train[:2000]
+    tiny_bert(texts, SMS_SPAM_CLASSES, max_length=48, seed=seed).save(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line of ``python -m robustops.data.export``."""
     p = argparse.ArgumentParser(prog="python -m robustops.data.export", description=__doc__)
-    p.add_argument("kind", choices=["mnist-folder", "breast-cancer-parquet", "sms-jsonl"])
+    kinds = ["mnist-folder", "breast-cancer-parquet", "sms-jsonl", "tiny-sms-bert"]
+    p.add_argument("kind", choices=kinds)
     p.add_argument("out", type=Path)
     p.add_argument("--per-class", type=int, default=None, help="mnist-folder, sms-jsonl: cap")
     a = p.parse_args(argv)
@@ -94,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         write_mnist_folder(a.out, a.per_class)
     elif a.kind == "breast-cancer-parquet":
         write_breast_cancer_parquet(a.out)
-    else:
+    elif a.kind == "sms-jsonl":
         write_sms_jsonl(a.out, a.per_class)
+    else:
+        write_tiny_sms_bert(a.out)
     return 0
 
 

@@ -11,8 +11,11 @@ file, and a ``config.json`` that asks for remote code (``auto_map``) is refused.
 The directory's content fingerprint (:func:`directory_fingerprint`, sha256 over its files in
 sorted order) is recorded for results and may be pinned (``sha256=``).
 
+:func:`tiny_bert` builds a small, randomly initialised BERT-style classifier with a WordPiece
+tokenizer trained on given texts (for examples and tests; nothing is downloaded).
+
 ``transformers`` is an optional dependency (``pip install 'robustops[hf]'``); it is imported
-only when a model is loaded or saved.
+only when a model is built, loaded or saved.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "HFTextClassifier",
     "check_hf_directory",
     "directory_fingerprint",
+    "tiny_bert",
 ]
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".h5"})
@@ -263,3 +267,62 @@ class HFTextClassifier:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.fingerprint, self.source = directory_fingerprint(target), target
         return self.fingerprint
+
+
+def tiny_bert(
+    texts: Sequence[str],
+    class_names: Sequence[str],
+    *,
+    vocab_size: int = 1000,
+    hidden_size: int = 32,
+    num_layers: int = 1,
+    max_length: int = 48,
+    seed: int = 0,
+) -> HFTextClassifier:
+    """A randomly initialised ``BertForSequenceClassification`` (``num_layers`` layers, hidden
+    ``hidden_size``, 2 attention heads, ``max(64, max_length)`` positions) with a lower-casing
+    WordPiece tokenizer of at most ``vocab_size`` tokens trained on ``texts`` (``[CLS] … [SEP]``
+    template), one label per ``class_names`` entry (``id2label`` in order), as an
+    :class:`HFTextClassifier` truncating to ``max_length`` tokens. The weights come from
+    ``seed`` (torch's global generator is left as it was). Nothing is downloaded: save it with
+    :meth:`HFTextClassifier.save` and fine-tune it (:func:`robustops.training.hf.fit_hf`)."""
+    transformers = _require_transformers()  # Any: its stubs disagree with its kwargs-based API
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+    )
+    names = [str(c) for c in class_names]
+    config = transformers.BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max(64, max_length),
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={c: i for i, c in enumerate(names)},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.BertForSequenceClassification(config)
+    return HFTextClassifier(model, tokenizer, max_length=max_length)
