@@ -568,7 +568,14 @@ def evaluate_spec(
     ``scale``: shard the suite across processes or a Ray cluster (tensor models; see
     :mod:`robustops.evaluation.sharding`); under ``torchrun`` (``WORLD_SIZE`` > 1) every rank
     runs its shard, rank 0 merges, and every rank returns the merged result (write it from
-    rank 0 only; ``scale`` may then only name a ``shard_dir``)."""
+    rank 0 only; ``scale`` may then only name a ``shard_dir``); a text spec is refused there, as
+    by :func:`train_spec`."""
+    if _under_torchrun() and spec.data.modality == "text":
+        raise SpecError.single(
+            "evaluate",
+            "text models are evaluated in one process (every torchrun rank would evaluate every "
+            "sample); run robustops evaluate without torchrun",
+        )
     if _under_torchrun() and scale is not None and (scale.workers > 1 or scale.ray_address):
         raise SpecError.single(
             "--workers",

@@ -210,3 +210,17 @@ def test_workers_on_a_text_spec_run_in_one_process(tmp_path: Path) -> None:
     assert b.topology is None
     assert not (tmp_path / "b.json.shards").exists()
     _assert_same_per_sample(b, a)
+
+
+def test_a_text_spec_under_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for training: every rank would evaluate every text, so torchrun is refused up front
+    (before any model or data is loaded)."""
+    from robustops.config import load_spec
+    from robustops.errors import SpecError
+    from robustops.runner import evaluate_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "configs" / "sms_spam.yaml")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SpecError, match="without torchrun"):
+        evaluate_spec(spec)
