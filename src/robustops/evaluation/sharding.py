@@ -43,26 +43,27 @@ import torch
 from torch import Tensor, nn
 
 from robustops._util import environment, state_dict_sha256
-from robustops.evaluation.metrics import TemperatureFit, calibration_metrics
+from robustops.evaluation.metrics import TemperatureFit
 from robustops.evaluation.result import (
     AdversarialExample,
     AttackFigures,
     SamplesRecord,
     ShardRecord,
     StochasticRecord,
-    SuiteCalibration,
     SuiteResult,
-    ThreatCalibration,
     ThreatResult,
     TopologyRecord,
 )
 from robustops.evaluation.suite import (
+    AttackTally,
     SuiteOptions,
     SuiteRecord,
     SuiteRun,
     SuiteThreat,
     ThreatDetails,
     run_suite_detailed,
+    suite_calibration,
+    threat_calibration,
 )
 from robustops.io import atomic_write_text, read_text_file
 from robustops.models.normalize import Normalized
@@ -491,7 +492,6 @@ def merge_shards(
         )
         for o in parts
     ]
-    t = plan.temperature
     return SuiteResult(
         name=first.name,
         created_at=max(r.created_at for r in results),
@@ -507,18 +507,7 @@ def merge_shards(
             indices=plan.indices(), labels=y.tolist(), clean_correct=clean_correct
         ),
         wall_time_s=time.perf_counter() - (started if started is not None else t_merge),
-        calibration=SuiteCalibration(
-            n_bins=opts.n_bins,
-            clean=calibration_metrics(clean_logits, y, n_bins=opts.n_bins),
-            clean_scaled=calibration_metrics(
-                clean_logits, y, n_bins=opts.n_bins, temperature=t.temperature
-            )
-            if t is not None
-            else None,
-            temperature=t,
-        )
-        if opts.calibration and n
-        else None,
+        calibration=suite_calibration(clean_logits, y, opts, plan.temperature) if n else None,
         latency=first.latency,
         stochastic=_merge_stochastic([r.stochastic for r in results]),
         topology=TopologyRecord(
@@ -559,7 +548,6 @@ def _merge_threat(
         _merge_attack(j, ts, details, [o.start for o in parts]) for j in range(len(first.attacks))
     ]
     worst = torch.cat([d.worst_logits for d in details])
-    bins = opts.n_bins
     return ThreatResult(
         name=first.name,
         threat=first.threat,
@@ -575,14 +563,7 @@ def _merge_threat(
         queries=queries,
         targets=targets,
         examples=_merge_examples(ts, [o.start for o in parts], opts.n_examples),
-        calibration=ThreatCalibration(
-            attacked=calibration_metrics(worst, y, n_bins=bins),
-            attacked_scaled=calibration_metrics(
-                worst, y, n_bins=bins, temperature=temperature.temperature
-            )
-            if temperature is not None
-            else None,
-        )
+        calibration=threat_calibration(worst, y, opts, temperature)
         if opts.calibration and n
         else None,
         independent=first.independent,
@@ -595,30 +576,25 @@ def _merge_attack(
     """Attack ``j`` of a threat over every shard: counts and queries summed, shares and medians
     recomputed from the per-sample sizes."""
     figs = [t.attacks[j] for t in ts]
-    n_attacked = sum(f.n_attacked for f in figs)
-    n_broken = sum(f.n_broken for f in figs)
-    total_queries = sum(f.total_queries for f in figs)
-    success_queries = sum(d.success_queries[j] for d in details)
-    sizes = torch.tensor([s for d in details for s in d.sizes[j]], dtype=torch.float32)
-    edits = torch.tensor([e for d in details for e in d.edits[j]], dtype=torch.float32)
     broken = (
         sorted(i + off for f, off in zip(figs, offsets, strict=True) for i in (f.broken or []))
         if figs[0].broken is not None
         else None
     )
-    return AttackFigures(
-        name=figs[0].name,
-        params=figs[0].params,
-        n_attacked=n_attacked,
-        n_broken=n_broken,
-        success_rate=n_broken / n_attacked if n_attacked else 0.0,
-        mean_queries=total_queries / n_attacked if n_attacked else 0.0,
-        total_queries=total_queries,
-        median_perturbation=float(sizes.median()) if sizes.numel() else None,
-        wall_time_s=sum(f.wall_time_s for f in figs),
-        mean_queries_per_success=success_queries / n_broken if n_broken else None,
-        mean_edits=float(edits.mean()) if edits.numel() else None,
-        broken=broken,
+    tally = AttackTally(
+        n_broken=sum(f.n_broken for f in figs),
+        total_queries=sum(f.total_queries for f in figs),
+        success_queries=sum(d.success_queries[j] for d in details),
+        sizes=[torch.tensor([s for d in details for s in d.sizes[j]], dtype=torch.float32)],
+        edits=[torch.tensor([e for d in details for e in d.edits[j]], dtype=torch.float32)],
+        record_broken=broken is not None,
+        broken=broken or [],
+    )
+    return tally.figures(
+        figs[0].name,
+        figs[0].params,
+        sum(f.n_attacked for f in figs),
+        sum(f.wall_time_s for f in figs),
     )
 
 

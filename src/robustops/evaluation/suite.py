@@ -696,7 +696,7 @@ def run_suite_detailed(
             clean_correct=clean_correct.tolist(),
         ),
         wall_time_s=time.perf_counter() - t_start,
-        calibration=_suite_calibration(clean_logits, y, opts, temperature) if n else None,
+        calibration=suite_calibration(clean_logits, y, opts, temperature) if n else None,
         latency=latency,
         stochastic=backend.record(),
     )
@@ -717,10 +717,11 @@ def _check_inputs(
             )
 
 
-def _suite_calibration(
+def suite_calibration(
     clean_logits: Tensor, y: Tensor, opts: SuiteOptions, temperature: TemperatureFit | None
 ) -> SuiteCalibration | None:
-    """The clean calibration figures (``None`` when calibration is off)."""
+    """The clean calibration figures of logits ``(N, K)`` and labels ``(N,)`` (``None`` when
+    calibration is off); also what a sharded run recomputes on the merged logits."""
     if not opts.calibration:
         return None
     t = temperature.temperature if temperature is not None else None
@@ -800,7 +801,7 @@ class _ThreatRun:
         self.broken_by: list[str | None] = [None] * n
         self.queries = torch.zeros(n, dtype=torch.int64)
         self.kept: list[_Kept] = []
-        self.tallies: list[_Tally] = []
+        self.tallies: list[AttackTally] = []
 
     def details(self) -> ThreatDetails:
         """The per-sample tensors behind the figures (after :meth:`run`)."""
@@ -827,7 +828,7 @@ class _ThreatRun:
         owed = self.attacked if self.st.runs_independently else self.robust & self.attacked
         idx = owed.nonzero().squeeze(1)
         t0 = time.perf_counter()
-        tally = _Tally(record_broken=self.st.runs_independently)
+        tally = AttackTally(record_broken=self.st.runs_independently)
         self.tallies.append(tally)
         for start in range(0, idx.numel(), self.opts.batch_size):
             b = idx[start : start + self.opts.batch_size]
@@ -837,9 +838,11 @@ class _ThreatRun:
                 progress(ProgressEvent(self.st.threat.name, attack.name, done, idx.numel()))
         if progress is not None and idx.numel() == 0:
             progress(ProgressEvent(self.st.threat.name, attack.name, 0, 0))
-        return tally.figures(attack, int(idx.numel()), time.perf_counter() - t0)
+        return tally.figures(
+            attack.name, attack.params(), int(idx.numel()), time.perf_counter() - t0
+        )
 
-    def _batch(self, attack: Attack, b: Tensor, tally: _Tally) -> None:
+    def _batch(self, attack: Attack, b: Tensor, tally: AttackTally) -> None:
         """Attack samples ``b`` and fold the checked outcome into the worst case."""
         tb = self.targets[b] if self.targets is not None else None
         att = _attempt(self.backend, attack, b, self.y[b], tb)
@@ -891,25 +894,34 @@ class _ThreatRun:
             examples=self.backend.examples(y, self.targets, self.clean_logits, self.kept)
             if self.kept
             else [],
-            calibration=self._calibration(temperature) if self.opts.calibration and n else None,
+            calibration=threat_calibration(self.worst_logits, self.y, self.opts, temperature)
+            if self.opts.calibration and n
+            else None,
             independent=self.st.runs_independently,
         )
 
-    def _calibration(self, temperature: TemperatureFit | None) -> ThreatCalibration:
-        bins, y, logits = self.opts.n_bins, self.y, self.worst_logits
-        return ThreatCalibration(
-            attacked=calibration_metrics(logits, y, n_bins=bins),
-            attacked_scaled=calibration_metrics(
-                logits, y, n_bins=bins, temperature=temperature.temperature
-            )
-            if temperature is not None
-            else None,
+
+def threat_calibration(
+    worst_logits: Tensor, y: Tensor, opts: SuiteOptions, temperature: TemperatureFit | None
+) -> ThreatCalibration:
+    """A threat's calibration figures on each sample's worst-case logits ``(N, K)`` (also what a
+    sharded run recomputes on the merged logits)."""
+    bins = opts.n_bins
+    return ThreatCalibration(
+        attacked=calibration_metrics(worst_logits, y, n_bins=bins),
+        attacked_scaled=calibration_metrics(
+            worst_logits, y, n_bins=bins, temperature=temperature.temperature
         )
+        if temperature is not None
+        else None,
+    )
 
 
 @dataclass
-class _Tally:
-    """One attack's running counts over its batches."""
+class AttackTally:
+    """One attack's counts over its batches (or, merged, over the shards of a sharded run),
+    from which its :class:`AttackFigures` are built: successes, queries, the perturbation sizes
+    and edit counts of the successes, and with ``record_broken`` the samples broken."""
 
     n_broken: int = 0
     total_queries: int = 0
@@ -929,12 +941,15 @@ class _Tally:
         if att.edits is not None:
             self.edits.append(att.edits[success])
 
-    def figures(self, attack: Attack, n_attacked: int, wall_s: float) -> AttackFigures:
+    def figures(
+        self, name: str, params: dict[str, Any], n_attacked: int, wall_s: float
+    ) -> AttackFigures:
+        """The figures of attack ``name`` run on ``n_attacked`` samples in ``wall_s`` seconds."""
         sizes = torch.cat(self.sizes) if self.sizes else torch.empty(0)
         edits = torch.cat(self.edits) if self.edits else torch.empty(0)
         return AttackFigures(
-            name=attack.name,
-            params=attack.params(),
+            name=name,
+            params=params,
             n_attacked=n_attacked,
             n_broken=self.n_broken,
             success_rate=self.n_broken / n_attacked if n_attacked else 0.0,
