@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from result_helpers import assert_same_per_sample
 from robustops import ThreatModel
 from robustops.attacks import build_attack
 from robustops.data import Dataset
@@ -87,30 +88,6 @@ def _single(plan: SuitePlan) -> SuiteResult:
     )
 
 
-def _assert_same_per_sample(merged: SuiteResult, single: SuiteResult) -> None:
-    assert merged.samples == single.samples
-    assert merged.clean_accuracy == single.clean_accuracy
-    for m, s in zip(merged.threats, single.threats, strict=True):
-        assert m.robust == s.robust, m.name
-        assert m.broken_by == s.broken_by, m.name
-        assert m.queries == s.queries, m.name
-        assert m.targets == s.targets, m.name
-        assert m.robust_accuracy == s.robust_accuracy
-        assert m.attack_success_rate == s.attack_success_rate
-        for am, a_s in zip(m.attacks, s.attacks, strict=True):
-            assert (am.n_attacked, am.n_broken, am.total_queries) == (
-                a_s.n_attacked,
-                a_s.n_broken,
-                a_s.total_queries,
-            )
-            assert am.median_perturbation == pytest.approx(a_s.median_perturbation)
-        assert [(e.index, e.attack) for e in m.examples] == [
-            (e.index, e.attack) for e in s.examples
-        ]
-        assert m.calibration is not None and s.calibration is not None
-        assert m.calibration.attacked.ece == pytest.approx(s.calibration.attacked.ece, abs=1e-6)
-
-
 @pytest.fixture(scope="module")
 def single(digits: Dataset, model_state: dict[str, Tensor]) -> SuiteResult:
     result = _single(_plan(digits, model_state))
@@ -131,7 +108,7 @@ def test_two_local_processes_equal_one_process_sample_by_sample(
 ) -> None:
     plan = _plan(digits, model_state)
     merged = run_sharded(plan, shards=2, executor="local", workers=2, shard_dir=tmp_path)
-    _assert_same_per_sample(merged, single)
+    assert_same_per_sample(merged, single)
     assert merged.topology is not None
     assert merged.topology.executor == "local" and merged.topology.workers == 2
     assert [(s.start, s.stop) for s in merged.topology.shards] == [(0, 30), (30, 60)]
@@ -156,8 +133,8 @@ def test_a_rerun_only_runs_the_missing_shards(
     resumed = run_sharded(plan, shards=3, executor="inline", shard_dir=tmp_path)
     assert resumed.topology is not None
     assert [s.resumed for s in resumed.topology.shards] == [True, False, True]
-    _assert_same_per_sample(resumed, single)
-    _assert_same_per_sample(first, single)
+    assert_same_per_sample(resumed, single)
+    assert_same_per_sample(first, single)
     # A checkpoint from another plan (another seed) is not reused.
     other = SuitePlan(**{**plan.__dict__, "options": SuiteOptions(batch_size=7, seed=4)})
     redone = run_sharded(other, shards=3, executor="inline", shard_dir=tmp_path)
@@ -192,7 +169,7 @@ def test_ray_cluster_equals_one_process_sample_by_sample(
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
-    _assert_same_per_sample(merged, single)
+    assert_same_per_sample(merged, single)
     assert merged.topology is not None and merged.topology.executor == "ray"
 
 

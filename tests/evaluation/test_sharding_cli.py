@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from result_helpers import assert_same_per_sample
 from robustops.cli import app
 from robustops.evaluation import SuiteResult
 from spec_helpers import write_spec
@@ -62,21 +63,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SuiteResult
     return spec, result
 
 
-def _assert_same_per_sample(a: SuiteResult, b: SuiteResult) -> None:
-    assert a.n_samples == b.n_samples
-    assert a.samples == b.samples
-    assert a.clean_accuracy == b.clean_accuracy
-    for ta, tb in zip(a.threats, b.threats, strict=True):
-        assert ta.robust == tb.robust, ta.name
-        assert ta.broken_by == tb.broken_by, ta.name
-        assert ta.queries == tb.queries, ta.name
-        assert ta.targets == tb.targets, ta.name
-        assert ta.robust_accuracy == tb.robust_accuracy
-        assert [(e.index, e.attack) for e in ta.examples] == [
-            (e.index, e.attack) for e in tb.examples
-        ]
-
-
 def test_workers_flag_equals_one_process(trained: tuple[Path, SuiteResult]) -> None:
     spec, single = trained
     out = spec.parent / "B.json"
@@ -85,7 +71,7 @@ def test_workers_flag_equals_one_process(trained: tuple[Path, SuiteResult]) -> N
     )
     assert done.exit_code == 0, done.output
     sharded = SuiteResult.load(out)
-    _assert_same_per_sample(sharded, single)
+    assert_same_per_sample(sharded, single)
     topo = sharded.topology
     assert topo is not None and topo.executor == "local" and topo.workers == 2
     assert [(s.start, s.stop) for s in topo.shards] == [(0, 20), (20, 40)]
@@ -127,7 +113,7 @@ def test_two_torchrun_ranks_equal_one_process(trained: tuple[Path, SuiteResult])
     proc = _torchrun(spec, "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     merged = SuiteResult.load(out)
-    _assert_same_per_sample(merged, single)
+    assert_same_per_sample(merged, single)
     topo = merged.topology
     assert topo is not None and topo.executor == "torchrun" and topo.workers == 2
     assert [(s.start, s.stop) for s in topo.shards] == [(0, 20), (20, 40)]
@@ -151,7 +137,7 @@ def test_torchrun_ranks_keep_and_reuse_shard_checkpoints(
     again = _torchrun(spec, "--out", str(out), "--shard-dir", str(shard_dir))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     merged = SuiteResult.load(out)
-    _assert_same_per_sample(merged, single)
+    assert_same_per_sample(merged, single)
     assert merged.topology is not None
     assert [s.resumed for s in merged.topology.shards] == [True, False]
 
@@ -209,7 +195,7 @@ def test_workers_on_a_text_spec_run_in_one_process(tmp_path: Path) -> None:
     # Text models are not sharded: no topology, no shard checkpoints, the one-process result.
     assert b.topology is None
     assert not (tmp_path / "b.json.shards").exists()
-    _assert_same_per_sample(b, a)
+    assert_same_per_sample(b, a)
 
 
 def test_a_text_spec_under_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
