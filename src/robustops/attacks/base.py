@@ -162,6 +162,13 @@ class Attack:
         when it has none): the keyword-only arguments of its ``__init__`` and, while an
         ``__init__`` passes ``**kwargs`` up, those of the next one along the MRO (the most
         derived default wins)."""
+        return cls._init_keywords(follow_kwargs=True)
+
+    @classmethod
+    def _init_keywords(cls, *, follow_kwargs: bool) -> dict[str, Any]:
+        """The keyword-only arguments (name → default) of the ``__init__`` methods along the
+        MRO, most derived first; with ``follow_kwargs``, only as far as each passes
+        ``**kwargs`` up (what the constructor accepts), else of all of them."""
         out: dict[str, Any] = {}
         for klass in cls.__mro__:
             init = vars(klass).get("__init__")
@@ -171,7 +178,7 @@ class Attack:
             for p in params:
                 if p.kind is inspect.Parameter.KEYWORD_ONLY:
                     out.setdefault(p.name, p.default)
-            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            if follow_kwargs and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
                 break
         return out
 
@@ -187,13 +194,7 @@ class Attack:
         holding an object, e.g. an embedding, records its name instead): :meth:`get_params`,
         and the options a subclass fixes for its parent (APGD-DLR's ``loss``), so that a result
         says everything the run used."""
-        every = {
-            p.name
-            for klass in type(self).__mro__
-            if "__init__" in vars(klass)
-            for p in inspect.signature(vars(klass)["__init__"]).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
+        every = self._init_keywords(follow_kwargs=False)
         stored = {k: v for k, v in vars(self).items() if k in every}
         return {**stored, **{k: v for k, v in self.get_params().items() if k not in stored}}
 
