@@ -9,7 +9,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_model", "environment", "file_sha256", "make_generator", "state_dict_sha256"]
+__all__ = [
+    "cpu_model",
+    "digest_seed",
+    "environment",
+    "file_sha256",
+    "make_generator",
+    "state_dict_sha256",
+]
 
 
 def make_generator(
@@ -22,6 +29,12 @@ def make_generator(
     gen = torch.Generator(device=device)
     gen.manual_seed(0 if seed is None else int(seed))
     return gen
+
+
+def digest_seed(digest: bytes) -> int:
+    """A generator seed (a non-negative int64) from the first 8 bytes of a hash ``digest``: how
+    per-sample randomness is keyed (by content in the attacks, by split index for targets)."""
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def file_sha256(path: str | Path) -> str:

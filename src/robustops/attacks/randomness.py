@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from robustops._util import digest_seed
+
 __all__ = ["SampleDraws", "SampleRandomness"]
 
 
@@ -36,7 +38,7 @@ class SampleRandomness:
                 h.update(f"{sample.dtype}{tuple(sample.shape)}".encode())
                 h.update(sample.reshape(-1).view(torch.uint8).numpy().tobytes())
                 gen = torch.Generator(device=self._x.device)
-                gen.manual_seed(int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1))
+                gen.manual_seed(digest_seed(h.digest()))
                 self._gens.append(gen)
         return self._gens
 

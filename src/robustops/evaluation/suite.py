@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustops._util import environment, make_generator
+from robustops._util import digest_seed, environment, make_generator
 from robustops.attacks import Attack, AttackResult, is_adversarial
 from robustops.attacks.budget import BudgetCheck, check_budget
 from robustops.attacks.eot import is_stochastic, mean_logits
@@ -979,7 +979,7 @@ def _draw_targets(
     out = []
     for i, index in enumerate(indices):
         key = hashlib.sha256(f"targets|{seed}|{threat.name}|{int(index)}".encode()).digest()
-        gen = make_generator(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+        gen = make_generator(digest_seed(key))
         drawn = threat.draw_targets(y[i : i + 1], num_classes, gen)
         assert drawn is not None
         out.append(drawn)
