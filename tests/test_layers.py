@@ -24,6 +24,7 @@ RANK: dict[str, int] = {
     "defenses": 4,
     "evaluation": 4,
     "report": 5,
+    "registry": 6,  # on results, reports and gate records
 }
 # Top-level modules: the foundations anyone may import, and the top that nothing imports.
 FOUNDATION = {"errors", "io", "trust", "_util", "schema", "format", "__init__"}
