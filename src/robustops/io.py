@@ -67,12 +67,20 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, *, mkdir: bool = True) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, *, mkdir: bool = True, mode: int | None = None, exclusive: bool = False
+) -> Iterator[Path]:
     """Yield a fresh temporary path next to ``path``; when the block ends normally, the file
     written there is fsynced and renamed to ``path``. On any exception the temporary file is
     removed and the exception propagates (``path`` is left as it was).
 
-    ``mkdir`` creates the parent folders first.
+    ``mkdir`` creates the parent folders first. ``mode`` (e.g. ``0o600`` for a secret) is the
+    temporary file's permission bits from the start, so the content is never readable under
+    wider ones; by default what ``open()`` would give a new file. ``exclusive`` creates
+    ``path`` only if it does not exist yet: the file is hard-linked into place instead of
+    renamed, and :class:`FileExistsError` is raised (the temporary file removed) when another
+    writer got there first — the content there is then never replaced. It needs a file system
+    with hard links.
     """
     target = Path(path)
     folder = target.parent
@@ -82,11 +90,16 @@ def atomic_path(path: str | Path, *, mkdir: bool = True) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes it owner-only
+        os.chmod(tmp, _FILE_MODE if mode is None else mode)  # mkstemp makes it owner-only
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if exclusive:
+            os.link(tmp, target)  # FileExistsError when the target exists
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        else:
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -114,10 +127,21 @@ def save_safetensors(
     return target
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, mkdir: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically (see the module docstring); returns ``path``."""
+def atomic_write_bytes(
+    path: str | Path,
+    data: bytes,
+    *,
+    mkdir: bool = True,
+    mode: int | None = None,
+    exclusive: bool = False,
+) -> Path:
+    """Write ``data`` to ``path`` atomically (see the module docstring); returns ``path``.
+    ``mode`` and ``exclusive`` as in :func:`atomic_path`."""
     target = Path(path)
-    with atomic_path(target, mkdir=mkdir) as tmp, open(tmp, "wb") as fh:
+    with (
+        atomic_path(target, mkdir=mkdir, mode=mode, exclusive=exclusive) as tmp,
+        open(tmp, "wb") as fh,
+    ):
         fh.write(data)
         fh.flush()
     return target
