@@ -9,7 +9,8 @@
     ├── DataIntegrityError               embedded data missing or its fingerprint differs
     ├── UnsafeArtifactError              pickle, bad safetensors, hash mismatch
     ├── OutputError                      an output path cannot be written (checked up front)
-    └── ModelRuntimeError                the user's model (or factory) failed while RobustOps ran it
+    ├── ModelRuntimeError                the user's model (or factory) failed while RobustOps ran it
+    └── AuditError                       the registry's audit key or an event to seal is unusable
 
 Every message that echoes user input bounds it with :func:`short_repr`.
 """
@@ -20,6 +21,7 @@ import itertools
 from pathlib import Path
 
 __all__ = [
+    "AuditError",
     "DataIntegrityError",
     "ModelOutputError",
     "ModelRuntimeError",
@@ -146,3 +148,11 @@ class ModelRuntimeError(RobustOpsError):
         self.stage = stage
         detail = shorten(str(exc).strip() or "(no message)", 300)
         super().__init__(f"the model failed during {stage}: {type(exc).__name__}: {detail}")
+
+
+class AuditError(RobustOpsError):
+    """The registry's audit log cannot be written: its signing key file is missing, malformed,
+    encrypted, not Ed25519 or readable by group/others, or an event to seal has an invalid field
+    (a newline in a one-line field, a payload that is not a JSON object). A chain that fails
+    verification is not an error: :func:`robustops.registry.audit.verify_chain` returns a
+    verdict naming the first bad event."""
