@@ -52,7 +52,7 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Persist a rename (POSIX; a no-op where folders cannot be opened, e.g. Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -104,7 +104,7 @@ def atomic_path(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def save_safetensors(
