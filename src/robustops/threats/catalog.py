@@ -116,15 +116,24 @@ class ThreatCatalog(StrictModel):
             raise ValueError(f"catalog entry ids must be unique; repeated: {dup}")
         return self
 
-    def content_hash(self) -> str:
-        """sha256 of the canonical JSON of the entries (sorted keys): the catalog's version."""
-        canonical = json.dumps(
+    def canonical_json(self) -> str:
+        """The entries as canonical JSON (sorted keys, compact, derived risk fields left out):
+        the bytes :meth:`content_hash` hashes, and :meth:`from_canonical_json` reads back."""
+        return json.dumps(
             [e.model_dump(mode="json", exclude={"risk", "level"}) for e in self.entries],
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
         )
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    @classmethod
+    def from_canonical_json(cls, text: str) -> ThreatCatalog:
+        """The catalog whose :meth:`canonical_json` is ``text``."""
+        return cls.model_validate({"entries": json.loads(text)})
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of the entries (sorted keys): the catalog's version."""
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
 
     def ranked(self) -> list[CatalogEntry]:
         """Entries by decreasing risk, then impact, then id."""
