@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,6 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from robustops.console import console, err_console
+from robustops.console import fail as _fail
 from robustops.errors import RobustOpsError, SpecError
 from robustops.format import percent
 from robustops.io import atomic_write_text
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from robustops.training import BatchEvent, EpochMetrics, TextEpochMetrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown")
-console = Console()
-err_console = Console(stderr=True)
 
 SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="pipeline spec (YAML)")]
 TrustOpt = Annotated[
@@ -42,6 +41,17 @@ TrustOpt = Annotated[
         "factory or hook; repeatable. A spec is data: code outside RobustOps runs only if "
         "trusted here or in ROBUSTOPS_TRUSTED_MODULES",
     ),
+]
+RegisterOpt = Annotated[
+    bool, typer.Option("--register", help="record the outcome in the governance registry")
+]
+RegistryHomeOpt = Annotated[
+    Path | None,
+    typer.Option("--registry", help="registry folder (default $ROBUSTOPS_REGISTRY or ./registry)"),
+]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option("--as", help="acting principal (default $ROBUSTOPS_PRINCIPAL or the OS user)"),
 ]
 AllowCodeOpt = Annotated[
     bool,
@@ -91,19 +101,6 @@ def _root(
 
     Start with: robustops validate SPEC, then train, evaluate, report and gate.
     """
-
-
-def _fail(exc: RobustOpsError) -> None:
-    if os.environ.get("ROBUSTOPS_DEBUG") and exc.__cause__ is not None:
-        err_console.print_exception()
-    err_console.print(f"[bold red]error[/]: {type(exc).__name__}")
-    if isinstance(exc, SpecError):
-        where = f"{exc.source}: " if exc.source else ""
-        for path, msg in exc.errors:
-            err_console.print(f"  {where}[yellow]{path}[/]: {msg}", highlight=False)
-    else:
-        err_console.print(f"  {exc}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -267,7 +264,6 @@ def evaluate(
     With --workers N or --ray ADDRESS the samples are sharded (per-sample outcomes equal a
     single-process run); under torchrun every rank runs its shard and rank 0 writes the result.
     """
-    import os
 
     from robustops.config import load_spec
     from robustops.evaluation import ProgressEvent
@@ -547,21 +543,55 @@ def gate(
     junit: Annotated[
         Path | None, typer.Option("--junit", help="write a JUnit XML report to this file")
     ] = None,
+    register: RegisterOpt = False,
+    registry: RegistryHomeOpt = None,
+    actor: ActorOpt = None,
 ) -> None:
     """Check a result against a policy's rules and, when given, an accepted baseline.
 
     Against a baseline, a drop counts as a regression only beyond sampling noise (paired
-    McNemar test).
+    McNemar test). With --register the verdict is recorded in the registry for the version
+    whose weights the result judged (a passed record is what promotion to production needs).
 
     Exit code: 0 when every rule passes, 1 when one fails, 2 for invalid input.
     """
     try:
         report = _run_gate(result, policy, baseline, tier, junit)
+        if register:
+            _register_gate(report, result, policy, baseline, registry, actor)
     except RobustOpsError as exc:
         _fail(exc)
         return
     if not _print_gate(report, junit):
         raise typer.Exit(code=1)
+
+
+def _register_gate(
+    report: GateReport,
+    result: Path,
+    policy: Path,
+    baseline: Path | None,
+    home: Path | None,
+    actor: str | None,
+) -> None:
+    """Record the gate's verdict in the registry (see ``robustops registry``)."""
+    from robustops.registry.service import Registry, resolve_actor
+
+    reg = Registry.open(home)
+    try:
+        g = reg.record_gate(
+            resolve_actor(actor),
+            report.model_dump(mode="json"),
+            result=result,
+            policy=policy,
+            baseline=baseline,
+        )
+        console.print(
+            f"gate record #{g.id} registered for {reg.version_label(g.version_id)}",
+            highlight=False,
+        )
+    finally:
+        reg.close()
 
 
 def _run_gate(
@@ -787,6 +817,15 @@ def validate(
         _fail(exc)
         return
     console.print(f"[green]ok[/]: {spec}")
+
+
+def _add_registry() -> None:
+    from robustops.cli_registry import registry_app
+
+    app.add_typer(registry_app, name="registry")
+
+
+_add_registry()
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ from robustops.models import Normalized, build_model, save_weights
 from robustops.models.loading import resolve_factory
 from robustops.text.hf import HFTextClassifier
 from robustops.text.models import TextClassifier, TorchTextClassifier, check_texts
+from robustops.threats.catalog import ThreatCatalog
 from robustops.training import (
     BatchEvent,
     EpochMetrics,
@@ -829,3 +830,27 @@ def _fit_temperature(
         batch_size=ev.batch_size,
         device=device,
     )
+
+
+def registration_inputs(
+    weights: str | Path, spec: str | Path | None
+) -> tuple[dict[str, Any] | None, str | None, ThreatCatalog | None]:
+    """What ``robustops registry register`` records besides the weights: the training sidecar
+    ``<weights>.json`` when there is one, and the spec's text and threat catalog (the spec is
+    validated first; its factories are not imported)."""
+    from robustops.config import load_spec
+    from robustops.io import read_text_file
+
+    sidecar = None
+    side_path = Path(str(weights) + ".json")
+    if side_path.is_file():
+        try:
+            sidecar = json.loads(read_text_file(side_path, "training sidecar"))
+        except json.JSONDecodeError as exc:
+            raise SpecError.single("weights", f"{side_path} is not JSON: {exc}") from None
+        if not isinstance(sidecar, dict):
+            raise SpecError.single("weights", f"{side_path} is not a JSON object")
+    if spec is None:
+        return sidecar, None, None
+    parsed = load_spec(spec)
+    return sidecar, read_text_file(spec, "spec"), parsed.catalog

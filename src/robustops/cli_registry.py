@@ -1,0 +1,398 @@
+"""``robustops registry <verb>``: the governance registry from the command line.
+
+Every command takes ``--home`` (default ``$ROBUSTOPS_REGISTRY`` or ``./registry``), ``--url``
+(a SQLAlchemy URL; default ``$ROBUSTOPS_REGISTRY_URL`` or the SQLite file in the home) and
+``--as`` (the acting principal; default ``$ROBUSTOPS_PRINCIPAL`` or the OS user). A refused
+request prints one line and exits 2 with nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from robustops.console import console, fail
+from robustops.errors import RobustOpsError
+from robustops.registry.service import Registry, label, resolve_actor
+
+registry_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Model versions with lineage, gated promotion, history, rollback and a signed audit log.",
+)
+principal_app = typer.Typer(no_args_is_help=True, help="Who may act, and with which role.")
+audit_app = typer.Typer(no_args_is_help=True, help="The signed, hash-chained audit log.")
+registry_app.add_typer(principal_app, name="principal")
+registry_app.add_typer(audit_app, name="audit")
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="registry folder (default $ROBUSTOPS_REGISTRY or ./registry)"),
+]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="SQLAlchemy database URL (default $ROBUSTOPS_REGISTRY_URL or HOME's SQLite)"
+    ),
+]
+AsOpt = Annotated[
+    str | None,
+    typer.Option("--as", help="acting principal (default $ROBUSTOPS_PRINCIPAL or the OS user)"),
+]
+RefArg = Annotated[str, typer.Argument(help="NAME@N, NAME@latest or NAME:ALIAS")]
+
+
+@contextmanager
+def _opened(home: Path | None, url: str | None) -> Iterator[Registry]:
+    """The registry, closed afterwards; a :class:`RobustOpsError` becomes exit code 2."""
+    try:
+        reg = Registry.open(home, url)
+    except RobustOpsError as exc:
+        fail(exc)
+    try:
+        yield reg
+    except RobustOpsError as exc:
+        fail(exc)
+    finally:
+        reg.close()
+
+
+@registry_app.command()
+def init(
+    admin: Annotated[str, typer.Option("--admin", help="the first principal (an admin)")],
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Create a registry (store, migrations, audit key) with its first admin."""
+    with _opened(home, url) as reg:
+        reg.add_principal(admin, admin, "admin")
+        console.print(f"registry ready in [green]{escape(str(reg.store.home))}[/]; admin {admin}")
+        console.print(f"audit key id (pin it): {reg.store.key.key_id}")
+
+
+@principal_app.command("add")
+def principal_add(
+    name: str,
+    role: Annotated[str, typer.Option("--role", help="viewer, engineer, approver or admin")],
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Add a principal or change its role (admin only)."""
+    with _opened(home, url) as reg:
+        p = reg.add_principal(resolve_actor(actor), name, role)
+        console.print(f"{p.name}: {p.role}")
+
+
+@principal_app.command("list")
+def principal_list(home: HomeOpt = None, url: UrlOpt = None) -> None:
+    """Every principal and its role."""
+    with _opened(home, url) as reg:
+        t = Table("principal", "role", "since", "added by")
+        for p in reg.principals():
+            t.add_row(p.name, p.role, p.created_at, p.created_by)
+        console.print(t)
+
+
+@registry_app.command()
+def register(
+    name: Annotated[str, typer.Argument(help="model name (versions are numbered per name)")],
+    weights: Annotated[Path, typer.Argument(help="the weights file (safetensors)")],
+    spec: Annotated[
+        Path | None, typer.Option("--spec", "-s", help="the pipeline spec it was trained from")
+    ] = None,
+    parent: Annotated[
+        str | None, typer.Option("--parent", help="the version it was fine-tuned from")
+    ] = None,
+    results: Annotated[
+        list[Path] | None, typer.Option("--result", "-r", help="a result JSON that judged it")
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="refuse unless the weights hash to this")
+    ] = None,
+    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Register a weights file as the next version of NAME, with its lineage: the training
+    sidecar (``WEIGHTS.json``), the spec and its threat catalog, the parent, the results."""
+    from robustops.runner import registration_inputs
+
+    try:
+        side, spec_text, catalog = registration_inputs(weights, spec)
+    except RobustOpsError as exc:
+        fail(exc)
+    with _opened(home, url) as reg:
+        v = reg.register(
+            resolve_actor(actor),
+            name,
+            weights,
+            expected_sha256=sha256,
+            sidecar=side,
+            spec_text=spec_text,
+            catalog=catalog,
+            parent=parent,
+            results=results or [],
+            description=description,
+        )
+        console.print(f"registered [green]{label(v)}[/] (weights {v.weights_sha256[:12]}…)")
+
+
+@registry_app.command()
+def attach(
+    ref: RefArg,
+    result: Annotated[Path, typer.Argument(help="a result JSON about this version's weights")],
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Attach an evaluation result to a version."""
+    with _opened(home, url) as reg:
+        e = reg.attach_evaluation(resolve_actor(actor), ref, result)
+        console.print(f"attached result {e.result_sha256[:12]}… to {ref}")
+
+
+@registry_app.command("list")
+def list_versions(
+    name: Annotated[str | None, typer.Argument(help="only this model")] = None,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Registered versions and the aliases pointing at them."""
+    with _opened(home, url) as reg:
+        t = Table("version", "weights", "registered", "by", "aliases")
+        versions = reg.versions(name)
+        held: dict[int, list[str]] = {}
+        for model in sorted({v.name for v in versions}):
+            for alias, target in reg.aliases(model).items():
+                held.setdefault(target.id, []).append(alias)
+        for v in versions:
+            t.add_row(
+                label(v),
+                v.weights_sha256[:12] + "…",
+                v.registered_at,
+                v.registered_by,
+                ", ".join(sorted(held.get(v.id, []))),
+            )
+        console.print(t)
+
+
+@registry_app.command()
+def show(
+    ref: RefArg,
+    as_json: Annotated[bool, typer.Option("--json", help="print the lineage as JSON")] = False,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """A version's lineage: weights, spec, data, recipe, parent chain, evaluations, gate
+    records, approvals, aliases."""
+    from robustops.registry.lineage import lineage
+
+    with _opened(home, url) as reg:
+        info = lineage(reg, ref)
+        if as_json:
+            typer.echo(json.dumps(info, indent=2, sort_keys=True))
+            return
+        _print_lineage(info)
+
+
+def _print_lineage(info: dict[str, Any]) -> None:
+    v = info["version"]
+    console.print(f"[bold]{v['label']}[/]  registered {v['registered_at']} by {v['registered_by']}")
+    rows = [
+        ("weights sha256", v["weights_sha256"]),
+        ("tensor sha256", v["state_sha256"]),
+        ("spec sha256", v["spec_sha256"]),
+        ("threat catalog", v["catalog_sha256"]),
+        ("data", f"{v['data'].get('name')} {v['data_fingerprint']}"),
+        ("recipe", v["recipe"].get("recipe")),
+        ("robustops", v["robustops_version"]),
+        ("git commit", v["git_commit"]),
+        ("parents", " ← ".join(info["parents"]) or "none"),
+        ("aliases", ", ".join(info["aliases"]) or "none"),
+    ]
+    for key, value in rows:
+        console.print(f"  {key:<16} {escape(str(value))}", highlight=False, soft_wrap=True)
+    for e in info["evaluations"]:
+        figures = ", ".join(
+            f"{t['name']} {t['robust_accuracy']:.3f}" for t in e["summary"]["threats"]
+        )
+        console.print(
+            f"  evaluation {e['result_sha256'][:12]}… clean {e['summary']['clean_accuracy']:.3f}"
+            f"; robust: {figures}",
+            highlight=False,
+        )
+    for g in info["gates"]:
+        verdict = "[green]passed[/]" if g["passed"] else "[red]failed[/]"
+        console.print(
+            f"  gate #{g['id']} {verdict} at {g['recorded_at']} (policy {g['policy_sha256'][:12]}…)"
+        )
+    for a in info["approvals"]:
+        console.print(f"  approved for {a['alias']} by {a['principal']} at {a['approved_at']}")
+
+
+@registry_app.command()
+def policy(
+    model: str,
+    alias: str,
+    policy_file: Annotated[Path, typer.Argument(help="the gate policy (YAML) to put in force")],
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Put a gate policy in force for MODEL:ALIAS (admin only)."""
+    with _opened(home, url) as reg:
+        p = reg.set_policy(resolve_actor(actor), model, alias, policy_file)
+        console.print(f"policy {p.policy_sha256[:12]}… in force for {model}:{alias}")
+
+
+@registry_app.command()
+def approve(
+    ref: RefArg,
+    alias: Annotated[str, typer.Option("--alias", help="the alias it is approved for")] = (
+        "production"
+    ),
+    comment: Annotated[str, typer.Option("--comment")] = "",
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Approve a version for an alias (approver; never the principal who registered it)."""
+    with _opened(home, url) as reg:
+        reg.approve(resolve_actor(actor), ref, alias, comment)
+        console.print(f"approved {ref} for {alias}")
+
+
+@registry_app.command()
+def promote(
+    ref: RefArg,
+    alias: Annotated[str, typer.Argument(help="the alias to move (e.g. production)")],
+    break_glass: Annotated[
+        str | None,
+        typer.Option("--break-glass", help="admin only: skip the checks, logged with this reason"),
+    ] = None,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Point ALIAS at a version. A protected alias (production, or any alias with a policy)
+    needs a passed gate record for exactly these weights under the policy in force and an
+    approval by another principal."""
+    with _opened(home, url) as reg:
+        ev = reg.move_alias(resolve_actor(actor), ref, alias, break_glass=break_glass)
+        console.print(
+            f"{escape(ev.model_name)}:{escape(alias)} → {reg.version_label(ev.version_id)} "
+            f"({ev.kind}; was {reg.version_label(ev.previous_version_id) or 'unset'})"
+        )
+
+
+@registry_app.command()
+def rollback(
+    model: str,
+    alias: str,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Move ALIAS back to the previous version that held it (its gate record re-checked)."""
+    with _opened(home, url) as reg:
+        ev = reg.rollback(resolve_actor(actor), model, alias)
+        console.print(
+            f"{model}:{alias} rolled back to {reg.version_label(ev.version_id)} "
+            f"(from {reg.version_label(ev.previous_version_id)})"
+        )
+
+
+@registry_app.command()
+def history(
+    model: str,
+    alias: str,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="only say which version held the alias at this ISO-8601 time"),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Every move of MODEL:ALIAS (newest first), or which version held it at a time."""
+    with _opened(home, url) as reg:
+        if at is not None:
+            v = reg.alias_at(model, alias, at)
+            typer.echo(label(v) if v else f"{model}:{alias} pointed to no version at {at}")
+            return
+        t = Table("at", "version", "previous", "kind", "by", "reason")
+        for ev in reg.history(model, alias, limit):
+            t.add_row(
+                ev.at,
+                reg.version_label(ev.version_id) or "-",
+                reg.version_label(ev.previous_version_id) or "-",
+                ev.kind,
+                ev.actor,
+                escape(ev.reason),
+            )
+        console.print(t)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    pin: Annotated[
+        str | None,
+        typer.Option("--pin", help="the key id the log must be signed with (from `init`)"),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="check every signature, not only the head's")
+    ] = False,
+    expect_head: Annotated[
+        str | None,
+        typer.Option("--expect-head", help="SEQ:HASH of a head recorded earlier (truncation)"),
+    ] = None,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Check every event of the audit log: order, links, hashes, keys and signatures. Exit 1
+    naming the first bad event when the log was edited, deleted from, inserted into or
+    reordered."""
+    head = None
+    if expect_head is not None:
+        seq, _, digest = expect_head.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            fail(RobustOpsError("--expect-head: give SEQ:HASH (a number and a hex sha256)"))
+        head = (int(seq), digest)
+    with _opened(home, url) as reg:
+        verdict = reg.verify_audit(pinned=pin, full=full, expect_head=head)
+    if verdict.ok:
+        console.print(
+            f"[green]audit log intact[/]: {verdict.events_checked} events, head "
+            f"{verdict.head_seq}:{verdict.head_hash}"
+        )
+        return
+    console.print(
+        f"[bold red]audit log broken[/] at event {verdict.first_bad_seq}: {escape(verdict.reason)}",
+        highlight=False,
+    )
+    raise typer.Exit(code=1)
+
+
+@audit_app.command("show")
+def audit_show(
+    tail: Annotated[int, typer.Option("--tail", min=1, help="the last N events")] = 20,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """The newest audit events."""
+    with _opened(home, url) as reg:
+        events = list(reg.audit_events())[-tail:]
+        t = Table("seq", "at", "actor", "action", "subject", "payload")
+        for ev in events:
+            t.add_row(str(ev.seq), ev.at, ev.actor, ev.action, ev.subject, escape(ev.payload))
+        console.print(t)
