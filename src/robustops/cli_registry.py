@@ -391,7 +391,7 @@ def audit_show(
 ) -> None:
     """The newest audit events."""
     with _opened(home, url) as reg:
-        events = list(reg.audit_events())[-tail:]
+        events = reg.recent_events(tail)
         t = Table("seq", "at", "actor", "action", "subject", "payload")
         for ev in events:
             t.add_row(str(ev.seq), ev.at, ev.actor, ev.action, ev.subject, escape(ev.payload))

@@ -785,8 +785,25 @@ class Registry:
         with self.store.read() as s:
             keys = {k.key_id: bytes.fromhex(k.public_key) for k in s.scalars(select(AuditKeyRow))}
         return verify_chain(
-            self.audit_events(), keys, pinned=pinned, full=full, expect_head=expect_head
+            _Replayable(self), keys, pinned=pinned, full=full, expect_head=expect_head
         )
+
+    def recent_events(self, n: int) -> list[AuditEventRow]:
+        """The newest ``n`` audit events, oldest first."""
+        with self.store.read() as s:
+            rows = s.scalars(select(AuditEventRow).order_by(AuditEventRow.seq.desc()).limit(n))
+            return list(rows)[::-1]
+
+
+@dataclass(frozen=True)
+class _Replayable:
+    """The audit events as an iterable that re-runs its query on every pass (verification
+    scans a second time to name the first bad signature)."""
+
+    registry: Registry
+
+    def __iter__(self) -> Iterator[AuditEventRow]:
+        return self.registry.audit_events()
 
 
 def _check_result_weights(result: SuiteResult, weights_sha256: str, where: str) -> None:
