@@ -557,24 +557,26 @@ def gate(
     """
     try:
         report = _run_gate(result, policy, baseline, tier, junit)
-        if register:
-            _register_gate(report, result, policy, baseline, registry, actor)
+        recorded = _register_gate(report, result, baseline, registry, actor) if register else ""
     except RobustOpsError as exc:
         _fail(exc)
         return
-    if not _print_gate(report, junit):
+    passed = _print_gate(report, junit)
+    if recorded:
+        console.print(recorded, highlight=False)
+    if not passed:
         raise typer.Exit(code=1)
 
 
 def _register_gate(
     report: GateReport,
     result: Path,
-    policy: Path,
     baseline: Path | None,
     home: Path | None,
     actor: str | None,
-) -> None:
-    """Record the gate's verdict in the registry (see ``robustops registry``)."""
+) -> str:
+    """Record the gate's verdict in the registry (see ``robustops registry``); returns the
+    line that says where."""
     from robustops.registry.service import Registry, resolve_actor
 
     reg = Registry.open(home)
@@ -583,13 +585,9 @@ def _register_gate(
             resolve_actor(actor),
             report.model_dump(mode="json"),
             result=result,
-            policy=policy,
             baseline=baseline,
         )
-        console.print(
-            f"gate record #{g.id} registered for {reg.version_label(g.version_id)}",
-            highlight=False,
-        )
+        return f"gate record #{g.id} registered for {reg.version_label(g.version_id)}"
     finally:
         reg.close()
 

@@ -244,14 +244,24 @@ def _print_lineage(info: dict[str, Any]) -> None:
 def policy(
     model: str,
     alias: str,
-    policy_file: Annotated[Path, typer.Argument(help="the gate policy (YAML) to put in force")],
+    policy_file: Annotated[
+        Path, typer.Argument(help="the gate policy (YAML), or a spec with a gate section")
+    ],
+    tier: Annotated[str | None, typer.Option("--tier", help="the policy's tier to use")] = None,
     home: HomeOpt = None,
     url: UrlOpt = None,
     actor: AsOpt = None,
 ) -> None:
-    """Put a gate policy in force for MODEL:ALIAS (admin only)."""
+    """Put a gate policy in force for MODEL:ALIAS (admin only): promotion then needs a gate
+    record that passed under exactly these rules."""
+    from robustops.gate import load_policy
+
+    try:
+        rules = load_policy(policy_file, tier).model_dump(mode="json")
+    except RobustOpsError as exc:
+        fail(exc)
     with _opened(home, url) as reg:
-        p = reg.set_policy(resolve_actor(actor), model, alias, policy_file)
+        p = reg.set_policy(resolve_actor(actor), model, alias, rules)
         console.print(f"policy {p.policy_sha256[:12]}… in force for {model}:{alias}")
 
 

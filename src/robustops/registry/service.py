@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from robustops import __version__
 from robustops._util import environment
 from robustops.evaluation.result import SuiteResult
-from robustops.registry.audit import AuditVerdict, verify_chain
+from robustops.registry.audit import AuditVerdict, canonical_json, verify_chain
 from robustops.registry.models import (
     Alias,
     AliasEvent,
@@ -432,13 +432,13 @@ class Registry:
         report: dict[str, Any],
         *,
         result: str | Path,
-        policy: str | Path,
         baseline: str | Path | None = None,
         ref: str | None = None,
     ) -> GateRecord:
-        """Record a gate verdict (``GateReport`` JSON) on ``result`` under the policy file
-        ``policy``, for the version whose weights the result judged (``ref`` narrows it when
-        several versions share those weights). The result is attached as an evaluation too."""
+        """Record a gate verdict (``GateReport`` JSON) on ``result`` for the version whose
+        weights the result judged (``ref`` narrows it when several versions share those
+        weights). The record holds the hash of the report's effective policy
+        (:func:`policy_sha256`); the result is attached as an evaluation too."""
         res = SuiteResult.load(result)
         weights = res.model.get("weights_sha256")
         if not isinstance(weights, str):
@@ -446,7 +446,9 @@ class Registry:
         if (report.get("new") or {}).get("model_sha256") not in (None, weights):
             raise RegistryError("gate report: it is about other weights than the result given")
         rsha, _ = self.store.artifacts.put_file(result)
-        psha, _ = self.store.artifacts.put_file(policy)
+        if not isinstance(report.get("policy"), dict):
+            raise RegistryError("gate report: it holds no policy")
+        psha = self.store.artifacts.put_bytes(canonical_json(report["policy"]).encode())
         bsha = self.store.artifacts.put_file(baseline)[0] if baseline else None
         with self.store.write(actor) as tx:
             s = tx.session
@@ -502,12 +504,13 @@ class Registry:
             )
         return found
 
-    def set_policy(self, actor: str, model: str, alias: str, policy: str | Path) -> AliasPolicy:
-        """Put the gate policy file ``policy`` in force for ``model:alias`` (admin only); from
-        then on moving the alias needs a passed gate record under exactly this file."""
+    def set_policy(self, actor: str, model: str, alias: str, policy: dict[str, Any]) -> AliasPolicy:
+        """Put the gate policy ``policy`` (a ``GatePolicy`` as JSON data, tier included) in
+        force for ``model:alias`` (admin only); from then on moving the alias needs a passed
+        gate record under exactly this policy (same :func:`policy_sha256`)."""
         _check_name(model, "model")
         _check_alias(alias)
-        psha, _ = self.store.artifacts.put_file(policy)
+        psha = self.store.artifacts.put_bytes(canonical_json(policy).encode())
         with self.store.write(actor) as tx:
             s = tx.session
             self._require(s, actor, "admin")
@@ -804,6 +807,13 @@ class _Replayable:
 
     def __iter__(self) -> Iterator[AuditEventRow]:
         return self.registry.audit_events()
+
+
+def policy_sha256(policy: dict[str, Any]) -> str:
+    """The hash that identifies a gate policy: sha256 of its canonical JSON (what a gate
+    report embeds as ``policy``), so the same rules give the same hash whatever file they
+    came from."""
+    return hashlib.sha256(canonical_json(policy).encode()).hexdigest()
 
 
 def _check_result_weights(result: SuiteResult, weights_sha256: str, where: str) -> None:
