@@ -39,13 +39,28 @@ install: $(STAMP)
 
 install-dev: $(DEV_STAMP)
 
+# The demo's registry: an engineer registers, evaluates and gates; an approver approves (four
+# eyes); the engineer promotes to production; the admin set the policy production is held to.
+REGISTRY  := ROBUSTOPS_REGISTRY=artifacts/registry
+ENGINEER  := --as demo-engineer
+
 demo: $(STAMP)
-	$(BIN)/robustops train --spec configs/mnist.yaml
-	$(BIN)/robustops evaluate --spec configs/mnist.yaml --out artifacts/mnist_result.json --plots artifacts/figures
+	$(REGISTRY) $(BIN)/robustops registry init --admin demo-admin
+	$(REGISTRY) $(BIN)/robustops registry principal add demo-engineer --role engineer --as demo-admin
+	$(REGISTRY) $(BIN)/robustops registry principal add demo-approver --role approver --as demo-admin
+	$(REGISTRY) $(BIN)/robustops registry policy mnist-small-cnn production configs/mnist.yaml --as demo-admin
+	$(REGISTRY) $(BIN)/robustops train --spec configs/mnist.yaml --register $(ENGINEER)
+	$(REGISTRY) $(BIN)/robustops evaluate --spec configs/mnist.yaml --out artifacts/mnist_result.json \
+		--plots artifacts/figures --register $(ENGINEER)
 	$(BIN)/robustops threats configs/mnist.yaml --result artifacts/mnist_result.json
 	$(BIN)/robustops report artifacts/mnist_result.json --out artifacts/report
-	$(BIN)/robustops gate --result artifacts/mnist_result.json --baseline baselines/mnist.json \
-		--policy configs/mnist.yaml --junit artifacts/gate.xml
+	$(REGISTRY) $(BIN)/robustops gate --result artifacts/mnist_result.json --baseline baselines/mnist.json \
+		--policy configs/mnist.yaml --junit artifacts/gate.xml --register $(ENGINEER)
+	$(REGISTRY) $(BIN)/robustops registry approve mnist-small-cnn@latest --as demo-approver \
+		--comment "gate passed; reviewed the report"
+	$(REGISTRY) $(BIN)/robustops registry promote mnist-small-cnn@latest production $(ENGINEER)
+	$(REGISTRY) $(BIN)/robustops registry show mnist-small-cnn:production
+	$(REGISTRY) $(BIN)/robustops registry audit verify
 	$(BIN)/robustops train --spec configs/sms_spam.yaml
 	$(BIN)/robustops evaluate --spec configs/sms_spam.yaml --out artifacts/sms_spam_result.json
 	$(BIN)/robustops report artifacts/sms_spam_result.json --out artifacts/sms_spam_report
@@ -60,6 +75,7 @@ demo: $(STAMP)
 	@echo "  artifacts/mnist_result.json, artifacts/sms_spam_result.json      results, per-sample outcomes"
 	@echo "  artifacts/gate.xml, artifacts/sms_spam_gate.xml                  gate verdicts as JUnit XML (CI)"
 	@echo "  artifacts/figures/                                               reliability diagrams (PNG)"
+	@echo "  artifacts/registry/   the registry: ROBUSTOPS_REGISTRY=artifacts/registry .venv/bin/robustops registry --help"
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -26,6 +26,7 @@ from robustops.format import percent
 from robustops.io import atomic_write_text
 
 if TYPE_CHECKING:
+    from robustops.config import PipelineSpec
     from robustops.evaluation import SuiteResult
     from robustops.evaluation.masking import AuditResult
     from robustops.training import BatchEvent, EpochMetrics, TextEpochMetrics
@@ -111,8 +112,14 @@ def train(
     ] = False,
     trust_code: TrustOpt = None,
     allow_code: AllowCodeOpt = False,
+    register: RegisterOpt = False,
+    registry: RegistryHomeOpt = None,
+    actor: ActorOpt = None,
 ) -> None:
     """Train the spec's model with its recipe; save safetensors weights, checkpoints and metrics.
+
+    With --register (or a registry section in the spec) the weights are registered as a new
+    version with their lineage (sidecar, spec, threat catalog).
 
     To train with N processes (DistributedDataParallel; only rank 0 reports and writes), run
     the command under torchrun:
@@ -120,7 +127,7 @@ def train(
         torchrun --nproc_per_node N -m robustops train --spec FILE
     """
     from robustops.config import load_spec
-    from robustops.runner import check_outputs, recipe_label, train_spec
+    from robustops.runner import check_outputs, recipe_label, register_trained, train_spec
     from robustops.training import env_rank, latest_checkpoint
 
     quiet = env_rank() != 0
@@ -142,6 +149,9 @@ def train(
             meta = train_spec(
                 s, on_epoch=progress.on_epoch, on_batch=progress.on_batch, resume=resume
             )
+        version = None
+        if not quiet and (register or s.registry is not None):
+            version = register_trained(s, spec, meta, home=registry, actor=actor)
     except RobustOpsError as exc:
         _fail(exc)
         return
@@ -152,6 +162,8 @@ def train(
         f"saved [green]{meta['weights']}[/] sha256 {meta['sha256'][:16]}… "
         f"({meta['epochs_run']} epochs{best}); metrics in {meta['metrics']}"
     )
+    if version:
+        console.print(f"registered as [green]{version}[/]", highlight=False)
 
 
 class _TrainProgress:
@@ -258,11 +270,16 @@ def evaluate(
             help="shard checkpoints, reused by a rerun (default: <out>.shards when sharding)",
         ),
     ] = None,
+    register: RegisterOpt = False,
+    registry: RegistryHomeOpt = None,
+    actor: ActorOpt = None,
 ) -> None:
     """Run the spec's evaluation suite and write the result JSON.
 
     With --workers N or --ray ADDRESS the samples are sharded (per-sample outcomes equal a
     single-process run); under torchrun every rank runs its shard and rank 0 writes the result.
+    With --register (or a registry section in the spec) the result is attached to the
+    registered version with the weights it judged.
     """
 
     from robustops.config import load_spec
@@ -311,10 +328,25 @@ def evaluate(
         if os.environ.get("RANK", "0") != "0":
             return  # torchrun: rank 0 writes the merged result
         save_result(result, out)
+        version = _attach(s, out, register, registry, actor)
     except RobustOpsError as exc:
         _fail(exc)
         return
     _print_result(result, out, plots)
+    if version:
+        console.print(f"result attached to [green]{version}[/] in the registry", highlight=False)
+
+
+def _attach(
+    spec: PipelineSpec, out: Path, register: bool, home: Path | None, actor: str | None
+) -> str | None:
+    """Attach the result at ``out`` in the registry when asked (flag or spec section); the
+    version it went to, else None."""
+    if not register and spec.registry is None:
+        return None
+    from robustops.runner import attach_result
+
+    return attach_result(spec, out, home=home, actor=actor)
 
 
 def _print_result(result: SuiteResult, out: Path, plots: Path | None) -> None:
@@ -470,11 +502,15 @@ def certify(
     ] = None,
     trust_code: TrustOpt = None,
     allow_code: AllowCodeOpt = False,
+    register: RegisterOpt = False,
+    registry: RegistryHomeOpt = None,
+    actor: ActorOpt = None,
 ) -> None:
     """Certify the spec's model with randomized smoothing; write the certificates as result JSON.
 
     The spec's evaluation.certification section sets the noise level, the sample counts and the
-    radii to report.
+    radii to report. --register (or a registry section in the spec) attaches the result to the
+    registered version, as for evaluate.
     """
     from robustops.config import load_spec
     from robustops.io import check_writable
@@ -488,10 +524,13 @@ def certify(
         with _trust(trust_code, allow_code), console.status("certifying…"):
             result = certify_spec(s, seed=seed)
         save_result(result, out)
+        version = _attach(s, out, register, registry, actor)
     except RobustOpsError as exc:
         _fail(exc)
         return
     _print_result(result, out, plots)
+    if version:
+        console.print(f"result attached to [green]{version}[/] in the registry", highlight=False)
 
 
 if TYPE_CHECKING:

@@ -406,6 +406,22 @@ class EvaluationSpec(StrictModel):
         return names.index(self.calibration.threat) if self.calibration.threat else 0
 
 
+class RegistrySpec(StrictModel):
+    """Where ``train`` and ``evaluate`` record what they produce: with this section, ``train``
+    registers the weights it writes and ``evaluate`` attaches its result to them, as
+    ``--register`` does (see ``robustops registry``)."""
+
+    home: str | None = Field(
+        default=None,
+        description="registry folder; default $ROBUSTOPS_REGISTRY, else ./registry",
+    )
+    model: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="the model's name in the registry; default the spec's name",
+    )
+
+
 class PipelineSpec(StrictModel):
     """The whole pipeline spec."""
 
@@ -418,6 +434,7 @@ class PipelineSpec(StrictModel):
     train: TrainSpec | None = None
     evaluation: EvaluationSpec | None = None
     gate: GatePolicyFile | None = None
+    registry: RegistrySpec | None = None
 
     def with_tier(self, tier: str) -> PipelineSpec:
         """This spec with the evaluation cut down to budget tier ``tier`` (see :class:`TierSpec`)."""

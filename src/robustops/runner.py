@@ -40,6 +40,7 @@ from robustops.evaluation.sharding import (
 from robustops.io import atomic_write_text, check_writable
 from robustops.models import Normalized, build_model, save_weights
 from robustops.models.loading import resolve_factory
+from robustops.registry.service import Registry, label, resolve_actor
 from robustops.text.hf import HFTextClassifier
 from robustops.text.models import TextClassifier, TorchTextClassifier, check_texts
 from robustops.threats.catalog import ThreatCatalog
@@ -854,3 +855,58 @@ def registration_inputs(
         return sidecar, None, None
     parsed = load_spec(spec)
     return sidecar, read_text_file(spec, "spec"), parsed.catalog
+
+
+def _registry_for(spec: PipelineSpec, home: str | Path | None) -> tuple[Registry, str]:
+    """The registry ``home`` (else the spec's ``registry.home``, else the default) and the
+    model's name there (the spec's ``registry.model``, else its name)."""
+    section = spec.registry
+    folder = home if home is not None else (section.home if section else None)
+    name = section.model if section and section.model else spec.name
+    return Registry.open(folder), name
+
+
+def register_trained(
+    spec: PipelineSpec,
+    spec_path: str | Path,
+    meta: dict[str, Any],
+    *,
+    home: str | Path | None = None,
+    actor: str | None = None,
+) -> str:
+    """Register the weights ``train`` just wrote (``meta``: its sidecar) with the spec and its
+    catalog; returns the version's ``NAME@N``."""
+    from robustops.io import read_text_file
+
+    assert spec.train is not None
+    reg, name = _registry_for(spec, home)
+    try:
+        v = reg.register(
+            resolve_actor(actor),
+            name,
+            spec.train.out,
+            expected_sha256=meta.get("sha256"),
+            sidecar=meta,
+            spec_text=read_text_file(spec_path, "spec"),
+            catalog=spec.catalog,
+        )
+        return label(v)
+    finally:
+        reg.close()
+
+
+def attach_result(
+    spec: PipelineSpec,
+    result_path: str | Path,
+    *,
+    home: str | Path | None = None,
+    actor: str | None = None,
+) -> str:
+    """Attach a result ``evaluate`` just wrote to the registered version with the weights it
+    judged; returns that version's ``NAME@N``."""
+    reg, _ = _registry_for(spec, home)
+    try:
+        e = reg.attach_evaluation(resolve_actor(actor), None, result_path)
+        return reg.version_label(e.version_id) or "?"
+    finally:
+        reg.close()

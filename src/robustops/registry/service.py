@@ -299,7 +299,8 @@ class Registry:
         split, metrics, environment); ``spec_text`` the pipeline spec it came from; ``catalog``
         its threat catalog; ``parent`` the version it was fine-tuned from; ``results`` result
         JSONs that judged it (each must be about these weights). The files are copied into the
-        artifact store before the row is written.
+        artifact store before the row is written. The same weights registered again under the
+        same name (a rerun) give back the existing version, with the results attached to it.
         """
         _check_name(name, "model")
         path = Path(weights)
@@ -330,6 +331,15 @@ class Registry:
             s = tx.session
             self._require(s, actor, "engineer")
             parent_row = self.version_in(s, parent) if parent else None
+            same = s.scalars(
+                select(ModelVersion).where(
+                    ModelVersion.name == name, ModelVersion.weights_sha256 == sha
+                )
+            ).first()
+            if same is not None:  # the same weights again (a rerun): one version, more results
+                for (_, res), rsha in zip(loaded, result_shas, strict=True):
+                    self._attach(tx, same, res, rsha)
+                return same
             number = (
                 s.execute(
                     select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
@@ -381,17 +391,20 @@ class Registry:
                 self._attach(tx, v, res, rsha)
             return v
 
-    def attach_evaluation(self, actor: str, ref: str, result: str | Path) -> Evaluation:
-        """Attach a result JSON to the version it judged (its weights hash must match)."""
+    def attach_evaluation(self, actor: str, ref: str | None, result: str | Path) -> Evaluation:
+        """Attach a result JSON to the version ``ref`` (its weights hash must match), or with
+        ``ref`` None to the newest version with the weights the result judged."""
         res = SuiteResult.load(result)
+        weights = res.model.get("weights_sha256")
+        if not isinstance(weights, str):
+            raise RegistryError(f"result: {result} records no weights_sha256")
         with self.store.read() as s:
             self._require(s, actor, "engineer")
-            v = self.version_in(s, ref)
-        _check_result_weights(res, v.weights_sha256, str(result))
+            self._version_for_weights(s, weights, ref)
         rsha, _ = self.store.artifacts.put_file(result)
         with self.store.write(actor) as tx:
             self._require(tx.session, actor, "engineer")
-            return self._attach(tx, self.version_in(tx.session, ref), res, rsha)
+            return self._attach(tx, self._version_for_weights(tx.session, weights, ref), res, rsha)
 
     def _attach(self, tx: WriteTx, v: ModelVersion, res: SuiteResult, rsha: str) -> Evaluation:
         s = tx.session
