@@ -406,3 +406,289 @@ def audit_show(
         for ev in events:
             t.add_row(str(ev.seq), ev.at, ev.actor, ev.action, ev.subject, escape(ev.payload))
         console.print(t)
+
+
+# -- vulnerabilities and the risk register ---------------------------------------------------
+
+vuln_app = typer.Typer(
+    no_args_is_help=True,
+    help="Vulnerability records: known weaknesses of versions, each replayable.",
+)
+registry_app.add_typer(vuln_app, name="vuln")
+
+VulnIdArg = Annotated[str, typer.Argument(help="the vulnerability id, e.g. RVULN-0001")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _print_vuln(rec: Any) -> None:
+    """A vulnerability record for people (``rec``: a VulnerabilityRecord)."""
+    console.print(f"[bold]{escape(rec.id)}[/] {escape(rec.title)}", highlight=False, soft_wrap=True)
+    rows = [
+        ("model", rec.model),
+        ("status", rec.status),
+        ("severity", rec.severity),
+        ("owner", rec.owner),
+        ("threat", rec.threat or "-"),
+        ("catalog entry", rec.catalog_entry or "-"),
+        ("affects", ", ".join(rec.affected) or "-"),
+        ("opened", f"{rec.opened_at} by {rec.opened_by}"),
+        ("updated", rec.updated_at),
+        ("closed", rec.closed_at or "-"),
+        ("remediation", rec.remediation or "-"),
+    ]
+    ev, rp = rec.evidence, rec.reproduce
+    if ev:
+        rows += [
+            ("evidence", f"result {str(ev.get('result_sha256'))[:12]}…"),
+            (
+                "observed",
+                f"robust accuracy {ev.get('robust_accuracy', float('nan')):.3f}, attack "
+                f"success {ev.get('attack_success_rate', float('nan')):.3f}, "
+                f"{ev.get('n_broken')} samples broken",
+            ),
+        ]
+    if rp:
+        rows.append(
+            (
+                "reproduce",
+                f"{rp.get('attack')} {json.dumps(rp.get('params'), sort_keys=True)} under "
+                f"{rp.get('threat', {}).get('name')} (seed {rp.get('seed')}) on "
+                f"{len(rp.get('indices', []))} test samples",
+            )
+        )
+    for key, value in rows:
+        console.print(f"  {key:<14} {escape(str(value))}", highlight=False, soft_wrap=True)
+    for n in rec.notes:
+        changes = json.dumps(n["changes"], sort_keys=True)
+        if len(changes) > 300:
+            changes = changes[:300] + "…"
+        console.print(
+            f"  note {n['at']} {escape(n['actor'])}: {escape(changes)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@vuln_app.command("list")
+def vuln_list(
+    model: Annotated[str | None, typer.Option("--model", help="only this model")] = None,
+    status: Annotated[
+        list[str] | None, typer.Option("--status", help="only this status (repeatable)")
+    ] = None,
+    severity: Annotated[
+        list[str] | None, typer.Option("--severity", help="only this severity (repeatable)")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="only those affecting this version")
+    ] = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Vulnerability records, by id."""
+    from robustops.registry.vulnerabilities import list_vulnerabilities
+
+    with _opened(home, url) as reg:
+        records = list_vulnerabilities(
+            reg, model=model, status=status, severity=severity, version=version
+        )
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in records], indent=2, sort_keys=True))
+        return
+    t = Table("id", "severity", "status", "threat", "affects", "owner", "title")
+    for r in records:
+        t.add_row(
+            r.id,
+            r.severity,
+            r.status,
+            escape(r.threat or "-"),
+            escape(", ".join(r.affected)),
+            escape(r.owner),
+            escape(r.title),
+        )
+    console.print(t)
+
+
+@vuln_app.command("show")
+def vuln_show(
+    vuln_id: VulnIdArg, as_json: JsonOpt = False, home: HomeOpt = None, url: UrlOpt = None
+) -> None:
+    """One vulnerability record with its reproduction, evidence and notes."""
+    from robustops.registry.vulnerabilities import show_vulnerability
+
+    with _opened(home, url) as reg:
+        rec = show_vulnerability(reg, vuln_id)
+    if as_json:
+        typer.echo(json.dumps(rec.to_json(), indent=2, sort_keys=True))
+        return
+    _print_vuln(rec)
+
+
+@vuln_app.command("open")
+def vuln_open(
+    ref: RefArg,
+    threat: Annotated[str, typer.Option("--threat", help="the threat it falls under")],
+    title: Annotated[str, typer.Option("--title", help="one line saying what breaks")],
+    severity: Annotated[str, typer.Option("--severity", help="low, medium, high or critical")],
+    owner: Annotated[
+        str | None, typer.Option("--owner", help="who answers for it (default: the entry's)")
+    ] = None,
+    catalog_entry: Annotated[
+        str | None, typer.Option("--catalog-entry", help="the threat catalog entry")
+    ] = None,
+    remediation: Annotated[str, typer.Option("--remediation")] = "",
+    result: Annotated[
+        str | None,
+        typer.Option("--result", help="sha256 of the attached result holding the evidence"),
+    ] = None,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Open a vulnerability record by hand for a version. Its reproduction and evidence come
+    from the newest evaluation of the version that ran the threat."""
+    from robustops.registry.vulnerabilities import open_vulnerability
+
+    with _opened(home, url) as reg:
+        rec = open_vulnerability(
+            reg,
+            resolve_actor(actor),
+            ref,
+            threat=threat,
+            title=title,
+            severity=severity,
+            owner=owner,
+            catalog_entry=catalog_entry,
+            remediation=remediation,
+            result_sha256=result,
+        )
+    replay = "replayable" if rec.replayable else "no attack recorded to replay"
+    console.print(f"opened [bold]{rec.id}[/] ({rec.severity}; {replay})")
+
+
+@vuln_app.command("update")
+def vuln_update(
+    vuln_id: VulnIdArg,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="open, triaged, mitigated, verified or closed"),
+    ] = None,
+    owner: Annotated[str | None, typer.Option("--owner")] = None,
+    severity: Annotated[str | None, typer.Option("--severity")] = None,
+    remediation: Annotated[str | None, typer.Option("--remediation")] = None,
+    affects: Annotated[
+        list[str] | None,
+        typer.Option("--affects", help="another version it affects (repeatable)"),
+    ] = None,
+    comment: Annotated[str | None, typer.Option("--comment", help="kept in the note")] = None,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Change a vulnerability record. The status moves one step at a time (open, triaged,
+    mitigated, verified, closed) or back to open; verified and closed need an approver."""
+    from robustops.registry.vulnerabilities import update_vulnerability
+
+    with _opened(home, url) as reg:
+        rec = update_vulnerability(
+            reg,
+            resolve_actor(actor),
+            vuln_id,
+            status=status,
+            owner=owner,
+            severity=severity,
+            remediation=remediation,
+            affects=affects or [],
+            comment=comment,
+        )
+    console.print(
+        f"{rec.id}: {rec.status}, {rec.severity}, owner {escape(rec.owner)}; affects "
+        f"{', '.join(rec.affected)}",
+        highlight=False,
+    )
+
+
+@vuln_app.command("replay")
+def vuln_replay(
+    vuln_id: VulnIdArg,
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec", "-s", help="the spec to build model and data from (default: stored)"
+        ),
+    ] = None,
+    on: Annotated[
+        str | None,
+        typer.Option("--on", help="replay on this version (default: where it was found)"),
+    ] = None,
+    record: Annotated[
+        bool, typer.Option("--record", help="keep the outcome as a note of the record")
+    ] = False,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    actor: AsOpt = None,
+) -> None:
+    """Re-run exactly the recorded attack (parameters, threat, seed) on the recorded samples,
+    with the version's weights from the artifact store, and say how many break again."""
+    import tempfile
+
+    from robustops.registry.vulnerabilities import record_replay, replay_inputs
+    from robustops.runner import replay_attack
+
+    with _opened(home, url) as reg:
+        inputs = replay_inputs(reg, vuln_id, on)
+        with tempfile.TemporaryDirectory(prefix="robustops-replay-") as tmp:
+            spec_path = spec
+            if spec_path is None:
+                if inputs.spec_text is None:
+                    raise RobustOpsError(
+                        f"--spec: {inputs.version} was registered without a spec; give one"
+                    )
+                spec_path = Path(tmp) / "spec.yaml"
+                spec_path.write_text(inputs.spec_text, encoding="utf-8")
+            outcome = replay_attack(
+                spec_path,
+                inputs.weights_path,
+                inputs.record.reproduce,
+                weights_sha256=inputs.weights_sha256,
+            )
+        outcome = {"version": inputs.version, **outcome}
+        if record:
+            record_replay(reg, resolve_actor(actor), vuln_id, outcome)
+    if as_json:
+        typer.echo(json.dumps(outcome, indent=2, sort_keys=True))
+        return
+    verdict = "[red]reproduced[/]" if outcome["reproduced"] else "[green]not reproduced[/]"
+    console.print(
+        f"{vuln_id} on {inputs.version}: {outcome['attack']} under {escape(outcome['threat'])} "
+        f"broke {outcome['n_broken']} of {outcome['n_samples']} recorded samples: {verdict}",
+        highlight=False,
+    )
+
+
+@registry_app.command("risk")
+def risk(
+    ref: RefArg,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="md, html or csv")] = "md",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="write here (default: print)")
+    ] = None,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """The risk register of a version: its threat catalog joined with its newest evaluation
+    (residual figures per entry, uncovered entries) and its vulnerabilities not closed."""
+    from robustops.registry.risk import (
+        render_risk_register,
+        risk_register,
+        write_risk_register,
+    )
+
+    with _opened(home, url) as reg:
+        rr = risk_register(reg, ref)
+        if out is None:
+            typer.echo(render_risk_register(rr, fmt), nl=False)
+            return
+        path = write_risk_register(rr, fmt, out)
+    console.print(f"risk register of {rr.version} written to {escape(str(path))}")

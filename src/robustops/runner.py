@@ -62,6 +62,7 @@ __all__ = [
     "load_spec_dataset",
     "model_stage",
     "recipe_label",
+    "replay_attack",
     "save_result",
     "train_spec",
 ]
@@ -910,3 +911,96 @@ def attach_result(
         return reg.version_label(e.version_id) or "?"
     finally:
         reg.close()
+
+
+def replay_attack(
+    spec_path: str | Path,
+    weights_path: str | Path,
+    reproduce: dict[str, Any],
+    *,
+    weights_sha256: str | None = None,
+) -> dict[str, Any]:
+    """Re-run exactly the attack a vulnerability record reproduces (see
+    :func:`robustops.registry.vulnerabilities.findings_from_result`): the spec's model with the
+    weights ``weights_path``, the spec's data (its fingerprint must be the recorded one), the
+    recorded attack built by :func:`robustops.attacks.registry.build_attack` with its recorded
+    parameters and threat, run through the suite (so every success is verified against the
+    threat, and targets are drawn from the recorded seed as in the original run) on the
+    recorded test samples only.
+
+    Returns ``{"attack", "threat", "n_samples", "n_clean_correct", "n_broken",
+    "broken_indices", "not_broken_indices", "reproduced"}``: ``reproduced`` is True when the
+    attack broke every recorded sample again.
+    """
+    from robustops.attacks.registry import build_attack
+    from robustops.config import load_spec
+    from robustops.threats import ThreatModel
+
+    for key in ("attack", "params", "threat", "seed", "indices"):
+        if key not in reproduce:
+            raise SpecError.single("reproduce", f"the record has no {key!r} to replay")
+    if reproduce.get("split", "test") != "test":
+        raise SpecError.single("reproduce.split", "only samples of the test split can be replayed")
+    spec = load_spec(spec_path)
+    weights = Path(weights_path)
+    spec = spec.model_copy(
+        update={
+            "model": spec.model.model_copy(update={"weights": weights, "sha256": weights_sha256})
+        }
+    )
+    data, model, device, _ = _load_for_evaluation(spec)
+    assert spec.evaluation is not None
+    recorded = reproduce.get("data_fingerprint")
+    if recorded is not None and recorded != data.fingerprint:
+        raise SpecError.single(
+            "data",
+            f"the spec's data has fingerprint {data.fingerprint[:12]}…, the vulnerability was "
+            f"found on {str(recorded)[:12]}…; give the spec it was evaluated with (--spec)",
+        )
+    inputs, labels = _test_split(data)
+    indices = [int(i) for i in reproduce["indices"]]
+    bad = [i for i in indices if not 0 <= i < labels.shape[0]]
+    if bad:
+        raise SpecError.single(
+            "reproduce.indices", f"{bad[:5]} are not test samples (the split has {labels.shape[0]})"
+        )
+    threat = ThreatModel.model_validate(reproduce["threat"])
+    attack = build_attack(str(reproduce["attack"]), threat, **dict(reproduce["params"]))
+    chosen: Tensor | list[str]
+    if isinstance(inputs, Tensor):
+        chosen = inputs[torch.tensor(indices, dtype=torch.long)] if indices else inputs[:0]
+    else:
+        chosen = [inputs[i] for i in indices]
+    chosen_labels = labels[torch.tensor(indices, dtype=torch.long)] if indices else labels[:0]
+    options = SuiteOptions(
+        batch_size=spec.evaluation.batch_size,
+        seed=int(reproduce["seed"]),
+        device=device,
+        calibration=False,
+        latency_calls=0,
+        n_examples=0,
+        eot_samples=spec.evaluation.eot_samples,
+    )
+    suite_threat = SuiteThreat(threat, [attack], independent=reproduce.get("independent"))
+    with model_stage("replay"):
+        result = run_suite(
+            model,
+            chosen,
+            chosen_labels,
+            [suite_threat],
+            options,
+            record=SuiteRecord(name="replay", indices=indices),
+        )
+    t = result.threats[0]
+    broken = [indices[p] for p, b in enumerate(t.broken_by) if b is not None]
+    kept = [indices[p] for p, b in enumerate(t.broken_by) if b is None]
+    return {
+        "attack": attack.name,
+        "threat": threat.name,
+        "n_samples": len(indices),
+        "n_clean_correct": sum(result.samples.clean_correct),
+        "n_broken": len(broken),
+        "broken_indices": broken,
+        "not_broken_indices": kept,
+        "reproduced": bool(indices) and len(broken) == len(indices),
+    }

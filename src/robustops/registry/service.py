@@ -495,6 +495,10 @@ class Registry:
                     "failed_rules": failed,
                 },
             )
+            if not g.passed:  # one vulnerability per failed threat (see vulnerabilities.py)
+                from robustops.registry.vulnerabilities import open_from_gate
+
+                open_from_gate(self.store, tx, v, g, res)
             return g
 
     def _version_for_weights(self, s: Session, weights: str, ref: str | None) -> ModelVersion:
