@@ -154,7 +154,7 @@ def reg(tmp_path: Path, trained: Trained) -> Any:
 
 def _gate(reg: Registry, result: Path, policy: Path, actor: str = "eve") -> Any:
     report = evaluate_gate(SuiteResult.load(result), None, load_policy(policy))
-    return reg.record_gate(actor, report.model_dump(mode="json"), result=result, policy=policy)
+    return reg.record_gate(actor, report.model_dump(mode="json"), result=result)
 
 
 def _register_v2(reg: Registry, trained: Trained) -> None:
@@ -362,7 +362,9 @@ def test_lifecycle_moves_one_step_at_a_time_and_refusals_name_the_field(
 def test_an_open_critical_vulnerability_blocks_promotion_until_mitigated(
     reg: Registry, trained: Trained
 ) -> None:
-    reg.set_policy("alice", "digits", "production", trained.lenient)
+    reg.set_policy(
+        "alice", "digits", "production", load_policy(trained.lenient).model_dump(mode="json")
+    )
     assert _gate(reg, trained.result, trained.lenient).passed
     reg.approve("bob", "digits@1", "production")
     # A stricter gate (another policy) fails and opens a critical record for linf.
