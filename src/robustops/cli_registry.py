@@ -539,3 +539,33 @@ def verify_attestation(
         )
     for e in statement.get("predicate", {}).get("evaluations", []):
         console.print(f"  evaluation {e.get('result_sha256')}", highlight=False)
+
+
+@registry_app.command("lineage")
+def lineage_cmd(
+    ref: RefArg,
+    graph: Annotated[
+        Path | None,
+        typer.Option(
+            "--graph",
+            help="write the graph to FILE; its suffix picks the format: .mmd (Mermaid), "
+            ".dot (Graphviz), .png (picture)",
+        ),
+    ] = None,
+    secondary: Annotated[
+        bool,
+        typer.Option("--secondary/--versions-only", help="show evaluations and gate records"),
+    ] = True,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """The lineage graph of a version (ancestors, descendants, their evaluations and gate
+    records): written to --graph FILE, else printed as Mermaid."""
+    from robustops.registry.graph import lineage_graph, to_mermaid, write_graph
+
+    with _opened(home, url) as reg:
+        if graph is None:
+            typer.echo(to_mermaid(lineage_graph(reg, ref, secondary=secondary)), nl=False)
+            return
+        path = write_graph(reg, ref, graph, secondary=secondary)
+    console.print(f"lineage graph of {escape(ref)}: {escape(str(path))}", highlight=False)
