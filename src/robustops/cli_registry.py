@@ -447,13 +447,15 @@ def export_mlflow_cmd(
         f"{escape(ref)} {verb} MLflow {escape(out['registered_model'])} version "
         f"{out['model_version']} (run {out['run_id']})",
         highlight=False,
+        soft_wrap=True,
     )
     if out["aliases"]:
-        console.print(f"  aliases: {', '.join(out['aliases'])}", highlight=False)
+        console.print(f"  aliases: {', '.join(out['aliases'])}", highlight=False, soft_wrap=True)
     if out["skipped_aliases"]:
         console.print(
             f"  not mirrored (reserved in MLflow): {', '.join(out['skipped_aliases'])}",
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -471,7 +473,9 @@ def card(
 
     with _opened(home, url) as reg:
         md, js = write_card(reg, ref, out)
-    console.print(f"model card: {escape(str(md))}, {escape(str(js))}", highlight=False)
+    console.print(
+        f"model card: {escape(str(md))}, {escape(str(js))}", highlight=False, soft_wrap=True
+    )
 
 
 @registry_app.command()
@@ -499,7 +503,7 @@ def attest(
         key_id = reg.store.key.key_id
     atomic_write_text(out, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     what = f"DSSE envelope signed by key {key_id}" if sign else "unsigned in-toto statement"
-    console.print(f"{escape(str(out))}: {what}", highlight=False)
+    console.print(f"{escape(str(out))}: {what}", highlight=False, soft_wrap=True)
 
 
 @registry_app.command("verify-attestation")
@@ -536,9 +540,10 @@ def verify_attestation(
         console.print(
             f"  subject {escape(str(s.get('name')))} sha256 {s.get('digest', {}).get('sha256')}",
             highlight=False,
+            soft_wrap=True,
         )
     for e in statement.get("predicate", {}).get("evaluations", []):
-        console.print(f"  evaluation {e.get('result_sha256')}", highlight=False)
+        console.print(f"  evaluation {e.get('result_sha256')}", highlight=False, soft_wrap=True)
 
 
 @registry_app.command("lineage")
@@ -568,4 +573,6 @@ def lineage_cmd(
             typer.echo(to_mermaid(lineage_graph(reg, ref, secondary=secondary)), nl=False)
             return
         path = write_graph(reg, ref, graph, secondary=secondary)
-    console.print(f"lineage graph of {escape(ref)}: {escape(str(path))}", highlight=False)
+    console.print(
+        f"lineage graph of {escape(ref)}: {escape(str(path))}", highlight=False, soft_wrap=True
+    )
