@@ -46,6 +46,15 @@ BASELINE = ROOT / "baselines" / "mnist.json"
 SPEC = ROOT / "configs" / "mnist.yaml"
 DESCRIPTION = "Digit classifier of the RobustOps demo; research use, not production traffic."
 
+# The training run's sidecar of mnist@1 (what `robustops train` writes beside the weights).
+SIDECAR: dict[str, Any] = {
+    "recipe": "pgd-at",
+    "train": {"epochs": 3, "lr": 0.01},
+    "seed": 7,
+    "data": {"name": "mnist_subset", "fingerprint": "f" * 64, "split_seed": 0},
+    "final": {"val_accuracy": 0.95},
+}
+
 # A small, internally consistent randomized-smoothing certification: 10 samples, 7 certified
 # correct (radii 0.1 … 0.7), 1 abstention, 2 wrong.
 CERTIFICATION: dict[str, Any] = {
@@ -160,7 +169,7 @@ def build_registry(home: Path, work: Path) -> Registry:
     r1 = write_result(w1, work / "r1.json")
     reg.register(
         "bob", "mnist", w1, spec_text=spec_text, catalog=catalog, results=[r1],
-        description=DESCRIPTION,
+        description=DESCRIPTION, sidecar=SIDECAR,
     )  # fmt: skip
     w2 = write_weights(work / "w2.safetensors", 2.0)
     r2 = write_result(w2, work / "r2.json", certification=CERTIFICATION)
@@ -442,6 +451,9 @@ def test_mlflow_reexport_and_next_version(
     mv = client.get_model_version("mnist-digits", other["model_version"])
     assert mv.tags["robustops.gate_passed"] == "false"
     assert mv.tags["robustops.registry_version"] == "mnist@1"
+    params = client.get_run(other["run_id"]).data.params  # from the training sidecar
+    assert params["recipe.recipe"] == "pgd-at" and params["recipe.seed"] == "7"
+    assert params["recipe.train.epochs"] == "3" and params["data.fingerprint"] == "f" * 64
     assert {str(m.version) for m in client.search_model_versions("name='mnist-digits'")} >= {
         out["model_version"],
         other["model_version"],
