@@ -692,3 +692,183 @@ def risk(
             return
         path = write_risk_register(rr, fmt, out)
     console.print(f"risk register of {rr.version} written to {escape(str(path))}")
+
+
+# -- exports: MLflow, model card, in-toto attestation, lineage graph -------------------------
+
+
+@registry_app.command("export-mlflow")
+def export_mlflow_cmd(
+    ref: RefArg,
+    tracking_uri: Annotated[
+        str,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking store, e.g. sqlite:///mlflow.db or http://host:5000 "
+            "(the model registry needs a database-backed store)",
+        ),
+    ],
+    registry_uri: Annotated[
+        str | None, typer.Option("--registry-uri", help="MLflow registry (default: tracking)")
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option("--model-name", help="MLflow registered model (default: the model's name)"),
+    ] = None,
+    experiment: Annotated[str, typer.Option("--experiment")] = "robustops",
+    aliases: Annotated[
+        bool,
+        typer.Option("--aliases/--no-aliases", help="mirror the RobustOps aliases in MLflow"),
+    ] = True,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Write a version into MLflow: a run (params, metrics, tags with every hash and the threat
+    models, artifacts: weights, spec, results, model card, in-toto statement) and a registered
+    model version pointing at its weights (needs the extra robustops[mlflow])."""
+    from robustops.registry.exports import export_mlflow
+
+    with _opened(home, url) as reg:
+        out = export_mlflow(
+            reg,
+            ref,
+            tracking_uri,
+            registered_model_name=model_name,
+            experiment=experiment,
+            registry_uri=registry_uri,
+            mirror_aliases=aliases,
+        )
+    verb = "exported to" if out["created"] else "already exported as"
+    console.print(
+        f"{escape(ref)} {verb} MLflow {escape(out['registered_model'])} version "
+        f"{out['model_version']} (run {out['run_id']})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if out["aliases"]:
+        console.print(f"  aliases: {', '.join(out['aliases'])}", highlight=False, soft_wrap=True)
+    if out["skipped_aliases"]:
+        console.print(
+            f"  not mirrored (reserved in MLflow): {', '.join(out['skipped_aliases'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@registry_app.command()
+def card(
+    ref: RefArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for card.md and card.json")],
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Write the model card of a version (card.md and card.json): intended use, data, threat
+    catalog, clean/robust/calibration/certified figures with Wilson 95% intervals, known
+    vulnerabilities, lineage, gate records."""
+    from robustops.registry.exports import write_card
+
+    with _opened(home, url) as reg:
+        md, js = write_card(reg, ref, out)
+    console.print(
+        f"model card: {escape(str(md))}, {escape(str(js))}", highlight=False, soft_wrap=True
+    )
+
+
+@registry_app.command()
+def attest(
+    ref: RefArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="the attestation file (JSON)")],
+    sign: Annotated[
+        bool,
+        typer.Option(
+            "--sign/--no-sign",
+            help="wrap the statement in a DSSE envelope signed with the registry's audit key",
+        ),
+    ] = True,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Write an in-toto Statement v1 binding the version's weights (subject, sha256) to its
+    evaluation results, gate records, threat catalog and spec hashes; signed (DSSE, Ed25519)
+    by default."""
+    from robustops.io import atomic_write_text
+    from robustops.registry.exports import intoto_statement, sign_statement
+
+    with _opened(home, url) as reg:
+        doc = sign_statement(reg, ref) if sign else intoto_statement(reg, ref)
+        key_id = reg.store.key.key_id
+    atomic_write_text(out, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    what = f"DSSE envelope signed by key {key_id}" if sign else "unsigned in-toto statement"
+    console.print(f"{escape(str(out))}: {what}", highlight=False, soft_wrap=True)
+
+
+@registry_app.command("verify-attestation")
+def verify_attestation(
+    envelope: Annotated[Path, typer.Argument(help="a DSSE envelope written by `attest`")],
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key", help="raw Ed25519 public key, 64 hex digits (default: the audit key)"
+        ),
+    ] = None,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """Check an attestation's signature; print its subject and evaluations. Exit 2 when it
+    does not verify."""
+    from robustops.registry.exports import verify_dsse
+    from robustops.registry.store import RegistryError
+
+    try:
+        doc = json.loads(envelope.read_text(encoding="utf-8"))
+        public = bytes.fromhex(key) if key else None
+    except (OSError, ValueError) as exc:
+        fail(RegistryError(f"attestation: cannot read {envelope}: {exc}"))
+    if public is None:
+        with _opened(home, url) as reg:
+            public = reg.store.key.public_raw
+    try:
+        statement = verify_dsse(doc if isinstance(doc, dict) else {}, public)
+    except RobustOpsError as exc:
+        fail(exc)
+    console.print("[green]signature verifies[/]")
+    for s in statement.get("subject", []):
+        console.print(
+            f"  subject {escape(str(s.get('name')))} sha256 {s.get('digest', {}).get('sha256')}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for e in statement.get("predicate", {}).get("evaluations", []):
+        console.print(f"  evaluation {e.get('result_sha256')}", highlight=False, soft_wrap=True)
+
+
+@registry_app.command("lineage")
+def lineage_cmd(
+    ref: RefArg,
+    graph: Annotated[
+        Path | None,
+        typer.Option(
+            "--graph",
+            help="write the graph to FILE; its suffix picks the format: .mmd (Mermaid), "
+            ".dot (Graphviz), .png (picture)",
+        ),
+    ] = None,
+    secondary: Annotated[
+        bool,
+        typer.Option("--secondary/--versions-only", help="show evaluations and gate records"),
+    ] = True,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+) -> None:
+    """The lineage graph of a version (ancestors, descendants, their evaluations and gate
+    records): written to --graph FILE, else printed as Mermaid."""
+    from robustops.registry.graph import lineage_graph, to_mermaid, write_graph
+
+    with _opened(home, url) as reg:
+        if graph is None:
+            typer.echo(to_mermaid(lineage_graph(reg, ref, secondary=secondary)), nl=False)
+            return
+        path = write_graph(reg, ref, graph, secondary=secondary)
+    console.print(
+        f"lineage graph of {escape(ref)}: {escape(str(path))}", highlight=False, soft_wrap=True
+    )
