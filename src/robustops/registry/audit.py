@@ -395,7 +395,12 @@ class AuditKey:
 
     def sign_hash(self, hash_hex: str) -> str:
         """The hex Ed25519 signature (64 bytes) over the raw bytes of an event hash."""
-        return self._private.sign(bytes.fromhex(hash_hex)).hex()
+        return self.sign(bytes.fromhex(hash_hex)).hex()
+
+    def sign(self, message: bytes) -> bytes:
+        """The raw Ed25519 signature (64 bytes) of ``message`` (e.g. a DSSE envelope's
+        pre-authentication encoding)."""
+        return self._private.sign(message)
 
     def private_pem(self) -> bytes:
         """The private key as an unencrypted PKCS#8 PEM (the key file's content)."""

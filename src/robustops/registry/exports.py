@@ -37,9 +37,7 @@ from typing import Any
 
 import yaml
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 from pydantic import ValidationError
@@ -613,9 +611,7 @@ def dsse_envelope(statement: dict[str, Any], key: AuditKey) -> dict[str, Any]:
     payload of its canonical JSON) with one Ed25519 signature by ``key`` (``keyid``: the key's
     id, the sha256 of its raw public key)."""
     payload = _canonical(statement)
-    private = serialization.load_pem_private_key(key.private_pem(), password=None)
-    assert isinstance(private, Ed25519PrivateKey)
-    sig = private.sign(pae(DSSE_PAYLOAD_TYPE, payload))
+    sig = key.sign(pae(DSSE_PAYLOAD_TYPE, payload))
     return {
         "payloadType": DSSE_PAYLOAD_TYPE,
         "payload": base64.b64encode(payload).decode("ascii"),
