@@ -60,6 +60,8 @@ demo: $(STAMP)
 		--comment "gate passed; reviewed the report"
 	$(REGISTRY) $(BIN)/robustops registry promote mnist-small-cnn@latest production $(ENGINEER)
 	$(REGISTRY) $(BIN)/robustops registry show mnist-small-cnn:production
+	$(REGISTRY) $(BIN)/robustops registry risk mnist-small-cnn:production --format html --out artifacts/risk.html
+	$(REGISTRY) $(BIN)/robustops registry card mnist-small-cnn:production --out artifacts/card
 	$(REGISTRY) $(BIN)/robustops registry audit verify
 	$(BIN)/robustops train --spec configs/sms_spam.yaml
 	$(BIN)/robustops evaluate --spec configs/sms_spam.yaml --out artifacts/sms_spam_result.json
@@ -75,6 +77,7 @@ demo: $(STAMP)
 	@echo "  artifacts/mnist_result.json, artifacts/sms_spam_result.json      results, per-sample outcomes"
 	@echo "  artifacts/gate.xml, artifacts/sms_spam_gate.xml                  gate verdicts as JUnit XML (CI)"
 	@echo "  artifacts/figures/                                               reliability diagrams (PNG)"
+	@echo "  artifacts/risk.html, artifacts/card/                             risk register and model card of the production MNIST model"
 	@echo "  artifacts/registry/   the registry: ROBUSTOPS_REGISTRY=artifacts/registry .venv/bin/robustops registry --help"
 
 lint: $(DEV_STAMP)

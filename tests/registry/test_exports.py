@@ -304,7 +304,7 @@ def test_intoto_statement_binds_the_registry_hashes(built: tuple[Registry, Path]
     assert st["_type"] == STATEMENT_TYPE and st["predicateType"] == PREDICATE_TYPE
     (subject,) = st["subject"]
     assert subject == {
-        "name": "mnist-v2.safetensors",
+        "name": "w2.safetensors",
         "digest": {"sha256": sha256_file(root / "work" / "w2.safetensors")},
     }
     assert subject["digest"]["sha256"] == v.weights_sha256
@@ -416,7 +416,7 @@ def test_mlflow_round_trip(
     arts = {f.path for f in client.list_artifacts(out["run_id"])}
     assert {"weights", "spec", "catalog", "results", "card", "attestation"} <= arts
     weights_dir = Path(client.download_artifacts(out["run_id"], "weights", str(root / "dl")))
-    assert sha256_file(weights_dir / "mnist-v2.safetensors") == v.weights_sha256
+    assert sha256_file(weights_dir / "w2.safetensors") == v.weights_sha256
     results = [f.path for f in client.list_artifacts(out["run_id"], "results")]
     assert results == [f"results/mnist-small-cnn-{v_result(reg)[:12]}.json"]
     card = client.download_artifacts(out["run_id"], "card/card.json", str(root / "dl"))
@@ -501,7 +501,7 @@ def test_cli_card_and_attest(built: tuple[Registry, Path], tmp_path: Path) -> No
     )
     res = runner.invoke(registry_app, ["verify-attestation", str(env_path), "--home", home])
     assert res.exit_code == 0, res.output
-    assert "mnist-v2.safetensors" in res.output
+    assert "w2.safetensors" in res.output
     forged = dict(env, payload=base64.b64encode(b'{"_type": "x"}').decode())
     env_path.write_text(json.dumps(forged))
     res = runner.invoke(registry_app, ["verify-attestation", str(env_path), "--home", home])

@@ -187,8 +187,11 @@ def _gather(reg: Registry, ref: str) -> _Bundle:
 
 
 def weights_filename(v: ModelVersion) -> str:
-    """The file name a version's weights are exported under: ``NAME-vN.safetensors`` (or
-    ``NAME-vN.weights`` when the file is not safetensors, i.e. has no tensor hash)."""
+    """The file name a version's weights are exported under: the name it was registered
+    with, else (registries from before that was recorded) ``NAME-vN.safetensors``, or
+    ``NAME-vN.weights`` when the file is not safetensors (it has no tensor hash)."""
+    if v.weights_name:
+        return v.weights_name
     return f"{v.name}-v{v.version}.{'safetensors' if v.state_sha256 else 'weights'}"
 
 

@@ -21,6 +21,7 @@ _VERSION_FIELDS = (
     "version",
     "weights_sha256",
     "weights_size",
+    "weights_name",
     "state_sha256",
     "spec_sha256",
     "catalog_sha256",

@@ -64,6 +64,7 @@ class ModelVersion(Base):
     version: Mapped[int] = mapped_column(Integer)
     weights_sha256: Mapped[str] = mapped_column(String(HASH), index=True)
     weights_size: Mapped[int] = mapped_column(Integer)
+    weights_name: Mapped[str | None] = mapped_column(String(255))  # file name when registered
     state_sha256: Mapped[str | None] = mapped_column(String(HASH))
     spec_sha256: Mapped[str | None] = mapped_column(String(HASH))
     catalog_sha256: Mapped[str | None] = mapped_column(String(HASH))

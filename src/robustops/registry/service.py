@@ -351,6 +351,7 @@ class Registry:
                 version=number,
                 weights_sha256=sha,
                 weights_size=size,
+                weights_name=path.name,
                 state_sha256=state,
                 spec_sha256=spec_sha,
                 catalog_sha256=catalog_sha,
