@@ -25,10 +25,11 @@ RANK: dict[str, int] = {
     "evaluation": 4,
     "report": 5,
     "registry": 6,  # on results, reports and gate records
+    "serving": 7,  # the guard in front of a model
 }
 # Top-level modules: the foundations anyone may import, and the top that nothing imports.
 FOUNDATION = {"errors", "io", "trust", "_util", "schema", "format", "__init__"}
-TOP = {"config", "gate", "junit", "runner", "cli", "cli_registry", "console", "__main__"}
+TOP = {"config", "gate", "junit", "runner", "serve", "cli", "cli_registry", "cli_serve", "console", "__main__"}
 
 
 def _imports() -> list[tuple[Path, str, str, int]]:

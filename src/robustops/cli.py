@@ -856,13 +856,16 @@ def validate(
     console.print(f"[green]ok[/]: {spec}")
 
 
-def _add_registry() -> None:
+def _add_subcommands() -> None:
     from robustops.cli_registry import registry_app
+    from robustops.cli_serve import keys_app, serve
 
     app.add_typer(registry_app, name="registry")
+    app.command("serve")(serve)
+    app.add_typer(keys_app, name="keys")
 
 
-_add_registry()
+_add_subcommands()
 
 
 def main() -> None:

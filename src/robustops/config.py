@@ -21,6 +21,7 @@ from robustops.evaluation.suite import SuiteThreat
 from robustops.gate import DEFAULT_KEY, GatePolicy, GatePolicyFile
 from robustops.io import load_yaml
 from robustops.schema import StrictModel
+from robustops.serving.config import ServeConfig
 from robustops.threats import ThreatCatalog, ThreatModel, validation_error_to_spec_error
 from robustops.training.recipe import Recipe
 from robustops.trust import REF_PATTERN, check_ref
@@ -435,6 +436,7 @@ class PipelineSpec(StrictModel):
     evaluation: EvaluationSpec | None = None
     gate: GatePolicyFile | None = None
     registry: RegistrySpec | None = None
+    serve: ServeConfig | None = None
 
     def with_tier(self, tier: str) -> PipelineSpec:
         """This spec with the evaluation cut down to budget tier ``tier`` (see :class:`TierSpec`)."""

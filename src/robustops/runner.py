@@ -481,7 +481,7 @@ def _training_stage(checkpoint_dir: Path, model: torch.nn.Module) -> Iterator[No
         raise OutputError("train.checkpoint_dir", checkpoint_dir, reason, kept=fallback) from None
 
 
-def _load_for_evaluation(
+def load_for_evaluation(
     spec: PipelineSpec,
 ) -> tuple[
     Dataset | TextDataset, torch.nn.Module | TorchTextClassifier | HFTextClassifier, str, int
@@ -585,12 +585,12 @@ def evaluate_spec(
             "under torchrun every rank runs one shard (torchrun's --nproc_per_node and --nnodes "
             "set the shards); drop --workers and --ray",
         )
-    data, model, device, n = _load_for_evaluation(spec)
+    data, model, device, n = load_for_evaluation(spec)
     assert spec.evaluation is not None
     ev = spec.evaluation
     with model_stage("evaluation"):
         run_seed = spec.seed if seed is None else seed
-        temperature = _fit_temperature(spec, model, data, n, run_seed, device)
+        temperature = fit_spec_temperature(spec, model, data, n, run_seed, device)
         inputs, labels = _test_split(data)
         options = SuiteOptions(
             batch_size=ev.batch_size,
@@ -729,7 +729,7 @@ def certify_spec(spec: PipelineSpec, *, seed: int | None = None) -> SuiteResult:
     """Only the spec's ``evaluation.certification``: randomized-smoothing certificates of its
     model on the first test samples, in a suite result without threats (clean accuracy and
     calibration of the base model included)."""
-    data, model, device, n = _load_for_evaluation(spec)
+    data, model, device, n = load_for_evaluation(spec)
     assert spec.evaluation is not None
     if spec.evaluation.certification is None:
         raise SpecError.single(
@@ -785,7 +785,7 @@ def _certify(
         raise SpecError([(f"evaluation.certification.{p}", m) for p, m in exc.errors]) from None
 
 
-def _fit_temperature(
+def fit_spec_temperature(
     spec: PipelineSpec,
     model: torch.nn.Module | TextClassifier,
     data: Dataset | TextDataset,
@@ -948,7 +948,7 @@ def replay_attack(
             "model": spec.model.model_copy(update={"weights": weights, "sha256": weights_sha256})
         }
     )
-    data, model, device, _ = _load_for_evaluation(spec)
+    data, model, device, _ = load_for_evaluation(spec)
     assert spec.evaluation is not None
     recorded = reproduce.get("data_fingerprint")
     if recorded is not None and recorded != data.fingerprint:

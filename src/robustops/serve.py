@@ -1,0 +1,145 @@
+"""``robustops serve``: the guard in front of a spec's model, or of a registry alias's version.
+
+Builds the :class:`~robustops.serving.model.ServedModel` from a pipeline spec (its weights, or
+the weights a registry alias points to, checked against their hash), fits what the guard needs
+from the spec's data (the temperature on held-out test samples), and runs uvicorn with
+``workers`` processes. Each worker builds its app from the JSON in ``ROBUSTOPS_SERVE`` through
+:func:`app_from_env` (uvicorn's ``--factory``), so every worker serves the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustops.config import PipelineSpec, load_spec
+from robustops.data import Dataset, TextDataset
+from robustops.errors import SpecError
+from robustops.registry.service import Registry, label
+from robustops.runner import fit_spec_temperature, load_for_evaluation
+from robustops.serving.app import create_app
+from robustops.serving.config import ServeConfig
+from robustops.serving.guard import Guard
+from robustops.serving.keys import KeyStore
+from robustops.serving.limits import Limiter, MemoryLimiter
+from robustops.serving.model import ServedModel, module_logits
+from robustops.tabular.registry import get_schema
+from robustops.text.models import TextClassifier
+
+ENV = "ROBUSTOPS_SERVE"
+
+
+@dataclass(frozen=True)
+class ServeTarget:
+    """What to serve: a spec file, optionally with a registry version (``NAME:ALIAS`` or
+    ``NAME@N``) whose stored weights replace the spec's."""
+
+    spec: str
+    ref: str | None = None
+    registry: str | None = None
+
+
+def _from_registry(spec: PipelineSpec, target: ServeTarget) -> tuple[PipelineSpec, str, str]:
+    """The spec with the registry version's weights (verified), its label and weights hash."""
+    assert target.ref is not None
+    reg = Registry.open(target.registry)
+    try:
+        v = reg.get(target.ref)
+        reg.store.artifacts.verify(v.weights_sha256)
+        path = reg.store.artifacts.path(v.weights_sha256)
+        model = spec.model.model_copy(update={"weights": path, "sha256": v.weights_sha256})
+        return spec.model_copy(update={"model": model}), label(v), v.weights_sha256
+    finally:
+        reg.close()
+
+
+def served_model(target: ServeTarget) -> tuple[ServedModel, ServeConfig, Dataset | TextDataset]:
+    """The model of ``target`` as the guard serves it, its serve settings and its data."""
+    spec = load_spec(target.spec)
+    config = spec.serve or ServeConfig()
+    version, weights_sha = None, spec.model.sha256
+    if target.ref is not None:
+        spec, version, weights_sha = _from_registry(spec, target)
+    data, model, device, n_eval = load_for_evaluation(spec)
+    temperature = 1.0
+    if spec.evaluation is not None and spec.evaluation.calibration.enabled:
+        fit = fit_spec_temperature(spec, model, data, n_eval, spec.seed, device)
+        temperature = fit.temperature if fit is not None else 1.0
+    common: dict[str, Any] = {
+        "name": spec.name,
+        "version": version,
+        "weights_sha256": weights_sha,
+        "num_classes": data.num_classes,
+        "temperature": temperature,
+        "class_names": getattr(data, "classes", None),
+    }
+    if isinstance(data, TextDataset):
+        assert isinstance(model, TextClassifier)
+        return (
+            ServedModel(modality="text", logits=model.predict_logits, **common),
+            config,
+            data,
+        )
+    assert isinstance(model, torch.nn.Module)
+    threats = spec.evaluation.threats if spec.evaluation is not None else []
+    bounds = threats[0].bounds if threats else (0.0, 1.0)
+    if config.schema_name is not None:
+        schema = get_schema(config.schema_name)
+        served = ServedModel(modality="table", logits=module_logits(model), schema=schema, **common)
+    else:
+        served = ServedModel(
+            modality="image",
+            logits=module_logits(model),
+            input_shape=tuple(data.x_test.shape[1:]),
+            bounds=(float(bounds[0]), float(bounds[1])),
+            **common,
+        )
+    return served, config, data
+
+
+def limiter_for(config: ServeConfig) -> Limiter:
+    """The rate limiter the config's state backend gives."""
+    return MemoryLimiter(config.limits.rate_per_second, config.limits.burst)
+
+
+def build_app(target: ServeTarget) -> Any:
+    """The FastAPI app of one worker for ``target``."""
+    served, config, _data = served_model(target)
+    guard = Guard(served, config)
+    keys = KeyStore(Path(config.keys))
+    return create_app(guard, keys, limiter_for(config))
+
+
+def app_from_env() -> Any:
+    """uvicorn factory: the app for the target in ``$ROBUSTOPS_SERVE`` (JSON)."""
+    raw = os.environ.get(ENV)
+    if not raw:
+        raise SpecError.single(ENV, "set by robustops serve; run the guard through it")
+    return build_app(ServeTarget(**json.loads(raw)))
+
+
+def run(target: ServeTarget, *, host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve ``target`` with uvicorn (blocks until stopped)."""
+    import uvicorn
+
+    spec = load_spec(target.spec)
+    config = spec.serve or ServeConfig()
+    os.environ[ENV] = json.dumps(asdict(target))
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    metrics_dir = Path(config.state_dir) / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(dir=metrics_dir))
+    uvicorn.run(
+        "robustops.serve:app_from_env",
+        factory=True,
+        host=host or config.host,
+        port=port if port is not None else config.port,
+        workers=workers or config.workers,
+        log_level="warning",
+    )

@@ -1,0 +1,258 @@
+"""The guard as a FastAPI application.
+
+Request path of ``POST /v1/predict``: body-size cap (413) → API key (401; ``Authorization:
+Bearer KEY`` or ``X-API-Key: KEY``) → the key's rate limit (429 with ``Retry-After``) → the
+worker's concurrency cap (503) → validation (422 naming the field) → the :class:`Guard`
+(detect, predict, abstain) → one JSON log line. ``GET /healthz`` (the process is up),
+``/readyz`` (the model answers), ``/v1/model`` (identity and input contract; any key) and the
+OpenAPI schema at ``/openapi.json``.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from robustops.serving.guard import Guard, Outcome
+from robustops.serving.keys import KeyInfo, KeyStore
+from robustops.serving.limits import Limiter
+from robustops.serving.validation import InvalidRequest
+
+log = logging.getLogger("robustops.guard")
+
+
+def _json_lines_to_stderr() -> None:
+    """Send the request log (already JSON, one object per line) to stderr at INFO, once."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+class PredictRequest(BaseModel):
+    """One of the three fields, matching the served model's modality."""
+
+    inputs: list[Any] | None = Field(
+        default=None, description="images: numbers nested as (N, *input_shape) or input_shape"
+    )
+    texts: list[str] | None = Field(default=None, description="texts: 1 to max_batch strings")
+    rows: list[dict[str, float]] | None = Field(
+        default=None, description="table rows: {feature: value} in raw units"
+    )
+
+
+class PredictionOut(BaseModel):
+    """One input's answer."""
+
+    decision: str = Field(description="predict or abstain")
+    label: int | None
+    class_name: str | None
+    confidence: float = Field(description="temperature-scaled top-class probability")
+    reasons: list[str]
+
+
+class PredictResponse(BaseModel):
+    """The answer to a request."""
+
+    request_id: str
+    model: dict[str, Any]
+    predictions: list[PredictionOut]
+    flagged: bool = Field(description="the attack-in-progress detector flagged this key")
+
+
+class _BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes gets 413 before it is read whole (by its
+    Content-Length, or while it streams)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or {}).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _too_large(scope, receive, send, self.limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(scope, receive, send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    resp = JSONResponse({"detail": f"body larger than {limit} bytes"}, status_code=413)
+    await resp(scope, receive, send)
+
+
+def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
+    """The FastAPI application of one worker (see the module docstring)."""
+    cfg = guard.config
+    _json_lines_to_stderr()
+    app = FastAPI(
+        title="RobustOps guard",
+        version="1",
+        description="A hardened prediction service in front of a classifier.",
+    )
+    app.add_middleware(_BodyLimit, limit=cfg.limits.max_body_bytes)
+    slots = asyncio.Semaphore(cfg.limits.max_concurrency)
+    described = guard.model.describe()
+
+    def client(
+        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: Annotated[str | None, Header()] = None,
+    ) -> KeyInfo:
+        presented = x_api_key
+        if authorization and authorization.lower().startswith("bearer "):
+            presented = authorization[7:].strip()
+        info = keys.verify(presented)
+        if info is None:
+            raise HTTPException(401, "a valid API key is required", {"WWW-Authenticate": "Bearer"})
+        return info
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, Any]:
+        return {"status": "ready", "model": described["version"] or described["name"]}
+
+    @app.get("/v1/model")
+    def model_info(key: Annotated[KeyInfo, Depends(client)]) -> dict[str, Any]:
+        return described
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses={
+            401: {"description": "no valid API key"},
+            403: {"description": "forbidden"},
+            413: {"description": "body too large"},
+            422: {"description": "invalid body; `detail` names each field"},
+            429: {"description": "rate limit exceeded; see Retry-After"},
+            503: {"description": "busy; see Retry-After"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def predict(request: Request, key: Annotated[KeyInfo, Depends(client)]) -> JSONResponse:
+        started = time.perf_counter()
+        rid = uuid.uuid4().hex
+        admitted, retry = limiter.acquire(key.name)
+        if not admitted:
+            _log(rid, key, started, 429, "rate-limited", [], "")
+            return JSONResponse(
+                {"detail": "rate limit exceeded"},
+                status_code=429,
+                headers={"Retry-After": str(max(1, int(retry + 0.999)))},
+            )
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            _log(rid, key, started, 422, "invalid", [], "")
+            return JSONResponse(
+                {"detail": [{"loc": ["body"], "msg": "not valid JSON"}]}, status_code=422
+            )
+        try:
+            batch = guard.parse(body)
+        except InvalidRequest as exc:
+            _log(rid, key, started, 422, "invalid", [], "")
+            return JSONResponse({"detail": exc.errors}, status_code=422)
+        if slots.locked():
+            _log(rid, key, started, 503, "busy", [], "")
+            return JSONResponse({"detail": "busy"}, status_code=503, headers={"Retry-After": "1"})
+        async with slots:
+            outcome: Outcome = await run_in_threadpool(guard.handle, key.name, batch)
+        status, payload = _respond(outcome, rid, described)
+        decision = (
+            "abstain" if any(p.decision == "abstain" for p in outcome.predictions) else ("predict")
+        )
+        _log(
+            rid,
+            key,
+            started,
+            status,
+            decision,
+            outcome.flags,
+            outcome.input_sha256,
+            action=outcome.action,
+            raw=body if cfg.log_inputs else None,
+        )
+        return JSONResponse(payload, status_code=status)
+
+    return app
+
+
+def _respond(outcome: Outcome, rid: str, described: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and body for an outcome: a throttled key gets the same 429 as a rate
+    limit, a blocked one a plain 403; flagged and logged requests get their normal answer."""
+    if outcome.action == "throttle":
+        return 429, {"detail": "rate limit exceeded"}
+    if outcome.action == "block":
+        return 403, {"detail": "forbidden"}
+    return 200, {
+        "request_id": rid,
+        "model": {k: described[k] for k in ("name", "version", "weights_sha256")},
+        "predictions": [p.to_json() for p in outcome.predictions],
+        "flagged": outcome.action == "flag",
+    }
+
+
+def _log(
+    rid: str,
+    key: KeyInfo,
+    started: float,
+    status: int,
+    decision: str,
+    flags: list[str],
+    digest: str,
+    *,
+    action: str = "ok",
+    raw: Any = None,
+) -> None:
+    """One structured JSON line per request (the raw input only when configured)."""
+    record: dict[str, Any] = {
+        "event": "predict",
+        "request_id": rid,
+        "key": key.name,
+        "status": status,
+        "decision": decision,
+        "action": action,
+        "flags": flags,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        "input_sha256": digest,
+    }
+    if raw is not None:
+        record["input"] = raw
+    log.info(json.dumps(record, separators=(",", ":")))

@@ -1,0 +1,97 @@
+"""The guard's settings (the ``serve`` section of a pipeline spec, or a YAML file of its own).
+
+Every limit is per request unless it says otherwise; sizes are bytes, rates requests per second.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from robustops.schema import StrictModel
+
+
+class LimitsConfig(StrictModel):
+    """Body size, per-key rate and global concurrency."""
+
+    max_body_bytes: int = Field(
+        default=2_000_000, ge=1_024, description="a larger body is refused with 413"
+    )
+    max_batch: int = Field(default=64, ge=1, le=4096, description="inputs per request")
+    rate_per_second: float = Field(
+        default=50.0, gt=0, description="each key's token bucket refill rate (requests/s)"
+    )
+    burst: int = Field(default=100, ge=1, description="each key's bucket size (requests)")
+    max_concurrency: int = Field(
+        default=64, ge=1, description="requests in the model at once, per worker; more get 503"
+    )
+
+
+class StateConfig(StrictModel):
+    """Where state shared by the workers lives (rate buckets, detector decisions)."""
+
+    backend: Literal["sqlite", "redis", "memory"] = Field(
+        default="sqlite",
+        description="sqlite: a file every worker opens (default); redis: a Redis server; "
+        "memory: this process only (a single worker)",
+    )
+    path: str | None = Field(default=None, description="sqlite: the state file")
+    redis_url: str | None = Field(default=None, description="redis: e.g. redis://127.0.0.1:6379/0")
+
+    @model_validator(mode="after")
+    def _complete(self) -> StateConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("redis_url is required with backend redis")
+        return self
+
+
+class DetectionConfig(StrictModel):
+    """The stateful attack-in-progress detector, per API key."""
+
+    enabled: bool = True
+    action: Literal["log", "flag", "throttle", "block"] = Field(
+        default="flag",
+        description="what a detection does: log it, flag the response, answer 429, or 403",
+    )
+
+
+class AbstentionConfig(StrictModel):
+    """When the guard answers ``abstain`` instead of a label."""
+
+    enabled: bool = True
+    score: Literal["msp", "energy", "mahalanobis"] = "energy"
+    alpha: float = Field(
+        default=0.01, gt=0.0, lt=0.5, description="target false-abstain rate on clean inputs"
+    )
+    min_confidence: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="abstain below this calibrated confidence"
+    )
+    calibration_samples: int = Field(
+        default=1000, ge=100, description="held-out clean samples the threshold is fitted on"
+    )
+
+
+class ServeConfig(StrictModel):
+    """How ``robustops serve`` runs the guard in front of the model."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    keys: str = Field(default="guard/keys.db", description="the API key file (SQLite)")
+    state_dir: str = Field(
+        default="guard", description="folder for shared state, metrics and fitted detectors"
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    abstention: AbstentionConfig = Field(default_factory=AbstentionConfig)
+    log_inputs: bool = Field(
+        default=False, description="log raw inputs (off: only their sha256 is logged)"
+    )
+    max_text_chars: int = Field(default=10_000, ge=1, le=1_000_000)
+    schema_name: str | None = Field(
+        default=None,
+        alias="schema",
+        description="tabular models: the feature schema rows are validated against (raw units)",
+    )
