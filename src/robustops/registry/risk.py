@@ -223,15 +223,7 @@ def risk_register(reg: Registry, ref: str) -> RiskRegister:
         exercised.update(e.exercised_by)
         entries.append(
             RiskEntry(
-                id=e.id,
-                title=e.title,
-                component=e.component,
-                channel=e.channel,
-                owner=e.owner,
-                likelihood=e.likelihood,
-                impact=e.impact,
-                risk=e.risk,
-                level=e.level,
+                **e.register_fields(),
                 threats=[figures[t] for t in e.exercised_by if t in figures],
                 missing=[t for t in e.exercised_by if t not in figures],
                 vulnerabilities=[

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, computed_field, model_validator
 
@@ -76,6 +76,13 @@ class CatalogEntry(StrictModel):
     def level(self) -> RiskLevel:
         """The risk band (see :func:`risk_level`)."""
         return risk_level(self.risk)
+
+    def register_fields(self) -> dict[str, Any]:
+        """What every risk-register row repeats of its entry: id, title, component, channel,
+        owner, likelihood, impact, risk and level."""
+        return self.model_dump(
+            include={"id", "title", "component", "channel", "owner", "likelihood", "impact"}
+        ) | {"risk": self.risk, "level": self.level}
 
 
 class RiskRow(StrictModel):
@@ -165,15 +172,7 @@ class ThreatCatalog(StrictModel):
             ]
             rows.append(
                 RiskRow(
-                    id=e.id,
-                    title=e.title,
-                    component=e.component,
-                    channel=e.channel,
-                    owner=e.owner,
-                    likelihood=e.likelihood,
-                    impact=e.impact,
-                    risk=e.risk,
-                    level=e.level,
+                    **e.register_fields(),
                     covered=bool(threats),
                     robust_accuracy=min(accs) if accs else None,
                     attack_success_rate=max(rates) if rates else None,
