@@ -600,8 +600,8 @@ class QueryDetector:
         """Compare with every slot of ``st`` (constant work for its capacity), record, decide."""
         cfg = self.config
         st.grow(cfg.history)
+        # held and recent enough (an empty slot's time is -inf)
         live = st.stamp > (now - cfg.max_age if cfg.max_age is not None else -np.inf)
-        live &= st.length > 0  # empty slots (and empty fingerprints) never match
         # fingerprint: shared hashes per slot, against the threshold scaled to the shorter one
         np.bitwise_and(st.sketch, sketch, out=st._and)
         shared = np.bitwise_count(st._and).sum(axis=1, dtype=np.int32)
@@ -609,7 +609,7 @@ class QueryDetector:
         need = np.maximum(
             np.ceil(shorter * (cfg.match_threshold / cfg.fingerprint_size)), 1
         ).astype(np.int32)
-        fp_match = (shared >= need) & live & (length > 0)
+        fp_match = (shared >= need) & live & (st.length > 0) & (length > 0)
         if emb is not None and st.emb is not None:
             emb_match = (st.emb @ emb >= cfg.embedding_threshold) & live
         else:
