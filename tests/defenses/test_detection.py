@@ -345,6 +345,12 @@ def test_text_near_duplicates_match_and_others_do_not(unit: str) -> None:
     ok = [det.observe_text("ham", t, now=float(i)) for i, t in enumerate(others)]
     assert all(d.matches == 0 for d in ok)
     assert det.observe_text("ham", "", now=9.0).matches == 0
+    # an empty text has no fingerprint, but still counts and matches by its embedding
+    emb_det = QueryDetector(secret=0, embedding_dim=2)
+    e = np.array([1.0, 0.0])
+    assert emb_det.observe_text("k", "", embedding=e, now=0.0).matches == 0
+    d = emb_det.observe_text("k", "", embedding=e, now=1.0)
+    assert (d.matches, d.fingerprint_matches, d.embedding_matches, d.held) == (1, 0, 1, 2)
 
 
 # 7. validation and threads ----------------------------------------------------------------
