@@ -1,4 +1,4 @@
-"""Defenses: temperature calibration and randomized smoothing."""
+"""Defenses: temperature calibration, randomized smoothing and attack-in-progress detection."""
 
 from robustops.defenses.calibration import (
     FitOn,
@@ -6,6 +6,15 @@ from robustops.defenses.calibration import (
     TemperatureScaled,
     fit_temperature,
     fit_temperature_on,
+)
+from robustops.defenses.detection import (
+    ACTIONS,
+    Action,
+    Decision,
+    DetectionPolicy,
+    DetectorConfig,
+    Fingerprinter,
+    QueryDetector,
 )
 from robustops.defenses.smoothing import (
     ABSTAIN,
@@ -17,8 +26,15 @@ from robustops.defenses.smoothing import (
 
 __all__ = [
     "ABSTAIN",
+    "ACTIONS",
+    "Action",
     "CertificationResult",
+    "Decision",
+    "DetectionPolicy",
+    "DetectorConfig",
+    "Fingerprinter",
     "FitOn",
+    "QueryDetector",
     "SmoothedClassifier",
     "TemperatureFit",
     "TemperatureScaled",
