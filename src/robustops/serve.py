@@ -25,6 +25,7 @@ from robustops.registry.service import Registry, label
 from robustops.runner import fit_spec_temperature, load_for_evaluation
 from robustops.serving.app import create_app
 from robustops.serving.config import ServeConfig
+from robustops.serving.detection import GuardDetector, detector_secret
 from robustops.serving.guard import Guard
 from robustops.serving.keys import KeyStore
 from robustops.serving.limits import Limiter, MemoryLimiter
@@ -111,7 +112,8 @@ def limiter_for(config: ServeConfig) -> Limiter:
 def build_app(target: ServeTarget) -> Any:
     """The FastAPI app of one worker for ``target``."""
     served, config, _data = served_model(target)
-    guard = Guard(served, config)
+    detector = GuardDetector(config.detection, detector_secret(config.state_dir), served.modality)
+    guard = Guard(served, config, detector=detector)
     keys = KeyStore(Path(config.keys))
     return create_app(guard, keys, limiter_for(config))
 

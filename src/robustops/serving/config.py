@@ -47,13 +47,28 @@ class StateConfig(StrictModel):
 
 
 class DetectionConfig(StrictModel):
-    """The stateful attack-in-progress detector, per API key."""
+    """The stateful attack-in-progress detector, per API key
+    (:class:`robustops.defenses.detection.QueryDetector`): a query that nearly duplicates
+    ``*_at`` or more of the key's recent queries is logged, flagged (``flagged: true`` in the
+    answer), throttled (the same 429 as a rate limit) or blocked (403). ``null`` disables an
+    action. State is per worker process."""
 
     enabled: bool = True
-    action: Literal["log", "flag", "throttle", "block"] = Field(
-        default="flag",
-        description="what a detection does: log it, flag the response, answer 429, or 403",
+    log_at: int | None = Field(default=1, ge=1)
+    flag_at: int | None = Field(default=5, ge=1)
+    throttle_at: int | None = Field(default=12, ge=1)
+    block_at: int | None = Field(default=30, ge=1)
+    hold_seconds: float = Field(
+        default=600.0, ge=0, description="a flagged key stays at least flagged this long"
     )
+    quantization_step: float = Field(
+        default=0.2, gt=0, description="input units per quantization bin before hashing"
+    )
+    window: int = Field(
+        default=20, ge=1, description="values per hashed window of a flattened input (Blacklight)"
+    )
+    history: int = Field(default=128, ge=1, description="recent queries held per key")
+    max_keys: int = Field(default=4096, ge=1, description="keys held at once (LRU beyond)")
 
 
 class AbstentionConfig(StrictModel):
