@@ -1,4 +1,5 @@
-"""Defenses: temperature calibration and randomized smoothing."""
+"""Defenses: temperature calibration, randomized smoothing, and OOD scores with conformal
+abstention."""
 
 from robustops.defenses.calibration import (
     FitOn,
@@ -6,6 +7,21 @@ from robustops.defenses.calibration import (
     TemperatureScaled,
     fit_temperature,
     fit_temperature_on,
+)
+from robustops.defenses.ood import (
+    Abstainer,
+    ConformalThreshold,
+    Decision,
+    DecisionBatch,
+    MahalanobisFit,
+    OODDetector,
+    OODScoreName,
+    conformal_threshold,
+    energy_score,
+    fit_mahalanobis,
+    min_calibration_size,
+    msp_score,
+    ood_auroc,
 )
 from robustops.defenses.smoothing import (
     ABSTAIN,
@@ -17,13 +33,26 @@ from robustops.defenses.smoothing import (
 
 __all__ = [
     "ABSTAIN",
+    "Abstainer",
     "CertificationResult",
+    "ConformalThreshold",
+    "Decision",
+    "DecisionBatch",
     "FitOn",
+    "MahalanobisFit",
+    "OODDetector",
+    "OODScoreName",
     "SmoothedClassifier",
     "TemperatureFit",
     "TemperatureScaled",
     "certify_dataset",
+    "conformal_threshold",
+    "energy_score",
+    "fit_mahalanobis",
     "fit_temperature",
     "fit_temperature_on",
+    "min_calibration_size",
+    "msp_score",
+    "ood_auroc",
     "plot_certified_accuracy",
 ]
