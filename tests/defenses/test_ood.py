@@ -93,6 +93,15 @@ def test_mahalanobis_matches_the_explicit_formula() -> None:
     diff = q[:, None, :] - means[None]
     expected = torch.einsum("nkd,de,nke->nk", diff, torch.linalg.inv(cov), diff).amin(1)
     assert torch.allclose(fit.score(q), expected, rtol=1e-8)
+    assert not fit.relative and fit.background_mean is None
+    # Relative (Ren et al. 2021): minus the distance to one Gaussian on all the features.
+    rel = fit_mahalanobis(x, y, shrinkage=0.0, relative=True)
+    mu0 = x.mean(0)
+    cov0 = (x - mu0).T @ (x - mu0) / n
+    cov0 += 1e-6 * torch.trace(cov0) / d * torch.eye(d, dtype=torch.float64)
+    md0 = torch.einsum("nd,de,ne->n", q - mu0, torch.linalg.inv(cov0), q - mu0)
+    assert rel.relative and torch.equal(rel.means, fit.means)
+    assert torch.allclose(rel.score(q), expected - md0, rtol=1e-8, atol=1e-8)
     # Shrinkage: Ledoit–Wolf picks a weight in [0, 1]; an explicit one out of range is refused.
     assert 0.0 <= fit_mahalanobis(x, y).shrinkage <= 1.0
     with pytest.raises(SpecError, match="shrinkage"):
@@ -244,6 +253,12 @@ def test_mahalanobis_and_energy_separate_obvious_ood(
     assert ood_auroc(m_id, mahalanobis.score(noise)) > 0.95
     assert ood_auroc(m_id, mahalanobis.score(inverted)) > 0.95
     assert ood_auroc(m_id, mahalanobis.score(rotated)) > 0.75
+    relative = OODDetector(tiny_cnn, "relative-mahalanobis")
+    relative.fit(mnist.x_train[::2], mnist.y_train[::2])
+    r_id = relative.score(clean)
+    assert ood_auroc(r_id, relative.score(noise)) > 0.95
+    assert ood_auroc(r_id, relative.score(inverted)) > 0.95
+    assert ood_auroc(r_id, relative.score(rotated)) > 0.75
     energy = OODDetector(tiny_cnn, "energy")
     e_id = energy.score(clean)
     assert ood_auroc(e_id, energy.score(gauss.clamp(0, 1))) > 0.75
@@ -334,10 +349,15 @@ def test_save_load_round_trip_gives_identical_decisions(
 ) -> None:
     cal_x, cal_y = mnist.x_test[:500], mnist.y_test[:500]
     x = torch.cat([mnist.x_test[500:700], _uniform(20), 1.0 - mnist.x_test[700:720]])
-    for name, det in [
-        ("maha", mahalanobis),
-        ("energy", OODDetector(tiny_cnn, "energy", temperature=2.0)),
-    ]:
+    relative = OODDetector(tiny_cnn, "relative-mahalanobis").fit(
+        mnist.x_train[::4], mnist.y_train[::4]
+    )
+    detectors = {
+        "maha": mahalanobis,
+        "relative": relative,
+        "energy": OODDetector(tiny_cnn, "energy", temperature=2.0),
+    }
+    for name, det in detectors.items():
         ab = Abstainer.calibrate(det, cal_x, cal_y, alpha=0.05, min_confidence=0.6)
         path = ab.save(tmp_path / f"{name}.safetensors")
         assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no leftovers
@@ -358,6 +378,8 @@ def test_save_load_round_trip_gives_identical_decisions(
             "mahalanobis.precision",
         }
     assert meta["format"] == "robustops.abstainer/1" and meta["score"] == "mahalanobis"
+    with safe_open(str(tmp_path / "relative.safetensors"), framework="pt") as fh:
+        assert {"mahalanobis.background_mean", "mahalanobis.background_precision"} <= set(fh.keys())
     assert meta["feature_source"] == {"kind": "input_of", "module": "head.3"}
     assert meta["temperature_fit"]["fit_on"] == "clean"
 
