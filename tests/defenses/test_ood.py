@@ -148,6 +148,8 @@ def test_detector_refusals(tiny_cnn: SmallCNN, mnist: Dataset) -> None:
         OODDetector(tiny_cnn, "mahalanobis").score(mnist.x_test[:4])
     with pytest.raises(SpecError, match="layer"):
         OODDetector(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), "mahalanobis")
+    with pytest.raises(SpecError, match="shrinkage"):
+        OODDetector(tiny_cnn, "mahalanobis", shrinkage="auto")  # type: ignore[arg-type]
     # A layer run twice per forward pass gives ambiguous features.
     relu = nn.ReLU()
     twice = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), relu, nn.Linear(16, 16), relu)
@@ -336,6 +338,14 @@ def test_abstainer_refusals(tiny_cnn: SmallCNN, mnist: Dataset, mahalanobis: OOD
         Abstainer.calibrate(OODDetector(tiny_cnn, "mahalanobis"), x, y, alpha=0.1)
     with pytest.raises(SpecError, match="empty"):
         mahalanobis.score(x[:0])
+    # The parts must belong together: a threshold from other scores, a fit of the other kind.
+    ab = Abstainer.calibrate(mahalanobis, x, y, alpha=0.1)
+    with pytest.raises(ValueError, match="does not follow"):
+        Abstainer(mahalanobis, ab.threshold, ab.calibration_scores + 1.0)
+    relative = OODDetector(tiny_cnn, "relative-mahalanobis")
+    relative.mahalanobis = mahalanobis.mahalanobis
+    with pytest.raises(ValueError, match="wrong kind of fit"):
+        relative.score(x)
     # Without labels a given temperature is enough.
     ab = Abstainer.calibrate(OODDetector(tiny_cnn, "msp"), x, alpha=0.1, temperature=1.5)
     assert ab.temperature == 1.5 and ab.temperature_fit is None
@@ -436,7 +446,7 @@ def test_load_refuses_what_does_not_fit(
 
 
 def test_fits_and_scores_are_deterministic(tiny_cnn: SmallCNN, mnist: Dataset) -> None:
-    xf, yf = mnist.x_train[::4], mnist.y_train[::4]  # every class (the split is sorted)
+    xf, yf = mnist.x_train[::8], mnist.y_train[::8]  # every class (the split is sorted)
     one = OODDetector(tiny_cnn, "mahalanobis").fit(xf, yf)
     two = OODDetector(tiny_cnn, "mahalanobis").fit(xf, yf)
     assert one.mahalanobis is not None and two.mahalanobis is not None

@@ -379,7 +379,11 @@ class OODDetector:
             raise SpecError.single("layer", "give a layer or a feature function, not both")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise SpecError.single("batch_size", f"must be an int >= 1, got {batch_size!r}")
-        if shrinkage != "ledoit-wolf" and not 0.0 <= float(shrinkage) <= 1.0:
+        if shrinkage != "ledoit-wolf" and (
+            isinstance(shrinkage, (str, bool))
+            or not isinstance(shrinkage, (int, float))
+            or not 0.0 <= float(shrinkage) <= 1.0
+        ):
             raise SpecError.single(
                 "shrinkage", f"must be in [0, 1] or 'ledoit-wolf', got {shrinkage!r}"
             )
@@ -527,6 +531,8 @@ class OODDetector:
             raise SpecError.single("score", "the Mahalanobis score needs fit() on clean data first")
         if features is None:
             raise ValueError("the Mahalanobis score needs features")
+        if self.mahalanobis.relative != (self.score_name == "relative-mahalanobis"):
+            raise ValueError(f"a {self.score_name!r} detector holds the wrong kind of fit")
         return self.mahalanobis.score(features)
 
     def score(self, inputs: Tensor) -> Tensor:
@@ -740,8 +746,8 @@ class Abstainer:
         if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
             raise SpecError.single("min_confidence", f"must be in [0, 1], got {min_confidence!r}")
         scores = calibration_scores.detach().to("cpu", torch.float64).flatten()
-        if scores.shape[0] != threshold.n_calibration:
-            raise ValueError("calibration_scores do not match the threshold's n_calibration")
+        if conformal_threshold(scores, threshold.alpha) != threshold:
+            raise ValueError("the threshold does not follow from calibration_scores")
         self.detector = detector
         self.threshold = threshold
         self.calibration_scores = torch.sort(scores).values
