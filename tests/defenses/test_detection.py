@@ -19,7 +19,7 @@ from robustops.attacks import Square
 from robustops.data import Dataset
 from robustops.defenses import (
     ACTIONS,
-    Decision,
+    QueryDecision,
     DetectionPolicy,
     DetectorConfig,
     Fingerprinter,
@@ -66,7 +66,7 @@ def embed(tiny_cnn: SmallCNN) -> Embed:
     return f
 
 
-def _feed(det: QueryDetector, key: str, queries: list[Tensor], embed: Embed) -> list[Decision]:
+def _feed(det: QueryDetector, key: str, queries: list[Tensor], embed: Embed) -> list[QueryDecision]:
     """Send ``queries`` in order as ``key``, one second apart, with their embeddings."""
     embs = embed(torch.stack(queries))
     return [det.observe(key, q, embedding=embs[t], now=float(t)) for t, q in enumerate(queries)]
@@ -93,7 +93,7 @@ def _campaign(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float) -> 
     return rec.rows
 
 
-def _first_flag(decisions: list[Decision]) -> int | None:
+def _first_flag(decisions: list[QueryDecision]) -> int | None:
     return next((i + 1 for i, d in enumerate(decisions) if d.severity >= FLAG), None)
 
 
@@ -235,7 +235,7 @@ def test_escalation_is_held_then_released(mnist: Dataset) -> None:
 
 def test_decision_record_is_immutable(mnist: Dataset) -> None:
     d = QueryDetector(secret=0).observe("k", mnist.x_test[0], now=0.0)
-    assert d == Decision("k", "allow", (), 0, 0, 0, 1)
+    assert d == QueryDecision("k", "allow", (), 0, 0, 0, 1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         d.action = "block"  # type: ignore[misc]
 
@@ -285,7 +285,7 @@ def test_decisions_are_deterministic_given_the_secret(embed: Embed, mnist: Datas
 
     embs = embed(torch.stack([x for _, x in stream]))
 
-    def run(secret: int) -> list[Decision]:
+    def run(secret: int) -> list[QueryDecision]:
         det = QueryDetector(DetectorConfig(history=16), secret=secret, embedding_dim=784)
         return [
             det.observe(k, x, embedding=embs[t], now=float(t)) for t, (k, x) in enumerate(stream)
@@ -385,7 +385,7 @@ def test_concurrent_clients_smoke(mnist: Dataset) -> None:
     det = QueryDetector(DetectorConfig(history=256), secret=0, embedding_dim=16)
     emb = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
     errors: list[BaseException] = []
-    seen: list[Decision] = []
+    seen: list[QueryDecision] = []
 
     def client(n: int, detector: QueryDetector, keys: int) -> None:
         try:

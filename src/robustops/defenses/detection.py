@@ -21,7 +21,7 @@ duplicates, with two signals computed on every query:
   perturbation) yet leave the features where they were.
 
 A held query counts as a *match* of the new one when either signal matches; the decision is
-taken on the number of matches (:attr:`Decision.matches`), that is the size of the near-duplicate
+taken on the number of matches (:attr:`QueryDecision.matches`), that is the size of the near-duplicate
 cluster the new query joins within the key's window. This, not "did it match anything", is what
 separates an attack from an honest client that re-sends a document a few times: an attack's
 queries form one cluster that grows by one with every query, a client's re-scans form clusters of
@@ -103,10 +103,10 @@ from robustops.errors import SpecError
 __all__ = [
     "ACTIONS",
     "Action",
-    "Decision",
     "DetectionPolicy",
     "DetectorConfig",
     "Fingerprinter",
+    "QueryDecision",
     "QueryDetector",
 ]
 
@@ -349,7 +349,7 @@ def _as_array(x: Any) -> npt.NDArray[np.float64]:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class QueryDecision:
     """What the detector decided for one query of one key (immutable).
 
     Attributes:
@@ -473,7 +473,7 @@ class QueryDetector:
 
     def observe(
         self, key: str, x: Any, *, embedding: Any = None, now: float | None = None
-    ) -> Decision:
+    ) -> QueryDecision:
         """Score one tensor query ``x`` (one input, any shape, e.g. ``(C, H, W)`` in the
         model's input units; no batch dimension) of ``key``, record it, and decide.
 
@@ -483,7 +483,7 @@ class QueryDetector:
 
     def observe_text(
         self, key: str, text: str, *, embedding: Any = None, now: float | None = None
-    ) -> Decision:
+    ) -> QueryDecision:
         """As :meth:`observe`, for a text query (shingle fingerprints; ``embed`` gets the str)."""
         return self._observe(key, self.fingerprinter.text(text), text, embedding, now)
 
@@ -568,7 +568,9 @@ class QueryDetector:
                 self._states.move_to_end(key)
             return st
 
-    def _observe(self, key: str, fp: U64, x: Any, embedding: Any, now: float | None) -> Decision:
+    def _observe(
+        self, key: str, fp: U64, x: Any, embedding: Any, now: float | None
+    ) -> QueryDecision:
         if not isinstance(key, str):
             raise SpecError.single("key", f"must be a str, got {type(key).__name__}")
         emb = self._embedding(x, embedding)
@@ -596,7 +598,7 @@ class QueryDetector:
         length: int,
         emb: npt.NDArray[np.float32] | None,
         now: float,
-    ) -> Decision:
+    ) -> QueryDecision:
         """Compare with every slot of ``st`` (constant work for its capacity), record, decide."""
         cfg = self.config
         st.grow(cfg.history)
@@ -640,4 +642,4 @@ class QueryDetector:
             ("held", held_level > level),
         )
         reasons = tuple(r for r, on in signals if on)
-        return Decision(key, action, reasons, n_any, n_fp, n_emb, held)
+        return QueryDecision(key, action, reasons, n_any, n_fp, n_emb, held)
