@@ -19,10 +19,10 @@ from robustops.attacks import Square
 from robustops.data import Dataset
 from robustops.defenses import (
     ACTIONS,
-    QueryDecision,
     DetectionPolicy,
     DetectorConfig,
     Fingerprinter,
+    QueryDecision,
     QueryDetector,
 )
 from robustops.models import SmallCNN, small_cnn
