@@ -75,7 +75,10 @@ class AbstentionConfig(StrictModel):
     """When the guard answers ``abstain`` instead of a label."""
 
     enabled: bool = True
-    score: Literal["msp", "energy", "mahalanobis"] = "energy"
+    score: Literal["msp", "energy", "mahalanobis", "relative-mahalanobis"] = Field(
+        default="energy",
+        description="the OOD score (mahalanobis scores need a torch model's features)",
+    )
     alpha: float = Field(
         default=0.01, gt=0.0, lt=0.5, description="target false-abstain rate on clean inputs"
     )
@@ -83,7 +86,13 @@ class AbstentionConfig(StrictModel):
         default=None, gt=0.0, lt=1.0, description="abstain below this calibrated confidence"
     )
     calibration_samples: int = Field(
-        default=1000, ge=100, description="held-out clean samples the threshold is fitted on"
+        default=300,
+        ge=19,
+        description="held-out clean samples (the test split's last ones) the threshold is "
+        "fitted on; at least ⌈(1 − alpha)/alpha⌉",
+    )
+    train_samples: int = Field(
+        default=2000, ge=10, description="training samples a Mahalanobis score is fitted on"
     )
 
 

@@ -105,8 +105,7 @@ class Guard:
     def handle(self, key: str, batch: Batch) -> Outcome:
         """Run one validated batch of ``key``. The model and the detector run whatever the
         detector decides, so a flagged request costs the same time as any other."""
-        logits = self.model.logits(batch.inputs)
-        feats = self.model.features(batch.inputs) if self.model.features is not None else None
+        logits, feats = self.model.outputs(batch.inputs)
         action, flags = "ok", list[str]()
         if self.detector is not None:
             action, flags = self.detector.observe(key, batch, feats)

@@ -25,8 +25,8 @@ class ServedModel:
             or ``table`` (rows of ``schema``'s features in raw units).
         logits: the model: ``(N, *input_shape)`` float tensor (image; table: ``(N, D)`` scaled
             rows) or a list of N texts → ``(N, K)`` logits on the CPU.
-        features: optional penultimate features ``(N, F)`` of the same inputs (anomaly score,
-            detector embedding).
+        features: optional ``inputs → (logits (N, K), features (N, F))`` in one pass, when a
+            feature-based anomaly score needs the model's features.
         num_classes, class_names: the label space.
         temperature: calibrated temperature (confidences are ``softmax(logits / T)``).
     """
@@ -40,10 +40,16 @@ class ServedModel:
     input_shape: tuple[int, ...] | None = None
     bounds: tuple[float, float] = (0.0, 1.0)
     schema: FeatureSchema | None = None
-    features: Callable[[Any], Tensor] | None = None
+    features: Callable[[Any], tuple[Tensor, Tensor | None]] | None = None
     class_names: Sequence[str] | None = None
     temperature: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
+
+    def outputs(self, inputs: Any) -> tuple[Tensor, Tensor | None]:
+        """Logits ``(N, K)`` and, when the model has a feature pass, features ``(N, F)``."""
+        if self.features is not None:
+            return self.features(inputs)
+        return self.logits(inputs), None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready identity and input contract (``GET /v1/model``)."""
