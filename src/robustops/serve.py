@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from robustops.registry.service import Registry, label
 from robustops.runner import fit_spec_temperature, load_for_evaluation
 from robustops.serving.app import create_app
 from robustops.serving.config import ServeConfig
+from robustops.serving.dashboard import DashboardStore
 from robustops.serving.guard import Guard
 from robustops.serving.keys import KeyStore
 from robustops.serving.limits import Limiter, MemoryLimiter
@@ -113,7 +115,8 @@ def build_app(target: ServeTarget) -> Any:
     served, config, _data = served_model(target)
     guard = Guard(served, config)
     keys = KeyStore(Path(config.keys))
-    return create_app(guard, keys, limiter_for(config))
+    store = DashboardStore(Path(config.state_dir) / "dashboard.db")
+    return create_app(guard, keys, limiter_for(config), store=store)
 
 
 def app_from_env() -> Any:
@@ -134,12 +137,22 @@ def run(target: ServeTarget, *, host: str | None, port: int | None, workers: int
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     metrics_dir = Path(config.state_dir) / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(dir=metrics_dir))
-    uvicorn.run(
-        "robustops.serve:app_from_env",
-        factory=True,
-        host=host or config.host,
-        port=port if port is not None else config.port,
-        workers=workers or config.workers,
-        log_level="warning",
-    )
+    # A fresh folder per run: the workers' counters start at zero and a dead run's files never
+    # mix in. Removed when the run ends (unless it was given through the environment).
+    fresh = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        fresh = tempfile.mkdtemp(dir=metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = fresh
+    try:
+        uvicorn.run(
+            "robustops.serve:app_from_env",
+            factory=True,
+            host=host or config.host,
+            port=port if port is not None else config.port,
+            workers=workers or config.workers,
+            log_level="warning",
+        )
+    finally:
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
