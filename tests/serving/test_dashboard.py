@@ -170,3 +170,16 @@ def test_dashboard_data_needs_an_admin_key(server: LiveServer, traffic: dict[str
     assert "default-src 'none'" in CSP and "connect-src 'self'" in CSP
     assert "unsafe-inline" not in CSP and "<script src" not in page.text
     assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_stopped_workers_leave_their_counts_but_not_their_live_gauges(
+    server: LiveServer, traffic: dict[str, int]
+) -> None:
+    # Last in this module: it stops the server. On a clean exit each worker marks itself dead,
+    # which drops its live gauges (workers, in flight, model) and keeps what it counted.
+    folder = server.state_dir / "metrics" / "run"
+    assert len(list(folder.glob("gauge_livesum_*.db"))) == 2
+    server.stop()
+    assert server.proc.returncode == 0, server.log.read_text()[-2000:]
+    assert not list(folder.glob("gauge_live*.db"))
+    assert len(list(folder.glob("counter_*.db"))) >= 1

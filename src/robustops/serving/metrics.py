@@ -25,6 +25,10 @@ before the handler, 401 and 413, count too):
 - ``robustops_guard_workers``: live workers; ``robustops_guard_model_info{name,version,
   weights_sha256}``: 1 for the served model.
 
+``GET /metrics`` needs an ``admin`` key: open counters would tell a client whether its own
+queries were just flagged. Prometheus sends one with its scrape config's ``authorization``
+(``credentials_file`` holding the key; type ``Bearer``).
+
 Key names are not labels (a label per API key multiplies every series by the number of keys);
 per-key figures are in the JSON request log and the dashboard's store of flagged keys.
 Reasons are reduced to a category (``out-of-distribution score 12.3 above …`` → ``ood``) so
