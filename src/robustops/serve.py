@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,13 +19,16 @@ from typing import Any
 
 import torch
 
+from robustops._util import file_sha256
 from robustops.config import PipelineSpec, load_spec
 from robustops.data import Dataset, TextDataset
 from robustops.errors import SpecError
 from robustops.registry.service import Registry, label
 from robustops.runner import fit_spec_temperature, load_for_evaluation
+from robustops.serving.abstention import fit_abstainer
 from robustops.serving.app import create_app
 from robustops.serving.config import ServeConfig
+from robustops.serving.dashboard import DashboardStore
 from robustops.serving.detection import GuardDetector, detector_secret
 from robustops.serving.guard import Guard
 from robustops.serving.keys import KeyStore
@@ -60,14 +64,27 @@ def _from_registry(spec: PipelineSpec, target: ServeTarget) -> tuple[PipelineSpe
         reg.close()
 
 
-def served_model(target: ServeTarget) -> tuple[ServedModel, ServeConfig, Dataset | TextDataset]:
-    """The model of ``target`` as the guard serves it, its serve settings and its data."""
+@dataclass
+class Served:
+    """What :func:`served_model` builds: the served model, the serve settings, the spec's data
+    and, for tensor models, the torch module."""
+
+    model: ServedModel
+    config: ServeConfig
+    data: Dataset | TextDataset
+    module: torch.nn.Module | None
+
+
+def served_model(target: ServeTarget) -> Served:
+    """The model of ``target`` as the guard serves it, with its settings and data."""
     spec = load_spec(target.spec)
     config = spec.serve or ServeConfig()
     version, weights_sha = None, spec.model.sha256
     if target.ref is not None:
         spec, version, weights_sha = _from_registry(spec, target)
     data, model, device, n_eval = load_for_evaluation(spec)
+    if weights_sha is None and spec.model.weights is not None:
+        weights_sha = file_sha256(spec.model.weights)
     temperature = 1.0
     if spec.evaluation is not None and spec.evaluation.calibration.enabled:
         fit = fit_spec_temperature(spec, model, data, n_eval, spec.seed, device)
@@ -82,10 +99,8 @@ def served_model(target: ServeTarget) -> tuple[ServedModel, ServeConfig, Dataset
     }
     if isinstance(data, TextDataset):
         assert isinstance(model, TextClassifier)
-        return (
-            ServedModel(modality="text", logits=model.predict_logits, **common),
-            config,
-            data,
+        return Served(
+            ServedModel(modality="text", logits=model.predict_logits, **common), config, data, None
         )
     assert isinstance(model, torch.nn.Module)
     threats = spec.evaluation.threats if spec.evaluation is not None else []
@@ -101,7 +116,29 @@ def served_model(target: ServeTarget) -> tuple[ServedModel, ServeConfig, Dataset
             bounds=(float(bounds[0]), float(bounds[1])),
             **common,
         )
-    return served, config, data
+    return Served(served, config, data, model)
+
+
+def guard_for(served: Served) -> Guard:
+    """The guard of a served model: its detector and, when enabled, its abstainer fitted on the
+    data (the conformal threshold on the test split's last held-out samples)."""
+    config, data, model = served.config, served.data, served.model
+    detector = None
+    if config.detection.enabled:
+        detector = GuardDetector(
+            config.detection, detector_secret(config.state_dir), model.modality
+        )
+    abstainer = None
+    ab = config.abstention
+    if ab.enabled:
+        if isinstance(data, TextDataset):
+            calibration: Any = list(data.texts_test[-ab.calibration_samples :])
+            train = None
+        else:
+            calibration = data.x_test[-ab.calibration_samples :]
+            train = (data.x_train[: ab.train_samples], data.y_train[: ab.train_samples])
+        abstainer = fit_abstainer(model, ab, calibration, module=served.module, train=train)
+    return Guard(model, config, detector=detector, abstainer=abstainer)
 
 
 def limiter_for(config: ServeConfig) -> Limiter:
@@ -111,11 +148,12 @@ def limiter_for(config: ServeConfig) -> Limiter:
 
 def build_app(target: ServeTarget) -> Any:
     """The FastAPI app of one worker for ``target``."""
-    served, config, _data = served_model(target)
-    detector = GuardDetector(config.detection, detector_secret(config.state_dir), served.modality)
-    guard = Guard(served, config, detector=detector)
+    served = served_model(target)
+    config = served.config
+    guard = guard_for(served)
     keys = KeyStore(Path(config.keys))
-    return create_app(guard, keys, limiter_for(config))
+    store = DashboardStore(Path(config.state_dir) / "dashboard.db")
+    return create_app(guard, keys, limiter_for(config), store=store)
 
 
 def app_from_env() -> Any:
@@ -136,12 +174,22 @@ def run(target: ServeTarget, *, host: str | None, port: int | None, workers: int
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     metrics_dir = Path(config.state_dir) / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(dir=metrics_dir))
-    uvicorn.run(
-        "robustops.serve:app_from_env",
-        factory=True,
-        host=host or config.host,
-        port=port if port is not None else config.port,
-        workers=workers or config.workers,
-        log_level="warning",
-    )
+    # A fresh folder per run: the workers' counters start at zero and a dead run's files never
+    # mix in. Removed when the run ends (unless it was given through the environment).
+    fresh = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        fresh = tempfile.mkdtemp(dir=metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = fresh
+    try:
+        uvicorn.run(
+            "robustops.serve:app_from_env",
+            factory=True,
+            host=host or config.host,
+            port=port if port is not None else config.port,
+            workers=workers or config.workers,
+            log_level="warning",
+        )
+    finally:
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -5,7 +5,10 @@ Bearer KEY`` or ``X-API-Key: KEY``) → the key's rate limit (429 with ``Retry-A
 worker's concurrency cap (503) → validation (422 naming the field) → the :class:`Guard`
 (detect, predict, abstain) → one JSON log line. ``GET /healthz`` (the process is up),
 ``/readyz`` (the model answers), ``/v1/model`` (identity and input contract; any key) and the
-OpenAPI schema at ``/openapi.json``.
+OpenAPI schema at ``/openapi.json``. ``GET /metrics`` (Prometheus text, every worker's counts
+merged) and ``GET /dashboard/data`` need an ``admin`` key (the counters would otherwise tell a
+client whether its queries were flagged); the page ``GET /dashboard`` is open and asks for the
+key (:mod:`robustops.serving.dashboard`).
 """
 
 import asyncio
@@ -16,14 +19,16 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from robustops.serving.dashboard import PAGE, PAGE_HEADERS, DashboardStore, dashboard_data
 from robustops.serving.guard import Guard, Outcome
 from robustops.serving.keys import KeyInfo, KeyStore
 from robustops.serving.limits import Limiter
+from robustops.serving.metrics import GuardMetrics, ObserveMiddleware, note_outcome
 from robustops.serving.validation import InvalidRequest
 
 log = logging.getLogger("robustops.guard")
@@ -111,8 +116,17 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     await resp(scope, receive, send)
 
 
-def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
-    """The FastAPI application of one worker (see the module docstring)."""
+def create_app(
+    guard: Guard,
+    keys: KeyStore,
+    limiter: Limiter,
+    *,
+    metrics: GuardMetrics | None = None,
+    store: DashboardStore | None = None,
+) -> FastAPI:
+    """The FastAPI application of one worker (see the module docstring). ``metrics`` default
+    to this worker's (multiprocess when prometheus-client is in that mode); ``store`` (the
+    dashboard's flagged keys and readings) to one in memory."""
     cfg = guard.config
     _json_lines_to_stderr()
     app = FastAPI(
@@ -123,6 +137,9 @@ def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
     app.add_middleware(_BodyLimit, limit=cfg.limits.max_body_bytes)
     slots = asyncio.Semaphore(cfg.limits.max_concurrency)
     described = guard.model.describe()
+    metrics = metrics if metrics is not None else GuardMetrics(described)
+    store = store if store is not None else DashboardStore()
+    app.add_middleware(ObserveMiddleware, metrics=metrics, sink=store)
 
     def client(
         authorization: Annotated[str | None, Header()] = None,
@@ -135,6 +152,11 @@ def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
         if info is None:
             raise HTTPException(401, "a valid API key is required", {"WWW-Authenticate": "Bearer"})
         return info
+
+    def admin(key: Annotated[KeyInfo, Depends(client)]) -> KeyInfo:
+        if key.role != "admin":
+            raise HTTPException(403, "an admin key is required")
+        return key
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -194,6 +216,7 @@ def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
             return JSONResponse({"detail": "busy"}, status_code=503, headers={"Retry-After": "1"})
         async with slots:
             outcome: Outcome = await run_in_threadpool(guard.handle, key.name, batch)
+        note_outcome(request, key.name, outcome)
         status, payload = _respond(outcome, rid, described)
         decision = (
             "abstain" if any(p.decision == "abstain" for p in outcome.predictions) else ("predict")
@@ -210,6 +233,36 @@ def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
             raw=body if cfg.log_inputs else None,
         )
         return JSONResponse(payload, status_code=status)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+            401: {"description": "no valid API key"},
+            403: {"description": "not an admin key"},
+        },
+    )
+    def prometheus_metrics(key: Annotated[KeyInfo, Depends(admin)]) -> Response:
+        """Prometheus text exposition of the service's metrics (an admin key)."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard_page() -> HTMLResponse:
+        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+
+    @app.get(
+        "/dashboard/data",
+        responses={
+            401: {"description": "no valid API key"},
+            403: {"description": "not an admin key"},
+        },
+    )
+    def dashboard_json(key: Annotated[KeyInfo, Depends(admin)]) -> JSONResponse:
+        """The dashboard's figures, merged over the workers (an admin key)."""
+        headers = {k: v for k, v in PAGE_HEADERS.items() if k != "Content-Security-Policy"}
+        return JSONResponse(dashboard_data(metrics, store), headers=headers)
 
     return app
 
