@@ -53,7 +53,7 @@ from robustops.serving.limits import (
 )
 from robustops.serving.model import ServedModel
 
-from .conftest import BURST, RATE, SPEC, GuardServer, free_port
+from .conftest import BURST, HAVE_PROC, RATE, SPEC, GuardServer, free_port
 
 # --- the bucket step -------------------------------------------------------------------------
 
@@ -354,10 +354,11 @@ def test_burst_of_ten_times_the_limit_admits_exactly_the_limit_per_key(
     for _, status, retry in results:
         if status == 429:
             assert retry is not None and 1 <= int(retry) <= wait
-    # both workers took part (each used CPU during the burst)
+    # both workers took part (each used CPU during the burst; Linux only)
     used = {pid: after[pid] - before.get(pid, 0) for pid in after}
     print(f"{backend}: {len(jobs)} requests in {elapsed:.2f} s; worker CPU ticks {used}")
-    assert len(used) == 2 and all(v > 0 for v in used.values()), used
+    if HAVE_PROC:
+        assert len(used) == 2 and all(v > 0 for v in used.values()), used
 
 
 # --- the concurrency cap when clients hang up ------------------------------------------------

@@ -9,11 +9,14 @@ the tokens it held at time ``stamp``. What differs is where the bucket lives and
 * :class:`SqliteLimiter`: one row per key in an SQLite file that every worker on the host opens;
   each request reads, steps and writes its row in one ``BEGIN IMMEDIATE`` transaction, so the
   workers' steps are serialized and the count is exact. ``now`` is the wall clock
-  (:func:`time.time`), which all processes of a host share.
+  (:func:`time.time`), which all processes of a host share and which, unlike the monotonic
+  clock, still means the same after a reboot (the file outlives the service). The file must be
+  on a local file system (SQLite's locks are not reliable over NFS): one host.
 * :class:`RedisLimiter`: one hash per key in Redis, stepped by one Lua script per request (atomic
   on the server) with the server's clock (``TIME``), so workers on several hosts agree even when
   their own clocks do not. A bucket expires once it would be full again, which is the same as
-  having no bucket.
+  having no bucket. The call blocks the worker's event loop for one round trip (tens of µs on
+  loopback; at most ``timeout``).
 
 Clocks. A bucket's refill is ``max(0, now - stamp) * rate``, capped at ``burst``, and ``stamp``
 becomes ``now``. If the clock steps back, the step refills nothing and the next steps count from
