@@ -32,7 +32,13 @@ from robustops.serving.dashboard import DashboardStore
 from robustops.serving.detection import GuardDetector, detector_secret
 from robustops.serving.guard import Guard
 from robustops.serving.keys import KeyStore
-from robustops.serving.limits import Limiter, MemoryLimiter
+from robustops.serving.limits import (
+    Limiter,
+    LimiterUnavailable,
+    MemoryLimiter,
+    RedisLimiter,
+    SqliteLimiter,
+)
 from robustops.serving.model import ServedModel, module_logits
 from robustops.tabular.registry import get_schema
 from robustops.text.models import TextClassifier
@@ -141,9 +147,44 @@ def guard_for(served: Served) -> Guard:
     return Guard(model, config, detector=detector, abstainer=abstainer)
 
 
-def limiter_for(config: ServeConfig) -> Limiter:
-    """The rate limiter the config's state backend gives."""
-    return MemoryLimiter(config.limits.rate_per_second, config.limits.burst)
+def state_path(config: ServeConfig) -> Path:
+    """The SQLite state file: ``serve.state.path``, or ``<state_dir>/state.db``."""
+    return Path(config.state.path or Path(config.state_dir) / "state.db")
+
+
+def limiter_for(config: ServeConfig, workers: int | None = None) -> Limiter:
+    """The rate limiter of the config's state backend (``serve.state.backend``), for a service
+    of ``workers`` processes (default ``serve.workers``): buckets in the SQLite state file
+    (default), in Redis, or, for a single worker only, in the process."""
+    rate, burst = config.limits.rate_per_second, config.limits.burst
+    n = workers or config.workers
+    backend = config.state.backend
+    if backend == "memory":
+        if n > 1:
+            raise SpecError.single(
+                "serve.state.backend",
+                f"memory keeps a bucket per worker, so {n} workers would admit {n} times the "
+                "limit; use sqlite (the default: a file the workers share) or redis, or 1 worker",
+            )
+        return MemoryLimiter(rate, burst)
+    if backend == "redis":
+        assert config.state.redis_url is not None  # StateConfig requires it
+        return RedisLimiter(config.state.redis_url, rate, burst)
+    return SqliteLimiter(state_path(config), rate, burst)
+
+
+def prepare_state(config: ServeConfig, workers: int) -> None:
+    """Check the shared state before the workers start: refuse the memory backend with several
+    workers, make (or replace a damaged) SQLite state file, make sure Redis answers."""
+    if config.state.backend == "sqlite":
+        SqliteLimiter.prepare(state_path(config))
+        return
+    limiter = limiter_for(config, workers)
+    if isinstance(limiter, RedisLimiter):
+        try:
+            limiter.ping()
+        except LimiterUnavailable as exc:
+            raise SpecError.single("serve.state.redis_url", f"does not answer: {exc}") from None
 
 
 def build_app(target: ServeTarget) -> Any:
@@ -180,13 +221,15 @@ def run(target: ServeTarget, *, host: str | None, port: int | None, workers: int
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         fresh = tempfile.mkdtemp(dir=metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = fresh
+    n_workers = workers or config.workers
+    prepare_state(config, n_workers)
     try:
         uvicorn.run(
             "robustops.serve:app_from_env",
             factory=True,
             host=host or config.host,
             port=port if port is not None else config.port,
-            workers=workers or config.workers,
+            workers=n_workers,
             log_level="warning",
         )
     finally:

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from robustops.serving.dashboard import PAGE, PAGE_HEADERS, DashboardStore, dashboard_data
 from robustops.serving.guard import Guard, Outcome
 from robustops.serving.keys import KeyInfo, KeyStore
-from robustops.serving.limits import Limiter
+from robustops.serving.limits import Limiter, LimiterUnavailable
 from robustops.serving.metrics import GuardMetrics, ObserveMiddleware, note_outcome
 from robustops.serving.validation import InvalidRequest
 
@@ -191,7 +191,11 @@ def create_app(
     async def predict(request: Request, key: Annotated[KeyInfo, Depends(client)]) -> JSONResponse:
         started = time.perf_counter()
         rid = uuid.uuid4().hex
-        admitted, retry = limiter.acquire(key.name)
+        try:
+            admitted, retry = limiter.acquire(key.name)
+        except LimiterUnavailable:  # fail closed: no shared state, no admission
+            _log(rid, key, started, 503, "limiter-unavailable", [], "")
+            return JSONResponse({"detail": "busy"}, status_code=503, headers={"Retry-After": "1"})
         if not admitted:
             _log(rid, key, started, 429, "rate-limited", [], "")
             return JSONResponse(
@@ -214,8 +218,13 @@ def create_app(
         if slots.locked():
             _log(rid, key, started, 503, "busy", [], "")
             return JSONResponse({"detail": "busy"}, status_code=503, headers={"Retry-After": "1"})
-        async with slots:
-            outcome: Outcome = await run_in_threadpool(guard.handle, key.name, batch)
+        # The slot is held until the model is done, even if this handler is cancelled first
+        # (a client hanging up can cancel it): the work runs as its own task that gives the
+        # slot back when it ends, and the handler only waits for it (shielded).
+        await slots.acquire()  # a free slot: returns at once
+        work = asyncio.ensure_future(run_in_threadpool(guard.handle, key.name, batch))
+        work.add_done_callback(lambda task: _release(slots, task))
+        outcome: Outcome = await asyncio.shield(work)
         note_outcome(request, key.name, outcome)
         status, payload = _respond(outcome, rid, described)
         decision = (
@@ -265,6 +274,14 @@ def create_app(
         return JSONResponse(dashboard_data(metrics, store), headers=headers)
 
     return app
+
+
+def _release(slots: asyncio.Semaphore, task: asyncio.Future[Any]) -> None:
+    """Give a concurrency slot back when the model work of a request ends (its result or
+    error is then collected, so an abandoned request does not log a never-retrieved error)."""
+    slots.release()
+    if not task.cancelled():
+        task.exception()
 
 
 def _respond(outcome: Outcome, rid: str, described: dict[str, Any]) -> tuple[int, dict[str, Any]]:
