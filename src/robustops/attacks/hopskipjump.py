@@ -432,6 +432,8 @@ class _Run:
             evals = gradient_samples(t, attack.init_evals, attack.max_evals)
             counts = torch.clamp(oracle.remaining(idx) - 1, max=evals)
             grad = self._gradient(idx, counts, delta, rnd)
+            keep = ~self.done[idx]  # an adversarial probe within ε ends a sample too
+            idx, grad = idx[keep], grad[keep]
             update = grad.sign() if self.threat.norm == "linf" else grad
             stepped = self._step(idx, update, self.dist[idx] / math.sqrt(t))
             self.dist_post[idx] = attack._dist(stepped, x[idx]).to(torch.float64)
@@ -468,7 +470,9 @@ class _Run:
             dl = delta[pos].to(x.dtype).view(-1, *[1] * len(shape))
             points = (center + dl * torch.cat(dirs)).clamp(low, high)
             r_eff = (points - center) / dl
-            sign = 2 * self.goal(self.oracle.ask(points, owners), owners).to(x.dtype) - 1
+            hit = self.goal(self.oracle.ask(points, owners), owners)
+            self._keep_closest(sub, rows, points, hit)
+            sign = 2 * hit.to(x.dtype) - 1
             for j, chunk_sign, chunk_r in zip(
                 group.tolist(),
                 sign.split_with_sizes(rows),
@@ -485,6 +489,20 @@ class _Run:
                     g = (w * chunk_r).mean(dim=0)
                 out[j] = g / g.norm().clamp_min(1e-12)
         return out
+
+    def _keep_closest(self, idx: Tensor, rows: list[int], points: Tensor, hit: Tensor) -> None:
+        """Record, per sample ``idx``, the closest of its ``rows[i]`` consecutive ``points``
+        labelled adversarial (``hit``): a probe paid for like any query."""
+        owners = torch.repeat_interleave(idx, torch.tensor(rows, device=idx.device))
+        dist = self.attack._dist(points, self.x[owners]).to(torch.float64)
+        dist = torch.where(hit, dist, torch.full_like(dist, math.inf))
+        starts = torch.tensor([0, *rows[:-1]], device=idx.device).cumsum(0)
+        pick = []
+        for start, chunk in zip(starts.tolist(), dist.split_with_sizes(rows), strict=True):
+            pick.append(start + int(chunk.argmin()))
+        chosen = torch.tensor(pick, dtype=torch.int64, device=idx.device)
+        found = hit[chosen]
+        self._keep_best(idx[found], points[chosen[found]])
 
     def _groups(self, counts: Tensor) -> Iterator[Tensor]:
         """Positions into ``counts`` in groups of at most ``batch_size`` points (a single sample
