@@ -119,7 +119,10 @@ class HopSkipJump(Attack):
     A sample leaves the batch when its query budget is spent or, with ``early_stop``, as soon as
     an adversarial point within the threat's ε is found; samples run in lock-step, each on its
     own random draws (:meth:`Attack._randomness`), so a sample's result does not depend on the
-    batch it comes in.
+    batch it comes in. (Up to the model: a batched forward pass may round a row differently
+    with other rows beside it, which can flip a label at a point within rounding distance of
+    the boundary, where the L∞ search, ``theta = 1/d²``, does probe. ``batch_size=1`` rules
+    that out, at the cost of one forward pass per point.)
 
     Args:
         threat: norm (``"l2"`` or ``"linf"``), epsilon, bounds, goal and, optionally, the
