@@ -99,11 +99,12 @@ def stub_model(version: str = "tiny@3") -> ServedModel:
     """A random tiny MLP on ``DIM`` inputs in [0, 1]; its "features" are the inputs."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(DIM, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    logits = module_logits(net)
     return ServedModel(
         name="tiny",
         modality="image",
-        logits=module_logits(net),
-        features=lambda x: x.reshape(x.shape[0], -1).float(),
+        logits=logits,
+        features=lambda x: (logits(x), x.reshape(x.shape[0], -1).float()),
         num_classes=3,
         version=version,
         weights_sha256="ab" * 32,

@@ -1,8 +1,8 @@
 """The attack library, every modality under one contract (:class:`Attack`), reachable by name.
 
-Tensor attacks for images and scaled rows (FGSM, PGD, APGD, Square, uniform noise), image
-attacks for the patch, spatial and corruption threats, the schema-aware tabular attacks
-(:mod:`robustops.attacks.tabular`) and the text attacks (:mod:`robustops.attacks.text`).
+Tensor attacks for images and scaled rows (FGSM, PGD, APGD, Square, HopSkipJump, uniform
+noise), image attacks for the patch, spatial and corruption threats, the schema-aware tabular
+attacks (:mod:`robustops.attacks.tabular`) and the text attacks (:mod:`robustops.attacks.text`).
 Third-party attacks join the registry through the ``robustops.attacks`` entry-point group.
 """
 
@@ -29,6 +29,7 @@ from robustops.attacks.corruptions import (
     corrupt,
 )
 from robustops.attacks.fgsm import FGSM
+from robustops.attacks.hopskipjump import HopSkipJump
 from robustops.attacks.noise import UniformNoise
 from robustops.attacks.patch import AdversarialPatch, Occlusion, patch_side
 from robustops.attacks.pgd import PGD
@@ -61,6 +62,7 @@ __all__ = [
     "Elastic",
     "FeatureMasking",
     "GaussianNoise",
+    "HopSkipJump",
     "Jpeg",
     "ModelFn",
     "Occlusion",
