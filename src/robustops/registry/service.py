@@ -34,6 +34,7 @@ from robustops.registry.models import (
     Approval,
     AuditEventRow,
     AuditKeyRow,
+    ChainHead,
     Evaluation,
     GateRecord,
     ModelVersion,
@@ -781,9 +782,19 @@ class Registry:
         full: bool = False,
         expect_head: tuple[int, str] | None = None,
     ) -> AuditVerdict:
-        """Check the whole audit chain (see :func:`robustops.registry.audit.verify_chain`)."""
+        """Check the whole audit chain (see :func:`robustops.registry.audit.verify_chain`).
+        Without ``expect_head``, the chain must still hold the head that the ``chain_head`` row
+        records, so deleting the newest events is detected unless that row was rewound too."""
         with self.store.read() as s:
             keys = {k.key_id: bytes.fromhex(k.public_key) for k in s.scalars(select(AuditKeyRow))}
+            head = s.get(ChainHead, 1)
+            if (
+                expect_head is None
+                and head is not None
+                and head.seq > 0
+                and re.fullmatch("[0-9a-f]{64}", head.hash)
+            ):
+                expect_head = (head.seq, head.hash)
         return verify_chain(
             self.audit_events(), keys, pinned=pinned, full=full, expect_head=expect_head
         )
