@@ -9,12 +9,14 @@ alias points to now).
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import os
 import re
 import subprocess
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,13 @@ def resolve_actor(flag: str | None = None) -> str:
     Identity is asserted, as a git author is; the registry records it on every event."""
     name = flag or os.environ.get(ENV_PRINCIPAL) or getpass.getuser()
     return _check_name(name, "principal")
+
+
+@functools.cache
+def _environment() -> dict[str, str]:
+    """:func:`robustops._util.environment`, read once per process (its package-metadata
+    lookups took ~40 ms, as long as hashing 50 MB, on every register)."""
+    return environment()
 
 
 def _check_name(name: str, what: str) -> str:
@@ -311,10 +320,14 @@ class Registry:
             if parent is not None:
                 self.version_in(s, parent)
         loaded = [(Path(r), SuiteResult.load(r)) for r in results]
-        sha, size = self.store.artifacts.put_file(path, expected_sha256)
+        # The tensor-content hash reads the file while it is copied into the store: both hash
+        # in C without the GIL, so on two cores the two passes cost about one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            state_hash = pool.submit(tensor_sha256, path)
+            sha, size = self.store.artifacts.put_file(path, expected_sha256)
+            state = state_hash.result()
         for rpath, res in loaded:
             _check_result_weights(res, sha, str(rpath))
-        state = tensor_sha256(path)
         side = sidecar or {}
         if side.get("state_sha256") and state and side["state_sha256"] != state:
             raise RegistryError(
@@ -357,7 +370,7 @@ class Registry:
                 metrics=_training_metrics(side),
                 parent_id=parent_row.id if parent_row else None,
                 robustops_version=__version__,
-                environment=side.get("environment") or environment(),
+                environment=side.get("environment") or dict(_environment()),
                 git_commit=commit,
                 description=description,
                 registered_by=actor,
