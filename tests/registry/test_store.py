@@ -525,6 +525,10 @@ def test_cli_weights_hash_mismatch_and_altered_artifact(cli_reg: Populated) -> N
     assert r.exit_code == 2 and "does not match its sha256 (altered)" in " ".join(r.output.split())
     assert dump(pop.reg) == before
     assert pop.reg.get("m:production").version == 1
-    # The same weights file as m@3 registered again restores a whole copy of the artifact.
-    src = pop.files / "w3.safetensors"
-    assert hashlib.sha256(src.read_bytes()).hexdigest() == pop.reg.get("m@3").weights_sha256
+    # Registering the same weights file again restores a whole copy of the artifact.
+    r = cli("registry", "register", MODEL, pop.files / "w3.safetensors", *h, "--as", ENG)
+    assert r.exit_code == 0, r.output
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == pop.reg.get("m@3").weights_sha256
+    r = cli("registry", "promote", "m@3", "production", *h, "--as", ENG)
+    assert r.exit_code == 0, r.output
+    check_consistent(pop.reg)
