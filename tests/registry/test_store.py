@@ -38,6 +38,7 @@ from .conftest import (
     check_consistent,
     dump,
     file_sha256,
+    gate_report,
     populate,
     record_gate,
     write_result,
@@ -106,7 +107,15 @@ def test_roles_are_enforced(pop: Populated) -> None:
     pop.ready(1, approve=False)
     refused(pop, "'eng2' is engineer; this needs approver", reg.approve, ENG2, "m@1")
     refused(pop, "'view' is viewer", reg.approve, VIEW, "m@1")
-    refused(pop, "needs admin", reg.set_policy, APPR, MODEL, "staging", pop.policy)
+    other_policy = pop.files / "other-policy.yaml"
+    other_policy.write_text("min_clean_accuracy: 0.9\n")
+    refused(pop, "needs admin", reg.set_policy, APPR, MODEL, "staging", other_policy)
+    result = write_result(pop.files / "by-viewer.json", reg.get("m@1").weights_sha256)
+    report = gate_report(result, pop.policy)
+    refused(
+        pop, "'view' is viewer", reg.record_gate, VIEW, report, result=result, policy=pop.policy
+    )
+    refused(pop, "'view' is viewer", reg.attach_evaluation, VIEW, "m@1", result)
     refused(pop, "needs admin", reg.move_alias, APPR, "m@1", "production", break_glass="urgent")
     refused(pop, "'view' is viewer", reg.move_alias, VIEW, "m@1", "staging")
     # Four eyes: whoever registered a version cannot approve it, even an approver or an admin.

@@ -459,6 +459,8 @@ class Registry:
             raise RegistryError(f"result: {result} records no weights_sha256; cannot tie a gate")
         if (report.get("new") or {}).get("model_sha256") not in (None, weights):
             raise RegistryError("gate report: it is about other weights than the result given")
+        with self.store.read() as s:  # refuse before copying anything into the store
+            self._require(s, actor, "engineer")
         rsha, _ = self.store.artifacts.put_file(result)
         psha, _ = self.store.artifacts.put_file(policy)
         bsha = self.store.artifacts.put_file(baseline)[0] if baseline else None
@@ -521,6 +523,8 @@ class Registry:
         then on moving the alias needs a passed gate record under exactly this file."""
         _check_name(model, "model")
         _check_alias(alias)
+        with self.store.read() as s:  # refuse before copying anything into the store
+            self._require(s, actor, "admin")
         psha, _ = self.store.artifacts.put_file(policy)
         with self.store.write(actor) as tx:
             s = tx.session
