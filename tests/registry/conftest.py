@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 
 from robustops.evaluation import SamplesRecord, SuiteResult
 from robustops.gate import evaluate_gate, load_policy
+from robustops.registry.lineage import lineage
 from robustops.registry.models import (
     Alias,
     AliasEvent,
@@ -390,21 +391,38 @@ def concurrent_promotions(ctx: Any, pop: Populated, url: str | None, n_procs: in
     assert now["audit_events"][: len(snap["audit_events"])] == snap["audit_events"]
 
 
+def _finish_latest(reg: Registry, folder: Path, policy: Path) -> None:
+    """Take ``m@latest`` the rest of the way to production (gate, approval, promotion), as a
+    retrying operator would after a crash: every worker first finishes what the killed one
+    left, so the registry progresses however short the time between kills."""
+    v = reg.get(f"{MODEL}@latest")
+    info = lineage(reg, f"{MODEL}@{v.version}")
+    if not any(g["passed"] and g["policy_sha256"] == file_sha256(policy) for g in info["gates"]):
+        result = write_result(folder / f"r-{v.weights_sha256[:16]}.json", v.weights_sha256)
+        reg.record_gate(ENG, gate_report(result, policy), result=result, policy=policy)
+    if not any(a["alias"] == "production" for a in info["approvals"]):
+        reg.approve(APPR, f"{MODEL}@{v.version}")
+    if "production" not in info["aliases"]:
+        reg.move_alias(ENG, f"{MODEL}@{v.version}", "production")
+
+
 def kill_worker(home: str, files: str, seed: int, ready: Any) -> None:
-    """Loop register (with a result and a spec) → gate → approve → promote, with a rollback
-    every third round, until killed. Each round writes fresh 256 KiB weights, so kills land in
-    the middle of artifact copies as well as in database transactions."""
+    """Finish the latest version's way to production, then loop: register (with a result and
+    a spec) → gate → approve → promote, with a rollback every third round, until killed. Each
+    round writes fresh 256 KiB weights, so kills land in the middle of artifact copies as well
+    as in database transactions."""
     try:
         reg = Registry.open(home)
         folder = Path(files)
         policy = folder / "policy.yaml"
         ready.set()
+        _finish_latest(reg, folder, policy)
         for i in range(10**6):
             w = write_weights(
                 folder / f"k{seed}-{i}.safetensors", 1_000_000 + seed * 1000 + i, numel=65536
             )
             sha = hashlib.sha256(w.read_bytes()).hexdigest()
-            result = write_result(folder / f"k{seed}-{i}.json", sha)
+            result = write_result(folder / f"r-{sha[:16]}.json", sha)
             v = reg.register(ENG, MODEL, w, results=[result], spec_text=f"spec {seed} {i}\n")
             w.unlink()
             reg.record_gate(ENG, gate_report(result, policy), result=result, policy=policy)

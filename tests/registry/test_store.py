@@ -485,7 +485,7 @@ BAD_INPUT = {
     ),
     "approval by the registrant": (["registry", "approve", "m@3", "--as", APPR], "four eyes"),
     "approval by an engineer": (["registry", "approve", "m@3", "--as", ENG], "needs approver"),
-    "role": (
+    "break-glass by a non-admin": (
         ["registry", "promote", "m@3", "production", "--break-glass", "x", "--as", ENG],
         "needs admin",
     ),
