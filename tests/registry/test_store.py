@@ -541,3 +541,24 @@ def test_cli_weights_hash_mismatch_and_altered_artifact(cli_reg: Populated) -> N
     r = cli("registry", "promote", "m@3", "production", *h, "--as", ENG)
     assert r.exit_code == 0, r.output
     check_consistent(pop.reg)
+
+
+def test_a_clock_that_steps_back_does_not_reorder_history(
+    pop: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts writing to one database with clocks 5 s apart (or NTP stepping a clock back):
+    the later move must still be the newest in history and at every later time."""
+    from robustops.registry import store
+
+    reg = pop.reg
+    pop.ready(1)
+    pop.ready(2)
+    first = reg.move_alias(ENG, "m@1", "production")
+    monkeypatch.setattr(store, "utc_now", lambda: _shift(first.at, -5_000_000))
+    second = reg.move_alias(ENG, "m@2", "production")
+    monkeypatch.undo()
+    assert second.at >= first.at
+    assert [e.id for e in reg.history(MODEL, "production")] == [second.id, first.id]
+    assert reg.alias_at(MODEL, "production", second.at).version == 2  # type: ignore[union-attr]
+    assert reg.get("m:production").version == 2
+    check_consistent(reg)
