@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -320,14 +319,10 @@ class Registry:
             if parent is not None:
                 self.version_in(s, parent)
         loaded = [(Path(r), SuiteResult.load(r)) for r in results]
-        # The tensor-content hash reads the file while it is copied into the store: both hash
-        # in C without the GIL, so on two cores the two passes cost about one.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            state_hash = pool.submit(tensor_sha256, path)
-            sha, size = self.store.artifacts.put_file(path, expected_sha256)
-            state = state_hash.result()
+        sha, size = self.store.artifacts.put_file(path, expected_sha256)
         for rpath, res in loaded:
             _check_result_weights(res, sha, str(rpath))
+        state = tensor_sha256(path)
         side = sidecar or {}
         if side.get("state_sha256") and state and side["state_sha256"] != state:
             raise RegistryError(
