@@ -96,6 +96,7 @@ test-slow: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/attack_speed.py
 	$(BIN)/python benchmarks/training.py --epochs 6
+	$(BIN)/python benchmarks/registry.py
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache

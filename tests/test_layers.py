@@ -29,7 +29,18 @@ RANK: dict[str, int] = {
 }
 # Top-level modules: the foundations anyone may import, and the top that nothing imports.
 FOUNDATION = {"errors", "io", "trust", "_util", "schema", "format", "__init__"}
-TOP = {"config", "gate", "junit", "runner", "serve", "cli", "cli_registry", "cli_serve", "console", "__main__"}
+TOP = {
+    "config",
+    "gate",
+    "junit",
+    "runner",
+    "serve",
+    "cli",
+    "cli_registry",
+    "cli_serve",
+    "console",
+    "__main__",
+}
 
 
 def _imports() -> list[tuple[Path, str, str, int]]:

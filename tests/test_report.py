@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from real_components import chromium
 from robustops import ThreatModel
 from robustops.attacks import build_attack
 from robustops.cli import app
@@ -212,16 +212,8 @@ def test_html_sections_follow_the_result(result: SuiteResult) -> None:
     assert 'id="certification"' in page and 'id="curves"' not in page
 
 
-def _chromium() -> str | None:
-    if Path("/usr/bin/chromium").exists():
-        return "/usr/bin/chromium"
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_headless_chromium_renders_without_console_errors(page: str, tmp_path: Path) -> None:
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium not installed: apt-get install chromium to run this test")
+    browser = chromium()
     path = tmp_path / "report.html"
     path.write_text(page, encoding="utf-8")
     cmd = [

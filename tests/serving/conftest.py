@@ -28,6 +28,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from real_components import missing_component
 from robustops.cli import app as cli
 from robustops.serving.keys import KeyStore
 from spec_helpers import write_spec
@@ -290,7 +291,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throw-away ``redis-server`` on a free port (no persistence), stopped at the end."""
     exe = shutil.which("redis-server")
     if exe is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+        missing_component("redis-server is not installed (Debian: apt-get install redis-server)")
     root = tmp_path_factory.mktemp("redis")
     port = free_port()
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
@@ -332,14 +333,17 @@ SERVERS: dict[str, dict[str, Any]] = {
             "max_batch": 16,
         },
         "state": {"backend": "sqlite"},
+        "detection": {"enabled": False},
     },
     "redis": {
         "limits": {"burst": BURST, "rate_per_second": RATE},
         "state": {"backend": "redis"},  # redis_url: the session's redis-server
+        "detection": {"enabled": False},
     },
 }
 """The session's servers, each with 2 workers: the shared SQLite state file (the default) and
-Redis."""
+Redis. Detection is off: the burst tests send one input over and over, which the detector
+would rightly throttle (its own tests are in test_guard.py and tests/defenses)."""
 
 
 def _uses(item: pytest.Item, name: str) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,17 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from real_components import chromium
 from robustops.serving.dashboard import CSP
 from serving.server_helpers import LiveServer, inputs, running, send_many, start_stub_server
 
 ROLES = {"ops": "admin", "alice": "client", "prober-1": "client", "prober-2": "client"}
 MARKER = 0.0123456789  # a distinctive input value that must never show
-
-
-def _chromium() -> str | None:
-    if Path("/usr/bin/chromium").exists():
-        return "/usr/bin/chromium"
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +53,7 @@ def traffic(server: LiveServer) -> dict[str, int]:
 def _render(server: LiveServer, key: str, tmp_path: Path) -> tuple[str, list[str]]:
     """The page's DOM after its script has fetched the data a few times, and the console
     messages (errors, CSP violations)."""
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium not installed: apt-get install chromium to run this test")
+    browser = chromium()
     cmd = [
         browser,
         "--headless",

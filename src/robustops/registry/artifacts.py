@@ -58,7 +58,7 @@ class ArtifactStore:
         os.close(fd)
         target = self.path(sha)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
+        if not target.exists() or not self._intact(sha):  # an altered copy is replaced
             os.chmod(tmp, 0o444)
             os.replace(tmp, target)
             fsync_dir(target.parent)
@@ -67,7 +67,7 @@ class ArtifactStore:
     def put_bytes(self, data: bytes) -> str:
         """Store ``data``; returns its hex sha256 (storing the same bytes twice is a no-op)."""
         sha = hashlib.sha256(data).hexdigest()
-        if self.has(sha):
+        if self.has(sha) and self._intact(sha):
             return sha
         with self._staging() as (fd, tmp):
             view = memoryview(data)
@@ -122,6 +122,13 @@ class ArtifactStore:
                 h.update(chunk)
         if h.hexdigest() != sha256:
             raise DataIntegrityError(f"artifact {path} does not match its sha256 (altered)")
+
+    def _intact(self, sha256: str) -> bool:
+        try:
+            self.verify(sha256)
+        except DataIntegrityError:
+            return False
+        return True
 
     def stored(self) -> Iterator[str]:
         """The hex digests of every stored artifact."""

@@ -9,6 +9,7 @@ alias points to now).
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import os
@@ -34,6 +35,7 @@ from robustops.registry.models import (
     Approval,
     AuditEventRow,
     AuditKeyRow,
+    ChainHead,
     Evaluation,
     GateRecord,
     ModelVersion,
@@ -66,6 +68,13 @@ def resolve_actor(flag: str | None = None) -> str:
     Identity is asserted, as a git author is; the registry records it on every event."""
     name = flag or os.environ.get(ENV_PRINCIPAL) or getpass.getuser()
     return _check_name(name, "principal")
+
+
+@functools.cache
+def _environment() -> dict[str, str]:
+    """:func:`robustops._util.environment`, read once per process (its package-metadata
+    lookups took ~40 ms, as long as hashing 50 MB, on every register)."""
+    return environment()
 
 
 def _check_name(name: str, what: str) -> str:
@@ -367,7 +376,7 @@ class Registry:
                 metrics=_training_metrics(side),
                 parent_id=parent_row.id if parent_row else None,
                 robustops_version=__version__,
-                environment=side.get("environment") or environment(),
+                environment=side.get("environment") or dict(_environment()),
                 git_commit=commit,
                 description=description,
                 registered_by=actor,
@@ -459,6 +468,8 @@ class Registry:
             raise RegistryError(f"result: {result} records no weights_sha256; cannot tie a gate")
         if (report.get("new") or {}).get("model_sha256") not in (None, weights):
             raise RegistryError("gate report: it is about other weights than the result given")
+        with self.store.read() as s:  # refuse before copying anything into the store
+            self._require(s, actor, "engineer")
         rsha, _ = self.store.artifacts.put_file(result)
         if not isinstance(report.get("policy"), dict):
             raise RegistryError("gate report: it holds no policy")
@@ -528,6 +539,8 @@ class Registry:
         gate record under exactly this policy (same :func:`policy_sha256`)."""
         _check_name(model, "model")
         _check_alias(alias)
+        with self.store.read() as s:  # refuse before copying anything into the store
+            self._require(s, actor, "admin")
         psha = self.store.artifacts.put_bytes(canonical_json(policy).encode())
         with self.store.write(actor) as tx:
             s = tx.session
@@ -802,9 +815,19 @@ class Registry:
         full: bool = False,
         expect_head: tuple[int, str] | None = None,
     ) -> AuditVerdict:
-        """Check the whole audit chain (see :func:`robustops.registry.audit.verify_chain`)."""
+        """Check the whole audit chain (see :func:`robustops.registry.audit.verify_chain`).
+        Without ``expect_head``, the chain must still hold the head that the ``chain_head`` row
+        records, so deleting the newest events is detected unless that row was rewound too."""
         with self.store.read() as s:
             keys = {k.key_id: bytes.fromhex(k.public_key) for k in s.scalars(select(AuditKeyRow))}
+            head = s.get(ChainHead, 1)
+            if (
+                expect_head is None
+                and head is not None
+                and head.seq > 0
+                and re.fullmatch("[0-9a-f]{64}", head.hash)
+            ):
+                expect_head = (head.seq, head.hash)
         return verify_chain(
             _Replayable(self), keys, pinned=pinned, full=full, expect_head=expect_head
         )

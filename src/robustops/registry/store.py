@@ -217,7 +217,12 @@ class RegistryStore:
             head = session.execute(
                 select(ChainHead).where(ChainHead.id == 1).with_for_update()
             ).scalar_one()
-            tx = WriteTx(session=session, actor=actor, at=utc_now(), key=self.key, head=head)
+            # Never earlier than the newest event: with clocks that differ between hosts (or
+            # step back) the times would otherwise disagree with the order of the changes,
+            # and history and alias-at-time, which go by time, would reorder them.
+            last_at = session.scalar(select(AuditEventRow.at).where(AuditEventRow.seq == head.seq))
+            at = max(utc_now(), last_at or "")
+            tx = WriteTx(session=session, actor=actor, at=at, key=self.key, head=head)
             yield tx
             if tx.events:
                 last = tx.events[-1]

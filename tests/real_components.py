@@ -1,0 +1,30 @@
+"""The real components some tests start (Chromium, redis-server, PostgreSQL): where to find
+them, and what a test does when one is missing. On a developer's machine it skips with a
+message naming the package; in CI (``CI`` set, as ``.ci/run`` does after installing them) it
+fails, so a real-component test never skips there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+
+def missing_component(message: str) -> NoReturn:
+    """Skip (developer machine) or fail (CI) the calling test for a missing component."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def chromium() -> str:
+    """Debian's headless Chromium (or another on PATH); missing: :func:`missing_component`."""
+    if Path("/usr/bin/chromium").exists():
+        return "/usr/bin/chromium"
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        missing_component("chromium not installed: apt-get install chromium to run this test")
+    return found
