@@ -330,7 +330,9 @@ def history(
         str | None,
         typer.Option("--at", help="only say which version held the alias at this ISO-8601 time"),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=0, help="the newest N moves (0: every move)")
+    ] = 50,
     home: HomeOpt = None,
     url: UrlOpt = None,
 ) -> None:
@@ -341,11 +343,13 @@ def history(
             typer.echo(label(v) if v else f"{model}:{alias} pointed to no version at {at}")
             return
         t = Table("at", "version", "previous", "kind", "by", "reason")
-        for ev in reg.history(model, alias, limit):
+        moves = reg.history(model, alias, limit or None)
+        names = reg.labels([m.version_id for m in moves] + [m.previous_version_id for m in moves])
+        for ev in moves:
             t.add_row(
                 ev.at,
-                reg.version_label(ev.version_id) or "-",
-                reg.version_label(ev.previous_version_id) or "-",
+                names.get(ev.version_id or -1, "-"),
+                names.get(ev.previous_version_id or -1, "-"),
                 ev.kind,
                 ev.actor,
                 escape(ev.reason),

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -63,7 +64,7 @@ class ModelVersion(Base):
     name: Mapped[str] = mapped_column(String(128), index=True)
     version: Mapped[int] = mapped_column(Integer)
     weights_sha256: Mapped[str] = mapped_column(String(HASH), index=True)
-    weights_size: Mapped[int] = mapped_column(Integer)
+    weights_size: Mapped[int] = mapped_column(BigInteger)  # bytes; > 2 GiB happens
     weights_name: Mapped[str | None] = mapped_column(String(255))  # file name when registered
     state_sha256: Mapped[str | None] = mapped_column(String(HASH))
     spec_sha256: Mapped[str | None] = mapped_column(String(HASH))

@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -790,6 +790,19 @@ class Registry:
                 .limit(1)
             ).first()
             return s.get(ModelVersion, vid) if vid is not None else None
+
+    def labels(self, version_ids: Iterable[int | None]) -> dict[int, str]:
+        """``NAME@N`` of each version id, in one query."""
+        ids = {i for i in version_ids if i is not None}
+        if not ids:
+            return {}
+        with self.store.read() as s:
+            rows = s.execute(
+                select(ModelVersion.id, ModelVersion.name, ModelVersion.version).where(
+                    ModelVersion.id.in_(ids)
+                )
+            ).all()
+        return {i: f"{n}@{v}" for i, n, v in rows}
 
     def version_label(self, version_id: int | None) -> str | None:
         """``NAME@N`` of a version id (None for None)."""
