@@ -821,6 +821,16 @@ class Registry:
                 select(AuditEventRow).order_by(AuditEventRow.seq).execution_options(yield_per=batch)
             )
 
+    def audit_rows(self, batch: int = 5000) -> Iterator[Any]:
+        """Every audit event in sequence order as plain rows (attribute access by column
+        name, no ORM objects): what verification streams, about twice as fast."""
+        table = AuditEventRow.__table__
+        with self.store.engine.connect() as conn:
+            result = conn.execution_options(yield_per=batch).execute(
+                select(table).order_by(table.c.seq)
+            )
+            yield from result
+
     def verify_audit(
         self,
         *,
@@ -859,8 +869,8 @@ class _Replayable:
 
     registry: Registry
 
-    def __iter__(self) -> Iterator[AuditEventRow]:
-        return self.registry.audit_events()
+    def __iter__(self) -> Iterator[Any]:
+        return self.registry.audit_rows()
 
 
 def policy_sha256(policy: dict[str, Any]) -> str:
