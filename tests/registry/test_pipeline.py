@@ -12,19 +12,11 @@ from typer.testing import CliRunner
 
 from robustops.cli import app
 from robustops.registry.service import Registry
-from spec_helpers import write_spec
+from spec_helpers import FGSM_EVALUATION, digits_mlp, write_spec
 
-SPEC: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 0,
-    "device": "cpu",
-    "data": {"name": "digits"},
-    "model": {
-        "factory": "robustops.models:mlp",
-        "kwargs": {"input_dim": 64, "hidden": [32]},
-        "weights": "w/mlp.safetensors",
-    },
-    "catalog": {
+SPEC: dict[str, Any] = digits_mlp(
+    "tiny",
+    catalog={
         "entries": [
             {
                 "id": "digit-evasion",
@@ -39,15 +31,9 @@ SPEC: dict[str, Any] = {
             }
         ]
     },
-    "train": {"epochs": 2, "batch_size": 64, "lr": 0.005, "out": "w/mlp.safetensors"},
-    "evaluation": {
-        "n_samples": 40,
-        "batch_size": 40,
-        "calibration": {"enabled": False},
-        "threats": [{"name": "linf", "epsilon": 0.05, "attacks": [{"name": "fgsm"}]}],
-    },
-    "gate": {"min_clean_accuracy": 0.5},
-}
+    evaluation=FGSM_EVALUATION,
+    gate={"min_clean_accuracy": 0.5},
+)
 
 
 def _run(args: list[str], actor: str) -> Any:

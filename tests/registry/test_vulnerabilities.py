@@ -32,18 +32,11 @@ from robustops.registry.vulnerabilities import (
     update_vulnerability,
 )
 from robustops.runner import evaluate_spec, registration_inputs, replay_attack, train_spec
+from spec_helpers import digits_mlp
 
-SPEC: dict[str, Any] = {
-    "name": "digits-mlp",
-    "seed": 0,
-    "device": "cpu",
-    "data": {"name": "digits"},
-    "model": {
-        "factory": "robustops.models:mlp",
-        "kwargs": {"input_dim": 64, "hidden": [32]},
-        "weights": "w/mlp.safetensors",
-    },
-    "catalog": {
+SPEC: dict[str, Any] = digits_mlp(
+    "digits-mlp",
+    catalog={
         "entries": [
             {  # 4 × 5 = 20: critical
                 "id": "digit-evasion",
@@ -69,8 +62,7 @@ SPEC: dict[str, Any] = {
             },
         ]
     },
-    "train": {"epochs": 2, "batch_size": 64, "lr": 0.005, "out": "w/mlp.safetensors"},
-    "evaluation": {
+    evaluation={
         "n_samples": 60,
         "batch_size": 25,
         "calibration": {"enabled": False},
@@ -83,7 +75,7 @@ SPEC: dict[str, Any] = {
             {"name": "l2", "norm": "l2", "epsilon": 0.5, "attacks": [{"name": "pgd", "steps": 10}]},
         ],
     },
-}
+)
 
 
 @dataclass(frozen=True)

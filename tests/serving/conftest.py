@@ -31,29 +31,12 @@ from typer.testing import CliRunner
 from real_components import missing_component
 from robustops.cli import app as cli
 from robustops.serving.keys import KeyStore
-from spec_helpers import write_spec
+from spec_helpers import FGSM_EVALUATION, digits_mlp, write_spec
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 START_TIMEOUT = 180.0  # seconds; a loaded CI machine imports torch slowly in every worker
 
-SPEC: dict[str, Any] = {
-    "name": "tiny-digits",
-    "seed": 0,
-    "device": "cpu",
-    "data": {"name": "digits"},
-    "model": {
-        "factory": "robustops.models:mlp",
-        "kwargs": {"input_dim": 64, "hidden": [32]},
-        "weights": "w/mlp.safetensors",
-    },
-    "train": {"epochs": 2, "batch_size": 64, "lr": 0.005, "out": "w/mlp.safetensors"},
-    "evaluation": {
-        "n_samples": 40,
-        "batch_size": 40,
-        "calibration": {"enabled": False},
-        "threats": [{"name": "linf", "epsilon": 0.05, "attacks": [{"name": "fgsm"}]}],
-    },
-}
+SPEC: dict[str, Any] = digits_mlp(evaluation=FGSM_EVALUATION)
 
 BURST = 20
 """Every key's bucket on the shared servers: 20 requests, refilled at 0.001/s (one token every

@@ -30,6 +30,7 @@ from robustops.serving.guard import Guard
 from robustops.serving.keys import KeyStore
 from robustops.serving.model import ServedModel, module_logits
 from robustops.serving.validation import Batch
+from spec_helpers import FGSM_EVALUATION, digits_mlp
 
 TESTS = Path(__file__).resolve().parents[1]
 SRC = TESTS.parent / "src"
@@ -37,23 +38,7 @@ STUB_ENV = "ROBUSTOPS_TEST_STUB"
 DIM = 8
 
 # A digits MLP spec like tests/registry/test_pipeline.py's (weights: digits_spec).
-DIGITS_SPEC: dict[str, Any] = {
-    "name": "tiny-digits",
-    "seed": 0,
-    "device": "cpu",
-    "data": {"name": "digits"},
-    "model": {
-        "factory": "robustops.models:mlp",
-        "kwargs": {"input_dim": 64, "hidden": [32]},
-        "weights": "w/mlp.safetensors",
-    },
-    "evaluation": {
-        "n_samples": 40,
-        "batch_size": 40,
-        "calibration": {"enabled": False},
-        "threats": [{"name": "linf", "epsilon": 0.05, "attacks": [{"name": "fgsm"}]}],
-    },
-}
+DIGITS_SPEC: dict[str, Any] = digits_mlp(evaluation=FGSM_EVALUATION, train=None)
 
 HIGH_LIMITS = {"rate_per_second": 10_000.0, "burst": 10_000}
 
