@@ -179,7 +179,8 @@ def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
             )
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # bad JSON or UTF-8, an integer over 4300 digits,
+            # nesting deeper than the interpreter's recursion limit
             _log(rid, key, started, 422, "invalid", [], "")
             return JSONResponse(
                 {"detail": [{"loc": ["body"], "msg": "not valid JSON"}]}, status_code=422
