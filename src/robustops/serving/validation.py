@@ -65,10 +65,21 @@ def parse_body(body: Any, model: ServedModel, *, max_batch: int, max_text_chars:
 def _images(value: Any, model: ServedModel, max_batch: int) -> Batch:
     assert model.input_shape is not None
     shape = tuple(model.input_shape)
+    wrong = _bad(
+        ["inputs"],
+        f"must be numbers nested as (N, {shape}) or {shape} "
+        "(no strings, booleans, nulls or integers beyond 64 bits)",
+    )
     try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise _bad(["inputs"], f"must be numbers nested as (N, {shape}) or {shape}") from None
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        raise wrong from None
+    # Numbers only: with dtype=float64 numpy would read "0.5" as 0.5 and true as 1, and raise
+    # OverflowError on an integer past 1e308. Without it, those give a string, bool or object
+    # array. (A boolean among numbers still reads as 0 or 1.)
+    if arr.dtype.kind not in "iuf":
+        raise wrong
+    arr = arr.astype(np.float64, copy=False)
     if arr.shape == shape:
         arr = arr[None]
     if arr.ndim != len(shape) + 1 or arr.shape[1:] != shape:
