@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robustops.errors import short_repr
 from robustops.serving.model import ServedModel
 from robustops.text.sanitize import sanitize_many
 
@@ -33,6 +34,17 @@ class InvalidRequest(Exception):
 
 def _bad(loc: Loc, msg: str) -> InvalidRequest:
     return InvalidRequest([{"loc": ["body", *loc], "msg": msg}])
+
+
+def _echo(name: str) -> str:
+    """A client's field name as an error may name it: itself when short and valid Unicode, else
+    its bounded ``repr`` (a lone surrogate cannot be encoded in the UTF-8 response, and a
+    megabyte-long name is not worth echoing)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return short_repr(name, 100)
+    return name if len(name) <= 100 else short_repr(name, 100)
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,9 @@ def parse_body(body: Any, model: ServedModel, *, max_batch: int, max_text_chars:
     field = {"image": "inputs", "text": "texts", "table": "rows"}[model.modality]
     extra = sorted(set(body) - {field})
     if extra:
-        raise _bad([extra[0]], f"unexpected field; this {model.modality} model takes {field!r}")
+        raise _bad(
+            [_echo(extra[0])], f"unexpected field; this {model.modality} model takes {field!r}"
+        )
     if field not in body:
         raise _bad([field], "field required")
     if model.modality == "image":
@@ -128,12 +142,17 @@ def _rows(value: Any, model: ServedModel, max_batch: int) -> Batch:
         unknown = sorted(set(row) - set(names))
         if missing or unknown:
             name = missing[0] if missing else unknown[0]
-            raise _bad(["rows", i, name], "missing feature" if missing else "unknown feature")
+            loc: Loc = ["rows", i, name if missing else _echo(name)]
+            raise _bad(loc, "missing feature" if missing else "unknown feature")
         for j, n in enumerate(names):
             v = row[n]
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            try:  # float() of an integer past 1e308 overflows
+                f = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+            except OverflowError:
+                f = math.nan
+            if not math.isfinite(f):
                 raise _bad(["rows", i, n], "must be a finite number")
-            table[i, j] = float(v)
+            table[i, j] = f
     violations = schema.validate(table, raw=True, limit=1)
     if violations:
         v = violations[0]
