@@ -10,6 +10,7 @@ service answers 422 with that list.
 from __future__ import annotations
 
 import math
+from itertools import chain
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,8 +91,8 @@ def _images(value: Any, model: ServedModel, max_batch: int) -> Batch:
         raise wrong from None
     # Numbers only: with dtype=float64 numpy would read "0.5" as 0.5 and true as 1, and raise
     # OverflowError on an integer past 1e308. Without it, those give a string, bool or object
-    # array. (A boolean among numbers still reads as 0 or 1.)
-    if arr.dtype.kind not in "iuf":
+    # array; a boolean among numbers reads as 0 or 1, hence the check of every value's type.
+    if arr.dtype.kind not in "iuf" or not _numbers_only(value, arr.ndim):
         raise wrong
     arr = arr.astype(np.float64, copy=False)
     if arr.shape == shape:
@@ -111,6 +112,15 @@ def _images(value: Any, model: ServedModel, max_batch: int) -> Batch:
         raise _bad(["inputs", int(np.argmin(inside))], f"values must lie in [{lo}, {hi}]")
     t = torch.from_numpy(arr.astype(np.float32))
     return Batch(inputs=t, raw=t, n=t.shape[0])
+
+
+def _numbers_only(value: Any, depth: int) -> bool:
+    """Whether ``value``, lists nested ``depth`` deep (as numpy found them), holds only JSON
+    numbers (``int``/``float``, not ``bool``); flattened and typed in C, not value by value."""
+    flat: Any = value if depth > 0 else [value]
+    for _ in range(depth - 1):
+        flat = chain.from_iterable(flat)
+    return set(map(type, flat)) <= {int, float}
 
 
 def _texts(value: Any, max_batch: int, max_chars: int) -> Batch:
