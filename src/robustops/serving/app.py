@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from robustops.serving.guard import Guard, Outcome
 from robustops.serving.keys import KeyInfo, KeyStore
 from robustops.serving.limits import Limiter
-from robustops.serving.validation import InvalidRequest
+from robustops.serving.validation import InvalidRequest, request_schema
 
 log = logging.getLogger("robustops.guard")
 
@@ -123,6 +123,9 @@ def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
     app.add_middleware(_BodyLimit, limit=cfg.limits.max_body_bytes)
     slots = asyncio.Semaphore(cfg.limits.max_concurrency)
     described = guard.model.describe()
+    body_schema = request_schema(
+        guard.model, max_batch=cfg.limits.max_batch, max_text_chars=cfg.max_text_chars
+    )
 
     def client(
         authorization: Annotated[str | None, Header()] = None,
@@ -144,7 +147,7 @@ def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
     def readyz() -> dict[str, Any]:
         return {"status": "ready", "model": described["version"] or described["name"]}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", responses={401: {"description": "no valid API key"}})
     def model_info(key: Annotated[KeyInfo, Depends(client)]) -> dict[str, Any]:
         return described
 
@@ -162,7 +165,7 @@ def create_app(guard: Guard, keys: KeyStore, limiter: Limiter) -> FastAPI:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+                "content": {"application/json": {"schema": body_schema}},
             }
         },
     )

@@ -10,8 +10,8 @@ service answers 422 with that list.
 from __future__ import annotations
 
 import math
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,63 @@ def parse_body(body: Any, model: ServedModel, *, max_batch: int, max_text_chars:
     if model.modality == "text":
         return _texts(body[field], max_batch, max_text_chars)
     return _rows(body[field], model, max_batch)
+
+
+def request_schema(model: ServedModel, *, max_batch: int, max_text_chars: int) -> dict[str, Any]:
+    """The JSON schema of a body :func:`parse_body` accepts for ``model`` (the OpenAPI request
+    body of ``POST /v1/predict``): the modality's one field, the input shape as nested arrays of
+    fixed length, the value bounds, the batch and text limits, each table feature's range.
+
+    What JSON Schema cannot say is still checked by :func:`parse_body` alone: valid Unicode,
+    integer grids, one-hot groups and the schema's other row constraints."""
+    body: dict[str, Any]
+    if model.modality == "image":
+        assert model.input_shape is not None
+        lo, hi = model.bounds
+        one: dict[str, Any] = {"type": "number", "minimum": lo, "maximum": hi}
+        for n in reversed(model.input_shape):
+            one = {"type": "array", "items": one, "minItems": n, "maxItems": n}
+        many = {"type": "array", "items": one, "minItems": 1, "maxItems": max_batch}
+        shape = ", ".join(map(str, model.input_shape))
+        body = {
+            "anyOf": [many, one],
+            "description": f"images in [{lo}, {hi}]: (N, {shape}) with 1 <= N <= {max_batch}, "
+            f"or one input ({shape})",
+        }
+    elif model.modality == "text":
+        body = {
+            "type": "array",
+            "items": {"type": "string", "maxLength": max_text_chars},
+            "minItems": 1,
+            "maxItems": max_batch,
+            "description": f"1 to {max_batch} texts of at most {max_text_chars} characters",
+        }
+    else:
+        assert model.schema is not None
+        features = {
+            f.name: {"type": "number", "minimum": f.range[0], "maximum": f.range[1]}
+            for f in model.schema.features
+        }
+        body = {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": features,
+                "required": list(features),
+                "additionalProperties": False,
+            },
+            "minItems": 1,
+            "maxItems": max_batch,
+            "description": f"1 to {max_batch} rows of schema {model.schema.name!r} in raw units",
+        }
+    field = {"image": "inputs", "text": "texts", "table": "rows"}[model.modality]
+    return {
+        "type": "object",
+        "title": "PredictRequest",
+        "properties": {field: body},
+        "required": [field],
+        "additionalProperties": False,
+    }
 
 
 def _images(value: Any, model: ServedModel, max_batch: int) -> Batch:
