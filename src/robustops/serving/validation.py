@@ -137,20 +137,19 @@ def request_schema(model: ServedModel, *, max_batch: int, max_text_chars: int) -
 def _images(value: Any, model: ServedModel, max_batch: int) -> Batch:
     assert model.input_shape is not None
     shape = tuple(model.input_shape)
-    wrong = _bad(
-        ["inputs"],
-        f"must be numbers nested as (N, {shape}) or {shape} "
-        "(no strings, booleans, nulls or integers beyond 64 bits)",
-    )
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError, OverflowError):
-        raise wrong from None
+        arr = None
     # Numbers only: with dtype=float64 numpy would read "0.5" as 0.5 and true as 1, and raise
     # OverflowError on an integer past 1e308. Without it, those give a string, bool or object
     # array; a boolean among numbers reads as 0 or 1, hence the check of every value's type.
-    if arr.dtype.kind not in "iuf" or not _numbers_only(value, arr.ndim):
-        raise wrong
+    if arr is None or arr.dtype.kind not in "iuf" or not _numbers_only(value, arr.ndim):
+        raise _bad(
+            ["inputs"],
+            f"must be numbers nested as (N, {shape}) or {shape} "
+            "(no strings, booleans, nulls or integers beyond 64 bits)",
+        )
     arr = arr.astype(np.float64, copy=False)
     if arr.shape == shape:
         arr = arr[None]
