@@ -1,4 +1,4 @@
-"""Reference models, the Classifier notion, and safe model loading."""
+"""Reference models, the Classifier notion, safe model loading, and a served model over HTTP."""
 
 from robustops.models.classifier import Classifier, ProbaClassifier, as_classifier, predict_logits
 from robustops.models.ensemble import Ensemble, MultiHead, ensemble
@@ -11,6 +11,7 @@ from robustops.models.loading import (
 )
 from robustops.models.normalize import Normalized
 from robustops.models.reference import MLP, SmallCNN, mlp, small_cnn
+from robustops.models.remote import QueryBudgetExceeded, RemoteClassifier, RemoteError
 
 __all__ = [
     "MLP",
@@ -19,6 +20,9 @@ __all__ = [
     "MultiHead",
     "Normalized",
     "ProbaClassifier",
+    "QueryBudgetExceeded",
+    "RemoteClassifier",
+    "RemoteError",
     "SmallCNN",
     "as_classifier",
     "build_model",

@@ -29,7 +29,7 @@ from robustops.serving.guard import Guard, Outcome
 from robustops.serving.keys import KeyInfo, KeyStore
 from robustops.serving.limits import Limiter, LimiterUnavailable
 from robustops.serving.metrics import GuardMetrics, ObserveMiddleware, note_outcome
-from robustops.serving.validation import InvalidRequest
+from robustops.serving.validation import InvalidRequest, request_schema
 
 log = logging.getLogger("robustops.guard")
 
@@ -140,6 +140,9 @@ def create_app(
     metrics = metrics if metrics is not None else GuardMetrics(described)
     store = store if store is not None else DashboardStore()
     app.add_middleware(ObserveMiddleware, metrics=metrics, sink=store)
+    body_schema = request_schema(
+        guard.model, max_batch=cfg.limits.max_batch, max_text_chars=cfg.max_text_chars
+    )
 
     def client(
         authorization: Annotated[str | None, Header()] = None,
@@ -166,7 +169,7 @@ def create_app(
     def readyz() -> dict[str, Any]:
         return {"status": "ready", "model": described["version"] or described["name"]}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", responses={401: {"description": "no valid API key"}})
     def model_info(key: Annotated[KeyInfo, Depends(client)]) -> dict[str, Any]:
         return described
 
@@ -184,7 +187,7 @@ def create_app(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+                "content": {"application/json": {"schema": body_schema}},
             }
         },
     )
@@ -205,7 +208,8 @@ def create_app(
             )
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # bad JSON or UTF-8, an integer over 4300 digits,
+            # nesting deeper than the interpreter's recursion limit
             _log(rid, key, started, 422, "invalid", [], "")
             return JSONResponse(
                 {"detail": [{"loc": ["body"], "msg": "not valid JSON"}]}, status_code=422

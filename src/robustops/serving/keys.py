@@ -5,7 +5,8 @@ A key reads ``rok_<id>_<secret>``: ``id`` (8 hex digits) finds its row without s
 once, when the key is made, and never stored. Rows live in an SQLite file shared by every
 worker of a service (``robustops keys add/list/revoke`` manage it).
 
-Verifying a key costs one scrypt derivation (≈ 20 ms, on purpose); a worker remembers the keys
+Verifying a key costs one scrypt derivation (≈ 20 ms, on purpose; a presented value that does not
+have a key's shape is refused without one); a worker remembers the keys
 it verified (by the sha256 of the presented key, never the key itself) for ``cache_seconds``,
 after which a cheap lookup checks the row is still active, so a revocation takes effect within
 that time in every worker and a request pays scrypt at most once per key per worker.
@@ -138,7 +139,9 @@ class KeyStore:
                 self._cache.pop(digest, None)
             return None
         m = _KEY.match(presented)
-        key_id, secret = (m.group(1), m.group(2)) if m else ("", presented)
+        if m is None:  # not a key's shape (which is public): no row can match, and a scrypt
+            return None  # per malformed header would let anyone without a key burn the CPU
+        key_id, secret = m.group(1), m.group(2)
         with self._connect() as db:
             row = db.execute(
                 "SELECT name, role, salt, hash FROM api_keys "
