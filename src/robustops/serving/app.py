@@ -44,18 +44,6 @@ def _json_lines_to_stderr() -> None:
         log.propagate = False
 
 
-class PredictRequest(BaseModel):
-    """One of the three fields, matching the served model's modality."""
-
-    inputs: list[Any] | None = Field(
-        default=None, description="images: numbers nested as (N, *input_shape) or input_shape"
-    )
-    texts: list[str] | None = Field(default=None, description="texts: 1 to max_batch strings")
-    rows: list[dict[str, float]] | None = Field(
-        default=None, description="table rows: {feature: value} in raw units"
-    )
-
-
 class PredictionOut(BaseModel):
     """One input's answer."""
 
