@@ -148,7 +148,9 @@ class _AbstainBright:
 
 
 def test_abstentions_are_their_own_outcome(tmp_path: Path) -> None:
-    model = tiny_served_model(features=lambda x: x.flatten(1))
+    model = tiny_served_model()
+    plain = model.logits
+    model.features = lambda x: (plain(x), x.flatten(1))
     g = in_process_guard(tmp_path, model, abstainer=_AbstainBright())
     x = torch.stack([torch.zeros(1, 8, 8), torch.ones(1, 8, 8), torch.full((1, 8, 8), 0.2)])
     with threaded_server(g.app) as url:

@@ -61,7 +61,8 @@ def test_openapi_schema_and_docs_are_served(sqlite_guard: GuardServer) -> None:
     predict = schema["paths"]["/v1/predict"]["post"]
     assert {"200", "401", "413", "422", "429", "503"} <= set(predict["responses"])
     body = predict["requestBody"]["content"]["application/json"]["schema"]
-    assert {"inputs", "texts", "rows"} <= set(body["properties"])
+    # The served model's contract: an image model takes `inputs` only, of its shape.
+    assert set(body["properties"]) == {"inputs"} and body["required"] == ["inputs"]
     assert {"/healthz", "/readyz", "/v1/model"} <= set(schema["paths"])
     assert httpx.get(f"{sqlite_guard.url}/docs").status_code == 200
 
