@@ -134,8 +134,11 @@ def bare_app(spec: str) -> FastAPI:
     import torch
 
     from robustops.serve import ServeTarget, served_model
+    from robustops.serving.model import ServedModel
 
-    served, _, _ = served_model(ServeTarget(spec=spec))
+    built: Any = served_model(ServeTarget(spec=spec))
+    # a (model, config, data) tuple before the guard's merges, a `Served` (.model) after
+    served: ServedModel = built.model if hasattr(built, "model") else built[0]
     app = FastAPI()
 
     @app.get("/healthz")
