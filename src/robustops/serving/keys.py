@@ -118,6 +118,19 @@ class KeyStore:
             ).fetchall()
         return [(str(n), str(r), float(c), None if v is None else float(v)) for n, r, c, v in rows]
 
+    def cached(self, presented: str | None) -> KeyInfo | None:
+        """The owner of ``presented`` when this process verified it less than
+        ``cache_seconds`` ago (no database, no derivation), else None (then call
+        :meth:`verify`)."""
+        if not presented:
+            return None
+        digest = hashlib.sha256(presented.encode()).digest()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and time.monotonic() - hit[1] < self.cache_seconds:
+            return hit[0]
+        return None
+
     def verify(self, presented: str | None) -> KeyInfo | None:
         """The owner of ``presented`` if it is an active key, else None (same work whether the
         id exists or not, so the answer's timing does not tell which ids exist)."""
