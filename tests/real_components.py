@@ -28,3 +28,24 @@ def chromium() -> str:
     if found is None:
         missing_component("chromium not installed: apt-get install chromium to run this test")
     return found
+
+
+def headless_chromium(profile: Path, *extra: str) -> list[str]:
+    """The command line of a headless Chromium run (as root, offline): no sandbox or GPU, no
+    background networking (this machine's closed network refuses it), a fresh profile in
+    ``profile``, console messages on stderr; ``extra`` flags and the URL follow."""
+    return [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *extra,
+    ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from real_components import chromium
+from real_components import headless_chromium
 from robustops import ThreatModel
 from robustops.attacks import build_attack
 from robustops.cli import app
@@ -213,25 +213,9 @@ def test_html_sections_follow_the_result(result: SuiteResult) -> None:
 
 
 def test_headless_chromium_renders_without_console_errors(page: str, tmp_path: Path) -> None:
-    browser = chromium()
     path = tmp_path / "report.html"
     path.write_text(page, encoding="utf-8")
-    cmd = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr",
-        "--v=0",
-        "--dump-dom",
-        path.resolve().as_uri(),
-    ]
+    cmd = headless_chromium(tmp_path / "profile", "--dump-dom", path.resolve().as_uri())
     env = {**os.environ, "HOME": str(tmp_path)}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env, check=False)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -30,29 +30,16 @@ from robustops.serving.guard import Abstainer, Detector, Guard
 from robustops.serving.keys import KeyStore
 from robustops.serving.limits import Limiter, MemoryLimiter
 from robustops.serving.model import ServedModel, module_logits
+from spec_helpers import FGSM_EVALUATION, digits_mlp
 
 PYTHON = sys.executable
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 # A digits MLP trained in seconds through the CLI, served with a `serve:` section.
-SERVE_SPEC: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 0,
-    "device": "cpu",
-    "data": {"name": "digits"},
-    "model": {
-        "factory": "robustops.models:mlp",
-        "kwargs": {"input_dim": 64, "hidden": [32]},
-        "weights": "w/mlp.safetensors",
-    },
-    "train": {"epochs": 3, "batch_size": 64, "lr": 0.005, "out": "w/mlp.safetensors"},
-    "evaluation": {
-        "n_samples": 40,
-        "batch_size": 40,
-        "calibration": {"enabled": False},
-        "threats": [{"name": "linf", "epsilon": 0.05, "attacks": [{"name": "fgsm"}]}],
-    },
-    "serve": {
+SERVE_SPEC: dict[str, Any] = digits_mlp(
+    "tiny",
+    evaluation=FGSM_EVALUATION,
+    serve={
         "keys": "guard/keys.db",
         "state_dir": "guard",
         "state": {"backend": "memory"},
@@ -60,7 +47,7 @@ SERVE_SPEC: dict[str, Any] = {
         "abstention": {"enabled": False},
         "limits": {"rate_per_second": 100000, "burst": 100000},
     },
-}
+)
 
 
 class RequestCounter:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from real_components import chromium
+from real_components import headless_chromium
 from robustops.serving.dashboard import CSP
 from serving.server_helpers import LiveServer, inputs, running, send_many, start_stub_server
 
@@ -53,25 +53,13 @@ def traffic(server: LiveServer) -> dict[str, int]:
 def _render(server: LiveServer, key: str, tmp_path: Path) -> tuple[str, list[str]]:
     """The page's DOM after its script has fetched the data a few times, and the console
     messages (errors, CSP violations)."""
-    browser = chromium()
-    cmd = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr",
-        "--v=0",
+    cmd = headless_chromium(
+        tmp_path / "profile",
         # Virtual time: the page's 2 s polls run several times; fetches hold the clock.
         "--virtual-time-budget=5000",
         "--dump-dom",
         f"{server.url}/dashboard#key={key}",
-    ]
+    )
     env = {**os.environ, "HOME": str(tmp_path)}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
