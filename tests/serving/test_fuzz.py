@@ -297,6 +297,24 @@ def test_streamed_body_past_the_cap_is_413(hostile_client: tuple[TestClient, str
     assert r.status_code == 413
 
 
+def test_repeated_keys_and_a_bad_content_length_are_refused(
+    hostile_client: tuple[TestClient, str],
+) -> None:
+    """A key given twice is 422 (parsers disagree on which copy wins: a proxy and the guard
+    could read different bodies); a Content-Length that is not a number is 400, not 413."""
+    client, key = hostile_client
+    image = "[" + ",".join(["[" + ",".join(["0.5"] * 8) + "]"] * 8) + "]"
+    twice = '{"inputs": [' + image + '], "inputs": [' + image + "]}"
+    r = client.post("/v1/predict", content=twice, headers={"X-API-Key": key})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
+    once = '{"inputs": [' + image + "]}"
+    assert client.post("/v1/predict", content=once, headers={"X-API-Key": key}).status_code == 200
+    r = client.post(
+        "/v1/predict", content=once, headers={"X-API-Key": key, "Content-Length": "12abc"}
+    )
+    assert r.status_code == 400
+
+
 @pytest.mark.parametrize(
     "headers",
     [

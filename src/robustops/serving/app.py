@@ -75,7 +75,11 @@ class _BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers") or {}).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and not length.isdigit():
+            bad = JSONResponse({"detail": "Content-Length is not a number"}, status_code=400)
+            await bad(scope, receive, send)
+            return
+        if length is not None and int(length) > self.limit:
             await _too_large(scope, receive, send, self.limit)
             return
         seen = 0
@@ -97,6 +101,15 @@ class _BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: a repeated key is refused (parsers disagree
+    on which copy wins, so a proxy and the guard could read different bodies)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key appears twice in one JSON object")
+    return out
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
@@ -199,9 +212,9 @@ def create_app(
                 headers={"Retry-After": str(max(1, int(retry + 0.999)))},
             )
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await request.body(), object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError):  # bad JSON or UTF-8, an integer over 4300 digits,
-            # nesting deeper than the interpreter's recursion limit
+            # nesting deeper than the interpreter's recursion limit, a key given twice
             _log(rid, key, started, 422, "invalid", [], "")
             return JSONResponse(
                 {"detail": [{"loc": ["body"], "msg": "not valid JSON"}]}, status_code=422
