@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
@@ -46,17 +47,24 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def state_dict_sha256(module: torch.nn.Module) -> str:
-    """Hex sha256 of a module's parameters and buffers (names, dtypes, shapes and values), in
-    key order; independent of the file format they were loaded from."""
+def tensors_sha256(names: Iterable[str], get: Callable[[str], torch.Tensor]) -> str:
+    """Hex sha256 of named tensors (names, dtypes, shapes and values), in name order; ``get``
+    returns one tensor by name, so a file's tensors can be read one at a time."""
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
+    for name in sorted(names):
+        t = get(name).detach().to("cpu").contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """Hex sha256 of a module's parameters and buffers (see :func:`tensors_sha256`);
+    independent of the file format they were loaded from."""
+    state = module.state_dict()
+    return tensors_sha256(state, state.__getitem__)
 
 
 _TRACKED = (

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from robustops import __version__
-from robustops._util import environment
+from robustops._util import environment, tensors_sha256
 from robustops.evaluation.result import SuiteResult
 from robustops.registry.audit import AuditVerdict, canonical_json, verify_chain
 from robustops.registry.models import (
@@ -147,18 +146,11 @@ def tensor_sha256(weights: Path) -> str | None:
     order, as :func:`robustops._util.state_dict_sha256`), or None when it is not one."""
     from safetensors import SafetensorError, safe_open
 
-    h = hashlib.sha256()
     try:
         with safe_open(str(weights), framework="pt") as f:
-            for name in sorted(f.keys()):
-                t = f.get_tensor(name).contiguous()
-                h.update(name.encode())
-                h.update(str(t.dtype).encode())
-                h.update(str(tuple(t.shape)).encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            return tensors_sha256(f.keys(), f.get_tensor)
     except (SafetensorError, OSError, ValueError):
         return None
-    return h.hexdigest()
 
 
 def evaluation_summary(result: SuiteResult) -> dict[str, Any]:
