@@ -142,20 +142,7 @@ class WriteTx:
             key=self.key,
         )
         self.events.append(ev)
-        self.session.add(
-            AuditEventRow(
-                seq=ev.seq,
-                at=ev.at,
-                actor=ev.actor,
-                action=ev.action,
-                subject=ev.subject,
-                payload=ev.payload,
-                key_id=ev.key_id,
-                prev=ev.prev,
-                hash=ev.hash,
-                signature=ev.signature,
-            )
-        )
+        self.session.add(AuditEventRow(**ev.as_row()))
         return ev
 
 
