@@ -26,6 +26,7 @@ RANK: dict[str, int] = {
     "report": 5,
     "registry": 6,  # on results, reports and gate records
     "serving": 7,  # the guard in front of a model
+    "monitoring": 8,  # drift alerts, canaries, rollback and harvesting over the guard
 }
 # Top-level modules: the foundations anyone may import, and the top that nothing imports.
 FOUNDATION = {"errors", "io", "trust", "_util", "schema", "format", "__init__"}

@@ -20,6 +20,7 @@ from robustops.errors import SpecError, shorten
 from robustops.evaluation.suite import SuiteThreat
 from robustops.gate import DEFAULT_KEY, GatePolicy, GatePolicyFile
 from robustops.io import load_yaml
+from robustops.monitoring.config import MonitorConfig
 from robustops.schema import StrictModel
 from robustops.serving.config import ServeConfig
 from robustops.threats import ThreatCatalog, ThreatModel, validation_error_to_spec_error
@@ -437,6 +438,7 @@ class PipelineSpec(StrictModel):
     gate: GatePolicyFile | None = None
     registry: RegistrySpec | None = None
     serve: ServeConfig | None = None
+    monitor: MonitorConfig | None = None
 
     def with_tier(self, tier: str) -> PipelineSpec:
         """This spec with the evaluation cut down to budget tier ``tier`` (see :class:`TierSpec`)."""

@@ -1,0 +1,104 @@
+"""The ``monitor`` section of a pipeline spec: what ``robustops monitor``, ``robustops canary``
+and ``robustops review`` watch, alert on, attack and harvest.
+
+Paths are relative to the working directory; times are seconds, rates are per hour unless a
+field says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from robustops.schema import StrictModel
+
+
+class AlertRule(StrictModel):
+    """One alert rule: a monitored signal, the detector watching it, and what firing does."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    signal: str = Field(
+        description="the monitored statistic (see robustops.monitoring.signals.SIGNALS)"
+    )
+    detector: Literal["cusum", "page-hinkley", "adwin", "kswin", "batch-test"] = "cusum"
+    direction: Literal["up", "down", "both"] = "up"
+    severity: Literal["info", "warning", "critical"] = "warning"
+    rollback: bool = Field(
+        default=False,
+        description="firing within `rollback.after_promotion_seconds` of a promotion rolls "
+        "production back",
+    )
+
+
+class CalibrationWindow(StrictModel):
+    """Where a detector's thresholds come from: the first requests it sees (non-canary)."""
+
+    requests: int = Field(default=2000, ge=50, description="stable requests per signal")
+    false_alarms_per_10k: float = Field(
+        default=1.0, gt=0.0, description="target false alarms per 10 000 stable requests"
+    )
+
+
+class WebhookSink(StrictModel):
+    """A JSON POST per alert, retried until it is delivered (the outbox keeps it)."""
+
+    url: str
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    header: str | None = Field(
+        default=None, description="name of an environment variable holding an Authorization value"
+    )
+
+
+class CanaryConfig(StrictModel):
+    """Scheduled canary attacks on the live endpoint with a fixed, registered canary set."""
+
+    samples: int = Field(default=100, ge=10, description="canary set size (test-split samples)")
+    every_seconds: float = Field(default=3600.0, gt=0, description="one run per this period")
+    queries_per_hour: int = Field(default=20_000, ge=1, description="budget of model queries")
+    max_traffic_share: float = Field(
+        default=0.05, gt=0.0, le=1.0, description="canary requests ÷ all requests, at most"
+    )
+    key_env: str = Field(
+        default="ROBUSTOPS_CANARY_KEY", description="environment variable with the canary API key"
+    )
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="McNemar significance level")
+
+
+class RollbackConfig(StrictModel):
+    """Which findings roll a registry alias back by themselves."""
+
+    model: str | None = Field(default=None, description="registry model name (default the spec's)")
+    alias: str = "production"
+    actor: str = Field(default="robustops-monitor", description="registry principal (engineer)")
+    on_canary: bool = True
+    after_promotion_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="alert rules marked `rollback` act only this soon after a promotion",
+    )
+
+
+class HarvestConfig(StrictModel):
+    """Which logged requests go to the review queue (needs ``serve.log_inputs: true``)."""
+
+    flagged: bool = True
+    abstained: bool = True
+    out_of_distribution: bool = True
+    queue: str = Field(default="guard/review.db", description="the review queue (SQLite)")
+
+
+class MonitorConfig(StrictModel):
+    """How the live service is watched (the spec's ``monitor`` section)."""
+
+    request_log: str = Field(
+        default="guard/requests", description="the guard's request log folder (JSON lines)"
+    )
+    state: str = Field(default="guard/monitor.db", description="the monitor's state (SQLite)")
+    poll_seconds: float = Field(default=1.0, gt=0)
+    calibration: CalibrationWindow = Field(default_factory=CalibrationWindow)
+    rules: list[AlertRule] = Field(default_factory=list)
+    webhooks: list[WebhookSink] = Field(default_factory=list)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+    harvest: HarvestConfig = Field(default_factory=HarvestConfig)
