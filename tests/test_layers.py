@@ -40,6 +40,7 @@ TOP = {
     "cli_registry",
     "cli_serve",
     "console",
+    "lifecycle",
     "__main__",
 }
 
