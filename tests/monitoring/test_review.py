@@ -210,7 +210,10 @@ def test_labels_keep_history(logged: tuple[Path, ReviewQueue, list[Any]]) -> Non
     q.skip(q.items()[1].id, reviewer="ann")
     it = q.get(first.id)
     assert it.label == 8 and it.status == "labelled"
-    assert [(h.label, h.reviewer, h.at) for h in it.history] == [(3, "ann", 100.0), (8, "ben", 200.0)]
+    assert [(h.label, h.reviewer, h.at) for h in it.history] == [
+        (3, "ann", 100.0),
+        (8, "ben", 200.0),
+    ]
     assert q.counts() == {"pending": 1, "labelled": 1, "skipped": 1, "total": 3}
     with pytest.raises(ReviewError, match="outside the classes"):
         q.label(first.id, 10, reviewer="ann", num_classes=10)
@@ -236,8 +239,10 @@ def test_image_preview_of_digit_and_mnist() -> None:
         image_preview([0.1, 0.2, 0.3])
 
 
-def test_labelstudio_round_trip(logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: Path) -> None:
-    log, q, xs = logged
+def test_labelstudio_round_trip(
+    logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: Path
+) -> None:
+    log, q, _xs = logged
     harvest(log, q)
     items = q.items(status="pending")
     tasks, xml = export_tasks(items, CLASSES)
@@ -340,7 +345,7 @@ def test_labelstudio_import_names_the_bad_field(
 def test_reviewed_dataset_is_fingerprinted_and_deterministic(
     logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: Path
 ) -> None:
-    log, q, xs = logged
+    log, q, _xs = logged
     harvest(log, q)
     ids = [it.id for it in q.items()]
     q.label(ids[0], 7, reviewer="ann")
@@ -369,7 +374,11 @@ def test_reviewed_dataset_is_fingerprinted_and_deterministic(
     by_id = dict(zip(m["item_ids"], y.tolist(), strict=True))
     assert by_id[ids[0]] == 7 and by_id[ids[1]] == 2
     m2 = write_reviewed_dataset(
-        q, tmp_path / "ds2", name="tiny-reviewed", classes=CLASSES, modality="tensor",
+        q,
+        tmp_path / "ds2",
+        name="tiny-reviewed",
+        classes=CLASSES,
+        modality="tensor",
         input_shape=[1, 8, 8],
     )
     assert m2["sha256"] == m["sha256"]  # same labels, same bytes
@@ -406,7 +415,7 @@ def test_cli_review_flow(logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: 
     assert "outside the classes" in res.output  # 11 refused, asked again
     assert "└────────────────┘" in res.output  # the 8×8 preview
     assert "stopped: 1 labelled, 1 skipped" in res.output
-    third = [it for it in q.items() if it.status == "pending"][0]
+    third = next(it for it in q.items() if it.status == "pending")
     res = r.invoke(
         app, ["review", "label", str(third.id), "9", "--spec", str(spec), "--reviewer", "bo"]
     )
@@ -421,8 +430,18 @@ def test_cli_review_flow(logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: 
     out = tmp_path / "reviewed"
     res = r.invoke(
         app,
-        ["review", "dataset", "--spec", str(spec), "--out", str(out), "--registry",
-         str(tmp_path / "reg"), "--as", "root"],
+        [
+            "review",
+            "dataset",
+            "--spec",
+            str(spec),
+            "--out",
+            str(out),
+            "--registry",
+            str(tmp_path / "reg"),
+            "--as",
+            "root",
+        ],
     )
     assert res.exit_code == 0, res.output
     m = json.loads((out / "manifest.json").read_text())
@@ -431,3 +450,41 @@ def test_cli_review_flow(logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: 
     assert "extra_train" in res.output
     assert "register" in res.output  # registered, or skipped with a message
     assert yaml.safe_load(spec.read_text())["monitor"]["request_log"] == str(log)
+
+
+def test_reviewed_dataset_trains_and_reads_as_arrays_source(
+    logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: Path
+) -> None:
+    """harvest → label → dataset → `data.extra_train` in a training spec (1 epoch digits MLP):
+    the reviewed samples are appended and their sha256 is in the sidecar; the same file is a
+    valid `arrays` source."""
+    from robustops.config import load_spec
+    from robustops.data import load_digits, load_source
+    from robustops.data.sources import ArraysSource
+    from robustops.runner import train_spec
+    from spec_helpers import digits_mlp, write_spec
+
+    log, q, _ = logged
+    write_lines(log / "host-103-1.jsonl", [record("r9", [digit(20)], action="flag")])
+    harvest(log, q)
+    ids = [it.id for it in q.items()]
+    for i, k in zip(ids, (0, 0, 1, 1), strict=True):
+        q.label(i, k, reviewer="ann")
+    m = write_reviewed_dataset(
+        q, tmp_path / "rev", name="r", classes=CLASSES, modality="tensor", input_shape=[1, 8, 8]
+    )
+    src = load_source(
+        ArraysSource(kind="arrays", path=tmp_path / "rev" / "reviewed.npz"),
+        name="r",
+        test_fraction=0.5,
+    )
+    assert src.x_train.shape[0] + src.x_test.shape[0] == 4
+    train = {"epochs": 1, "batch_size": 256, "lr": 0.005, "out": "w/mlp.safetensors"}
+    spec = write_spec(
+        tmp_path,
+        digits_mlp(data={"name": "digits", "extra_train": [m["extra_train"]]}, train=train),
+    )
+    side = train_spec(load_spec(spec))
+    assert side["data"]["n_train"] == load_digits().x_train.shape[0] + 4
+    assert side["data"]["extra_train"][0]["sha256"] == m["sha256"]
+    assert side["data"]["extra_train"][0]["class_counts"][:3] == [2, 2, 0]
