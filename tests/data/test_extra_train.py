@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from robustops.cli import app
 from robustops.config import load_spec
 from robustops.data import load_digits
 from robustops.data.extra import ExtraTrainData, add_extra_train
@@ -68,6 +70,9 @@ def test_training_appends_extra_samples_and_records_lineage(tmp_path: Path) -> N
         reg.close()
     assert version["data"]["extra_train"][0]["sha256"] == sha
     assert version["data_fingerprint"] == base.fingerprint
+    shown = CliRunner().invoke(app, ["registry", "show", ref, "--home", str(home)])
+    assert shown.exit_code == 0, shown.output
+    assert f"extra train data {tmp_path.name} {sha} (n=6)" in " ".join(shown.output.split())
 
 
 def test_sha256_mismatch_names_the_field(tmp_path: Path) -> None:

@@ -488,3 +488,20 @@ def test_reviewed_dataset_trains_and_reads_as_arrays_source(
     assert side["data"]["n_train"] == load_digits().x_train.shape[0] + 4
     assert side["data"]["extra_train"][0]["sha256"] == m["sha256"]
     assert side["data"]["extra_train"][0]["class_counts"][:3] == [2, 2, 0]
+
+
+def test_concurrent_harvesters_do_not_double_count(
+    logged: tuple[Path, ReviewQueue, list[Any]],
+) -> None:
+    """A harvester that read the offsets before another one committed the same lines (here: a
+    queue whose offsets look stale) leaves those lines to it."""
+    log, q, xs = logged
+    harvest(log, q)
+
+    class Stale(ReviewQueue):
+        def offsets(self) -> dict[str, int]:
+            return {}
+
+    late = harvest(log, Stale(q.path))
+    assert (late.raced, late.new, late.seen_again) == (2, 0, 0)
+    assert q.by_sha256(sha(xs[0])).count == 2  # type: ignore[union-attr]

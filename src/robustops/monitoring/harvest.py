@@ -216,7 +216,8 @@ class QueueItem:
 class HarvestStats:
     """What one :func:`harvest` pass did: files read, complete lines consumed, ``predict``
     records seen, records skipped as canary traffic or without inputs, ``bad`` lines, inputs
-    queued (``new`` items and ``seen_again`` bumps), and partial last lines left."""
+    queued (``new`` items and ``seen_again`` bumps), partial last lines left, and files another
+    harvester consumed at the same time (``raced``: their lines were left to it)."""
 
     files: int = 0
     lines: int = 0
@@ -227,6 +228,7 @@ class HarvestStats:
     new: int = 0
     seen_again: int = 0
     partial: int = 0
+    raced: int = 0
     bad_examples: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -667,6 +669,10 @@ def harvest(
                     where = f"{path.name}: line {lines_done.get(path.name, 0) + n + 1}"
                     stats.bad_examples.append(f"{where}: {exc}")
         with queue._tx() as db:
+            now_at = db.execute("SELECT offset FROM offsets WHERE file = ?", (path.name,)).fetchone()
+            if (now_at["offset"] if now_at else 0) != start:
+                stats.raced += 1  # another harvester took these lines meanwhile: count once
+                continue
             for f in found:
                 if queue._upsert(db, f, max_request_ids) == "new":
                     stats.new += 1

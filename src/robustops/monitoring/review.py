@@ -223,8 +223,8 @@ def write_reviewed_dataset(
     item does not fit."""
     if modality not in DATA_FILES:
         raise ReviewError(f"modality: must be 'tensor' or 'text', got {modality!r}")
-    items = sorted(queue.items(status="labelled"), key=lambda it: it.id)
-    items = [it for it in items if it.modality == modality]
+    labelled = sorted(queue.items(status="labelled"), key=lambda it: it.id)
+    items = [it for it in labelled if it.modality == modality]
     if not items:
         raise ReviewError(f"{queue.path}: no labelled {modality} items to write")
     k = len(classes)
@@ -279,6 +279,7 @@ def write_reviewed_dataset(
         "class_counts": np.bincount(labels, minlength=k).tolist(),
         "input_shape": list(input_shape) if modality == "tensor" and input_shape else None,
         "item_ids": [it.id for it in items],
+        "other_modality_left_out": len(labelled) - len(items),
         "item_sha256": [it.sha256 for it in items],
         "request_ids": request_ids,
         "reviewers": sorted({it.current.reviewer for it in items if it.current}),
