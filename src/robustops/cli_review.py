@@ -510,7 +510,15 @@ def _register(home: Path, actor: str | None, manifest: dict[str, Any], out: Path
                 "(no Registry.register_dataset); the manifest records everything to register later"
             )
         who = resolve_actor(actor)
-        row = fn(who, manifest["name"], "reviewed", out / manifest["file"], meta=manifest)
-        return f"registered in {home} by {who}: {row}"
+        row = fn(
+            who,
+            manifest["name"],
+            "reviewed",
+            out / manifest["file"],
+            meta=manifest,
+            n_samples=manifest["n"],
+        )
+        ref = f"{getattr(row, 'name', manifest['name'])}@{getattr(row, 'version', '?')}"
+        return f"registered as data set {ref} in {home} by {who}"
     finally:
         reg.close()

@@ -428,6 +428,11 @@ def test_cli_review_flow(logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: 
     res = r.invoke(app, ["review", "label", "999", "1", "--spec", str(spec)])
     assert res.exit_code == 2 and "item 999" in res.output
     out = tmp_path / "reviewed"
+    from robustops.registry.service import Registry
+
+    reg = Registry.open(tmp_path / "reg")
+    reg.add_principal("root", "root", "admin")
+    reg.close()
     res = r.invoke(
         app,
         [
@@ -448,7 +453,17 @@ def test_cli_review_flow(logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: 
     assert m["n"] == 2 and m["reviewers"] == ["ann", "bo"]
     assert m["sha256"] in res.output
     assert "extra_train" in res.output
-    assert "register" in res.output  # registered, or skipped with a message
+    # registered (once the registry holds data sets), or skipped with a message
+    registered = "registered as data set tiny-digits-reviewed@1" in res.output
+    assert registered or "not registered" in res.output
+    if registered:
+        reg = Registry.open(tmp_path / "reg")
+        try:
+            ds = reg.dataset("tiny-digits-reviewed@1")  # type: ignore[attr-defined]
+        finally:
+            reg.close()
+        assert ds.content_sha256 == m["sha256"] and ds.kind == "reviewed"
+        assert ds.lineage["reviewers"] == ["ann", "bo"]
     assert yaml.safe_load(spec.read_text())["monitor"]["request_log"] == str(log)
 
 
