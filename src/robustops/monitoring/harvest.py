@@ -669,7 +669,9 @@ def harvest(
                     where = f"{path.name}: line {lines_done.get(path.name, 0) + n + 1}"
                     stats.bad_examples.append(f"{where}: {exc}")
         with queue._tx() as db:
-            now_at = db.execute("SELECT offset FROM offsets WHERE file = ?", (path.name,)).fetchone()
+            now_at = db.execute(
+                "SELECT offset FROM offsets WHERE file = ?", (path.name,)
+            ).fetchone()
             if (now_at["offset"] if now_at else 0) != start:
                 stats.raced += 1  # another harvester took these lines meanwhile: count once
                 continue
