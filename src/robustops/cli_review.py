@@ -190,8 +190,12 @@ def list_cmd(
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
     as_json: JsonOpt = False,
+    inputs: Annotated[
+        bool, typer.Option("--inputs/--no-inputs", help="with --json: include each input")
+    ] = True,
 ) -> None:
-    """The queue's items, most seen first."""
+    """The queue's items, most seen first (--json: every field, the input and the label
+    history included)."""
     try:
         if status not in (None, "pending", "labelled", "skipped"):
             from robustops.monitoring.harvest import ReviewError
@@ -203,7 +207,7 @@ def list_cmd(
     except RobustOpsError as exc:
         fail(exc)
     if as_json:
-        print(json.dumps([it.to_json(with_input=False) for it in items]))
+        print(json.dumps([it.to_json(with_input=inputs) for it in items], ensure_ascii=False))
         return
     t = Table(title=f"review queue {ctx.queue.path}")
     for col in ("id", "status", "label", "model said", "conf", "reasons", "seen", "last seen"):

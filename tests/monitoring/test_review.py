@@ -423,6 +423,7 @@ def test_cli_review_flow(logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: 
     res = r.invoke(app, ["review", "list", "--spec", str(spec), "--json"])
     listed = json.loads(res.output)
     assert sorted(i["status"] for i in listed) == ["labelled", "labelled", "skipped"]
+    assert {sha(i["input"]) for i in listed} == {i["sha256"] for i in listed}
     res = r.invoke(app, ["review", "show", str(third.id), "--spec", str(spec)])
     assert res.exit_code == 0 and "bo (cli): 9" in res.output
     res = r.invoke(app, ["review", "label", "999", "1", "--spec", str(spec)])
@@ -451,6 +452,7 @@ def test_cli_review_flow(logged: tuple[Path, ReviewQueue, list[Any]], tmp_path: 
     assert res.exit_code == 0, res.output
     m = json.loads((out / "manifest.json").read_text())
     assert m["n"] == 2 and m["reviewers"] == ["ann", "bo"]
+    assert m["path"] == str((out / "reviewed.npz").resolve()) == m["extra_train"]["path"]
     assert m["sha256"] in res.output
     assert "extra_train" in res.output
     # registered (once the registry holds data sets), or skipped with a message
@@ -520,3 +522,30 @@ def test_concurrent_harvesters_do_not_double_count(
     late = harvest(log, Stale(q.path))
     assert (late.raced, late.new, late.seen_again) == (2, 0, 0)
     assert q.by_sha256(sha(xs[0])).count == 2  # type: ignore[union-attr]
+
+
+def test_blocked_before_the_model_ran_is_queued(tmp_path: Path) -> None:
+    """A blocked request has no predictions: its inputs are queued with the hash computed as
+    the guard does, and the model's answer is filled in when the input is seen answered."""
+    log = tmp_path / "log"
+    log.mkdir()
+    x, text = digit(30), "free prize"
+    blocked = record("r1", [x, text], action="block", ts=1.0)
+    del blocked["predictions"]
+    refused = record("r0", [digit(31)], ts=0.5)  # rate-limited, not flagged: model did not run
+    del refused["predictions"]
+    refused["decision"], refused["status"] = "rate-limited", 429
+    later = record("r2", [x], abstain=[True], labels=[5], ts=2.0)
+    write_lines(log / "w.jsonl", [refused, blocked, later])
+    q = ReviewQueue(tmp_path / "q.db")
+    stats = harvest(log, q)
+    assert (stats.new, stats.seen_again, stats.bad) == (2, 1, 0)
+    img, txt = q.by_sha256(sha(x)), q.by_sha256(sha(text))
+    assert img is not None and txt is not None and txt.modality == "text"
+    assert (img.count, img.reasons, img.predicted, img.confidence) == (
+        2,
+        ["abstain", "flag"],
+        5,
+        0.55,
+    )
+    assert txt.predicted is None and txt.reasons == ["flag"]

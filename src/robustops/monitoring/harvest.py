@@ -5,7 +5,10 @@ guard worker, appended to and flushed line by line, never rewritten) from where 
 time, and puts into the :class:`ReviewQueue` every input of a non-canary ``predict`` record that
 was
 
-- **flagged**: the request's ``action`` is ``flag``, ``throttle`` or ``block``;
+- **flagged**: the request's ``action`` is ``flag``, ``throttle`` or ``block`` (also when the
+  guard stopped it before the model ran: then it has no ``predictions``, the per-input hash is
+  computed here as the guard does, :func:`input_sha256`, and the model's answer is filled in
+  if the same input is seen answered later);
 - **abstained**: its ``predictions[i].abstain`` is true (the abstainer already decided);
 - **out of distribution**: its ``predictions[i].score`` is above the given threshold
   (``monitor.harvest.ood_threshold``; none: this reason is not used),
@@ -27,6 +30,7 @@ and never overwritten: an item's current label is its newest label event.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sqlite3
@@ -36,6 +40,8 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from robustops.errors import RobustOpsError
 
@@ -47,6 +53,7 @@ __all__ = [
     "ReviewError",
     "ReviewQueue",
     "harvest",
+    "input_sha256",
 ]
 
 FLAG_ACTIONS = frozenset({"flag", "throttle", "block"})
@@ -342,7 +349,8 @@ class ReviewQueue:
             rids.append(found.request_id)
         db.execute(
             "UPDATE items SET reasons = ?, flags = ?, keys = ?, request_ids = ?, "
-            "count = count + 1, first_seen = ?, last_seen = ? WHERE id = ?",
+            "count = count + 1, first_seen = ?, last_seen = ?, predicted = COALESCE(predicted, ?), "
+            "confidence = COALESCE(confidence, ?), score = COALESCE(score, ?) WHERE id = ?",
             (
                 _dumps(reasons),
                 _dumps(flags),
@@ -350,6 +358,9 @@ class ReviewQueue:
                 _dumps(rids),
                 min(row["first_seen"], found.ts),
                 max(row["last_seen"], found.ts),
+                found.predicted,
+                found.confidence,
+                found.score,
                 row["id"],
             ),
         )
@@ -545,6 +556,17 @@ def _modality(x: Any) -> str | None:
     return "tensor" if seen_number else None
 
 
+def input_sha256(x: Any) -> str:
+    """The content sha256 of one input as the guard computes it: the UTF-8 bytes of a text, or
+    the float32 C-order bytes of a tensor (used when a record has no per-input hash: a request
+    blocked before the model ran)."""
+    if isinstance(x, str):
+        return hashlib.sha256(x.encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        np.ascontiguousarray(np.asarray(x, dtype=np.float32)).tobytes()
+    ).hexdigest()
+
+
 def _findings(
     rec: dict[str, Any], *, flagged: bool, abstained: bool, ood_threshold: float | None
 ) -> list[_Found]:
@@ -554,10 +576,12 @@ def _findings(
     preds = rec.get("predictions")
     if not isinstance(inputs, list):
         raise ValueError("`input` is not a list")
-    if not isinstance(preds, list) or len(preds) != len(inputs):
-        return []  # the model did not run: nothing was judged, nothing to review
     action = rec["action"]
     request_flagged = flagged and action in FLAG_ACTIONS
+    if not isinstance(preds, list) or len(preds) != len(inputs):
+        if not request_flagged:
+            return []  # the model did not run and the guard saw nothing: nothing to review
+        preds = [{} for _ in inputs]  # blocked or throttled before the model: the inputs count
     flags = tuple(str(f) for f in rec.get("flags") or [])
     out = []
     for x, p in zip(inputs, preds, strict=True):
@@ -574,9 +598,11 @@ def _findings(
         if not reasons:
             continue
         modality = _modality(x)
+        if modality is None:
+            raise ValueError("an input is neither a text nor (nested lists of) numbers")
         sha = p.get("sha256")
-        if modality is None or not isinstance(sha, str) or not sha:
-            raise ValueError("an input is neither text nor numbers, or has no sha256")
+        if not isinstance(sha, str) or not sha:
+            sha = input_sha256(x)
         label = p.get("label")
         out.append(
             _Found(

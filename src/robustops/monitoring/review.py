@@ -272,6 +272,7 @@ def write_reviewed_dataset(
         "version": sha[:12],
         "modality": modality,
         "file": data_path.name,
+        "path": str(data_path.resolve()),
         "format": "arrays" if modality == "tensor" else "jsonl",
         "sha256": sha,
         "n": len(items),
@@ -290,7 +291,7 @@ def write_reviewed_dataset(
         "log_folder": log_folder,
         "spec_name": spec_name,
         "created_at": created.isoformat(),
-        "extra_train": {"path": str(data_path), "sha256": sha},
+        "extra_train": {"path": str(data_path.resolve()), "sha256": sha},
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
