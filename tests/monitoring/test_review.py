@@ -549,3 +549,49 @@ def test_blocked_before_the_model_ran_is_queued(tmp_path: Path) -> None:
         0.55,
     )
     assert txt.predicted is None and txt.reasons == ["flag"]
+
+
+def test_text_reviewed_dataset_feeds_extra_train(tmp_path: Path) -> None:
+    import torch
+
+    from robustops.data.extra import ExtraTrainData, add_extra_train
+    from robustops.data.sms_spam import TextDataset
+
+    log = tmp_path / "log"
+    log.mkdir()
+    texts = ["fr\u0435e prize\u200b now", "see you at 5"]
+    write_lines(log / "w.jsonl", [record("r1", texts, action="flag")])
+    q = ReviewQueue(tmp_path / "q.db")
+    harvest(log, q)
+    first, second = sorted(q.items(), key=lambda it: it.id)
+    q.label(first.id, 1, reviewer="ann")
+    q.label(second.id, 0, reviewer="ann")
+    m = write_reviewed_dataset(
+        q, tmp_path / "ds", name="t", classes=["ham", "spam"], modality="text"
+    )
+    lines = [
+        json.loads(line) for line in (tmp_path / "ds" / "reviewed.jsonl").read_text().splitlines()
+    ]
+    assert lines == [{"text": texts[0], "label": "spam"}, {"text": texts[1], "label": "ham"}]
+    base = TextDataset(
+        name="t",
+        texts_train=["a", "b"],
+        y_train=torch.tensor([0, 1]),
+        texts_test=["c"],
+        y_test=torch.tensor([0]),
+        classes=("ham", "spam"),
+        fingerprint="f" * 64,
+        split_seed=0,
+        test_fraction=0.2,
+    )
+    out = add_extra_train(base, [ExtraTrainData(**m["extra_train"])])
+    assert out.texts_train[2:] == texts and out.y_train.tolist() == [0, 1, 1, 0]
+    with pytest.raises(ReviewError, match="no labelled tensor items"):
+        write_reviewed_dataset(
+            q,
+            tmp_path / "ds2",
+            name="t",
+            classes=["ham", "spam"],
+            modality="tensor",
+            input_shape=[4],
+        )
