@@ -39,6 +39,7 @@ TOP = {
     "cli",
     "cli_registry",
     "cli_serve",
+    "cli_review",
     "console",
     "lifecycle",
     "__main__",
