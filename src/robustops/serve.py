@@ -233,8 +233,9 @@ def load_version(target: ServeTarget, ref: VersionRef, running: Guard) -> Guard:
     served = served_model(ServeTarget(spec=target.spec, ref=ref.label, registry=target.registry))
     if served.model.weights_sha256 != ref.weights_sha256:
         raise SpecError.single(
-            "version", f"{ref.label}'s weights are {served.model.weights_sha256}, not the "
-            f"{ref.weights_sha256} the alias named"
+            "version",
+            f"{ref.label}'s weights are {served.model.weights_sha256}, not the "
+            f"{ref.weights_sha256} the alias named",
         )
     served.config = running.config
     return guard_for(served, detector=running.detector)

@@ -278,7 +278,7 @@ def _weights(root: Path, seed: int) -> Path:
 class AliasServer:
     """``robustops serve --version tiny-digits:staging`` on a tmp registry (2 workers)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, follow_seconds: float = 0.2) -> None:
         self.root = root
         self.home = root / "registry"
         reg = Registry.open(self.home)
@@ -301,7 +301,7 @@ class AliasServer:
                 "keys": str(keys_path),
                 "limits": HIGH_LIMITS,
                 "request_log": str(self.requests),
-                "follow_seconds": 0.2,
+                "follow_seconds": follow_seconds,
                 "abstention": {"alpha": 0.05, "calibration_samples": 100},
                 "detection": {"flag_at": 2, "throttle_at": 3, "block_at": 4, "window": 4},
             },

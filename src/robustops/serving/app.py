@@ -359,9 +359,7 @@ def _respond(
         return 429, {"detail": "rate limit exceeded"}
     if enforce and outcome.action == "block":
         return 403, {"detail": "forbidden"}
-    flagged = outcome.action == "flag" or (
-        not enforce and outcome.action in ("throttle", "block")
-    )
+    flagged = outcome.action == "flag" or (not enforce and outcome.action in ("throttle", "block"))
     return 200, {
         "request_id": rid,
         "model": {k: described[k] for k in ("name", "version", "weights_sha256")},

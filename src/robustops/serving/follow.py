@@ -80,7 +80,9 @@ class AliasFollower:
             raise ValueError(f"interval: {interval} must be positive")
         self.slot, self.resolve, self.load = slot, resolve, load
         self.interval = interval
-        self.retry_seconds = retry_seconds if retry_seconds is not None else max(30.0, 10 * interval)
+        self.retry_seconds = (
+            retry_seconds if retry_seconds is not None else max(30.0, 10 * interval)
+        )
         self.request_log = request_log if request_log is not None else RequestLog(None)
         self.metrics = metrics
         self._stop = threading.Event()

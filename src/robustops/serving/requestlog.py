@@ -14,6 +14,7 @@ A failed write (disk full, folder removed) never fails the request: it is counte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,7 +43,9 @@ class RequestLog:
     ``on_error`` is called once per failed write (a metric counts it). Thread-safe: requests
     write from the event loop, a model swap from its loading thread."""
 
-    def __init__(self, folder: str | Path | None, on_error: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, folder: str | Path | None, on_error: Callable[[], None] | None = None
+    ) -> None:
         self.folder = Path(folder) if folder is not None else None
         self.on_error = on_error
         self.path: Path | None = None
@@ -116,10 +119,8 @@ class RequestLog:
 
     def _close_quietly(self) -> None:
         if self._file is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self._file.close()
-            except (OSError, ValueError):
-                pass
             self._file = None
 
     def close(self) -> None:
