@@ -3,7 +3,8 @@
 In process (uvicorn in a thread on 127.0.0.1): every field of a ``predict`` line with its type,
 ``input`` only with ``log_inputs``, text statistics, a file that cannot be written (the answer
 is given, the failure counted), a canary key's exemption from the detector's throttle (but not
-from its rate limit). Over the wire: ``robustops serve --version NAME:ALIAS`` with 2 workers on a
+from its rate limit), a request in flight during a swap (it finishes on the old guard), the
+follower's failures (registry unreachable, a version that does not load). Over the wire: ``robustops serve --version NAME:ALIAS`` with 2 workers on a
 real registry in a tmp folder: one file per worker, the alias moved (the workers follow it:
 ``/v1/model``, answers, log lines, ``model-swap`` lines, ``model_info``), a version whose
 weights do not match their hash (the workers keep the old one and count the failure), and a
@@ -19,8 +20,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +38,11 @@ from robustops.serving.abstention import fit_abstainer
 from robustops.serving.app import create_app
 from robustops.serving.config import AbstentionConfig, DetectionConfig, ServeConfig
 from robustops.serving.detection import GuardDetector, detector_secret
-from robustops.serving.follow import GuardSlot
+from robustops.serving.follow import AliasFollower, GuardSlot, VersionRef
 from robustops.serving.guard import Guard
 from robustops.serving.keys import KeyStore
 from robustops.serving.limits import MemoryLimiter
+from robustops.serving.metrics import GuardMetrics
 from robustops.serving.requestlog import RequestLog
 from serving.fuzz_helpers import threaded_server, tiny_served_model
 from serving.server_helpers import DIGITS_SPEC, HIGH_LIMITS, SRC, TESTS, free_port
@@ -262,6 +266,101 @@ def test_canary_key_is_not_throttled_by_the_detector_but_is_rate_limited(tmp_pat
     # the log records what the detector chose, though it was not applied
     assert {"throttle", "block"} <= {r["action"] for r in canary_lines}
     assert canary_lines[-1]["decision"] == "rate-limited"
+
+
+def test_requests_in_flight_finish_on_the_old_guard(tmp_path: Path) -> None:
+    entered, release = threading.Event(), threading.Event()
+    plain = tiny_served_model().logits
+
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        entered.set()
+        assert release.wait(30)
+        return plain(x)
+
+    config = ServeConfig(detection=DetectionConfig(enabled=False))
+    old = Guard(tiny_served_model(version="tiny@1", logits=slow), config)
+    new = Guard(tiny_served_model(version="tiny@2", weights_sha256="1" * 64), config)
+    keys = KeyStore(tmp_path / "keys.db")
+    key = {"X-API-Key": keys.add("dave")}
+    slot = GuardSlot(old)
+    folder = tmp_path / "requests"
+    app = create_app(slot, keys, MemoryLimiter(1e9, 10**9), request_log=RequestLog(folder))
+    body = {"inputs": _image(0.5)}
+    with threaded_server(app) as url, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{url}/v1/predict", json=body, headers=key, timeout=60)
+        assert entered.wait(30)  # the first request is in the old model
+        slot.swap(new)
+        assert httpx.get(f"{url}/v1/model", headers=key).json()["version"] == "tiny@2"
+        second = httpx.post(f"{url}/v1/predict", json=body, headers=key)
+        release.set()
+        first = pending.result()
+    assert first.json()["model"]["version"] == "tiny@1"
+    assert second.json()["model"] == {
+        "name": "tiny", "version": "tiny@2", "weights_sha256": "1" * 64
+    }  # fmt: skip
+    lines = {r["request_id"]: r for r in predict_lines(folder)}
+    assert lines[first.json()["request_id"]]["model"] == "tiny@1"
+    assert lines[first.json()["request_id"]]["weights_sha256"] == "0" * 64
+    assert lines[second.json()["request_id"]]["model"] == "tiny@2"
+
+
+def test_follower_keeps_the_old_guard_when_it_cannot_load(tmp_path: Path) -> None:
+    config = ServeConfig(detection=DetectionConfig(enabled=False))
+    guards = {
+        v: Guard(tiny_served_model(version=f"tiny@{v}", weights_sha256=str(v) * 64), config)
+        for v in (1, 2, 3)
+    }
+    slot = GuardSlot(guards[1])
+    points: list[Any] = [OSError("registry down")]
+    loads: list[str] = []
+
+    def resolve() -> VersionRef:
+        if isinstance(points[0], Exception):
+            raise points[0]
+        return VersionRef(f"tiny@{points[0]}", str(points[0]) * 64)
+
+    def load(ref: VersionRef) -> Guard:
+        loads.append(ref.label)
+        if ref.label == "tiny@2":
+            raise ValueError("weights: sha256 mismatch")
+        return guards[int(ref.label[-1])]
+
+    folder = tmp_path / "requests"
+    metrics = GuardMetrics(guards[1].model.describe())
+    follower = AliasFollower(
+        slot, resolve, load, interval=0.05, request_log=RequestLog(folder), metrics=metrics
+    )
+    assert not follower.check() and not follower.check()  # unreachable twice: logged once
+    points[0] = 2
+    assert not follower.check() and not follower.check()  # a bad version: loaded once
+    assert slot.guard is guards[1] and loads == ["tiny@2"]
+    events = [r for lines in read_lines(folder).values() for r in lines]
+    assert [(r["event"], r["result"], r["to"]) for r in events] == [
+        ("model-swap-failed", "registry-unreachable", None),
+        ("model-swap-failed", "load-failed", "tiny@2"),
+    ]
+    assert "sha256 mismatch" in events[1]["error"] and events[1]["from"] == "tiny@1"
+    snap = {
+        (s.name, tuple(s.labels.items())): s.value
+        for f in metrics.collect_registry().collect()
+        for s in f.samples
+    }
+    assert snap[("robustops_guard_model_swaps_total", (("result", "registry-unreachable"),))] == 2
+    assert snap[("robustops_guard_model_swaps_total", (("result", "load-failed"),))] == 1
+    points[0] = 3  # the alias moved on: the thread picks it up
+    follower.start()
+    try:
+        deadline = time.monotonic() + 10
+        while slot.guard is not guards[3]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        follower.stop()
+    swap = [r for lines in read_lines(folder).values() for r in lines][-1]
+    assert swap["event"] == "model-swap" and (swap["from"], swap["to"]) == ("tiny@1", "tiny@3")
+    assert swap["weights_sha256"] == "3" * 64 and swap["load_seconds"] >= 0
+    assert metrics.identity["version"] == "tiny@3"
+    assert slot.current[1]["version"] == "tiny@3"
 
 
 # --- over the wire: robustops serve on a registry alias ------------------------------------------
