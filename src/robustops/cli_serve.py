@@ -20,7 +20,11 @@ def serve(
     spec: Annotated[Path, typer.Option("--spec", "-s", help="pipeline spec (YAML)")],
     ref: Annotated[
         str | None,
-        typer.Option("--version", help="serve this registry version instead (NAME:ALIAS, NAME@N)"),
+        typer.Option(
+            "--version",
+            help="serve this registry version instead (NAME@N, or NAME:ALIAS, which the "
+            "workers follow when it moves: serve.follow_seconds)",
+        ),
     ] = None,
     registry: Annotated[
         Path | None,

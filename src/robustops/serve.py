@@ -5,6 +5,12 @@ the weights a registry alias points to, checked against their hash), fits what t
 from the spec's data (the temperature on held-out test samples), and runs uvicorn with
 ``workers`` processes. Each worker builds its app from the JSON in ``ROBUSTOPS_SERVE`` through
 :func:`app_from_env` (uvicorn's ``--factory``), so every worker serves the same thing.
+
+Serving an alias (``NAME:ALIAS``) with ``serve.follow_seconds`` > 0, each worker checks where
+the alias points every ``follow_seconds`` and, when it moved, builds the new version's guard the
+way it built the first (weights checked against their hash, temperature, abstainer; the
+detector's per-key state is carried over) in a thread and swaps it in
+(:class:`~robustops.serving.follow.AliasFollower`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from robustops.serving.app import create_app
 from robustops.serving.config import ServeConfig
 from robustops.serving.dashboard import DashboardStore
 from robustops.serving.detection import GuardDetector, detector_secret
-from robustops.serving.guard import Guard
+from robustops.serving.follow import AliasFollower, GuardSlot, VersionRef
+from robustops.serving.guard import Detector, Guard
 from robustops.serving.keys import KeyStore
 from robustops.serving.limits import (
     Limiter,
@@ -39,7 +46,9 @@ from robustops.serving.limits import (
     RedisLimiter,
     SqliteLimiter,
 )
+from robustops.serving.metrics import GuardMetrics
 from robustops.serving.model import ServedModel, module_logits
+from robustops.serving.requestlog import RequestLog
 from robustops.tabular.registry import get_schema
 from robustops.text.models import TextClassifier
 
@@ -125,12 +134,12 @@ def served_model(target: ServeTarget) -> Served:
     return Served(served, config, data, model)
 
 
-def guard_for(served: Served) -> Guard:
-    """The guard of a served model: its detector and, when enabled, its abstainer fitted on the
-    data (the conformal threshold on the test split's last held-out samples)."""
+def guard_for(served: Served, *, detector: Detector | None = None) -> Guard:
+    """The guard of a served model: its detector (``detector``, e.g. the one of the guard it
+    replaces, keeping its per-key state; else a new one) and, when enabled, its abstainer
+    fitted on the data (the conformal threshold on the test split's last held-out samples)."""
     config, data, model = served.config, served.data, served.model
-    detector = None
-    if config.detection.enabled:
+    if detector is None and config.detection.enabled:
         detector = GuardDetector(
             config.detection, detector_secret(config.state_dir), model.modality
         )
@@ -187,14 +196,86 @@ def prepare_state(config: ServeConfig, workers: int) -> None:
             raise SpecError.single("serve.state.redis_url", f"does not answer: {exc}") from None
 
 
+class RegistryAlias:
+    """Where a registry alias points (:meth:`resolve`), on a registry opened once and reopened
+    after an error."""
+
+    def __init__(self, ref: str, registry: str | None) -> None:
+        self.ref, self.registry = ref, registry
+        self._reg: Registry | None = None
+
+    def resolve(self) -> VersionRef:
+        """The version ``ref`` names now (raises when the registry cannot be read)."""
+        try:
+            if self._reg is None:
+                self._reg = Registry.open(self.registry)
+            v = self._reg.get(self.ref)
+        except BaseException:
+            self.close()
+            raise
+        return VersionRef(label(v), v.weights_sha256)
+
+    def close(self) -> None:
+        """Release the registry's connections."""
+        if self._reg is not None:
+            reg, self._reg = self._reg, None
+            reg.close()
+
+
+def follows(target: ServeTarget, config: ServeConfig) -> bool:
+    """Whether the workers follow ``target``'s alias (an alias, ``follow_seconds`` > 0)."""
+    return target.ref is not None and ":" in target.ref and config.follow_seconds > 0
+
+
+def load_version(target: ServeTarget, ref: VersionRef, running: Guard) -> Guard:
+    """The guard of registry version ``ref`` built as at start from ``target``'s spec, with
+    the running guard's settings and detector (its per-key state goes on)."""
+    served = served_model(ServeTarget(spec=target.spec, ref=ref.label, registry=target.registry))
+    if served.model.weights_sha256 != ref.weights_sha256:
+        raise SpecError.single(
+            "version",
+            f"{ref.label}'s weights are {served.model.weights_sha256}, not the "
+            f"{ref.weights_sha256} the alias named",
+        )
+    served.config = running.config
+    return guard_for(served, detector=running.detector)
+
+
 def build_app(target: ServeTarget) -> Any:
-    """The FastAPI app of one worker for ``target``."""
+    """The FastAPI app of one worker for ``target`` (following its alias when asked)."""
     served = served_model(target)
     config = served.config
     guard = guard_for(served)
     keys = KeyStore(Path(config.keys))
     store = DashboardStore(Path(config.state_dir) / "dashboard.db")
-    return create_app(guard, keys, limiter_for(config), store=store)
+    metrics = GuardMetrics(guard.model.describe())
+    request_log = RequestLog(config.request_log, on_error=metrics.request_log_errors.inc)
+    slot = GuardSlot(guard)
+    starting: list[Any] = []
+    stopping: list[Any] = []
+    if follows(target, config):
+        assert target.ref is not None
+        alias = RegistryAlias(target.ref, target.registry)
+        follower = AliasFollower(
+            slot,
+            alias.resolve,
+            lambda ref: load_version(target, ref, slot.guard),
+            interval=config.follow_seconds,
+            request_log=request_log,
+            metrics=metrics,
+        )
+        starting.append(follower.start)
+        stopping += [follower.stop, alias.close]
+    return create_app(
+        slot,
+        keys,
+        limiter_for(config),
+        metrics=metrics,
+        store=store,
+        request_log=request_log,
+        on_startup=starting,
+        on_shutdown=stopping,
+    )
 
 
 def app_from_env() -> Any:

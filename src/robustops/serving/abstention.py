@@ -45,21 +45,26 @@ class GuardAbstainer:
 
     def decide(self, logits: Tensor, features: Tensor | None) -> list[list[str]]:
         """See :class:`robustops.serving.guard.Abstainer`."""
+        return self.assess(logits, features)[0]
+
+    def assess(self, logits: Tensor, features: Tensor | None) -> tuple[list[list[str]], Tensor]:
+        """See :class:`robustops.serving.guard.ScoringAbstainer`: the reasons to abstain per
+        input and the OOD scores ``(N,)`` they were decided on (one scoring pass)."""
         s = self.scores(logits, features)
-        conf = torch.softmax(logits / self.temperature, dim=1).max(dim=1).values
+        conf = torch.softmax(logits / self.temperature, dim=1).max(dim=1).values.tolist()
         t = self.threshold
         out = []
-        for i in range(logits.shape[0]):
+        for i, score in enumerate(s.tolist()):
             reasons = []
-            if float(s[i]) > t.threshold:
+            if score > t.threshold:
                 reasons.append(
-                    f"out of distribution: {self.score_name} score {float(s[i]):.4g} above "
+                    f"out of distribution: {self.score_name} score {score:.4g} above "
                     f"{t.threshold:.4g} (conformal, alpha={t.alpha}, n={t.n_calibration})"
                 )
-            if self.min_confidence is not None and float(conf[i]) < self.min_confidence:
-                reasons.append(f"low confidence: {float(conf[i]):.3f} below {self.min_confidence}")
+            if self.min_confidence is not None and conf[i] < self.min_confidence:
+                reasons.append(f"low confidence: {conf[i]:.3f} below {self.min_confidence}")
             out.append(reasons)
-        return out
+        return out, s
 
 
 def fit_abstainer(

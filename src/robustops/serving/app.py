@@ -5,17 +5,28 @@ Bearer KEY`` or ``X-API-Key: KEY``) → the key's rate limit (429 with ``Retry-A
 worker's concurrency cap (503) → validation (422 naming the field) → the :class:`Guard`
 (detect, predict, abstain) → one JSON log line. ``GET /healthz`` (the process is up),
 ``/readyz`` (the model answers), ``/v1/model`` (identity and input contract; any key) and the
-OpenAPI schema at ``/openapi.json``. ``GET /metrics`` (Prometheus text, every worker's counts
+OpenAPI schema at ``/openapi.json``.
+
+Every ``POST /v1/predict`` writes one JSON line (``event: predict``, fields in docs/guard.md)
+to stderr and, when a :class:`~robustops.serving.requestlog.RequestLog` is given, to this
+worker's request log file. A ``canary`` key (the monitoring loop's probes) is answered even
+when the detector would throttle or block it (its line records the action the detector
+chose), so that canary traffic measures the model, not the limits; rate limits still apply.
+The served guard sits in a :class:`~robustops.serving.follow.GuardSlot`: a request takes it
+once when it starts, so a swap (alias following) never splits one request over two models. ``GET /metrics`` (Prometheus text, every worker's counts
 merged) and ``GET /dashboard/data`` need an ``admin`` key (the counters would otherwise tell a
 client whether its queries were flagged); the page ``GET /dashboard`` is open and asks for the
 key (:mod:`robustops.serving.dashboard`).
 """
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -25,11 +36,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from robustops.serving.dashboard import PAGE, PAGE_HEADERS, DashboardStore, dashboard_data
-from robustops.serving.guard import Guard, Outcome
+from robustops.serving.follow import GuardSlot
+from robustops.serving.guard import Guard, Outcome, batch_stats, input_digest
 from robustops.serving.keys import KeyInfo, KeyStore
 from robustops.serving.limits import Limiter, LimiterUnavailable
 from robustops.serving.metrics import GuardMetrics, ObserveMiddleware, note_outcome
-from robustops.serving.validation import InvalidRequest, request_schema
+from robustops.serving.requestlog import RequestLog, dumps
+from robustops.serving.validation import Batch, InvalidRequest, request_schema
 
 log = logging.getLogger("robustops.guard")
 
@@ -118,32 +131,63 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
 
 
 def create_app(
-    guard: Guard,
+    guard: Guard | GuardSlot,
     keys: KeyStore,
     limiter: Limiter,
     *,
     metrics: GuardMetrics | None = None,
     store: DashboardStore | None = None,
+    request_log: RequestLog | None = None,
+    on_startup: Sequence[Callable[[], None]] = (),
+    on_shutdown: Sequence[Callable[[], None]] = (),
 ) -> FastAPI:
-    """The FastAPI application of one worker (see the module docstring). ``metrics`` default
-    to this worker's (multiprocess when prometheus-client is in that mode); ``store`` (the
-    dashboard's flagged keys and readings) to one in memory."""
-    cfg = guard.config
+    """The FastAPI application of one worker (see the module docstring). ``guard`` is the
+    guard, or the slot holding it (which an :class:`~robustops.serving.follow.AliasFollower`
+    swaps). ``metrics`` default to this worker's (multiprocess when prometheus-client is in that
+    mode); ``store`` (the dashboard's flagged keys and readings) to one in memory;
+    ``request_log`` to none (stderr only; ``robustops serve`` gives the file of
+    ``serve.request_log``). ``on_startup`` and ``on_shutdown`` run when the worker's lifespan
+    starts and ends (e.g. an alias follower's thread)."""
+    slot = guard if isinstance(guard, GuardSlot) else GuardSlot(guard)
+    first = slot.guard
+    cfg = first.config
+    files = request_log if request_log is not None else RequestLog(None)
     _json_lines_to_stderr()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for hook in on_startup:
+            hook()
+        try:
+            yield
+        finally:
+            for hook in on_shutdown:
+                await run_in_threadpool(hook)
+            files.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="RobustOps guard",
         version="1",
         description="A hardened prediction service in front of a classifier.",
     )
     app.add_middleware(_BodyLimit, limit=cfg.limits.max_body_bytes)
     slots = asyncio.Semaphore(cfg.limits.max_concurrency)
-    described = guard.model.describe()
-    metrics = metrics if metrics is not None else GuardMetrics(described)
+    metrics = metrics if metrics is not None else GuardMetrics(slot.current[1])
+    if files.on_error is None:
+        files.on_error = metrics.request_log_errors.inc
     store = store if store is not None else DashboardStore()
     app.add_middleware(ObserveMiddleware, metrics=metrics, sink=store)
+    # The input contract is the first model's: a version an alias moves to is another
+    # version of the same model (same spec, same input shape).
     body_schema = request_schema(
-        guard.model, max_batch=cfg.limits.max_batch, max_text_chars=cfg.max_text_chars
+        first.model, max_batch=cfg.limits.max_batch, max_text_chars=cfg.max_text_chars
     )
+
+    def write(record: dict[str, Any]) -> None:
+        line = dumps(record)
+        log.info(line)
+        files.write(line)
 
     async def client(
         authorization: Annotated[str | None, Header()] = None,
@@ -172,11 +216,12 @@ def create_app(
 
     @app.get("/readyz")
     def readyz() -> dict[str, Any]:
+        described = slot.current[1]
         return {"status": "ready", "model": described["version"] or described["name"]}
 
     @app.get("/v1/model", responses={401: {"description": "no valid API key"}})
     def model_info(key: Annotated[KeyInfo, Depends(client)]) -> dict[str, Any]:
-        return described
+        return slot.current[1]
 
     @app.post(
         "/v1/predict",
@@ -197,15 +242,21 @@ def create_app(
         },
     )
     async def predict(request: Request, key: Annotated[KeyInfo, Depends(client)]) -> JSONResponse:
+        ts = time.time()
         started = time.perf_counter()
         rid = uuid.uuid4().hex
+        guard, described = slot.current  # this request's model, whatever a swap does meanwhile
+
+        def refuse(status: int, decision: str, batch: Batch | None = None) -> None:
+            write(_record(ts, rid, key, guard, started, status, decision, batch=batch))
+
         try:
             admitted, retry = limiter.acquire(key.name)
         except LimiterUnavailable:  # fail closed: no shared state, no admission
-            _log(rid, key, started, 503, "limiter-unavailable", [], "")
+            refuse(503, "limiter-unavailable")
             return JSONResponse({"detail": "busy"}, status_code=503, headers={"Retry-After": "1"})
         if not admitted:
-            _log(rid, key, started, 429, "rate-limited", [], "")
+            refuse(429, "rate-limited")
             return JSONResponse(
                 {"detail": "rate limit exceeded"},
                 status_code=429,
@@ -215,17 +266,17 @@ def create_app(
             body = json.loads(await request.body(), object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError):  # bad JSON or UTF-8, an integer over 4300 digits,
             # nesting deeper than the interpreter's recursion limit, a key given twice
-            _log(rid, key, started, 422, "invalid", [], "")
+            refuse(422, "invalid")
             return JSONResponse(
                 {"detail": [{"loc": ["body"], "msg": "not valid JSON"}]}, status_code=422
             )
         try:
             batch = guard.parse(body)
         except InvalidRequest as exc:
-            _log(rid, key, started, 422, "invalid", [], "")
+            refuse(422, "invalid")
             return JSONResponse({"detail": exc.errors}, status_code=422)
         if slots.locked():
-            _log(rid, key, started, 503, "busy", [], "")
+            refuse(503, "busy", batch)
             return JSONResponse({"detail": "busy"}, status_code=503, headers={"Retry-After": "1"})
         # The slot is held until the model is done, even if this handler is cancelled first
         # (a client hanging up can cancel it): the work runs as its own task that gives the
@@ -235,21 +286,25 @@ def create_app(
         work.add_done_callback(lambda task: _release(slots, task))
         outcome: Outcome = await asyncio.shield(work)
         note_outcome(request, key.name, outcome)
-        status, payload = _respond(outcome, rid, described)
+        status, payload = _respond(outcome, rid, described, enforce=key.role != "canary")
         decision = (
             "abstain" if any(p.decision == "abstain" for p in outcome.predictions) else ("predict")
         )
-        _log(
-            rid,
-            key,
-            started,
-            status,
-            decision,
-            outcome.flags,
-            outcome.input_sha256,
+        predictions = [_logged(p) for p in outcome.predictions]
+        record = _record(ts, rid, key, guard, started, status, decision)
+        record.update(
             action=outcome.action,
-            raw=body if cfg.log_inputs else None,
+            flags=outcome.flags,
+            input_sha256=outcome.input_sha256,
+            model=outcome.model,
+            weights_sha256=outcome.weights_sha256,
+            n=batch.n,
+            predictions=predictions,
+            stats={k: _finite(v) for k, v in outcome.stats.items()},
         )
+        if cfg.log_inputs:
+            record["input"] = _inputs_as_list(body, batch, guard)
+        write(record)
         return JSONResponse(payload, status_code=status)
 
     @app.get(
@@ -293,45 +348,89 @@ def _release(slots: asyncio.Semaphore, task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _respond(outcome: Outcome, rid: str, described: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def _respond(
+    outcome: Outcome, rid: str, described: dict[str, Any], *, enforce: bool = True
+) -> tuple[int, dict[str, Any]]:
     """The HTTP status and body for an outcome: a throttled key gets the same 429 as a rate
-    limit, a blocked one a plain 403; flagged and logged requests get their normal answer."""
-    if outcome.action == "throttle":
+    limit, a blocked one a plain 403; flagged and logged requests get their normal answer.
+    Without ``enforce`` (a canary key) throttle and block are not applied: the answer is
+    given, ``flagged`` when the detector chose flag, throttle or block."""
+    if enforce and outcome.action == "throttle":
         return 429, {"detail": "rate limit exceeded"}
-    if outcome.action == "block":
+    if enforce and outcome.action == "block":
         return 403, {"detail": "forbidden"}
+    flagged = outcome.action == "flag" or (not enforce and outcome.action in ("throttle", "block"))
     return 200, {
         "request_id": rid,
         "model": {k: described[k] for k in ("name", "version", "weights_sha256")},
         "predictions": [p.to_json() for p in outcome.predictions],
-        "flagged": outcome.action == "flag",
+        "flagged": flagged,
     }
 
 
-def _log(
+def _finite(x: float | None, digits: int = 6) -> float | None:
+    """``x`` rounded, or None when it is None, NaN or infinite (JSON has no such numbers)."""
+    if x is None or not math.isfinite(x):
+        return None
+    return round(x, digits)
+
+
+def _logged(p: Any) -> dict[str, Any]:
+    """A prediction as the request log records it (see docs/guard.md)."""
+    return {
+        "label": p.top,
+        "confidence": _finite(p.confidence),
+        "score": _finite(p.score),
+        "abstain": p.decision == "abstain",
+        "sha256": p.sha256,
+    }
+
+
+def _inputs_as_list(body: Any, batch: Batch, guard: Guard) -> Any:
+    """The request's inputs as received, as a list of ``batch.n`` inputs (one image sent
+    without its batch axis is wrapped in a list)."""
+    field = {"image": "inputs", "text": "texts", "table": "rows"}[guard.model.modality]
+    value = body[field]
+    if guard.model.modality == "image" and batch.n == 1 and guard.model.input_shape is not None:
+        depth, node = 0, value
+        while isinstance(node, list) and node:
+            depth, node = depth + 1, node[0]
+        if depth == len(guard.model.input_shape):
+            return [value]
+    return value
+
+
+def _record(
+    ts: float,
     rid: str,
     key: KeyInfo,
+    guard: Guard,
     started: float,
     status: int,
     decision: str,
-    flags: list[str],
-    digest: str,
     *,
-    action: str = "ok",
-    raw: Any = None,
-) -> None:
-    """One structured JSON line per request (the raw input only when configured)."""
+    batch: Batch | None = None,
+) -> dict[str, Any]:
+    """The request log line of a request (see docs/guard.md); the caller adds what the model
+    produced. ``batch``: the validated inputs when the body was parsed."""
     record: dict[str, Any] = {
         "event": "predict",
+        "ts": ts,
         "request_id": rid,
         "key": key.name,
+        "role": key.role,
         "status": status,
         "decision": decision,
-        "action": action,
-        "flags": flags,
+        "action": "ok",
+        "flags": [],
         "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-        "input_sha256": digest,
+        "input_sha256": "",
+        "model": guard.label,
+        "weights_sha256": guard.model.weights_sha256 or "",
+        "n": 0,
     }
-    if raw is not None:
-        record["input"] = raw
-    log.info(json.dumps(record, separators=(",", ":")))
+    if batch is not None:
+        record["n"] = batch.n
+        record["input_sha256"] = input_digest(batch)
+        record["stats"] = {k: _finite(v) for k, v in batch_stats(batch).items()}
+    return record

@@ -113,6 +113,17 @@ class ServeConfig(StrictModel):
     log_inputs: bool = Field(
         default=False, description="log raw inputs (off: only their sha256 is logged)"
     )
+    request_log: str | None = Field(
+        default="guard/requests",
+        description="folder of the request log files (one JSON line per request, one file per "
+        "worker process: <hostname>-<pid>-<start unix ms>.jsonl); null: stderr only",
+    )
+    follow_seconds: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="serving a registry alias: seconds between checks of where it points; when "
+        "it moves, each worker loads the new version and swaps to it (0: never)",
+    )
     max_text_chars: int = Field(default=10_000, ge=1, le=1_000_000)
     schema_name: str | None = Field(
         default=None,

@@ -7,8 +7,9 @@ rate limit have let a request through; it can be used and tested on its own.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -35,6 +36,16 @@ class Abstainer(Protocol):
         ...
 
 
+@runtime_checkable
+class ScoringAbstainer(Abstainer, Protocol):
+    """An abstainer that also gives the anomaly score it decided on (one pass for both)."""
+
+    def assess(self, logits: Tensor, features: Tensor | None) -> tuple[list[list[str]], Tensor]:
+        """For each input, the reasons to abstain, and the anomaly scores ``(N,)`` (higher =
+        more unusual)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The answer for one input: a label with its calibrated confidence, or an abstention."""
@@ -44,9 +55,16 @@ class Prediction:
     class_name: str | None
     confidence: float
     reasons: tuple[str, ...] = ()
+    top: int = -1
+    """The predicted class, also when abstaining (the request log records it; the answer
+    does not)."""
+    score: float | None = None
+    """The abstainer's anomaly score of this input (None without a scoring abstainer)."""
+    sha256: str = ""
+    """sha256 of this one input (:func:`item_digests`)."""
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form of the answer (what the client sees)."""
         return {
             "decision": self.decision,
             "label": self.label,
@@ -59,12 +77,17 @@ class Prediction:
 @dataclass(frozen=True)
 class Outcome:
     """What the guard did with one request: the predictions, the detector's action and
-    reasons, and the sha256 of the raw inputs (what the log records instead of them)."""
+    reasons, the sha256 of the raw inputs (what the log records instead of them), summary
+    statistics of the inputs (:func:`batch_stats`) and the model that answered (``model``:
+    its ``version`` or ``name``; ``weights_sha256``)."""
 
     predictions: list[Prediction]
     action: str
     flags: list[str] = field(default_factory=list)
     input_sha256: str = ""
+    stats: dict[str, float] = field(default_factory=dict)
+    model: str = ""
+    weights_sha256: str = ""
 
 
 def input_digest(batch: Batch) -> str:
@@ -75,6 +98,47 @@ def input_digest(batch: Batch) -> str:
     else:
         h.update("\0".join(batch.raw).encode())
     return h.hexdigest()
+
+
+def item_digests(batch: Batch) -> list[str]:
+    """sha256 of each input on its own: the float32 C-order bytes of a validated tensor row
+    (images, scaled table rows), or the UTF-8 bytes of a text as the client sent it."""
+    if isinstance(batch.raw, Tensor):
+        data = batch.raw.contiguous().numpy()
+        return [hashlib.sha256(data[i].tobytes()).hexdigest() for i in range(batch.n)]
+    return [hashlib.sha256(t.encode()).hexdigest() for t in batch.raw]
+
+
+def batch_stats(batch: Batch) -> dict[str, float]:
+    """Summary statistics of a validated batch, for drift monitoring. Tensors: ``mean``,
+    ``std`` (population), ``min`` and ``max`` over all values (model units). Texts, as sent:
+    ``chars`` (mean length in characters), ``non_ascii`` and ``invisible`` (shares of all
+    characters that are non-ASCII, or of Unicode category ``Cf``: zero-width and other format
+    characters)."""
+    if isinstance(batch.raw, Tensor):
+        x = batch.raw.double()
+        return {
+            "mean": float(x.mean()),
+            "std": float(x.std(correction=0)) if x.numel() > 1 else 0.0,
+            "min": float(x.min()),
+            "max": float(x.max()),
+        }
+    total = non_ascii = invisible = 0
+    for t in batch.raw:
+        total += len(t)
+        if t.isascii():  # no format character is ASCII
+            continue
+        for c in t:
+            if ord(c) > 127:
+                non_ascii += 1
+                if unicodedata.category(c) == "Cf":
+                    invisible += 1
+    n = max(len(batch.raw), 1)
+    return {
+        "chars": total / n,
+        "non_ascii": non_ascii / total if total else 0.0,
+        "invisible": invisible / total if total else 0.0,
+    }
 
 
 class Guard:
@@ -92,6 +156,9 @@ class Guard:
         self.config = config
         self.detector = detector if config.detection.enabled else None
         self.abstainer = abstainer if config.abstention.enabled else None
+        self._scoring = isinstance(self.abstainer, ScoringAbstainer)
+        self.label = str(model.version or model.name)
+        """What the request log calls the served model (its version, else its name)."""
 
     def parse(self, body: Any) -> Batch:
         """The validated batch (raises :class:`~robustops.serving.validation.InvalidRequest`)."""
@@ -109,21 +176,41 @@ class Guard:
         action, flags = "ok", list[str]()
         if self.detector is not None:
             action, flags = self.detector.observe(key, batch, feats)
-        abstain = self.abstainer.decide(logits, feats) if self.abstainer is not None else None
+        abstain: list[list[str]] | None = None
+        scores: list[float] | None = None
+        if self.abstainer is not None:
+            if self._scoring:
+                abstain, s = self.abstainer.assess(logits, feats)  # type: ignore[attr-defined]
+                scores = s.double().tolist()
+            else:
+                abstain = self.abstainer.decide(logits, feats)
         probs = torch.softmax(logits / self.model.temperature, dim=1)
         conf, labels = probs.max(dim=1)
         names = self.model.class_names
+        digests = item_digests(batch)
+        confs, tops = conf.tolist(), labels.tolist()
         preds = []
         for i in range(batch.n):
             reasons = tuple(abstain[i]) if abstain is not None else ()
-            label = int(labels[i])
+            label = int(tops[i])
             preds.append(
                 Prediction(
                     decision="abstain" if reasons else "predict",
                     label=None if reasons else label,
                     class_name=None if reasons or not names else str(names[label]),
-                    confidence=float(conf[i]),
+                    confidence=float(confs[i]),
                     reasons=reasons,
+                    top=label,
+                    score=scores[i] if scores is not None else None,
+                    sha256=digests[i],
                 )
             )
-        return Outcome(preds, action, list(flags), input_digest(batch))
+        return Outcome(
+            preds,
+            action,
+            list(flags),
+            input_digest(batch),
+            batch_stats(batch),
+            self.label,
+            self.model.weights_sha256 or "",
+        )

@@ -23,7 +23,12 @@ before the handler, 401 and 413, count too):
 - ``robustops_guard_flags_total{reason}``: requests the detector acted on, by reason category.
 - ``robustops_guard_in_flight``: requests in progress (summed over live workers).
 - ``robustops_guard_workers``: live workers; ``robustops_guard_model_info{name,version,
-  weights_sha256}``: 1 for the served model.
+  weights_sha256}``: 1 for the served model (0 for one a worker swapped away from, when it
+  follows a registry alias; during a swap two versions may both be 1).
+- ``robustops_guard_model_swaps_total{result}``: alias-following checks that swapped the
+  model (``ok``) or could not (``load-failed``, ``registry-unreachable``, ``check``).
+- ``robustops_guard_request_log_errors_total``: request log lines that could not be written
+  to the file (the request was answered anyway).
 
 ``GET /metrics`` needs an ``admin`` key: open counters would tell a client whether its own
 queries were just flagged. Prometheus sends one with its scrape config's ``authorization``
@@ -234,12 +239,29 @@ class GuardMetrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
-        self.identity = {
-            k: str(identity.get(k) or "") for k in ("name", "version", "weights_sha256")
-        }
+        self.model_swaps = Counter(
+            f"{PREFIX}_model_swaps",
+            "Alias-following model swaps by result (ok, load-failed, registry-unreachable).",
+            ["result"],
+            registry=reg,
+        )
+        self.request_log_errors = Counter(
+            f"{PREFIX}_request_log_errors",
+            "Request log lines that could not be written to the log file.",
+            registry=reg,
+        )
+        self.identity = _identity(identity)
         self.workers.set(1)
         self.model_info.labels(**self.identity).set(1)
         self._closed = False
+
+    def set_model(self, identity: dict[str, Any]) -> None:
+        """The worker now serves the model ``identity`` (after an alias move)."""
+        new = _identity(identity)
+        if new != self.identity:
+            self.model_info.labels(**self.identity).set(0)
+            self.identity = new
+        self.model_info.labels(**new).set(1)
 
     def observe(
         self,
@@ -306,6 +328,10 @@ class GuardMetrics:
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_path)  # type: ignore[no-untyped-call]
         else:
             self.workers.set(0)
+
+
+def _identity(identity: dict[str, Any]) -> dict[str, str]:
+    return {k: str(identity.get(k) or "") for k in ("name", "version", "weights_sha256")}
 
 
 def _take(
