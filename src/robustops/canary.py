@@ -59,7 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -260,8 +260,7 @@ def _draw(spec: PipelineSpec, baseline: Baseline) -> dict[str, Any]:
             "clean_correct": result.samples.clean_correct[p],
             "robust": {t.name: t.robust[p] for t in result.threats},
         }
-        if text:
-            assert isinstance(data, TextDataset)
+        if isinstance(data, TextDataset):
             entry["text"] = data.texts_test[index]
         else:
             entry["input"] = data.x_test[index].float().tolist()
@@ -338,7 +337,7 @@ def request_log_inputs(folder: str | Path, since: float) -> tuple[int, int]:
 
 
 def _recent_records(folder: Path, since: float) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     if not folder.is_dir():
         return out
     for f in sorted(folder.glob("canary-2*.json")):
@@ -503,7 +502,7 @@ def _attack_live(
     """The clean pass and the threats' attacks through HTTP; fills ``record['outcomes']``."""
     c = _monitor(spec).canary
     samples = canary_set["samples"]
-    output = "top1" if c.attack == "square" else "labels"
+    output: Literal["top1", "labels"] = "top1" if c.attack == "square" else "labels"
     knowledge = "score-based" if c.attack == "square" else "decision-based"
     try:
         remote = RemoteClassifier(

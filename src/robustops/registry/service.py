@@ -680,7 +680,7 @@ class Registry:
         s = tx.session
         current = s.get(Alias, (v.name, alias))
         previous = current.version_id if current else None
-        payload = {
+        payload: dict[str, Any] = {
             "alias": alias,
             "version": label(v),
             "weights_sha256": v.weights_sha256,
