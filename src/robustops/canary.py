@@ -382,12 +382,139 @@ def canary_budget(spec: PipelineSpec, now: float) -> dict[str, Any]:
 # -- a run -------------------------------------------------------------------------------------
 
 
-def _attackable(threat: ThreatModel) -> str | None:
+class RemoteTextClassifier:
+    """A text guard endpoint as the text attacks' model (``num_classes``,
+    ``predict_logits(texts)``): each text goes to ``POST /v1/predict`` (``{"texts": [...]}``)
+    and comes back as the guard's top label and its confidence, completed to ``(N, K + 1)``
+    log-scores as :class:`~robustops.models.remote.RemoteClassifier` does in ``top1`` mode
+    (column ``K``: an abstention). ``queries`` counts texts answered; a call that would pass
+    ``query_budget`` raises :class:`QueryBudgetExceeded` before anything is sent; 429/503 are
+    retried after ``Retry-After`` for at most ``max_wait`` seconds per chunk."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        query_budget: int | None = None,
+        max_batch: int = 64,
+        timeout: float = 30.0,
+        max_wait: float = 120.0,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise CanaryError(f"--url: must be an http(s) URL, got {url!r}")
+        self.url = url.rstrip("/")
+        self.query_budget, self.max_batch, self.max_wait = query_budget, max_batch, max_wait
+        self.timeout = timeout
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
+        self.queries = self.requests = self.rate_limited = self.abstentions = 0
+        status, _, body = self._send("/v1/model", None)
+        if status != 200:
+            raise RemoteError(f"GET /v1/model: HTTP {status}", status)
+        self.info: dict[str, Any] = json.loads(body)
+        if self.info.get("modality") != "text":
+            raise RemoteError(
+                f"the endpoint serves a {self.info.get('modality')!r} model, not text"
+            )
+        self.num_classes = int(self.info["num_classes"])
+
+    def _send(self, path: str, payload: Any) -> tuple[int, dict[str, str], bytes]:
+        """One request (GET without ``payload``, else a JSON POST): status, headers, body."""
+        import urllib.error
+        import urllib.request
+
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers=self._headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+        except OSError as exc:
+            raise RemoteError(f"{path}: {type(exc).__name__}: {exc}") from None
+
+    def answers(self, texts: list[str]) -> list[tuple[int | None, float]]:
+        """``(label, confidence)`` per text; ``label`` None for an abstention."""
+        if self.query_budget is not None and self.queries + len(texts) > self.query_budget:
+            raise QueryBudgetExceeded(
+                f"query budget: {self.queries} of {self.query_budget} texts answered; "
+                f"{len(texts)} more would pass it"
+            )
+        out: list[tuple[int | None, float]] = []
+        for start in range(0, len(texts), self.max_batch):
+            chunk = texts[start : start + self.max_batch]
+            waited = 0.0
+            while True:
+                status, headers, body = self._send("/v1/predict", {"texts": chunk})
+                self.requests += 1
+                if status in (429, 503):
+                    self.rate_limited += status == 429
+                    retry = {k.lower(): v for k, v in headers.items()}.get("retry-after", "1")
+                    try:
+                        wait = max(float(retry), 0.0)
+                    except ValueError:
+                        wait = 1.0
+                    if waited + wait > self.max_wait:
+                        raise RemoteError(f"still refused ({status})", status)
+                    time.sleep(wait)
+                    waited += wait
+                    continue
+                if status != 200:
+                    raise RemoteError(f"POST /v1/predict: HTTP {status}: {body[:200]!r}", status)
+                break
+            try:
+                preds = json.loads(body)["predictions"]
+                if len(preds) != len(chunk):
+                    raise ValueError(f"{len(preds)} predictions for {len(chunk)} texts")
+                for p in preds:
+                    lab = (
+                        None
+                        if p["decision"] == "abstain" or p["label"] is None
+                        else int(p["label"])
+                    )
+                    out.append((lab, float(p["confidence"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RemoteError(f"unexpected predict response: {exc}", 200) from None
+            self.queries += len(chunk)
+        self.abstentions += sum(lab is None for lab, _ in out)
+        return out
+
+    def predict_logits(self, texts: Any) -> torch.Tensor:
+        """``(N, K + 1)`` log-scores of ``texts`` (see the class docstring)."""
+        k = self.num_classes
+        answers = self.answers(list(texts))
+        out = torch.full((len(answers), k + 1), math.log(1e-12))
+        for i, (lab, conf) in enumerate(answers):
+            if lab is None:
+                out[i, k] = 0.0
+                continue
+            p = min(max(conf, 1e-12), 1.0)
+            rest = math.log(max((1.0 - p) / max(k - 1, 1), 1e-12))
+            out[i, :k] = min(rest, math.log(p) - 1e-6)
+            out[i, lab] = math.log(p)
+        return out
+
+    def close(self) -> None:
+        """Nothing to release (one connection per request)."""
+
+    def __enter__(self) -> RemoteTextClassifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _attackable(threat: ThreatModel, text: bool) -> str | None:
     """Why the canary does not attack ``threat`` over HTTP (None: it does)."""
-    if threat.norm not in ("linf", "l2"):
+    families = ("word-edits",) if text else ("linf", "l2")
+    if threat.norm not in families:
         return f"{threat.norm}: no query attack over HTTP for this family"
-    if threat.targeted:
-        return "targeted threats are not attacked by the canary"
+    if threat.targeted and threat.target_class is None:
+        return "targeted at a random class per sample: only a fixed target_class is attacked"
     return None
 
 
@@ -479,11 +606,6 @@ def run_canary(
                 f"needs {len(samples)}",
             )
             return _finish(reg, spec, record, actor, t0)
-        if canary_set.get("modality") != "tensor":
-            raise CanaryError(
-                "canary set: text canary runs are not supported yet (the HTTP adapter serves "
-                "image models)"
-            )
         _attack_live(spec, url, key, canary_set, record, budget["allowance"])
         _judge(reg, spec, canary_set, record, actor, warn)
         return _finish(reg, spec, record, actor, t0)
@@ -502,12 +624,16 @@ def _attack_live(
     """The clean pass and the threats' attacks through HTTP; fills ``record['outcomes']``."""
     c = _monitor(spec).canary
     samples = canary_set["samples"]
-    output: Literal["top1", "labels"] = "top1" if c.attack == "square" else "labels"
-    knowledge = "score-based" if c.attack == "square" else "decision-based"
+    text = canary_set.get("modality") == "text"
+    remote: RemoteClassifier | RemoteTextClassifier
     try:
-        remote = RemoteClassifier(
-            url, key, output=output, query_budget=allowance, max_batch=c.max_batch
-        )
+        if text:
+            remote = RemoteTextClassifier(url, key, query_budget=allowance, max_batch=c.max_batch)
+        else:
+            output: Literal["top1", "labels"] = "top1" if c.attack == "square" else "labels"
+            remote = RemoteClassifier(
+                url, key, output=output, query_budget=allowance, max_batch=c.max_batch
+            )
     except RemoteError as exc:
         raise CanaryError(f"--url: {url}: {exc}") from None
     with remote:
@@ -516,35 +642,72 @@ def _attack_live(
             "name": remote.info.get("name"),
             "weights_sha256": remote.info.get("weights_sha256"),
         }
-        x = torch.tensor([s["input"] for s in samples], dtype=torch.float32)
-        x = x.reshape(len(samples), *remote.input_shape)
         y = torch.tensor([int(s["label"]) for s in samples])
-        answers = remote.answers(x)
+        x: Any
+        if text:
+            x = [str(s["text"]) for s in samples]
+            answers = remote.answers(x)
+        else:
+            assert isinstance(remote, RemoteClassifier)
+            x = torch.tensor([s["input"] for s in samples], dtype=torch.float32)
+            x = x.reshape(len(samples), *remote.input_shape)
+            answers = remote.answers(x)
         clean = [lab == int(t) for (lab, _), t in zip(answers, y.tolist(), strict=True)]
         outcomes: dict[str, list[bool | None]] = {"clean": list(clean)}
         threats = spec.evaluation.threats if spec.evaluation is not None else []
         for ts in threats:
             threat = ts.threat()
-            why = _attackable(threat)
+            why = _attackable(threat, text)
             if why is not None:
                 record["not_attacked"][threat.name] = why
                 continue
             budget = min(c.queries_per_sample, threat.query_budget or c.queries_per_sample)
-            live = threat.model_copy(update={"knowledge": knowledge, "query_budget": budget})
-            attack = build_attack(c.attack, live, queries=budget, seed=c.seed)
-            robust: list[bool | None] = [False if not ok else None for ok in clean]
-            todo = [i for i, ok in enumerate(clean) if ok]
+            if text:
+                live = threat.model_copy(update={"query_budget": budget})
+                attacks = [
+                    build_attack(a.name, live, **(a.params() | {"seed": c.seed}))
+                    for a in ts.attacks
+                ]
+            else:
+                knowledge = "score-based" if c.attack == "square" else "decision-based"
+                live = threat.model_copy(update={"knowledge": knowledge, "query_budget": budget})
+                attacks = [build_attack(c.attack, live, queries=budget, seed=c.seed)]
+            # A fixed target class exempts the samples of that class (robust when correct).
+            exempt = threat.target_class if threat.targeted else None
+            robust: list[bool | None] = [
+                (True if int(t) == exempt else None) if ok else False
+                for ok, t in zip(clean, y.tolist(), strict=True)
+            ]
+            # Chunk by chunk through every attack (each on the chunk's still-robust samples,
+            # as the suite does), so a run stopped by its budget leaves whole chunks finished:
+            # the chunk in progress is dropped entirely, not just its unbroken samples (that
+            # would bias the comparison toward broken ones).
+            pending = [i for i, r in enumerate(robust) if r is None]
             try:
-                for start in range(0, len(todo), _CHUNK):
-                    idx = todo[start : start + _CHUNK]
-                    res = attack(remote, x[idx], y[idx])
-                    for i, broken in zip(idx, res.success.tolist(), strict=True):
-                        robust[i] = not broken
+                for start in range(0, len(pending), _CHUNK):
+                    chunk = pending[start : start + _CHUNK]
+                    for attack in attacks:
+                        idx = [i for i in chunk if robust[i] is None]
+                        if not idx:
+                            break
+                        xs = [x[i] for i in idx] if text else x[idx]
+                        targets = torch.full((len(idx),), exempt) if exempt is not None else None
+                        res = attack(remote, xs, y[idx], targets=targets)
+                        for i, broken in zip(idx, res.success.tolist(), strict=True):
+                            if broken:
+                                robust[i] = False
+                    for i in chunk:
+                        if robust[i] is None:
+                            robust[i] = True
             except QueryBudgetExceeded:
                 record["stopped"] = (
                     f"budget: the allowance of {allowance} queries was spent during threat "
                     f"{threat.name}; compared the samples finished"
                 )
+                for i in chunk:
+                    robust[i] = None
+                for i in pending[start + _CHUNK :]:
+                    robust[i] = None
             outcomes[threat.name] = robust
             if record["stopped"]:
                 break
