@@ -129,3 +129,37 @@ def test_canary_passes_the_good_model_and_catches_the_weak_one(
 def _brief(t: dict[str, object]) -> dict[str, object]:
     keys = ("n", "baseline_correct", "canary_correct", "baseline_only", "canary_only", "p_value")
     return {k: t[k] for k in keys}
+
+
+def test_cli_init_and_run(world: World, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from robustops.cli import app
+
+    home, spec_path = _setup(world, tmp_path)
+    runner = CliRunner()
+    base = ["--spec", str(spec_path), "--registry", str(home)]
+    made = runner.invoke(app, ["canary", "init", *base, "--as", "eve"])
+    assert made.exit_code == 0, made.output
+    assert f"canary set {MODEL}-canary@1: 40 samples from {MODEL}@1's accepted result" in (
+        " ".join(made.output.split())
+    )
+    with guard(spec_path, home) as url:
+        ok = runner.invoke(
+            app, ["canary", "run", *base, "--url", url, "--every", "0.01", "--runs", "2"]
+        )
+    assert ok.exit_code == 0, ok.output
+    said = " ".join(ok.output.split())
+    assert said.count(": ok (") == 2 and "linf: baseline" in said
+    reg = Registry.open(home)
+    try:
+        reg.move_alias("ada", f"{MODEL}@2", "production", break_glass="drill")
+    finally:
+        reg.close()
+    with guard(spec_path, home) as url:
+        bad = runner.invoke(app, ["canary", "run", *base, "--url", url, "--json"])
+    assert bad.exit_code == 1, bad.output
+    record = json.loads(bad.output.strip().splitlines()[-1])
+    assert record["verdict"] == "regression" and record["rollback"]["rolled_back"]
+    no_key = runner.invoke(app, ["canary", "run", *base, "--url", "http://127.0.0.1:9"], env={})
+    assert no_key.exit_code == 2
