@@ -30,7 +30,8 @@ with the gate's exact one-sided McNemar test (:func:`robustops.gate.mcnemar_exac
 comparison is *significant* when ``p < monitor.canary.alpha`` and the canary's rate is below
 the baseline's. A significant run opens one critical vulnerability on the served version
 (origin ``canary``; evidence: canary data set version, served version and weights, per-test
-counts and p-values, the run record's id) and, with ``monitor.rollback.on_canary``, rolls the
+counts and p-values; a later run against the same version joins its open record instead of
+opening another) and, with ``monitor.rollback.on_canary``, rolls the
 alias back (:func:`robustops.monitoring.rollback.roll_back`, only while it still points to the
 served version).
 
@@ -74,7 +75,11 @@ from robustops.models.remote import QueryBudgetExceeded, RemoteClassifier, Remot
 from robustops.monitoring.config import MonitorConfig
 from robustops.monitoring.rollback import check_actor, parse_model_label, roll_back
 from robustops.registry.service import Registry, label
-from robustops.registry.vulnerabilities import open_vulnerability
+from robustops.registry.vulnerabilities import (
+    DEDUPE_STATUSES,
+    list_vulnerabilities,
+    open_vulnerability,
+)
 from robustops.runner import load_spec_dataset
 from robustops.threats import ThreatModel
 
@@ -796,26 +801,37 @@ def _judge(
             f"registry version of {model}; no vulnerability record can name it"
         }
         return
-    vuln = open_vulnerability(
-        reg,
-        actor,
-        served,
-        threat=worst,
-        title=f"canary: {what} on the live endpoint fell from {w['baseline_rate']:.2f} to "
-        f"{w['canary_rate']:.2f} on {w['n']} canary samples (McNemar p={w['p_value']:.2g})",
-        severity="critical",
-        evidence=evidence,
-        origin="canary",
-    )
-    record["vulnerability"] = vuln.id
+    # One record per bad version: a later run against the same version (the guard may still
+    # serve it after the alias moved, or the rollback was refused) joins the open record.
+    existing = [
+        r
+        for r in list_vulnerabilities(reg, model=model, status=DEDUPE_STATUSES, version=served)
+        if r.evidence.get("origin") == "canary"
+    ]
+    if existing:
+        vuln_id = existing[0].id
+        record["vulnerability_existing"] = True
+    else:
+        vuln_id = open_vulnerability(
+            reg,
+            actor,
+            served,
+            threat=worst,
+            title=f"canary: {what} on the live endpoint fell from {w['baseline_rate']:.2f} to "
+            f"{w['canary_rate']:.2f} on {w['n']} canary samples (McNemar p={w['p_value']:.2g})",
+            severity="critical",
+            evidence=evidence,
+            origin="canary",
+        ).id
+    record["vulnerability"] = vuln_id
     if rb.on_canary:
         outcome = roll_back(
             reg,
             actor=actor,
             model=model,
             alias=rb.alias,
-            reason=f"canary: {what} dropped significantly (p={w['p_value']:.2g}); {vuln.id}",
-            evidence={"vulnerability": vuln.id, "tests": tests, "dataset": record["dataset"]},
+            reason=f"canary: {what} dropped significantly (p={w['p_value']:.2g}); {vuln_id}",
+            evidence={"vulnerability": vuln_id, "tests": tests, "dataset": record["dataset"]},
             only_if=served,
         )
         record["rollback"] = outcome.to_json()

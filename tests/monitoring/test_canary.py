@@ -119,7 +119,19 @@ def test_canary_passes_the_good_model_and_catches_the_weak_one(
         assert payload["record_sha256"] == weak["record_sha256"] and payload["rolled_back"]
         assert reg.store.artifacts.has(weak["record_sha256"])
         assert reg.verify_audit(full=True).ok
-        # a second finding about the same bad version does not move the alias again
+    finally:
+        reg.close()
+    # A guard that still serves the bad version (it has not followed the alias yet): the next
+    # run joins the open record and does not move the alias again.
+    with guard(spec_path, home, f"{MODEL}@2") as url:
+        stale = run_canary(spec, url, registry_home=home)
+    assert stale["verdict"] == "regression" and stale["vulnerability"] == weak["vulnerability"]
+    assert stale["vulnerability_existing"] and not stale["rollback"]["rolled_back"]
+    assert "points to canary-digits@1 now" in stale["rollback"]["refused"]
+    reg = Registry.open(home)
+    try:
+        assert len(list_vulnerabilities(reg, model=MODEL)) == 1
+        assert reg.get(f"{MODEL}:production").version == 1
     finally:
         reg.close()
     record = json.loads(Path(weak["record_path"]).read_text())
