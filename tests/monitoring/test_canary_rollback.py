@@ -91,7 +91,9 @@ def test_roll_back_on_alert_acts_once_right_after_a_promotion(reg: Registry) -> 
     _break_glass(reg)
     late = {**alert, "ts": time.time() + 3600}
     assert roll_back_on_alert(config, late, home) is None  # long after the promotion
-    done = roll_back_on_alert(config, {**alert, "ts": time.time() + 1}, home)
+    now = time.time()
+    shaped = {"rule": "abstention-spike", "model": f"{MODEL}@2", "fired_ts": now + 1}
+    done = roll_back_on_alert(config, shaped | {"fired_at": "2000-01-01T00:00:00Z"}, home)
     assert done is not None and done["rolled_back"] and done["to_version"] == f"{MODEL}@1"
     assert "alert abstention-spike fired" in done["reason"]
     payload = json.loads(reg.recent_events(1)[0].payload)

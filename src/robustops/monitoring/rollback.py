@@ -145,9 +145,9 @@ def parse_model_label(text: str) -> tuple[str, int | None]:
 
 
 def _alert_time(alert: dict[str, Any]) -> float:
-    """The alert's time, Unix seconds: ``ts`` / ``at`` / ``fired_at`` (seconds or ISO-8601),
+    """The alert's time, Unix seconds: ``fired_ts`` / ``ts`` / ``fired_at`` / ``at`` (seconds or ISO-8601),
     else now."""
-    for key in ("ts", "at", "fired_at", "time"):
+    for key in ("fired_ts", "ts", "fired_at", "at", "time"):
         value = alert.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -164,7 +164,8 @@ def roll_back_on_alert(
     config: RollbackConfig, alert: dict[str, Any], registry_home: str | Path | None
 ) -> dict[str, Any] | None:
     """Roll ``model:alias`` back for a rollback-worthy ``alert`` (a JSON object: ``rule`` or
-    ``name``, ``model`` the served version ``NAME:vN`` / ``NAME@N``, its time as ``ts`` / ``at``;
+    ``name``, ``model`` the served version ``NAME:vN`` / ``NAME@N``, its time as ``fired_ts`` /
+    ``ts`` (Unix seconds) or ``fired_at`` / ``at`` (ISO-8601), as the monitor's alerts have it;
     everything else is kept as evidence), if the alias moved to the version the alert is
     about within ``config.after_promotion_seconds`` before the alert (a move that was itself a
     rollback is never undone).
