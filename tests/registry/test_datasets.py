@@ -121,3 +121,20 @@ def test_cli_list_and_show(reg: Registry, tmp_path: Path) -> None:
     assert shown.exit_code == 0 and "sha256" in shown.output and '"seed": 0' in shown.output
     missing = CliRunner().invoke(app, ["registry", "dataset", "show", "nope", "--home", home])
     assert missing.exit_code == 2 and "no data set called" in missing.output
+
+
+def test_a_long_lineage_is_audited_by_its_hash(reg: Registry, tmp_path: Path) -> None:
+    import hashlib
+
+    from robustops.registry.audit import canonical_json
+
+    ids = [f"{i:032x}" for i in range(500)]
+    d = reg.register_dataset(
+        ENG, "ds", "reviewed", _json(tmp_path / "a.json", 2), meta={"ids": ids}
+    )
+    assert d.lineage == {"ids": ids}
+    payload = json.loads(reg.recent_events(1)[0].payload)
+    assert "lineage" not in payload
+    assert (
+        payload["lineage_sha256"] == hashlib.sha256(canonical_json(d.lineage).encode()).hexdigest()
+    )

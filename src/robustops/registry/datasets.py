@@ -7,7 +7,8 @@ other lower-case word), its format, its number of samples and a free ``lineage``
 (where the samples came from: the source spec and result hashes, sample indices, request ids,
 reviewer). Registering the same bytes again under the same name gives back the existing
 version; anything else becomes the next version number of that name. Every registration is one
-audited write (action ``dataset``).
+audited write (action ``dataset``; its payload holds the sha256 of the lineage's canonical JSON,
+and the lineage itself when that is at most 4096 characters).
 
 References: ``NAME@N``, ``NAME@latest`` or ``NAME`` (the latest version).
 
@@ -22,6 +23,7 @@ Python::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from robustops.registry.audit import canonical_json
 from robustops.registry.models import DatasetVersion
 from robustops.registry.store import RegistryError
 
@@ -49,6 +52,7 @@ FORMATS = ("json", "jsonl", "safetensors", "csv", "parquet")
 """File formats a data set may have (from the file's suffix unless given)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _KIND = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_LINEAGE_INLINE = 4096  # characters of canonical JSON kept in the audit event itself
 
 
 def _check_name(name: str) -> str:
@@ -169,18 +173,18 @@ def register_dataset(
         )
         s.add(row)
         s.flush()
-        tx.log(
-            "dataset",
-            row.ref,
-            {
-                "kind": kind,
-                "content_sha256": sha,
-                "size": size,
-                "format": fmt,
-                "n_samples": n_samples,
-                "lineage": lineage,
-            },
-        )
+        lineage_json = canonical_json(lineage)
+        payload: dict[str, Any] = {
+            "kind": kind,
+            "content_sha256": sha,
+            "size": size,
+            "format": fmt,
+            "n_samples": n_samples,
+            "lineage_sha256": hashlib.sha256(lineage_json.encode()).hexdigest(),
+        }
+        if len(lineage_json) <= _LINEAGE_INLINE:  # a long one (request ids) only by its hash
+            payload["lineage"] = lineage
+        tx.log("dataset", row.ref, payload)
         return row
 
 
