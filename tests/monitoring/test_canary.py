@@ -26,6 +26,13 @@ from robustops.registry.service import Registry
 from robustops.registry.vulnerabilities import list_vulnerabilities
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in the test's folder: whatever the guard writes relative to it (its request log
+    folder, by default ``guard/requests``) stays there, next to ``monitor.request_log``."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return build_world(tmp_path_factory)

@@ -6,12 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import yaml
 
 from monitoring.canary_helpers import KEY_ENV, MONITOR_ACTOR, cli, guard
 from robustops.canary import init_canary, load_canary_set, run_canary
 from robustops.config import load_spec
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in the test's folder: whatever the guard writes relative to it (its request log
+    folder, by default ``guard/requests``) stays there, next to ``monitor.request_log``."""
+    monkeypatch.chdir(tmp_path)
+
 
 THREAT: dict[str, Any] = {
     "name": "evasion",
