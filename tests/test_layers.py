@@ -41,7 +41,9 @@ TOP = {
     "cli_serve",
     "canary",  # the canary job: needs the spec and the gate's McNemar
     "cli_canary",
+    "cli_review",
     "console",
+    "lifecycle",
     "__main__",
 }
 
