@@ -45,9 +45,9 @@ minus the canary inputs already logged). The adapter refuses any request past th
 a run that reaches it stops, compares the samples it finished, and says so in its record
 (``stopped``). A run whose allowance cannot cover even the clean pass is recorded as skipped.
 
-**Record.** Every run writes ``canary-<UTC time>.json`` in ``monitor.canary.records`` and stores
-it in the registry with an audit event ``canary-run`` (its hash, the verdict and the counts),
-next to the ``vuln-open`` and ``alias`` events it caused.
+**Record.** Every run writes ``canary-<UTC time>.json`` in ``monitor.canary.records``; every run
+that was not skipped also stores it in the registry with an audit event ``canary-run`` (its
+hash, the verdict and the counts), next to the ``vuln-open`` and ``alias`` events it caused.
 """
 
 from __future__ import annotations
@@ -610,7 +610,7 @@ def run_canary(
                 stopped=f"budget: {budget['allowance']} queries allowed, the clean pass alone "
                 f"needs {len(samples)}",
             )
-            return _finish(reg, spec, record, actor, t0)
+            return _finish(reg, spec, record, actor, t0, audit=False)
         _attack_live(spec, url, key, canary_set, record, budget["allowance"])
         _judge(reg, spec, canary_set, record, actor, warn)
         return _finish(reg, spec, record, actor, t0)
@@ -838,9 +838,16 @@ def _judge(
 
 
 def _finish(
-    reg: Registry, spec: PipelineSpec, record: dict[str, Any], actor: str, t0: float
+    reg: Registry,
+    spec: PipelineSpec,
+    record: dict[str, Any],
+    actor: str,
+    t0: float,
+    *,
+    audit: bool = True,
 ) -> dict[str, Any]:
-    """Write the record, store it in the registry with an audit event; returns it."""
+    """Write the record and (``audit``) store it in the registry with an audit event; returns
+    it. A skipped run is not audited: at a short period they would flood the log."""
     record["wall_time_s"] = round(time.monotonic() - t0, 3)
     folder = Path(_monitor(spec).canary.records)
     stamp = record["started_at"].replace(":", "").replace("-", "")
@@ -864,10 +871,12 @@ def _finish(
         "vulnerability": record["vulnerability"],
         "rolled_back": bool((record.get("rollback") or {}).get("rolled_back")),
     }
+    record["record_path"] = str(path)
+    if not audit:
+        return record
     sha, seq = reg.record_run(
         actor, "canary-run", f"{record['model']}:{record['alias']}", path, summary
     )
-    record["record_path"] = str(path)
     record["record_sha256"] = sha
     record["audit_seq"] = seq
     return record

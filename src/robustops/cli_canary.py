@@ -116,40 +116,52 @@ def run(
     every: Annotated[
         float | None,
         typer.Option(
-            "--every",
-            help="repeat every SECONDS (default: once; monitor.canary.every_seconds with 0)",
-            min=0,
+            "--every", help="seconds between runs (default monitor.canary.every_seconds)", min=0
         ),
     ] = None,
-    runs: Annotated[
-        int | None, typer.Option("--runs", help="with --every: stop after N runs", min=1)
-    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="one run, then exit")] = False,
+    runs: Annotated[int | None, typer.Option("--runs", help="stop after N runs", min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print each run record as JSON")] = False,
 ) -> None:
     """Attack the live endpoint with the canary set under the spec's threats, within the
-    budget; compare with the accepted result; open a vulnerability and roll back on a
-    significant drop. Exit 1 when the (last) run found a regression."""
+    budget, every --every seconds (or --once); compare with the accepted result; open a
+    vulnerability and roll back on a significant drop. While repeating, a failed run is
+    reported and the next one goes ahead. Exit 1 when a run found a regression, 2 on an error
+    (--once) or a bad setup."""
     from robustops.canary import run_canary
     from robustops.config import load_spec
 
     try:
         loaded = load_spec(spec)
-        period = None
-        if every is not None:
-            period = every or (loaded.monitor.canary.every_seconds if loaded.monitor else 3600.0)
-        done = 0
-        while True:
-            t0 = time.monotonic()
+    except RobustOpsError as exc:
+        fail(exc)
+    period = (
+        every
+        if every is not None
+        else (loaded.monitor.canary.every_seconds if loaded.monitor else 3600.0)
+    )
+    limit = 1 if once else runs
+    done = 0
+    regression = False
+    while True:
+        t0 = time.monotonic()
+        try:
             record = run_canary(loaded, url, registry_home=registry, actor=actor, warn=_warn)
-            done += 1
+        except RobustOpsError as exc:
+            if limit == 1:
+                fail(exc)
+            err_console.print(
+                f"[bold red]canary run failed[/]: {escape(str(exc))}", highlight=False
+            )
+        else:
+            regression |= record["verdict"] == "regression"
             if as_json:
                 typer.echo(json.dumps(record, default=str))
             else:
                 _print_run(record)
-            if period is None or (runs is not None and done >= runs):
-                break
-            time.sleep(max(period - (time.monotonic() - t0), 0.0))
-    except RobustOpsError as exc:
-        fail(exc)
-    if record["verdict"] == "regression":
+        done += 1
+        if limit is not None and done >= limit:
+            break
+        time.sleep(max(period - (time.monotonic() - t0), 0.0))
+    if regression:
         raise typer.Exit(code=1)

@@ -176,9 +176,11 @@ def test_cli_init_and_run(world: World, tmp_path: Path) -> None:
     finally:
         reg.close()
     with guard(spec_path, home) as url:
-        bad = runner.invoke(app, ["canary", "run", *base, "--url", url, "--json"])
+        bad = runner.invoke(app, ["canary", "run", *base, "--url", url, "--json", "--once"])
     assert bad.exit_code == 1, bad.output
     record = json.loads(bad.output.strip().splitlines()[-1])
     assert record["verdict"] == "regression" and record["rollback"]["rolled_back"]
-    no_key = runner.invoke(app, ["canary", "run", *base, "--url", "http://127.0.0.1:9"], env={})
-    assert no_key.exit_code == 2
+    dead = ["canary", "run", *base, "--url", "http://127.0.0.1:9"]
+    assert runner.invoke(app, [*dead, "--once"]).exit_code == 2  # no key, no endpoint
+    looping = runner.invoke(app, [*dead, "--every", "0", "--runs", "2"])
+    assert looping.exit_code == 0 and looping.output.count("canary run failed") == 2
