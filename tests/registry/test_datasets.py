@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -52,19 +53,24 @@ def test_versions_lineage_and_audit(reg: Registry, tmp_path: Path) -> None:
     save_file({"inputs": torch.zeros(7, 1, 8, 8), "labels": torch.zeros(7)}, str(t))
     c = reg.register_dataset(ENG, "digits-canary", "canary", t)
     assert (c.format, c.n_samples) == ("safetensors", 7)
+    z = tmp_path / "d.npz"
+    np.savez(z, x=np.zeros((6, 2)), y=np.zeros(6))
+    assert reg.register_dataset(ENG, "npz-set", "reviewed", z).n_samples == 6
 
     assert reg.dataset("sms-reviewed").version == 2
     assert reg.dataset("sms-reviewed@latest").version == 2
     assert reg.dataset("sms-reviewed@1").content_sha256 == v1.content_sha256
     assert [d.ref for d in reg.datasets()] == [
         "digits-canary@1",
+        "npz-set@1",
         "sms-reviewed@1",
         "sms-reviewed@2",
     ]
     assert [d.ref for d in reg.datasets(kind="canary")] == ["digits-canary@1"]
     assert reg.dataset_path(v1).read_bytes() == a.read_bytes()
     events = [e for e in reg.audit_events() if e.action == "dataset"]
-    assert [e.subject for e in events] == ["sms-reviewed@1", "sms-reviewed@2", "digits-canary@1"]
+    subjects = [e.subject for e in events]
+    assert subjects == ["sms-reviewed@1", "sms-reviewed@2", "digits-canary@1", "npz-set@1"]
     assert json.loads(events[1].payload)["lineage"] == {"request_ids": ["r1"]}
     assert check_consistent(reg)["events"] == len(list(reg.audit_events()))
 

@@ -48,7 +48,7 @@ __all__ = [
     "register_dataset",
 ]
 
-FORMATS = ("json", "jsonl", "safetensors", "csv", "parquet")
+FORMATS = ("json", "jsonl", "safetensors", "npz", "csv", "parquet")
 """File formats a data set may have (from the file's suffix unless given)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _KIND = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -77,7 +77,8 @@ def parse_dataset_ref(text: str) -> tuple[str, int | None]:
 def count_samples(path: Path, fmt: str) -> int:
     """Samples in a data set file: a JSON list's length, or the length of the ``samples``
     (else ``labels``) list of a JSON object; JSONL lines; the first dimension of a safetensors
-    file's first tensor (by name). Other formats need ``n_samples`` given."""
+    file's first tensor or an npz file's first array (by name; never unpickled). Other formats
+    need ``n_samples`` given."""
     try:
         if fmt == "json":
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -90,6 +91,13 @@ def count_samples(path: Path, fmt: str) -> int:
         elif fmt == "jsonl":
             with path.open(encoding="utf-8") as fh:
                 return sum(1 for line in fh if line.strip())
+        elif fmt == "npz":
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as arrays:
+                names = sorted(arrays.files)
+                if names and arrays[names[0]].ndim:
+                    return int(arrays[names[0]].shape[0])
         elif fmt == "safetensors":
             from safetensors import safe_open
 
