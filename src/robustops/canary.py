@@ -3,6 +3,9 @@ compare what it withstands with what the production version's accepted result sa
 withstood; a significant drop opens a vulnerability and (where the policy says so) rolls
 production back.
 
+The registry is ``--registry``, else the spec's ``registry.home``; the model is
+``monitor.rollback.model``, else ``registry.model``, else the spec's name.
+
 **The canary set** (:func:`init_canary`). ``monitor.canary.samples`` samples drawn (seeded by
 ``monitor.canary.seed``) from the evaluated samples of the *accepted* result of the version
 ``monitor.rollback.model:monitor.rollback.alias`` points to: the newest result whose gate
@@ -109,6 +112,18 @@ def _monitor(spec: PipelineSpec) -> MonitorConfig:
     return spec.monitor or MonitorConfig()
 
 
+def _home(spec: PipelineSpec, given: str | Path | None) -> str | Path | None:
+    """The registry folder: ``given``, else the spec's ``registry.home`` (else the default)."""
+    return given if given is not None else (spec.registry.home if spec.registry else None)
+
+
+def _model(spec: PipelineSpec) -> str:
+    """The registry model: ``monitor.rollback.model``, else ``registry.model``, else the
+    spec's name."""
+    section = spec.registry
+    return _monitor(spec).rollback.model or (section.model if section else None) or spec.name
+
+
 def _dataset_name(spec: PipelineSpec) -> str:
     return _monitor(spec).canary.dataset or f"{spec.name}-canary"
 
@@ -199,8 +214,8 @@ def init_canary(
     ``out`` (default ``<monitor.canary.records>/canary-set.json``) and register it as a data set
     of kind ``canary`` (see the module docstring)."""
     cfg = _monitor(spec)
-    model = cfg.rollback.model or spec.name
-    reg = Registry.open(registry_home)
+    model = _model(spec)
+    reg = Registry.open(_home(spec, registry_home))
     try:
         baseline = find_baseline(
             reg, f"{model}:{cfg.rollback.alias}", cfg.rollback.alias, warn=warn
@@ -575,10 +590,10 @@ def run_canary(
     key = key or os.environ.get(c.key_env)
     if not key:
         raise CanaryError(f"monitor.canary.key_env: ${c.key_env} holds no canary API key")
-    model = rb.model or spec.name
+    model = _model(spec)
     started = now()
     t0 = time.monotonic()
-    reg = Registry.open(registry_home)
+    reg = Registry.open(_home(spec, registry_home))
     try:
         check_actor(reg, actor)
         ds = reg.dataset(_dataset_name(spec))

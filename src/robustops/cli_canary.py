@@ -23,7 +23,10 @@ canary_app = typer.Typer(
 SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="pipeline spec (YAML) with monitor:")]
 RegistryOpt = Annotated[
     Path | None,
-    typer.Option("--registry", help="registry folder (default $ROBUSTOPS_REGISTRY or ./registry)"),
+    typer.Option(
+        "--registry",
+        help="registry folder (default the spec's registry.home, $ROBUSTOPS_REGISTRY, ./registry)",
+    ),
 ]
 
 

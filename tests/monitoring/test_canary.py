@@ -163,6 +163,15 @@ def test_cli_init_and_run(world: World, tmp_path: Path) -> None:
     assert f"canary set {MODEL}-canary@1: 40 samples from {MODEL}@1's accepted result" in (
         " ".join(made.output.split())
     )
+    in_spec = tmp_path / "in-spec"  # the registry named by the spec's registry section
+    in_spec.mkdir()
+    section = spec_dict(tmp_path) | {"registry": {"home": str(home), "model": MODEL}}
+    again = runner.invoke(
+        app,
+        ["canary", "init", "--spec", str(write(in_spec, section))],
+        env={"ROBUSTOPS_PRINCIPAL": "eve"},
+    )
+    assert again.exit_code == 0 and f"{MODEL}-canary@1" in again.output, again.output
     with guard(spec_path, home) as url:
         ok = runner.invoke(
             app, ["canary", "run", *base, "--url", url, "--every", "0.01", "--runs", "2"]
