@@ -39,6 +39,8 @@ TOP = {
     "cli",
     "cli_registry",
     "cli_serve",
+    "canary",  # the canary job: needs the spec and the gate's McNemar
+    "cli_canary",
     "cli_review",
     "console",
     "lifecycle",

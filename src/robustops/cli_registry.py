@@ -316,10 +316,11 @@ def rollback(
     home: HomeOpt = None,
     url: UrlOpt = None,
     actor: AsOpt = None,
+    reason: Annotated[str, typer.Option("--reason", help="why (kept on the alias event)")] = "",
 ) -> None:
     """Move ALIAS back to the previous version that held it (its gate record re-checked)."""
     with _opened(home, url) as reg:
-        ev = reg.rollback(resolve_actor(actor), model, alias)
+        ev = reg.rollback(resolve_actor(actor), model, alias, reason=reason)
         console.print(
             f"{model}:{alias} rolled back to {reg.version_label(ev.version_id)} "
             f"(from {reg.version_label(ev.previous_version_id)})"
@@ -423,6 +424,10 @@ vuln_app = typer.Typer(
     help="Vulnerability records: known weaknesses of versions, each replayable.",
 )
 registry_app.add_typer(vuln_app, name="vuln")
+dataset_app = typer.Typer(
+    no_args_is_help=True, help="Registered data sets (canary sets, reviewed inputs)."
+)
+registry_app.add_typer(dataset_app, name="dataset")
 
 VulnIdArg = Annotated[str, typer.Argument(help="the vulnerability id, e.g. RVULN-0001")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
@@ -880,3 +885,69 @@ def lineage_cmd(
     console.print(
         f"lineage graph of {escape(ref)}: {escape(str(path))}", highlight=False, soft_wrap=True
     )
+
+
+@dataset_app.command("list")
+def dataset_list(
+    name: Annotated[str | None, typer.Option("--name", help="only this data set")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="only this kind, e.g. canary")] = None,
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every registered data set version: name@N, kind, samples, format, hash, who and when."""
+    with _opened(home, url) as reg:
+        rows = reg.datasets(name, kind)
+        if as_json:
+            typer.echo(json.dumps([_dataset_json(d) for d in rows], indent=1))
+            return
+        t = Table("data set", "kind", "samples", "format", "sha256", "created")
+        for d in rows:
+            t.add_row(
+                escape(d.ref),
+                d.kind,
+                str(d.n_samples),
+                d.format,
+                d.content_sha256[:12],
+                f"{d.created_at} {escape(d.created_by)}",
+            )
+        console.print(t)
+
+
+@dataset_app.command("show")
+def dataset_show(
+    ref: Annotated[str, typer.Argument(help="NAME@N, NAME@latest or NAME")],
+    home: HomeOpt = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One data set version with its lineage; the stored file is re-hashed."""
+    with _opened(home, url) as reg:
+        d = reg.dataset(ref)
+        path = reg.dataset_path(d)
+        info = {**_dataset_json(d), "path": str(path)}
+        if as_json:
+            typer.echo(json.dumps(info, indent=1))
+            return
+        for k, v in info.items():
+            if k != "lineage":
+                console.print(f"{k}: {escape(str(v))}", highlight=False)
+        console.print("lineage:")
+        console.print_json(json.dumps(d.lineage))
+
+
+def _dataset_json(d: Any) -> dict[str, Any]:
+    return {
+        "ref": d.ref,
+        "name": d.name,
+        "version": d.version,
+        "kind": d.kind,
+        "content_sha256": d.content_sha256,
+        "size": d.size,
+        "format": d.format,
+        "n_samples": d.n_samples,
+        "description": d.description,
+        "created_by": d.created_by,
+        "created_at": d.created_at,
+        "lineage": d.lineage,
+    }

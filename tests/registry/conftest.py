@@ -47,6 +47,7 @@ from robustops.registry.models import (
     AuditEventRow,
     Base,
     ChainHead,
+    DatasetVersion,
     Evaluation,
     GateRecord,
     ModelVersion,
@@ -211,6 +212,7 @@ def check_consistent(reg: Registry) -> dict[str, int]:
             GateRecord.baseline_sha256,
             GateRecord.policy_sha256,
             AliasPolicy.policy_sha256,
+            DatasetVersion.content_sha256,
         ):
             referenced.update(x for x in s.scalars(sa.select(col)) if x is not None)
         for sha in sorted(referenced):
@@ -235,6 +237,7 @@ def check_consistent(reg: Registry) -> dict[str, int]:
             "evaluation": count(Evaluation),
             "gate": count(GateRecord),
             "approve": count(Approval),
+            "dataset": count(DatasetVersion),
         }
         for action, rows in pairs.items():
             assert actions[action] == rows, f"{rows} {action} rows but {actions[action]} events"

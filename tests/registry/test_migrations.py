@@ -40,6 +40,6 @@ def test_a_revision_0001_registry_upgrades_on_open(tmp_path: Path) -> None:
         assert v.weights_sha256 == "ab" * 32 and v.weights_name is None
         with reg.store.engine.connect() as conn:
             rev = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
-        assert rev == "0003"
+        assert rev == "0004"
     finally:
         reg.close()

@@ -63,6 +63,28 @@ class CanaryConfig(StrictModel):
         default="ROBUSTOPS_CANARY_KEY", description="environment variable with the canary API key"
     )
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="McNemar significance level")
+    dataset: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="registry data set name of the canary set (default `<spec name>-canary`)",
+    )
+    seed: int = Field(default=0, ge=0, description="draws the canary samples and the attacks")
+    attack: Literal["square", "hopskipjump"] = Field(
+        default="square",
+        description="query attack for linf/l2 threats over HTTP: square (top-1 scores) or "
+        "hopskipjump (labels only)",
+    )
+    queries_per_sample: int = Field(
+        default=80,
+        ge=1,
+        description="query budget per sample and threat (the threat's own query_budget when "
+        "smaller); a run costs at most samples × (1 + threats × (queries_per_sample + 1)): "
+        "100 samples, 2 threats, 80 → 16 300, inside the default 20 000 per hour",
+    )
+    max_batch: int = Field(default=64, ge=1, description="inputs per HTTP request")
+    records: str = Field(
+        default="guard/canary", description="folder of the canary run records (JSON)"
+    )
 
 
 class RollbackConfig(StrictModel):

@@ -16,6 +16,7 @@ Tables:
 - ``alias_policies``: the gate policy in force for a protected alias.
 - ``aliases`` / ``alias_events``: where each alias points now, and every move it made.
 - ``vulnerabilities`` / ``vulnerability_versions`` / ``vulnerability_notes``: known weaknesses.
+- ``datasets``: registered data sets (canary sets, reviewed inputs), content-addressed.
 - ``audit_events`` / ``audit_keys`` / ``chain_head``: the signed, hash-chained log.
 """
 
@@ -205,6 +206,32 @@ class VulnerabilityNote(Base):
     changes: Mapped[dict[str, Any]] = mapped_column(JSON)
     actor: Mapped[str] = mapped_column(String(128))
     at: Mapped[str] = mapped_column(String(32))
+
+
+class DatasetVersion(Base):
+    """One registered version of a data set: a file in the artifact store (by content hash)
+    with its kind (``canary``, ``reviewed``, …), format, sample count and lineage (where its
+    samples came from: the source spec or result hash, sample indices, request ids, reviewer)."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_datasets_name_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    content_sha256: Mapped[str] = mapped_column(String(HASH), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes
+    format: Mapped[str] = mapped_column(String(32))
+    n_samples: Mapped[int] = mapped_column(Integer)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[str] = mapped_column(String(32))
+
+    @property
+    def ref(self) -> str:
+        """``NAME@N`` of this data set version."""
+        return f"{self.name}@{self.version}"
 
 
 class AuditKeyRow(Base):

@@ -35,6 +35,7 @@ from robustops.registry.models import (
     AuditEventRow,
     AuditKeyRow,
     ChainHead,
+    DatasetVersion,
     Evaluation,
     GateRecord,
     ModelVersion,
@@ -674,11 +675,12 @@ class Registry:
         reason: str,
         gate: GateRecord | None,
         approval: Approval | None,
+        evidence: dict[str, Any] | None = None,
     ) -> AliasEvent:
         s = tx.session
         current = s.get(Alias, (v.name, alias))
         previous = current.version_id if current else None
-        payload = {
+        payload: dict[str, Any] = {
             "alias": alias,
             "version": label(v),
             "weights_sha256": v.weights_sha256,
@@ -688,6 +690,8 @@ class Registry:
             "approval": approval.id if approval else None,
             "reason": reason,
         }
+        if evidence is not None:
+            payload["evidence"] = evidence
         ev = tx.log(
             "break-glass" if kind == "break-glass" else "alias", f"{v.name}:{alias}", payload
         )
@@ -716,10 +720,25 @@ class Registry:
             current.version_id, current.moved_at, current.event_id = v.id, tx.at, row.id
         return row
 
-    def rollback(self, actor: str, model: str, alias: str) -> AliasEvent:
+    def rollback(
+        self,
+        actor: str,
+        model: str,
+        alias: str,
+        *,
+        reason: str = "",
+        evidence: dict[str, Any] | None = None,
+    ) -> AliasEvent:
         """Move ``model:alias`` back to the previous version that held it, re-checking (for a
-        protected alias) that its gate record still stands under the policy in force."""
+        protected alias) that its gate record still stands under the policy in force.
+        ``reason`` (one line) is kept on the alias event and in the audit payload, with
+        ``evidence`` (JSON data: what made someone or something roll back)."""
         _check_alias(alias)
+        if evidence is not None:
+            try:
+                canonical_json(evidence)
+            except (TypeError, ValueError) as exc:
+                raise RegistryError(f"evidence: not JSON data ({exc})") from None
         with self.store.write(actor) as tx:
             s = tx.session
             self._require(s, actor, "engineer")
@@ -744,7 +763,9 @@ class Registry:
             gate = approval = None
             if self._protected(s, model, alias):
                 gate, approval = self._promotion_checks(s, v, alias)
-            return self._move(tx, v, alias, "rollback", "", gate, approval)
+            return self._move(
+                tx, v, alias, "rollback", reason.strip(), gate, approval, evidence=evidence
+            )
 
     def aliases(self, model: str) -> dict[str, ModelVersion]:
         """Where each alias of ``model`` points now."""
@@ -803,6 +824,96 @@ class Registry:
         with self.store.read() as s:
             v = s.get(ModelVersion, version_id)
             return label(v) if v else None
+
+    def accepted_gate(self, ref: str, alias: str = "production") -> GateRecord | None:
+        """The newest *passed* gate record of the version ``ref``'s weights under the gate
+        policy in force for its model's ``alias`` (None when no policy is set or no passed
+        record exists): the result that accepted it there."""
+        _check_alias(alias)
+        with self.store.read() as s:
+            v = self.version_in(s, ref)
+            policy = s.get(AliasPolicy, (v.name, alias))
+            if policy is None:
+                return None
+            return s.scalars(
+                select(GateRecord)
+                .where(
+                    GateRecord.weights_sha256 == v.weights_sha256,
+                    GateRecord.policy_sha256 == policy.policy_sha256,
+                    GateRecord.passed.is_(True),
+                )
+                .order_by(GateRecord.id.desc())
+                .limit(1)
+            ).first()
+
+    def record_run(
+        self,
+        actor: str,
+        action: str,
+        subject: str,
+        path: str | Path,
+        summary: dict[str, Any],
+    ) -> tuple[str, int]:
+        """Store the record file of a run (a canary run, …) as an artifact and log one audit
+        event ``action`` about ``subject`` with its hash and ``summary`` (engineer or above);
+        returns ``(artifact sha256, audit seq)``."""
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", action):
+            raise RegistryError(f"action: {action!r} must be a lower-case word (≤ 32)")
+        with self.store.read() as s:
+            self._require(s, actor, "engineer")
+        sha, _ = self.store.artifacts.put_file(path)
+        with self.store.write(actor) as tx:
+            self._require(tx.session, actor, "engineer")
+            ev = tx.log(action, subject, {"record_sha256": sha, **summary})
+            return sha, ev.seq
+
+    # -- data sets -------------------------------------------------------------------------
+
+    def register_dataset(
+        self,
+        actor: str,
+        name: str,
+        kind: str,
+        path: str | Path,
+        *,
+        meta: dict[str, Any] | None = None,
+        n_samples: int | None = None,
+        fmt: str | None = None,
+        description: str = "",
+    ) -> DatasetVersion:
+        """Register a data set file as the next version of ``name`` with its lineage ``meta``
+        (see :func:`robustops.registry.datasets.register_dataset`)."""
+        from robustops.registry.datasets import register_dataset
+
+        return register_dataset(
+            self,
+            actor,
+            name,
+            kind,
+            path,
+            meta=meta,
+            n_samples=n_samples,
+            fmt=fmt,
+            description=description,
+        )
+
+    def dataset(self, ref: str) -> DatasetVersion:
+        """The data set version ``NAME@N``, ``NAME@latest`` or ``NAME`` (latest)."""
+        from robustops.registry.datasets import get_dataset
+
+        return get_dataset(self, ref)
+
+    def datasets(self, name: str | None = None, kind: str | None = None) -> list[DatasetVersion]:
+        """Registered data set versions (of one name or kind), by name and version."""
+        from robustops.registry.datasets import list_datasets
+
+        return list_datasets(self, name=name, kind=kind)
+
+    def dataset_path(self, ds: DatasetVersion) -> Path:
+        """The verified stored file of a data set version."""
+        from robustops.registry.datasets import dataset_path
+
+        return dataset_path(self, ds)
 
     # -- audit -----------------------------------------------------------------------------
 

@@ -492,15 +492,20 @@ def open_vulnerability(
     catalog_entry: str | None = None,
     remediation: str = "",
     result_sha256: str | None = None,
+    evidence: dict[str, Any] | None = None,
+    origin: str = "manual",
 ) -> VulnerabilityRecord:
-    """Open a record by hand for the version ``ref`` (engineer or above).
+    """Open a record for the version ``ref`` (engineer or above), by hand or from a finding
+    (``origin``: ``manual``, ``canary``, …; kept in the audit event).
 
     The reproduction and evidence come from the newest evaluation of the version that ran
     ``threat`` (or from the attached result ``result_sha256``); with none, the record holds no
     attack to replay. The catalog entry defaults to the highest-risk entry of the version's
     catalog that ``threat`` exercises; one given must be in that catalog. ``owner`` defaults to
-    the entry's owner, else ``actor``."""
+    the entry's owner, else ``actor``. ``evidence`` (JSON data, e.g. a canary run's counts and
+    p-value) is added to the evidence taken from the result (its keys win)."""
     threat = _check_text(threat, "threat", limit=128)
+    origin = _check_text(origin, "origin", limit=64)
     title = _check_text(title, "title", limit=500)
     _check_severity(severity)
     remediation = _check_text(remediation, "remediation", empty=True)
@@ -525,9 +530,14 @@ def open_vulnerability(
         owner if owner is not None else (entry.owner if entry else actor), "owner", limit=128
     )
     reproduce: dict[str, Any] = {}
-    evidence: dict[str, Any] = {}
+    found_evidence: dict[str, Any] = {}
     if found is not None:
-        reproduce, evidence = findings_from_result(found[0], threat, found[1], label(v))
+        reproduce, found_evidence = findings_from_result(found[0], threat, found[1], label(v))
+    evidence = {**found_evidence, **(evidence or {})}
+    try:
+        json.dumps(evidence, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"evidence: not JSON data ({exc})") from None
     with reg.store.write(actor) as tx:
         reg._require(tx.session, actor, "engineer")
         v = reg.version_in(tx.session, ref)
@@ -544,7 +554,7 @@ def open_vulnerability(
             remediation=remediation,
             reproduce=reproduce,
             evidence=evidence,
-            origin={"origin": "manual"},
+            origin={"origin": origin},
         )
         return _record(tx.session, row)
 
