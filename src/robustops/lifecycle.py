@@ -509,7 +509,8 @@ def run_lifecycle(
 
             # 4. Review what the guard flagged, retrain with it, gate and promote.
             cli.run("review", "harvest", "--spec", "spec.yaml")
-            labelled = _scripted_review(cli, x_test, y_test)
+            queue = out / str((monitor_cfg.get("harvest") or {}).get("queue", "guard/review.db"))
+            labelled = _scripted_review(queue, x_test, y_test)
             tl.mark("review", f"{labelled} harvested inputs labelled by the scripted reviewer")
             cli.run(
                 "review",
@@ -594,22 +595,17 @@ def _attack(url: str, key: str, x: torch.Tensor, y: torch.Tensor, tl: Timeline) 
     return facts
 
 
-def _scripted_review(cli: Cli, x_test: torch.Tensor, y_test: torch.Tensor) -> int:
-    """Label every queued input with the class of its nearest clean test image (L∞): the
-    attacker's inputs are small perturbations of test images, as a human would see."""
-    items = json.loads(cli.run("review", "list", "--spec", "spec.yaml", "--json"))
+def _scripted_review(queue: Path, x_test: torch.Tensor, y_test: torch.Tensor) -> int:
+    """Label every pending queued input with the class of its nearest clean test image (L∞):
+    the attacker's inputs are small perturbations of test images, which a human reviewer would
+    read as that digit. Recorded as reviewer ``scripted-reviewer``."""
+    from robustops.monitoring.harvest import ReviewQueue
+
+    q = ReviewQueue(queue)
     flat = x_test.flatten(1)
+    items = q.items(status="pending")
     for item in items:
-        x = torch.tensor(item["input"], dtype=torch.float32).flatten()
+        x = torch.tensor(item.input, dtype=torch.float32).flatten()
         nearest = int((flat - x).abs().amax(dim=1).argmin())
-        cli.run(
-            "review",
-            "label",
-            str(item["id"]),
-            str(int(y_test[nearest])),
-            "--reviewer",
-            "scripted-reviewer",
-            "--spec",
-            "spec.yaml",
-        )
+        q.label(item.id, int(y_test[nearest]), reviewer="scripted-reviewer", source="lifecycle")
     return len(items)
