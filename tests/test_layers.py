@@ -39,6 +39,7 @@ TOP = {
     "cli",
     "cli_registry",
     "cli_serve",
+    "cli_monitor",
     "console",
     "__main__",
 }

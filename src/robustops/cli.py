@@ -857,12 +857,14 @@ def validate(
 
 
 def _add_subcommands() -> None:
+    from robustops.cli_monitor import monitor_app
     from robustops.cli_registry import registry_app
     from robustops.cli_serve import keys_app, serve
 
     app.add_typer(registry_app, name="registry")
     app.command("serve")(serve)
     app.add_typer(keys_app, name="keys")
+    app.add_typer(monitor_app, name="monitor")
 
 
 _add_subcommands()
