@@ -92,13 +92,13 @@ def write_log(folder: Path, records: list[dict[str, Any]], name: str = "host-1-1
 
 
 def monitor_section(tmp: Path, rules: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """A ``monitor`` section over ``tmp/log`` with state ``tmp/monitor.db`` and a 60-request
+    """A ``monitor`` section over ``tmp/log`` with state ``tmp/monitor.db`` and a 100-request
     calibration window."""
     return {
         "request_log": str(tmp / "log"),
         "state": str(tmp / "monitor.db"),
         "poll_seconds": 0.05,
-        "calibration": {"requests": 60},
+        "calibration": {"requests": 100},
         "rules": rules,
         **extra,
     }

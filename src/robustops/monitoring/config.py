@@ -51,7 +51,11 @@ class AlertRule(StrictModel):
 class CalibrationWindow(StrictModel):
     """Where a detector's thresholds come from: the first requests it sees (non-canary)."""
 
-    requests: int = Field(default=2000, ge=50, description="stable requests per signal")
+    requests: int = Field(
+        default=2000,
+        ge=100,
+        description="stable values per rule (at least 100; kswin 200, batch-test 400)",
+    )
     false_alarms_per_10k: float = Field(
         default=1.0, gt=0.0, description="target false alarms per 10 000 stable requests"
     )

@@ -22,7 +22,6 @@ delivery that succeeded but was not yet marked is sent again (receivers dedupe b
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -48,7 +47,7 @@ from robustops.monitoring.alerts import (
     backoff_seconds,
 )
 from robustops.monitoring.config import AlertRule, MonitorConfig, RollbackConfig
-from robustops.monitoring.detectors import ChangeDetector, calibrate
+from robustops.monitoring.detectors import ChangeDetector, calibrate, from_state_dict
 from robustops.monitoring.logtail import LogRecord, read_new
 from robustops.monitoring.signals import Signal, get_signal, is_monitored
 from robustops.monitoring.state import MonitorState
@@ -116,18 +115,28 @@ def calibration_summary(values: list[float]) -> dict[str, float | int]:
     }
 
 
-def _fit(rule: AlertRule, config: MonitorConfig, values: list[float]) -> ChangeDetector:
+MIN_VALUES = {"kswin": 200, "batch-test": 400}
+"""Calibration values a detector kind needs at least (100 for the others)."""
+
+
+def _fit(
+    rule: AlertRule, signal: Signal, config: MonitorConfig, values: list[float]
+) -> ChangeDetector:
+    kwargs: dict[str, Any] = {"categorical": True} if signal.categorical else {}
     return calibrate(
         rule.detector,
         values,
         direction=rule.direction,
         false_alarms_per_10k=config.calibration.false_alarms_per_10k,
         seed=_seed(rule),
+        **kwargs,
     )
 
 
 def _detection_dict(detection: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(detection) and not isinstance(detection, type):
+    if hasattr(detection, "as_dict"):
+        raw = detection.as_dict()
+    elif dataclasses.is_dataclass(detection) and not isinstance(detection, type):
         raw = dataclasses.asdict(detection)
     else:
         raw = {k: v for k, v in vars(detection).items() if not k.startswith("_")}
@@ -198,7 +207,8 @@ class RuleRuntime:
     values: list[float] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     fitted_at: float | None = None
-    template: ChangeDetector | None = None
+    error: str | None = None
+    template: dict[str, Any] | None = None
     streams: dict[str, Stream] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
@@ -210,14 +220,16 @@ class RuleRuntime:
             "values": self.values,
             "summary": self.summary,
             "fitted_at": self.fitted_at,
+            "error": self.error,
+            "template": self.template,
         }
 
     def stream(self, key: str) -> Stream:
-        """The stream for ``key`` (made from the fitted detector when new)."""
+        """The stream for ``key`` (a fresh copy of the fitted detector when new)."""
         s = self.streams.get(key)
         if s is None:
             assert self.template is not None
-            s = self.streams[key] = Stream(copy.deepcopy(self.template))
+            s = self.streams[key] = Stream(from_state_dict(self.template))
         return s
 
 
@@ -252,6 +264,15 @@ def _check_rules(config: MonitorConfig) -> list[tuple[AlertRule, Signal]]:
         if rule.name in names:
             errors.append((f"monitor.rules.{i}.name", f"rule {rule.name!r} is named twice"))
         names.add(rule.name)
+        need = MIN_VALUES.get(rule.detector, 100)
+        if config.calibration.requests < need:
+            errors.append(
+                (
+                    "monitor.calibration.requests",
+                    f"rule {rule.name!r} ({rule.detector}) needs at least {need} calibration "
+                    f"values, got {config.calibration.requests}",
+                )
+            )
     if errors:
         raise SpecError(errors)
     return out
@@ -335,11 +356,12 @@ class Monitor:
                 continue
             rt.status, rt.source, rt.values = row["status"], row["source"], row["values"]
             rt.summary, rt.fitted_at = row["summary"], row["fitted_at"]
+            rt.error, rt.template = row["error"], row["template"]
             if rt.status == "fitted":
-                rt.template = _fit(rt.rule, self.config, rt.values)
                 for (rule, key), st in streams.items():
                     if rule == rt.rule.name:
-                        rt.stream(key).load(st)
+                        rt.streams[key] = Stream(from_state_dict(st["detector"]))
+                        rt.streams[key].load(st)
         if stale:
             with self.state.transaction() as db:
                 for name in stale:
@@ -404,37 +426,41 @@ class Monitor:
                 self.last_swap = {"ts": lr.ts, "model": model, "previous": self.last_model}
             self.last_model = model
         for rt in self.rules:
-            value = rt.signal.extract(rec)
-            if value is None:
-                continue
-            if rt.status != "fitted":
-                rt.values.append(value)
-                if len(rt.values) >= self.config.calibration.requests:
-                    self._fit_rule(rt, "live")
-                dirty_cal.add(rt.rule.name)
-                continue
-            key = str(rec.get("key", "")) if rt.signal.per_key else ""
-            stream = rt.stream(key)
-            stream.observe(rec, value)
-            dirty_streams.add((rt.rule.name, key))
-            detection = stream.detector.update(value)
-            if detection is None:
-                continue
-            if stream.seen < stream.cooldown_until:
-                stream.suppressed += 1
-            else:
-                stream.alerts += 1
-                stream.cooldown_until = stream.seen + rt.rule.cooldown_requests
-                new_alerts.append(self._alert(rt, key, stream, lr, detection))
-            stream.reset()
+            for value in rt.signal.values(rec):
+                if rt.status != "fitted":
+                    rt.values.append(value)
+                    if len(rt.values) >= self.config.calibration.requests:
+                        self._fit_rule(rt, "live")
+                    dirty_cal.add(rt.rule.name)
+                    continue
+                key = str(rec.get("key", "")) if rt.signal.per_key else ""
+                stream = rt.stream(key)
+                stream.observe(rec, value)
+                dirty_streams.add((rt.rule.name, key))
+                detection = stream.detector.update(value)
+                if detection is None:
+                    continue
+                if stream.seen < stream.cooldown_until:
+                    stream.suppressed += 1
+                else:
+                    stream.alerts += 1
+                    stream.cooldown_until = stream.seen + rt.rule.cooldown_requests
+                    new_alerts.append(self._alert(rt, key, stream, lr, detection))
+                stream.reset()
 
     def _fit_rule(self, rt: RuleRuntime, source: str) -> None:
-        rt.template = _fit(rt.rule, self.config, rt.values)
-        rt.status, rt.source, rt.fitted_at = "fitted", source, time.time()
-        rt.summary = calibration_summary(rt.values)
-        threshold = getattr(rt.template, "threshold", None)
-        if isinstance(threshold, (int, float)):
-            rt.summary["threshold"] = float(threshold)
+        """Fit the rule's detector on its window; a window the detector cannot use (constant,
+        say: no flag at all) is recorded as the rule's error and collection starts over."""
+        try:
+            detector = _fit(rt.rule, rt.signal, self.config, rt.values)
+        except SpecError as exc:
+            log.error("rule %s: cannot calibrate on its window: %s", rt.rule.name, exc)
+            rt.error = f"{source} window of {len(rt.values)} values unusable: {exc}"
+            rt.values, rt.status = [], "collecting"
+            return
+        rt.template = detector.state_dict()
+        rt.status, rt.source, rt.fitted_at, rt.error = "fitted", source, time.time(), None
+        rt.summary = {**calibration_summary(rt.values), "detector": detector.calibration}
         rt.streams = {}
         log.info("rule %s calibrated on %d values", rt.rule.name, len(rt.values))
 
@@ -596,6 +622,8 @@ def calibrate_from_log(
             for rt in mon.rules:
                 rt.values = values[rt.rule.name]
                 mon._fit_rule(rt, f"log:{folder}")
+                if rt.status != "fitted":
+                    raise SpecError.single("--log", f"rule {rt.rule.name}: {rt.error}")
                 mon.state.drop_rule(db, rt.rule.name)
                 mon.state.put_calibration(db, rt.rule.name, rt.row())
                 out[rt.rule.name] = rt.summary or {}
@@ -615,9 +643,7 @@ def _collect_values(
             if not is_monitored(lr.record):
                 continue
             for name, signal in signals.items():
-                v = signal.extract(lr.record)
-                if v is not None and len(values[name]) < need:
-                    values[name].append(v)
+                values[name].extend(signal.values(lr.record)[: need - len(values[name])])
         if read.offsets == offsets:
             return values
         offsets = read.offsets

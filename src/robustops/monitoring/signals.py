@@ -22,6 +22,8 @@ Names:
 ``latency_ms``         the guard's time to answer, milliseconds
 ``class_share:<k>``    share of the request's inputs predicted as class ``k`` (an integer ≥ 0),
                        in [0, 1]: the predicted-class mix, one class per rule
+``predicted_class``    the predicted class of each input (one value per input, categorical): the
+                       whole class mix, for a ``batch-test`` rule (a G-test of class counts)
 =====================  ===========================================================================
 """
 
@@ -50,6 +52,16 @@ class Signal:
     extract: Callable[[Record], float | None]
     per_key: bool = False
     unit: str = ""
+    per_input: Callable[[Record], list[float]] | None = None
+    categorical: bool = False
+
+    def values(self, record: Record) -> list[float]:
+        """The values this record gives: one per request (none when ``extract`` gives None),
+        or one per input for a ``per_input`` signal (``predicted_class``)."""
+        if self.per_input is not None:
+            return self.per_input(record)
+        v = self.extract(record)
+        return [] if v is None else [v]
 
 
 def _finite(x: Any) -> float | None:
@@ -106,6 +118,20 @@ def _latency(record: Record) -> float | None:
     return v if v is not None and v >= 0 else None
 
 
+def _labels(record: Record) -> list[float]:
+    return [
+        float(p["label"])
+        for p in _predictions(record)
+        if isinstance(p.get("label"), int) and not isinstance(p.get("label"), bool)
+        and 0 <= p["label"] < 100_000
+    ]
+
+
+def _first_label(record: Record) -> float | None:
+    labels = _labels(record)
+    return labels[0] if labels else None
+
+
 def _class_share(k: int) -> Callable[[Record], float | None]:
     def extract(record: Record) -> float | None:
         preds = _predictions(record)
@@ -132,6 +158,13 @@ SIGNALS: dict[str, Signal] = {
         ),
         Signal("rejected", "1 when the request was refused with a 4xx status", _rejected),
         Signal("latency_ms", "time to answer", _latency, unit="ms"),
+        Signal(
+            "predicted_class",
+            "the predicted class of every input (categorical: the class mix, for batch-test)",
+            _first_label,
+            per_input=_labels,
+            categorical=True,
+        ),
     )
 }
 """The fixed signals by name (``class_share:<k>`` is built by :func:`get_signal`)."""

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS calibration (
     rule TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status TEXT NOT NULL,
     source TEXT NOT NULL, values_json TEXT NOT NULL, summary_json TEXT,
-    fitted_at REAL
+    fitted_at REAL, error TEXT, template_json TEXT
 );
 CREATE TABLE IF NOT EXISTS streams (
     rule TEXT NOT NULL, key TEXT NOT NULL, state_json TEXT NOT NULL,
@@ -117,9 +117,9 @@ class MonitorState:
     def calibrations(self) -> dict[str, dict[str, Any]]:
         """Every rule's calibration row as a dict (``values`` and ``summary`` decoded)."""
         out = {}
-        for rule, fp, status, source, values, summary, fitted_at in self.db.execute(
-            "SELECT rule, fingerprint, status, source, values_json, summary_json, fitted_at "
-            "FROM calibration"
+        for rule, fp, status, source, values, summary, fitted_at, error, tmpl in self.db.execute(
+            "SELECT rule, fingerprint, status, source, values_json, summary_json, fitted_at, "
+            "error, template_json FROM calibration"
         ):
             out[rule] = {
                 "fingerprint": fp,
@@ -128,13 +128,15 @@ class MonitorState:
                 "values": json.loads(values),
                 "summary": json.loads(summary) if summary else None,
                 "fitted_at": fitted_at,
+                "error": error,
+                "template": json.loads(tmpl) if tmpl else None,
             }
         return out
 
     def put_calibration(self, db: sqlite3.Connection, rule: str, row: dict[str, Any]) -> None:
         """Store a rule's calibration (the shape :meth:`calibrations` returns)."""
         db.execute(
-            "INSERT OR REPLACE INTO calibration VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO calibration VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rule,
                 row["fingerprint"],
@@ -143,6 +145,8 @@ class MonitorState:
                 json.dumps(row["values"]),
                 json.dumps(row["summary"]) if row.get("summary") is not None else None,
                 row.get("fitted_at"),
+                row.get("error"),
+                json.dumps(row["template"]) if row.get("template") is not None else None,
             ),
         )
 
