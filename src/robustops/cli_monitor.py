@@ -173,8 +173,9 @@ def status(
         + (f"{escape(str(swap.get('model')))} at {_when(swap.get('ts'))}" if swap else "none"),
         highlight=False,
     )
-    t = Table("rule", "signal", "detector", "calibration", "mean ± std", "streams", "alerts",
-              "suppressed")
+    t = Table(
+        "rule", "signal", "detector", "calibration", "mean ± std", "streams", "alerts", "suppressed"
+    )
     for r in st["rules"]:
         cal = r["calibration"]
         if cal is None:
@@ -183,6 +184,7 @@ def status(
             cal_text = (
                 f"{cal['status']} {cal['values']}/{cal['needed']} ({cal['source']})"
                 + ("" if cal["current"] else " [red]stale[/]")
+                + (f"\n[red]{escape(cal['error'])}[/]" if cal.get("error") else "")
             )
             sm = cal["summary"]
             ms = f"{sm['mean']:.4g} ± {sm['std']:.3g}" if sm else "-"
@@ -222,7 +224,9 @@ def status(
 
 
 @monitor_app.command("show")
-def show(spec: SpecOpt, alert_id: Annotated[str, typer.Argument(help="alert id or prefix")]) -> None:
+def show(
+    spec: SpecOpt, alert_id: Annotated[str, typer.Argument(help="alert id or prefix")]
+) -> None:
     """One alert with all its evidence (JSON)."""
     from robustops.monitoring.state import MonitorState
 
@@ -305,4 +309,3 @@ def prometheus_rules_cmd(
         fail(exc)
     n = len(rules["groups"][0]["rules"])
     console.print(f"wrote {n} rules to {escape(str(out))} (signals: {', '.join(sorted(cals))})")
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,9 +75,7 @@ def stream(
     """``n`` records, shifted by ``shift`` standard deviations from request ``shift_at`` on."""
     rng = random.Random(seed)
     return [
-        predict_record(
-            i, rng, shift=shift if shift_at is not None and i >= shift_at else 0.0, **kw
-        )
+        predict_record(i, rng, shift=shift if shift_at is not None and i >= shift_at else 0.0, **kw)
         for i in range(n)
     ]
 
@@ -104,20 +103,27 @@ def monitor_section(tmp: Path, rules: list[dict[str, Any]], **extra: Any) -> dic
     }
 
 
-SCORE_RULE = {"name": "score-up", "signal": "anomaly_score", "detector": "cusum",
-              "cooldown_requests": 100000}
+SCORE_RULE = {
+    "name": "score-up",
+    "signal": "anomaly_score",
+    "detector": "cusum",
+    "cooldown_requests": 100000,
+}
 
 
 @dataclass
 class Receiver:
-    """A webhook receiver: every POST's JSON body and headers; answers ``fail_first`` POSTs
-    with 500, then 200."""
+    """A webhook receiver: every POST's JSON body and headers (recorded on arrival, before the
+    answer); answers ``fail_first`` POSTs with 500, then 200 after ``delay`` seconds.
+    ``arrived`` is set by every recorded POST."""
 
     fail_first: int = 0
+    delay: float = 0.0
     posts: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    arrived: threading.Event = field(default_factory=threading.Event)
 
     @property
     def ids(self) -> list[str]:
@@ -125,14 +131,19 @@ class Receiver:
         with self.lock:
             return [p["id"] for p in self.posts]
 
+    def duplicates_while_in_flight(self) -> int:
+        """POSTs of an id already received (what a deduping receiver drops)."""
+        ids = self.ids
+        return len(ids) - len(set(ids))
+
 
 @contextmanager
-def receiver(fail_first: int = 0) -> Iterator[Receiver]:
+def receiver(fail_first: int = 0, delay: float = 0.0) -> Iterator[Receiver]:
     """A :class:`Receiver` listening on 127.0.0.1 (a free port) while the block runs."""
-    rec = Receiver(fail_first=fail_first)
+    rec = Receiver(fail_first=fail_first, delay=delay)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             with rec.lock:
                 failing = rec.fail_first > 0
@@ -141,6 +152,9 @@ def receiver(fail_first: int = 0) -> Iterator[Receiver]:
                 else:
                     rec.posts.append(json.loads(body))
                     rec.headers.append(dict(self.headers))
+            if not failing:
+                rec.arrived.set()
+                time.sleep(rec.delay)
             self.send_response(500 if failing else 200)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -43,7 +43,10 @@ def test_calibrates_then_alerts_on_a_shift_with_its_evidence(tmp_path: Path) -> 
     assert len(alerts) == 1
     a = alerts[0]
     assert (a["rule"], a["signal"], a["detector"], a["severity"]) == (
-        "score-up", "anomaly_score", "cusum", "warning"
+        "score-up",
+        "anomaly_score",
+        "cusum",
+        "warning",
     )
     fired = int(a["window"]["last_request_id"], 16)
     assert 200 <= fired <= 210, "a 5σ shift is caught within 10 requests"
@@ -150,7 +153,9 @@ def test_rollback_is_due_only_soon_after_a_model_swap(tmp_path: Path) -> None:
     for r in recs[200:]:
         r["model"] = "digits:v2"
     write_log(tmp_path / "log", recs[:200])
-    write_log(tmp_path / "log", [{"event": "model-swap", "ts": recs[199]["ts"], "model": "digits:v2"}])
+    write_log(
+        tmp_path / "log", [{"event": "model-swap", "ts": recs[199]["ts"], "model": "digits:v2"}]
+    )
     write_log(tmp_path / "log", recs[200:])
     alerts = _run(cfg)
     assert len(alerts) == 1

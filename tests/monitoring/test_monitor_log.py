@@ -112,3 +112,13 @@ def test_a_rule_with_an_unknown_signal_is_refused_by_name() -> None:
         AlertRule(name="r", signal="entropy")
     with pytest.raises(KeyError):
         get_signal("class_share:x")
+
+
+def test_a_capped_read_says_there_is_more(tmp_path: Path) -> None:
+    folder = tmp_path / "log"
+    rng = random.Random(0)
+    path = write_log(folder, [predict_record(i, rng) for i in range(10)])
+    first = read_new(folder, {}, max_bytes=path.stat().st_size // 2)
+    assert first.more and 0 < len(first.records) < 10
+    rest = read_new(folder, first.offsets)
+    assert not rest.more and len(first.records) + len(rest.records) == 10

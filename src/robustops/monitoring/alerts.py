@@ -61,9 +61,11 @@ class DeliveryError(Exception):
 
 
 class Sink(Protocol):
-    """Where alerts are delivered: ``name`` is stable across runs (the outbox keys on it)."""
+    """Where alerts are delivered."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Stable across runs: the outbox keys deliveries on it."""
 
     def deliver(self, alert: dict[str, Any]) -> None:
         """Deliver one alert or raise :class:`DeliveryError`."""

@@ -58,12 +58,14 @@ class LogRecord:
 class ReadResult:
     """What one :func:`read_new` call found: kept ``records`` in processing order, the byte
     ``offsets`` reached per file (past every complete line, kept or not), and how many lines
-    were ``skipped`` (other events) or ``malformed``."""
+    were ``skipped`` (other events) or ``malformed``; ``more`` when a file holds more than was
+    read (the ``max_bytes`` cap)."""
 
     records: list[LogRecord] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
     malformed: int = 0
+    more: bool = False
 
 
 def _log_files(folder: Path) -> list[Path]:
@@ -99,10 +101,14 @@ def read_new(
         with open(path, "rb") as fh:
             fh.seek(start)
             chunk = fh.read(min(size - start, max_bytes))
+        if size - start > max_bytes:
+            out.more = True
         last_nl = chunk.rfind(b"\n")
         if last_nl < 0:
             if len(chunk) >= MAX_LINE_BYTES:  # a newline-less monster: skip what we read
-                log.warning("request log %s: line at %d longer than %d bytes", path, start, MAX_LINE_BYTES)
+                log.warning(
+                    "request log %s: line at %d longer than %d bytes", path, start, MAX_LINE_BYTES
+                )
                 out.offsets[name] = start + len(chunk)
                 out.malformed += 1
             else:

@@ -140,7 +140,8 @@ def _detection_dict(detection: Any) -> dict[str, Any]:
         raw = dataclasses.asdict(detection)
     else:
         raw = {k: v for k, v in vars(detection).items() if not k.startswith("_")}
-    return json.loads(json.dumps(raw, default=str))
+    out: dict[str, Any] = json.loads(json.dumps(raw, default=str))
+    return out
 
 
 @dataclass
@@ -235,8 +236,8 @@ class RuleRuntime:
 
 @dataclass
 class StepReport:
-    """What one :meth:`Monitor.step` did: ``records`` read (kept ones), ``bytes_left`` whether
-    a file had more than one read's worth, new ``alerts`` (committed), ``delivered`` and
+    """What one :meth:`Monitor.step` did: ``records`` read (kept ones), ``more`` whether a file
+    had more than one read's worth, new ``alerts`` (committed), ``delivered`` and
     ``failed`` delivery attempts."""
 
     records: int = 0
@@ -303,7 +304,9 @@ class Monitor:
         self.registry_home = registry_home
         rb = config.rollback
         self.rollback_config: RollbackConfig = (
-            rb if rb.model or not rollback_model else rb.model_copy(update={"model": rollback_model})
+            rb
+            if rb.model or not rollback_model
+            else rb.model_copy(update={"model": rollback_model})
         )
         self.on_alert = on_alert
         self._lock_fh: Any = None
@@ -351,7 +354,9 @@ class Monitor:
             if row is None:
                 continue
             if row["fingerprint"] != rt.fingerprint:
-                log.warning("rule %s changed since its calibration: calibrating again", rt.rule.name)
+                log.warning(
+                    "rule %s changed since its calibration: calibrating again", rt.rule.name
+                )
                 stale.append(rt.rule.name)
                 continue
             rt.status, rt.source, rt.values = row["status"], row["source"], row["values"]
@@ -373,9 +378,7 @@ class Monitor:
         report = StepReport()
         read = read_new(self.config.request_log, self.offsets, max_bytes=READ_BYTES)
         report.records = len(read.records)
-        report.more = any(
-            read.offsets.get(f, 0) - self.offsets.get(f, 0) >= READ_BYTES for f in read.offsets
-        )
+        report.more = read.more
         new_alerts: list[tuple[dict[str, Any], bool]] = []
         dirty_cal: set[str] = set()
         dirty_streams: set[tuple[str, str]] = set()
@@ -398,7 +401,7 @@ class Monitor:
                         report.alerts.append(alert)
             self.offsets = read.offsets
         for alert in report.alerts:
-            log.warning("alert %s: %s (%s)", alert["id"], alert["rule"], alert["summary"])
+            log.info("alert %s: %s (%s)", alert["id"], alert["rule"], alert["summary"])
             if self.on_alert is not None:
                 self.on_alert(alert)
         self.run_rollbacks()
@@ -469,9 +472,12 @@ class Monitor:
     ) -> tuple[dict[str, Any], bool]:
         rec, rule = lr.record, rt.rule
         rid = str(rec.get("request_id", ""))
-        mean = (rt.summary or {}).get("mean", 0.0)
+        mean = float((rt.summary or {}).get("mean", 0.0))
         sign = {"up": 1.0, "down": -1.0}.get(rule.direction)
-        dev = (lambda v: sign * (v - mean)) if sign else (lambda v: abs(v - mean))
+
+        def dev(v: float) -> float:
+            return sign * (v - mean) if sign else abs(v - mean)
+
         examples = sorted(stream.recent, key=lambda rv: -dev(rv[1]))[:EXAMPLES]
         det = _detection_dict(detection)
         swap = self.last_swap
@@ -519,11 +525,11 @@ class Monitor:
         """Call the rollback for every alert that owes one; record its result (or error)."""
         for alert in self.state.pending_rollbacks():
             try:
-                from robustops.monitoring.rollback import roll_back_on_alert
-
-                result: Any = roll_back_on_alert(
-                    self.rollback_config, alert, self.registry_home
+                from robustops.monitoring.rollback import (  # type: ignore[import-not-found, unused-ignore]
+                    roll_back_on_alert,
                 )
+
+                result: Any = roll_back_on_alert(self.rollback_config, alert, self.registry_home)
             except Exception as exc:  # recorded on the alert; the on-call reads it there
                 log.error("rollback on alert %s failed: %s", alert["id"], exc)
                 result = {"error": f"{type(exc).__name__}: {exc}"}
@@ -547,16 +553,16 @@ class Monitor:
                 bad += 1
                 cap = max((w.max_backoff_seconds for w in self.config.webhooks), default=300.0)
                 wait = backoff_seconds(attempts + 1, cap)
-                log.warning("alert %s to %s failed (%s); retry in %.0f s", aid, sink_name, exc, wait)
+                log.warning(
+                    "alert %s to %s failed (%s); retry in %.0f s", aid, sink_name, exc, wait
+                )
                 self.state.mark_failed(aid, sink_name, str(exc), now + wait)
                 continue
             ok += 1
             self.state.mark_delivered(aid, sink_name)
         return ok, bad
 
-    def run(
-        self, *, once: bool = False, should_stop: Callable[[], bool] = lambda: False
-    ) -> None:
+    def run(self, *, once: bool = False, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Step until ``should_stop()`` (every ``poll_seconds`` when idle); with ``once``,
         until the log is read to its end and then retry failed deliveries twice."""
         while not should_stop():
@@ -593,9 +599,7 @@ def _num(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, (int, float)) else str(x)
 
 
-def calibrate_from_log(
-    config: MonitorConfig, folder: str | Path
-) -> dict[str, dict[str, Any]]:
+def calibrate_from_log(config: MonitorConfig, folder: str | Path) -> dict[str, dict[str, Any]]:
     """Fit every rule's calibration from a log folder of stable traffic (the first
     ``calibration.requests`` non-canary values of its signal) and store it in the state,
     replacing the rule's calibration and detector streams. Returns the summaries by rule.
@@ -617,16 +621,15 @@ def calibrate_from_log(
             + ", ".join(f"rule {n} ({s}) {k}" for n, k, s in short),
         )
     out = {}
-    with Monitor(config, sinks=[]) as mon:
-        with mon.state.transaction() as db:
-            for rt in mon.rules:
-                rt.values = values[rt.rule.name]
-                mon._fit_rule(rt, f"log:{folder}")
-                if rt.status != "fitted":
-                    raise SpecError.single("--log", f"rule {rt.rule.name}: {rt.error}")
-                mon.state.drop_rule(db, rt.rule.name)
-                mon.state.put_calibration(db, rt.rule.name, rt.row())
-                out[rt.rule.name] = rt.summary or {}
+    with Monitor(config, sinks=[]) as mon, mon.state.transaction() as db:
+        for rt in mon.rules:
+            rt.values = values[rt.rule.name]
+            mon._fit_rule(rt, f"log:{folder}")
+            if rt.status != "fitted":
+                raise SpecError.single("--log", f"rule {rt.rule.name}: {rt.error}")
+            mon.state.drop_rule(db, rt.rule.name)
+            mon.state.put_calibration(db, rt.rule.name, rt.row())
+            out[rt.rule.name] = rt.summary or {}
     return out
 
 
@@ -659,8 +662,11 @@ def signal_calibrations(
         vals = _collect_values(
             log_folder, {n: get_signal(n) for n in names}, config.calibration.requests
         )
-        return {n: {**calibration_summary(v), "source": f"log:{log_folder}"}
-                for n, v in vals.items() if v}
+        return {
+            n: {**calibration_summary(v), "source": f"log:{log_folder}"}
+            for n, v in vals.items()
+            if v
+        }
     path = Path(config.state)
     if not path.exists():
         return {}
@@ -706,6 +712,7 @@ def monitor_status(config: MonitorConfig, *, alerts: int = 10) -> dict[str, Any]
                         "values": len(cal["values"]),
                         "needed": config.calibration.requests,
                         "summary": cal["summary"],
+                        "error": cal["error"],
                         "current": cal["fingerprint"] == rule_fingerprint(rule, config),
                     },
                     "streams": {

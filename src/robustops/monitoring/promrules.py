@@ -20,6 +20,7 @@ canary share of a few percent the thresholds hold.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from robustops.serving.metrics import PREFIX
@@ -48,7 +49,7 @@ def prometheus_rules(
     service: str,
     calibration: dict[str, dict[str, Any]],
     *,
-    severities: dict[str, str] | None = None,
+    severities: Mapping[str, str] | None = None,
     window: str = "5m",
     for_: str = "5m",
     min_requests: int = 100,
@@ -72,8 +73,11 @@ def prometheus_rules(
                 "alert": alert,
                 "expr": expr,
                 "for": for_,
-                "labels": {"severity": sev.get(signal, "warning"), "service": service,
-                           "signal": signal},
+                "labels": {
+                    "severity": sev.get(signal, "warning"),
+                    "service": service,
+                    "signal": signal,
+                },
                 "annotations": {
                     "summary": summary,
                     "description": description
@@ -85,12 +89,27 @@ def prometheus_rules(
         )
 
     for signal, alert, num, den, what in (
-        ("abstention", "RobustOpsAbstentionRateHigh", f'{preds}{{decision="abstain"}}', preds,
-         "abstained inputs"),
-        ("flag", "RobustOpsFlagRateHigh", f'{req}{{action=~"flag|throttle|block"}}', req,
-         "requests flagged, throttled or blocked"),
-        ("rejected", "RobustOpsRejectionRateHigh", f'{req}{{status=~"4.."}}', req,
-         "requests refused with a 4xx status"),
+        (
+            "abstention",
+            "RobustOpsAbstentionRateHigh",
+            f'{preds}{{decision="abstain"}}',
+            preds,
+            "abstained inputs",
+        ),
+        (
+            "flag",
+            "RobustOpsFlagRateHigh",
+            f'{req}{{action=~"flag|throttle|block"}}',
+            req,
+            "requests flagged, throttled or blocked",
+        ),
+        (
+            "rejected",
+            "RobustOpsRejectionRateHigh",
+            f'{req}{{status=~"4.."}}',
+            req,
+            "requests refused with a 4xx status",
+        ),
     ):
         if signal not in calibration:
             continue

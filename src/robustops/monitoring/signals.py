@@ -122,7 +122,8 @@ def _labels(record: Record) -> list[float]:
     return [
         float(p["label"])
         for p in _predictions(record)
-        if isinstance(p.get("label"), int) and not isinstance(p.get("label"), bool)
+        if isinstance(p.get("label"), int)
+        and not isinstance(p.get("label"), bool)
         and 0 <= p["label"] < 100_000
     ]
 
@@ -153,9 +154,7 @@ SIGNALS: dict[str, Signal] = {
         Signal("confidence", "mean top-class confidence of the inputs", _mean_of("confidence")),
         Signal("abstention", "share of the inputs abstained on", _abstention),
         Signal("flag", "1 when the detector flagged, throttled or blocked", _flag),
-        Signal(
-            "flag_rate_per_key", "flag, one detector per API key", _flag, per_key=True
-        ),
+        Signal("flag_rate_per_key", "flag, one detector per API key", _flag, per_key=True),
         Signal("rejected", "1 when the request was refused with a 4xx status", _rejected),
         Signal("latency_ms", "time to answer", _latency, unit="ms"),
         Signal(
