@@ -153,9 +153,9 @@ def test_rollback_is_due_only_soon_after_a_model_swap(tmp_path: Path) -> None:
     for r in recs[200:]:
         r["model"] = "digits:v2"
     write_log(tmp_path / "log", recs[:200])
-    write_log(
-        tmp_path / "log", [{"event": "model-swap", "ts": recs[199]["ts"], "model": "digits:v2"}]
-    )
+    swap = {"event": "model-swap", "ts": recs[199]["ts"], "from": "digits:v1", "to": "digits:v2"}
+    later = {**swap, "ts": recs[220]["ts"]}  # a second worker swaps a little later
+    write_log(tmp_path / "log", [swap, later])
     write_log(tmp_path / "log", recs[200:])
     alerts = _run(cfg)
     assert len(alerts) == 1

@@ -156,6 +156,7 @@ class Stream:
     cooldown_until: int = 0
     suppressed: int = 0
     alerts: int = 0
+    errors: int = 0
 
     def state(self) -> dict[str, Any]:
         """JSON state (with the detector's ``state_dict``)."""
@@ -167,6 +168,7 @@ class Stream:
             "cooldown_until": self.cooldown_until,
             "suppressed": self.suppressed,
             "alerts": self.alerts,
+            "errors": self.errors,
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -178,6 +180,7 @@ class Stream:
         self.cooldown_until = int(state["cooldown_until"])
         self.suppressed = int(state["suppressed"])
         self.alerts = int(state["alerts"])
+        self.errors = int(state.get("errors", 0))
 
     def observe(self, record: dict[str, Any], value: float) -> None:
         """Note one value in the window (before the detector sees it)."""
@@ -417,16 +420,14 @@ class Monitor:
     ) -> None:
         rec = lr.record
         if rec.get("event") == "model-swap":
-            model = rec.get("model")
-            self.last_swap = {"ts": lr.ts, "model": model, "previous": self.last_model}
-            self.last_model = model if isinstance(model, str) else self.last_model
+            self._swap(rec.get("to", rec.get("model")), rec.get("from"), lr.ts)
             return
         if not is_monitored(rec):
             return
         model = rec.get("model")
         if isinstance(model, str) and model != self.last_model:
             if self.last_model is not None:
-                self.last_swap = {"ts": lr.ts, "model": model, "previous": self.last_model}
+                self._swap(model, self.last_model, lr.ts)
             self.last_model = model
         for rt in self.rules:
             for value in rt.signal.values(rec):
@@ -440,7 +441,12 @@ class Monitor:
                 stream = rt.stream(key)
                 stream.observe(rec, value)
                 dirty_streams.add((rt.rule.name, key))
-                detection = stream.detector.update(value)
+                try:
+                    detection = stream.detector.update(value)
+                except Exception as exc:  # a value the detector refuses must not wedge the log
+                    stream.errors += 1
+                    log.error("rule %s: value %r refused: %s", rt.rule.name, value, exc)
+                    continue
                 if detection is None:
                     continue
                 if stream.seen < stream.cooldown_until:
@@ -451,12 +457,23 @@ class Monitor:
                     new_alerts.append(self._alert(rt, key, stream, lr, detection))
                 stream.reset()
 
+    def _swap(self, model: Any, previous: Any, ts: float) -> None:
+        """A version went live at ``ts``: the guard's ``model-swap`` event (``from``/``to``),
+        or a predict record with a new ``model`` label. Each worker logs its own swap; the
+        first one to the same version starts the after-promotion window."""
+        if not isinstance(model, str):
+            return
+        if self.last_swap is None or self.last_swap.get("model") != model:
+            prev = previous if isinstance(previous, str) else self.last_model
+            self.last_swap = {"ts": ts, "model": model, "previous": prev}
+        self.last_model = model
+
     def _fit_rule(self, rt: RuleRuntime, source: str) -> None:
         """Fit the rule's detector on its window; a window the detector cannot use (constant,
         say: no flag at all) is recorded as the rule's error and collection starts over."""
         try:
             detector = _fit(rt.rule, rt.signal, self.config, rt.values)
-        except SpecError as exc:
+        except Exception as exc:  # recorded on the rule (status shows it); collection restarts
             log.error("rule %s: cannot calibrate on its window: %s", rt.rule.name, exc)
             rt.error = f"{source} window of {len(rt.values)} values unusable: {exc}"
             rt.values, rt.status = [], "collecting"
