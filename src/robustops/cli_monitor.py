@@ -95,13 +95,12 @@ def run(
         stop["now"] = True
 
     try:
-        name, cfg = _config(spec)
+        _, cfg = _config(spec)
         home = str(registry) if registry else os.environ.get("ROBUSTOPS_REGISTRY")
         mon = Monitor(
             cfg,
             sinks=default_sinks(cfg, alerts_file),
             registry_home=home,
-            rollback_model=name,
             on_alert=lambda a: _print_alert(a, as_json),
         )
     except RobustOpsError as exc:

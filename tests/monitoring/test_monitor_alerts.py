@@ -186,3 +186,25 @@ def test_a_changed_rule_is_calibrated_again(tmp_path: Path) -> None:
 def test_status_of_a_monitor_that_never_ran(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="never ran"):
         monitor_status(_config(tmp_path, [SCORE_RULE]))
+
+
+def test_class_mix_by_a_categorical_batch_test(tmp_path: Path) -> None:
+    rule = {
+        "name": "class-mix",
+        "signal": "predicted_class",
+        "detector": "batch-test",
+        "direction": "both",
+    }
+    cfg = _config(tmp_path, [rule], calibration={"requests": 400})
+    recs = stream(400)  # 4 inputs per request: 100 requests calibrate, uniform over 10 classes
+    for r in recs[250:]:
+        for p in r["predictions"]:
+            p["label"] = 3 if random.Random(r["request_id"]).random() < 0.6 else p["label"]
+    write_log(tmp_path / "log", recs)
+    alerts = _run(cfg)
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert a["detector"] == "batch-test" and a["detection"]["direction"] == "change"
+    assert a["detection"]["p_value"] <= a["detection"]["alpha"]
+    assert a["detection"]["effect_size"] >= a["detection"]["min_effect"]
+    assert 250 <= int(a["window"]["last_request_id"], 16) <= 320

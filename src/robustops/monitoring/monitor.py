@@ -286,8 +286,8 @@ class Monitor:
     """The monitor over ``config`` (the spec's ``monitor`` section).
 
     ``sinks`` receive every alert (default: the spec's webhooks); ``registry_home`` is handed to
-    the rollback; ``rollback_model`` fills ``config.rollback.model`` when unset (the spec's
-    name); ``on_alert`` is called with each new alert after its commit (the CLI prints it)."""
+    the rollback (with ``config.rollback``: its ``model`` unset, the rollback takes the registry
+    model from the alert's served version label); ``on_alert`` is called with each new alert after its commit (the CLI prints it)."""
 
     def __init__(
         self,
@@ -295,7 +295,6 @@ class Monitor:
         *,
         sinks: list[Sink] | None = None,
         registry_home: str | None = None,
-        rollback_model: str | None = None,
         on_alert: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
@@ -305,12 +304,7 @@ class Monitor:
         ]
         self.sinks = list(sinks) if sinks is not None else default_sinks(config, None)
         self.registry_home = registry_home
-        rb = config.rollback
-        self.rollback_config: RollbackConfig = (
-            rb
-            if rb.model or not rollback_model
-            else rb.model_copy(update={"model": rollback_model})
-        )
+        self.rollback_config: RollbackConfig = config.rollback
         self.on_alert = on_alert
         self._lock_fh: Any = None
         self.state = self._open_locked(Path(config.state))
