@@ -208,3 +208,24 @@ def test_class_mix_by_a_categorical_batch_test(tmp_path: Path) -> None:
     assert a["detection"]["p_value"] <= a["detection"]["alpha"]
     assert a["detection"]["effect_size"] >= a["detection"]["min_effect"]
     assert 250 <= int(a["window"]["last_request_id"], 16) <= 320
+
+
+def test_a_failed_commit_falls_back_to_the_state_file(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, [SCORE_RULE])
+    recs = stream(300, shift_at=250)
+    write_log(tmp_path / "log", recs[:200])
+    with Monitor(cfg, sinks=[]) as mon:
+        mon.step()
+        write_log(tmp_path / "log", recs[200:])
+        real = mon.state.add_alert
+
+        def broken(*args: Any, **kw: Any) -> bool:
+            raise OSError("disk full")
+
+        mon.state.add_alert = broken  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="disk full"):
+            mon.step()
+        assert mon.state.alerts() == []
+        mon.state.add_alert = real  # type: ignore[method-assign]
+        report = mon.step()
+        assert len(report.alerts) == 1, "the requests after the last commit are read again"

@@ -308,9 +308,6 @@ class Monitor:
         self.on_alert = on_alert
         self._lock_fh: Any = None
         self.state = self._open_locked(Path(config.state))
-        self.offsets = self.state.offsets()
-        self.last_swap: dict[str, Any] | None = self.state.get_meta("last_swap")
-        self.last_model: str | None = self.state.get_meta("last_model")
         self._load()
 
     def __enter__(self) -> Monitor:
@@ -343,6 +340,11 @@ class Monitor:
             self._lock_fh = None
 
     def _load(self) -> None:
+        """Everything in memory from the state file (at start, and after a failed commit)."""
+        self.offsets = self.state.offsets()
+        self.last_swap: dict[str, Any] | None = self.state.get_meta("last_swap")
+        self.last_model: str | None = self.state.get_meta("last_model")
+        self.rules = [RuleRuntime(rt.rule, rt.signal, rt.fingerprint) for rt in self.rules]
         cals = self.state.calibrations()
         streams = self.state.streams()
         stale = []
@@ -384,18 +386,24 @@ class Monitor:
         if read.offsets != self.offsets or new_alerts or dirty_cal or dirty_streams:
             sink_names = [s.name for s in self.sinks]
             by_name = {rt.rule.name: rt for rt in self.rules}
-            with self.state.transaction() as db:
-                self.state.set_offsets(db, read.offsets)
-                self.state.set_meta(db, "last_swap", self.last_swap)
-                self.state.set_meta(db, "last_model", self.last_model)
-                for name in sorted(dirty_cal):
-                    self.state.put_calibration(db, name, by_name[name].row())
-                for name, key in sorted(dirty_streams):
-                    st = by_name[name].streams[key].state()
-                    self.state.put_stream(db, name, key, st)
-                for alert, due in new_alerts:
-                    if self.state.add_alert(db, alert, sink_names, due):
-                        report.alerts.append(alert)
+            try:
+                with self.state.transaction() as db:
+                    self.state.set_offsets(db, read.offsets)
+                    self.state.set_meta(db, "last_swap", self.last_swap)
+                    self.state.set_meta(db, "last_model", self.last_model)
+                    for name in sorted(dirty_cal):
+                        self.state.put_calibration(db, name, by_name[name].row())
+                    for name, key in sorted(dirty_streams):
+                        st = by_name[name].streams[key].state()
+                        self.state.put_stream(db, name, key, st)
+                    for alert, due in new_alerts:
+                        if self.state.add_alert(db, alert, sink_names, due):
+                            report.alerts.append(alert)
+            except BaseException:
+                # memory ran ahead of the state file: fall back to what it holds
+                report.alerts.clear()
+                self._load()
+                raise
             self.offsets = read.offsets
         for alert in report.alerts:
             log.info("alert %s: %s (%s)", alert["id"], alert["rule"], alert["summary"])
