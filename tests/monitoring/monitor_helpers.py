@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -114,16 +113,18 @@ SCORE_RULE = {
 @dataclass
 class Receiver:
     """A webhook receiver: every POST's JSON body and headers (recorded on arrival, before the
-    answer); answers ``fail_first`` POSTs with 500, then 200 after ``delay`` seconds.
-    ``arrived`` is set by every recorded POST."""
+    answer); answers ``fail_first`` POSTs with 500, then 200. ``arrived`` is set by every
+    recorded POST; while ``hold`` is set, the next recorded POST gets no answer until
+    ``release`` is set (a POST in flight, for a test to kill its sender then)."""
 
     fail_first: int = 0
-    delay: float = 0.0
     posts: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     arrived: threading.Event = field(default_factory=threading.Event)
+    hold: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     @property
     def ids(self) -> list[str]:
@@ -138,9 +139,9 @@ class Receiver:
 
 
 @contextmanager
-def receiver(fail_first: int = 0, delay: float = 0.0) -> Iterator[Receiver]:
+def receiver(fail_first: int = 0) -> Iterator[Receiver]:
     """A :class:`Receiver` listening on 127.0.0.1 (a free port) while the block runs."""
-    rec = Receiver(fail_first=fail_first, delay=delay)
+    rec = Receiver(fail_first=fail_first)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -152,9 +153,15 @@ def receiver(fail_first: int = 0, delay: float = 0.0) -> Iterator[Receiver]:
                 else:
                     rec.posts.append(json.loads(body))
                     rec.headers.append(dict(self.headers))
+            held = False
             if not failing:
+                with rec.lock:
+                    held = rec.hold.is_set()
+                    rec.hold.clear()
                 rec.arrived.set()
-                time.sleep(rec.delay)
+            if held:
+                rec.release.wait(30)
+                return  # its sender is gone: no answer
             self.send_response(500 if failing else 200)
             self.send_header("Content-Length", "0")
             self.end_headers()

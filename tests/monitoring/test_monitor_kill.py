@@ -99,7 +99,7 @@ def test_sigkill_mid_run_neither_repeats_nor_loses_an_alert(tmp_path: Path) -> N
     live = tmp_path / "live"
     live.mkdir()
     total = sum(len(json.dumps(r)) + 1 for r in records)
-    with receiver(delay=0.15) as hook:
+    with receiver() as hook:
         section = monitor_section(live, RULES, webhooks=[{"url": hook.url}])
         spec = write_spec(live, digits_mlp(monitor=section))
         state = live / "monitor.db"
@@ -121,11 +121,13 @@ def test_sigkill_mid_run_neither_repeats_nor_loses_an_alert(tmp_path: Path) -> N
             proc.kill()
             proc.wait()
             # kill 2: while a webhook POST is in flight (the receiver has it, no answer yet)
-            proc = _start(spec, live)
             hook.arrived.clear()
-            _wait(lambda: hook.arrived.is_set(), 60, "a webhook POST", proc)
+            hook.hold.set()
+            proc = _start(spec, live)
+            _wait(hook.arrived.is_set, 60, "a webhook POST", proc)
             proc.kill()
             proc.wait()
+            hook.release.set()
             # the last run: to the end of the log, every alert delivered, then SIGTERM
             proc = _start(spec, live)
             _wait(written.is_set, 60, "the writer")
