@@ -23,7 +23,8 @@ def _config(tmp: Path, rules: list[dict[str, Any]], **extra: Any) -> MonitorConf
 
 
 def _run(cfg: MonitorConfig, alerts_file: Path | None = None) -> list[dict[str, Any]]:
-    with Monitor(cfg, sinks=default_sinks(cfg, alerts_file)) as mon:
+    home = str(Path(cfg.state).parent / "registry")  # a rollback never opens ./registry
+    with Monitor(cfg, sinks=default_sinks(cfg, alerts_file), registry_home=home) as mon:
         mon.run(once=True)
         return mon.state.alerts()
 
