@@ -40,7 +40,9 @@ TOP = {
     "cli_registry",
     "cli_serve",
     "cli_monitor",
+    "cli_review",
     "console",
+    "lifecycle",
     "__main__",
 }
 

@@ -856,15 +856,42 @@ def validate(
     console.print(f"[green]ok[/]: {spec}")
 
 
+@app.command()
+def lifecycle(
+    spec: Annotated[Path, typer.Option("--spec", "-s", help="pipeline spec (YAML)")] = Path(
+        "configs/lifecycle.yaml"
+    ),
+    out: Annotated[Path, typer.Option("--out", help="output folder (emptied first)")] = Path(
+        "artifacts/lifecycle"
+    ),
+) -> None:
+    """The whole loop as a timeline: train, gate, promote, serve, attack, alert, a bad
+    break-glass promotion caught by the canary and rolled back, review, retrain, promote."""
+    from rich.markup import escape
+
+    from robustops.lifecycle import run_lifecycle
+
+    try:
+        summary = run_lifecycle(spec, out, echo=lambda line: console.print(escape(line)))
+    except RobustOpsError as exc:
+        _fail(exc)
+        return
+    console.print(
+        f"timeline and page written to [green]{escape(str(out))}[/] ({summary['seconds']} s)"
+    )
+
+
 def _add_subcommands() -> None:
     from robustops.cli_monitor import monitor_app
     from robustops.cli_registry import registry_app
+    from robustops.cli_review import review_app
     from robustops.cli_serve import keys_app, serve
 
     app.add_typer(registry_app, name="registry")
     app.command("serve")(serve)
     app.add_typer(keys_app, name="keys")
     app.add_typer(monitor_app, name="monitor")
+    app.add_typer(review_app, name="review")
 
 
 _add_subcommands()

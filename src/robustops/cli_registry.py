@@ -214,6 +214,10 @@ def _print_lineage(info: dict[str, Any]) -> None:
         ("spec sha256", v["spec_sha256"]),
         ("threat catalog", v["catalog_sha256"]),
         ("data", f"{v['data'].get('name')} {v['data_fingerprint']}"),
+        *(
+            ("extra train data", f"{e.get('name')} {e.get('sha256')} (n={e.get('n')})")
+            for e in v["data"].get("extra_train") or []
+        ),
         ("recipe", v["recipe"].get("recipe")),
         ("robustops", v["robustops_version"]),
         ("git commit", v["git_commit"]),

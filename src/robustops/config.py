@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from robustops.attacks import Attack, build_attack
 from robustops.attacks.registry import AttackSpec
 from robustops.data import DATASETS, TEXT_DATASETS, DataSource
+from robustops.data.extra import ExtraTrainData
 from robustops.errors import SpecError, shorten
 from robustops.evaluation.suite import SuiteThreat
 from robustops.gate import DEFAULT_KEY, GatePolicy, GatePolicyFile
@@ -62,6 +63,11 @@ class DataSpec(StrictModel):
         le=1_000_000,
         description="text data: the longest text accepted, in characters; a longer one is "
         "refused with this cap in the message (attack cost grows with text length)",
+    )
+    extra_train: list[ExtraTrainData] = Field(
+        default_factory=list,
+        description="extra labelled samples appended to the training split only (e.g. a "
+        "reviewed data set from `robustops review dataset`): [{path: .npz or .jsonl, sha256}]",
     )
 
     @field_validator("name")
@@ -694,6 +700,8 @@ def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
     data = spec.data
     if data.source is not None:
         data = data.model_copy(update={"source": data.source.resolved(base)})
+    if data.extra_train:
+        data = data.model_copy(update={"extra_train": [e.resolved(base) for e in data.extra_train]})
     return spec.model_copy(update={"model": model, "train": train, "data": data})
 
 

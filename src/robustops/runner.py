@@ -144,6 +144,23 @@ def load_spec_dataset(spec: PipelineSpec) -> Dataset | TextDataset:
     return data
 
 
+def training_dataset(spec: PipelineSpec) -> Dataset | TextDataset:
+    """:func:`load_spec_dataset` with the spec's ``data.extra_train`` files (sha256-checked)
+    appended to the training split only; the test split and the fingerprint are unchanged, the
+    extra files' lineage is in ``describe()["extra_train"]``."""
+    from robustops.data.extra import add_extra_train
+
+    data = load_spec_dataset(spec)
+    if isinstance(data, TextDataset):
+        data = add_extra_train(data, spec.data.extra_train)
+        if data.extra_train:
+            check_texts(
+                data.texts_train, max_chars=spec.data.max_text_chars, field="data.extra_train"
+            )
+        return data
+    return add_extra_train(data, spec.data.extra_train)
+
+
 def _normalized(spec: PipelineSpec, model: torch.nn.Module) -> torch.nn.Module:
     """``model`` wrapped in :class:`Normalized` when the spec has ``model.normalize``."""
     norm = spec.model.normalize
@@ -250,7 +267,8 @@ def _train_tensors(spec: PipelineSpec, hooks: FitHooks, resume: bool) -> dict[st
     try:
         if device == "cuda" and ctx.enabled:
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-        data = _tensor_data(spec)
+        data = training_dataset(spec)
+        assert isinstance(data, Dataset)
         torch.manual_seed(spec.seed)
         with model_stage("building the model"):
             model = _normalized(
@@ -320,7 +338,7 @@ def _train_text(spec: PipelineSpec, on_epoch: Callable[[Any], None] | None) -> d
     from robustops.training.text import fit_text
 
     assert spec.train is not None
-    data = load_spec_dataset(spec)
+    data = training_dataset(spec)
     assert isinstance(data, TextDataset)
     if spec.model.huggingface is not None:
         return _train_hf(spec, data, on_epoch)

@@ -53,6 +53,9 @@ class Dataset:
         classes: class names by index (user data sources; ``None`` for the embedded sets).
         source: JSON-ready description of the user data source it was read from (kind, paths,
             options), or ``None`` for an embedded set.
+        extra_train: lineage of the extra samples appended to the training split
+            (``data.extra_train``; see :mod:`robustops.data.extra`): per file its name, path,
+            sha256, n and class counts. Empty when there are none.
     """
 
     name: str
@@ -66,6 +69,7 @@ class Dataset:
     test_fraction: float
     classes: tuple[str, ...] | None = None
     source: dict[str, object] | None = None
+    extra_train: tuple[dict[str, object], ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -89,6 +93,8 @@ class Dataset:
             out["classes"] = list(self.classes)
         if self.source is not None:
             out["source"] = self.source
+        if self.extra_train:
+            out["extra_train"] = [dict(e) for e in self.extra_train]
         return out
 
 

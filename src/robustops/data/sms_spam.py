@@ -73,6 +73,8 @@ class TextDataset:
         deduplicated: whether exact (label, text) repeats were dropped before the split.
         source: JSON-ready description of the user data source it was read from, or ``None``
             for an embedded set.
+        extra_train: lineage of the extra texts appended to the training split
+            (``data.extra_train``; see :mod:`robustops.data.extra`). Empty when there are none.
     """
 
     name: str
@@ -86,6 +88,7 @@ class TextDataset:
     test_fraction: float
     deduplicated: bool = True
     source: dict[str, object] | None = None
+    extra_train: tuple[dict[str, object], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -109,6 +112,8 @@ class TextDataset:
         }
         if self.source is not None:
             out["source"] = self.source
+        if self.extra_train:
+            out["extra_train"] = [dict(e) for e in self.extra_train]
         return out
 
 

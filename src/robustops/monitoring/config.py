@@ -106,9 +106,21 @@ class RollbackConfig(StrictModel):
 class HarvestConfig(StrictModel):
     """Which logged requests go to the review queue (needs ``serve.log_inputs: true``)."""
 
-    flagged: bool = True
-    abstained: bool = True
-    out_of_distribution: bool = True
+    flagged: bool = Field(
+        default=True, description="requests the guard flagged, throttled or blocked"
+    )
+    abstained: bool = Field(default=True, description="inputs the model abstained on")
+    out_of_distribution: bool = Field(
+        default=True, description="inputs whose anomaly score is above `ood_threshold`"
+    )
+    ood_threshold: float | None = Field(
+        default=None,
+        description="anomaly score above which an input is out of distribution (the "
+        "abstainer's own score; none: only its abstentions count)",
+    )
+    max_request_ids: int = Field(
+        default=20, ge=1, le=10_000, description="request ids (and keys) kept per queued input"
+    )
     queue: str = Field(default="guard/review.db", description="the review queue (SQLite)")
 
 
