@@ -54,7 +54,7 @@ class CalibrationWindow(StrictModel):
     requests: int = Field(
         default=2000,
         ge=100,
-        description="stable values per rule (at least 100; kswin 200, batch-test 400)",
+        description="stable values per rule (at least 100; kswin 200)",
     )
     false_alarms_per_10k: float = Field(
         default=1.0, gt=0.0, description="target false alarms per 10 000 stable requests"

@@ -49,6 +49,8 @@ from robustops.monitoring.alerts import (
 from robustops.monitoring.config import AlertRule, MonitorConfig, RollbackConfig
 from robustops.monitoring.detectors import ChangeDetector, calibrate, from_state_dict
 from robustops.monitoring.logtail import LogRecord, read_new
+from robustops.monitoring.rare import KIND as RARE_KIND
+from robustops.monitoring.rare import RareEvents, fit_rare_events
 from robustops.monitoring.signals import Signal, get_signal, is_monitored
 from robustops.monitoring.state import MonitorState
 
@@ -115,14 +117,28 @@ def calibration_summary(values: list[float]) -> dict[str, float | int]:
     }
 
 
-MIN_VALUES = {"kswin": 200, "batch-test": 400}
+MIN_VALUES = {"kswin": 200}
 """Calibration values a detector kind needs at least (100 for the others)."""
+BATCH_WINDOW = 200
+"""The batch test's window (values), at most half the calibration window."""
 
 
 def _fit(
     rule: AlertRule, signal: Signal, config: MonitorConfig, values: list[float]
-) -> ChangeDetector:
+) -> ChangeDetector | RareEvents:
+    """The rule's detector fitted on ``values``; a :class:`RareEvents` when every value is
+    the same (no flag, no 4xx in the whole window), which the change detectors cannot
+    standardise."""
+    rare = fit_rare_events(
+        values,
+        direction=rule.direction,
+        false_alarms_per_10k=config.calibration.false_alarms_per_10k,
+    )
+    if rare is not None:
+        return rare
     kwargs: dict[str, Any] = {"categorical": True} if signal.categorical else {}
+    if rule.detector == "batch-test":
+        kwargs["window"] = min(BATCH_WINDOW, len(values) // 2)
     return calibrate(
         rule.detector,
         values,
@@ -131,6 +147,13 @@ def _fit(
         seed=_seed(rule),
         **kwargs,
     )
+
+
+def _restore(state: dict[str, Any]) -> ChangeDetector | RareEvents:
+    """A detector continuing from its ``state_dict``."""
+    if state.get("kind") == RARE_KIND:
+        return RareEvents.from_state_dict(state)
+    return from_state_dict(state)
 
 
 def _detection_dict(detection: Any) -> dict[str, Any]:
@@ -149,7 +172,7 @@ class Stream:
     """One detector over one rule's values (one API key's for per-key rules) and the window of
     requests it has seen since its last reset."""
 
-    detector: ChangeDetector
+    detector: ChangeDetector | RareEvents
     seen: int = 0
     window: dict[str, Any] = field(default_factory=dict)
     recent: list[tuple[str, float]] = field(default_factory=list)
@@ -233,7 +256,7 @@ class RuleRuntime:
         s = self.streams.get(key)
         if s is None:
             assert self.template is not None
-            s = self.streams[key] = Stream(from_state_dict(self.template))
+            s = self.streams[key] = Stream(_restore(self.template))
         return s
 
 
@@ -364,7 +387,7 @@ class Monitor:
             if rt.status == "fitted":
                 for (rule, key), st in streams.items():
                     if rule == rt.rule.name:
-                        rt.streams[key] = Stream(from_state_dict(st["detector"]))
+                        rt.streams[key] = Stream(_restore(st["detector"]))
                         rt.streams[key].load(st)
         if stale:
             with self.state.transaction() as db:
