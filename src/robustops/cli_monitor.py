@@ -168,7 +168,9 @@ def status(
     swap = st["last_swap"]
     console.print(
         f"log {escape(st['request_log'])}: {len(st['files'])} files, "
-        f"{sum(st['files'].values())} bytes read; last model swap: "
+        f"{sum(st['files'].values())} bytes read, "
+        + (f"[red]{st['unread_bytes']} unread[/]" if st["unread_bytes"] else "none unread")
+        + "; last model swap: "
         + (f"{escape(str(swap.get('model')))} at {_when(swap.get('ts'))}" if swap else "none"),
         highlight=False,
     )

@@ -56,7 +56,7 @@ def test_run_status_show_ack(tmp_path: Path) -> None:
     status = _invoke("monitor", "status", "--spec", str(spec))
     assert status.exit_code == 0
     assert "score-up" in status.output and "fitted 100/100" in status.output
-    assert "undelivered: 0" in status.output
+    assert "undelivered: 0" in status.output and "none unread" in status.output
 
     shown = _invoke("monitor", "show", "--spec", str(spec), aid[:8])
     assert (
@@ -127,6 +127,8 @@ def test_prometheus_rules_parse_with_a_valid_structure(tmp_path: Path) -> None:
         "RobustOpsRejectionRateHigh",
         "RobustOpsLatencyP99High",
         "RobustOpsGuardDown",
+        "RobustOpsRequestLogErrors",
+        "RobustOpsModelSwapFailed",
     ]
     for rule in group["rules"]:
         assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}
@@ -147,7 +149,7 @@ def test_prometheus_rules_pass_promtool_and_fire_when_they_should(tmp_path: Path
     out, doc = _rules(tmp_path)
     checked = subprocess.run([tool, "check", "rules", str(out)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 5 rules found" in checked.stdout
+    assert "SUCCESS: 7 rules found" in checked.stdout
 
     # promtool's rule unit test: one service flagging half its requests, one flagging 10 %
     req = f"{PREFIX}_requests_total"
@@ -161,9 +163,11 @@ def test_prometheus_rules_pass_promtool_and_fire_when_they_should(tmp_path: Path
             "values": "0+60x30",
         },
         {"series": f'{PREFIX}_workers{{job="bad"}}', "values": "1x30"},
+        {"series": f'{PREFIX}_request_log_errors_total{{job="bad"}}', "values": "0x10 1+1x20"},
     ]
     by_name = {r["alert"]: r for r in doc["groups"][0]["rules"]}
     flag, down = by_name["RobustOpsFlagRateHigh"], by_name["RobustOpsGuardDown"]
+    logs = by_name["RobustOpsRequestLogErrors"]
     tests = {
         "rule_files": [str(out)],
         "evaluation_interval": "1m",
@@ -188,6 +192,17 @@ def test_prometheus_rules_pass_promtool_and_fire_when_they_should(tmp_path: Path
                         ],
                     },
                     {"eval_time": "15m", "alertname": "RobustOpsGuardDown", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "RobustOpsRequestLogErrors", "exp_alerts": []},
+                    {
+                        "eval_time": "15m",
+                        "alertname": "RobustOpsRequestLogErrors",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {**logs["labels"], "job": "bad"},
+                                "exp_annotations": logs["annotations"],
+                            }
+                        ],
+                    },
                 ],
             },
             {

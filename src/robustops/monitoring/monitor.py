@@ -727,7 +727,8 @@ def signal_calibrations(
 
 def monitor_status(config: MonitorConfig, *, alerts: int = 10) -> dict[str, Any]:
     """What the state holds: per rule its calibration (status, progress, summary) and streams
-    (requests seen, alerts, suppressed firings, detector state), the last model swap, the
+    (requests seen, alerts, suppressed firings, detector state), the bytes of the request log
+    not processed yet (``unread_bytes``: the monitor's lag), the last model swap, the
     ``alerts`` most recent alerts, and the undelivered deliveries. Reads only."""
     path = Path(config.state)
     if not path.exists():
@@ -769,10 +770,17 @@ def monitor_status(config: MonitorConfig, *, alerts: int = 10) -> dict[str, Any]
                     },
                 }
             )
+        offsets = st.offsets()
+        sizes = {
+            p.name: p.stat().st_size
+            for p in Path(config.request_log).glob("*.jsonl")
+            if p.is_file()
+        }
         return {
             "state": str(path),
             "request_log": config.request_log,
-            "files": st.offsets(),
+            "files": offsets,
+            "unread_bytes": sum(max(0, n - offsets.get(f, 0)) for f, n in sizes.items()),
             "last_swap": st.get_meta("last_swap"),
             "rules": rules,
             "alerts": st.alerts(limit=alerts),

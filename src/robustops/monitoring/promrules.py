@@ -10,7 +10,10 @@ metric names of :mod:`robustops.serving.metrics`:
 - ``RobustOpsRejectionRateHigh``: 4xx answers ÷ requests;
 - ``RobustOpsLatencyP99High``: the p99 of the latency histogram above twice the calibrated p99
   (at least 10 ms);
-- ``RobustOpsGuardDown``: no live guard worker (threshold-free).
+- ``RobustOpsGuardDown``: no live guard worker (threshold-free);
+- ``RobustOpsRequestLogErrors``: the guard could not write request-log lines (the monitor is
+  blind to those requests);
+- ``RobustOpsModelSwapFailed``: a worker could not follow a registry alias move.
 
 Each rate rule also needs ``min_requests`` in the window, so a quiet night does not page on two
 abstentions. The guard's metrics count canary traffic too (the calibration does not): with a
@@ -149,4 +152,35 @@ def prometheus_rules(
             },
         }
     )
+    for alert, expr, summary, description, severity in (
+        (
+            "RobustOpsRequestLogErrors",
+            f"increase({PREFIX}_request_log_errors_total[{window}]) > 0",
+            f"{service}: the guard cannot write its request log",
+            "Request-log lines were lost (disk full? folder removed?): the monitor does not "
+            "see those requests.",
+            "critical",
+        ),
+        (
+            "RobustOpsModelSwapFailed",
+            f'increase({PREFIX}_model_swaps_total{{result!="ok"}}[{window}]) > 0',
+            f"{service}: a guard worker could not follow the registry alias",
+            "A worker kept serving its old version after the alias moved (load failed or the "
+            "registry was unreachable).",
+            "warning",
+        ),
+    ):
+        rules.append(
+            {
+                "alert": alert,
+                "expr": expr,
+                "for": "0m",
+                "labels": {"severity": severity, "service": service, "signal": "guard"},
+                "annotations": {
+                    "summary": summary,
+                    "description": description,
+                    "runbook": RUNBOOK,
+                },
+            }
+        )
     return {"groups": [{"name": f"robustops-{service}", "rules": rules}]}

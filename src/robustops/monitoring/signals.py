@@ -12,6 +12,7 @@ Names:
 ``input_std``          standard deviation of every input value of the request (tensor requests)
 ``text_chars``         mean characters per text input (text requests)
 ``text_non_ascii``     share of non-ASCII characters (text requests)
+``text_invisible``     share of invisible format characters, e.g. zero-width (text requests)
 ``anomaly_score``      mean anomaly/OOD score of the request's inputs (higher = more unusual)
 ``confidence``         mean top-class confidence of the request's inputs (temperature-scaled)
 ``abstention``         share of the request's inputs the guard abstained on, in [0, 1]
@@ -150,6 +151,7 @@ SIGNALS: dict[str, Signal] = {
         Signal("input_std", "standard deviation of the request's input values", _stat("std")),
         Signal("text_chars", "mean characters per text input", _stat("chars"), unit="chars"),
         Signal("text_non_ascii", "share of non-ASCII characters", _stat("non_ascii")),
+        Signal("text_invisible", "share of invisible (format) characters", _stat("invisible")),
         Signal("anomaly_score", "mean anomaly (OOD) score of the inputs", _mean_of("score")),
         Signal("confidence", "mean top-class confidence of the inputs", _mean_of("confidence")),
         Signal("abstention", "share of the inputs abstained on", _abstention),
