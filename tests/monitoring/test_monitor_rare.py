@@ -33,6 +33,23 @@ def test_threshold_from_the_poisson_bound_and_exact_resume() -> None:
     assert down is not None and all(down.update(2.0) is None for _ in range(60))
 
 
+def test_a_window_with_a_few_events() -> None:
+    few = [0.0] * 199 + [1.0]
+    assert fit_rare_events(few, direction="up", false_alarms_per_10k=1.0) is None
+    det = fit_rare_events(few, direction="up", false_alarms_per_10k=1.0, max_share=0.05)
+    assert det is not None and det.calibration["events"] == 1
+    quiet = fit_rare_events([0.0] * 200, direction="up", false_alarms_per_10k=1.0)
+    assert quiet is not None and det.threshold >= quiet.threshold
+    # λ₉₀(1) = 3.89: 1 event in 200 bounds the rate at 1.9 %
+    assert det.calibration["rate_upper_90"] == pytest.approx(3.8897 / 200, rel=1e-3)
+    assert (
+        fit_rare_events(
+            [0.0] * 180 + [1.0] * 20, direction="up", false_alarms_per_10k=1.0, max_share=0.05
+        )
+        is None
+    )
+
+
 def test_a_flag_rule_calibrated_on_traffic_without_flags_fires_on_an_attack(
     tmp_path: Path,
 ) -> None:
@@ -69,3 +86,18 @@ def test_batch_test_window_fits_the_calibration_window(tmp_path: Path, requests:
     with Monitor(cfg, sinks=[]) as mon:
         mon.run(once=True)
         assert mon.rules[0].status == "fitted"
+
+
+def test_one_flag_in_the_calibration_window_still_calibrates(tmp_path: Path) -> None:
+    rule = {"name": "flags", "signal": "flag", "severity": "critical"}
+    cfg = MonitorConfig.model_validate(monitor_section(tmp_path, [rule]))
+    recs = stream(600)
+    for i, r in enumerate(recs):
+        r["action"] = "flag" if i == 50 or (i >= 500 and i % 3 == 0) else "ok"
+    write_log(tmp_path / "log", recs)
+    with Monitor(cfg, sinks=[]) as mon:
+        mon.run(once=True)
+        assert mon.rules[0].status == "fitted" and mon.rules[0].error is None
+        alerts = mon.state.alerts()
+    assert len(alerts) == 1
+    assert 500 <= int(alerts[0]["window"]["last_request_id"], 16) <= 540

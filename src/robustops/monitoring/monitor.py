@@ -50,7 +50,7 @@ from robustops.monitoring.config import AlertRule, MonitorConfig, RollbackConfig
 from robustops.monitoring.detectors import ChangeDetector, calibrate, from_state_dict
 from robustops.monitoring.logtail import LogRecord, read_new
 from robustops.monitoring.rare import KIND as RARE_KIND
-from robustops.monitoring.rare import RareEvents, fit_rare_events
+from robustops.monitoring.rare import MAX_EVENT_SHARE, RareEvents, fit_rare_events
 from robustops.monitoring.signals import Signal, get_signal, is_monitored
 from robustops.monitoring.state import MonitorState
 
@@ -127,18 +127,29 @@ def _fit(
     rule: AlertRule, signal: Signal, config: MonitorConfig, values: list[float]
 ) -> ChangeDetector | RareEvents:
     """The rule's detector fitted on ``values``; a :class:`RareEvents` when every value is
-    the same (no flag, no 4xx in the whole window), which the change detectors cannot
-    standardise."""
-    rare = fit_rare_events(
-        values,
-        direction=rule.direction,
-        false_alarms_per_10k=config.calibration.false_alarms_per_10k,
-    )
+    the same (no flag, no 4xx in the whole window), or when the change detectors refuse a
+    window of a few events (at most ``MAX_EVENT_SHARE``): neither can be standardised."""
+    target = config.calibration.false_alarms_per_10k
+    rare = fit_rare_events(values, direction=rule.direction, false_alarms_per_10k=target)
     if rare is not None:
         return rare
     kwargs: dict[str, Any] = {"categorical": True} if signal.categorical else {}
     if rule.detector == "batch-test":
         kwargs["window"] = min(BATCH_WINDOW, len(values) // 2)
+    try:
+        return _calibrate(rule, config, values, kwargs)
+    except Exception:
+        rare = fit_rare_events(
+            values, direction=rule.direction, false_alarms_per_10k=target, max_share=MAX_EVENT_SHARE
+        )
+        if rare is None:
+            raise
+        return rare
+
+
+def _calibrate(
+    rule: AlertRule, config: MonitorConfig, values: list[float], kwargs: dict[str, Any]
+) -> ChangeDetector:
     return calibrate(
         rule.detector,
         values,

@@ -6,11 +6,15 @@ calibration window: every value was the same, so there is no spread to standardi
 :class:`RareEvents`: it counts the values that leave the calibrated constant (in the rule's
 direction) among the last ``window`` values and fires when the count reaches ``threshold``.
 
-The threshold comes from the window too: with no event in ``n`` calibration values, the event
-rate is at most ``-ln(0.1) / n`` with 90% confidence; ``threshold`` is the smallest count whose
-Poisson tail probability at that rate over ``window`` values is at most the target false-alarm
-rate per request (``false_alarms_per_10k / 10 000``), and at least 2, so one stray event never
-pages.
+The same counter serves a window with a handful of events (at most ``MAX_EVENT_SHARE`` of its
+values), which the change detectors' bootstrap cannot standardise either: the monitor falls back
+to it when they refuse such a window.
+
+The threshold comes from the window too: with ``k`` events in ``n`` calibration values, the
+event rate is at most the 90% upper Poisson bound ``λ₉₀(k) / n`` (``-ln(0.1) / n`` for
+``k = 0``); ``threshold`` is the smallest count whose Poisson tail probability at that rate over
+``window`` values is at most the target false-alarm rate per request
+(``false_alarms_per_10k / 10 000``), and at least 2, so one stray event never pages.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from typing import Any
 
 from robustops.errors import SpecError
 
-__all__ = ["KIND", "RareDetection", "RareEvents", "fit_rare_events"]
+__all__ = ["KIND", "MAX_EVENT_SHARE", "RareDetection", "RareEvents", "fit_rare_events"]
 
 KIND = "rare-events"
 _VERSION = 1
+MAX_EVENT_SHARE = 0.05
+"""Most events (values off the window's usual value) a window may hold to be rare-event data."""
 
 
 @dataclass(frozen=True)
@@ -165,30 +171,49 @@ class RareEvents:
         return det
 
 
+def _upper_90(k: int) -> float:
+    """The 90% upper confidence bound of a Poisson mean after observing ``k`` events."""
+    lo, hi = 0.0, 10.0 + 5.0 * k
+    for _ in range(100):  # P(X <= k | mid) decreases in mid: find where it is 0.1
+        mid = (lo + hi) / 2
+        if 1.0 - _poisson_tail(k + 1, mid) > 0.1:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def fit_rare_events(
     values: Sequence[float],
     *,
     direction: str,
     false_alarms_per_10k: float,
     window: int = 50,
+    max_share: float = 0.0,
 ) -> RareEvents | None:
-    """A :class:`RareEvents` for a calibration window whose values are all equal, None when
-    they are not (the ordinary detectors apply)."""
-    if not values or any(v != values[0] for v in values):
+    """A :class:`RareEvents` for a calibration window whose values are all one value but for
+    at most ``max_share`` of them (0: all equal); None when the window is not like that (the
+    change detectors apply)."""
+    if not values:
+        return None
+    usual = collections.Counter(values).most_common(1)[0][0]
+    k = sum(1 for v in values if v != usual)
+    if k > max_share * len(values):
         return None
     n = len(values)
-    rate = -math.log(0.1) / n  # 90% upper bound of the event rate after n values without one
+    rate = _upper_90(k) / n  # 90% upper bound of the event rate
     lam = rate * window
     target = false_alarms_per_10k / 10_000
     threshold = next((m for m in range(2, window + 1) if _poisson_tail(m, lam) <= target), window)
     calibration = {
         "kind": KIND,
         "n": n,
-        "value": float(values[0]),
+        "events": k,
+        "value": float(usual),
         "rate_upper_90": rate,
         "window": window,
         "threshold": threshold,
         "tail_probability": _poisson_tail(threshold, lam),
         "target_false_alarms_per_10k": false_alarms_per_10k,
     }
-    return RareEvents(values[0], window, threshold, direction, calibration)
+    return RareEvents(usual, window, threshold, direction, calibration)
