@@ -1,5 +1,5 @@
-"""The real components some tests start (Chromium, redis-server, PostgreSQL): where to find
-them, and what a test does when one is missing. On a developer's machine it skips with a
+"""The real components some tests start (Chromium, redis-server, PostgreSQL, promtool): where to
+find them, and what a test does when one is missing. On a developer's machine it skips with a
 message naming the package; in CI (``CI`` set, as ``.ci/run`` does after installing them) it
 fails, so a real-component test never skips there."""
 
@@ -49,3 +49,12 @@ def headless_chromium(profile: Path, *extra: str) -> list[str]:
         "--v=0",
         *extra,
     ]
+
+
+def promtool() -> str:
+    """Prometheus' ``promtool`` (Debian package ``prometheus``); missing:
+    :func:`missing_component`."""
+    found = shutil.which("promtool")
+    if found is None:
+        missing_component("promtool not installed: apt-get install prometheus to run this test")
+    return found

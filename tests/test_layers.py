@@ -41,6 +41,7 @@ TOP = {
     "cli_serve",
     "canary",  # the canary job: needs the spec and the gate's McNemar
     "cli_canary",
+    "cli_monitor",
     "cli_review",
     "console",
     "lifecycle",

@@ -883,6 +883,7 @@ def lifecycle(
 
 def _add_subcommands() -> None:
     from robustops.cli_canary import canary_app
+    from robustops.cli_monitor import monitor_app
     from robustops.cli_registry import registry_app
     from robustops.cli_review import review_app
     from robustops.cli_serve import keys_app, serve
@@ -891,6 +892,7 @@ def _add_subcommands() -> None:
     app.add_typer(canary_app, name="canary")
     app.command("serve")(serve)
     app.add_typer(keys_app, name="keys")
+    app.add_typer(monitor_app, name="monitor")
     app.add_typer(review_app, name="review")
 
 

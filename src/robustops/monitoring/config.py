@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from robustops.schema import StrictModel
 
@@ -29,12 +29,33 @@ class AlertRule(StrictModel):
         description="firing within `rollback.after_promotion_seconds` of a promotion rolls "
         "production back",
     )
+    cooldown_requests: int = Field(
+        default=1000,
+        ge=0,
+        description="after an alert, firings of the same rule (and key) within this many of its "
+        "requests are counted, not alerted (one alert per incident, not one per delay)",
+    )
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        from robustops.monitoring.signals import get_signal
+
+        try:
+            get_signal(value)
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
+        return value
 
 
 class CalibrationWindow(StrictModel):
     """Where a detector's thresholds come from: the first requests it sees (non-canary)."""
 
-    requests: int = Field(default=2000, ge=50, description="stable requests per signal")
+    requests: int = Field(
+        default=2000,
+        ge=100,
+        description="stable values per rule (at least 100; kswin 200)",
+    )
     false_alarms_per_10k: float = Field(
         default=1.0, gt=0.0, description="target false alarms per 10 000 stable requests"
     )
@@ -47,6 +68,9 @@ class WebhookSink(StrictModel):
     timeout_seconds: float = Field(default=5.0, gt=0)
     header: str | None = Field(
         default=None, description="name of an environment variable holding an Authorization value"
+    )
+    max_backoff_seconds: float = Field(
+        default=300.0, gt=0, description="longest wait between two delivery attempts"
     )
 
 
