@@ -224,3 +224,11 @@ def test_state_from_another_detector_is_refused() -> None:
     bad["state"]["s_up"] = "nan"
     with pytest.raises(SpecError, match=r"state\.s_up"):
         det.load_state_dict(bad)
+
+
+def test_a_drift_inside_the_calibration_window_is_reported() -> None:
+    drifting = np.concatenate([_gauss(70, 1000), _gauss(71, 1000, 0.6)])
+    record = calibrate("cusum", drifting, simulate=200_000).calibration
+    assert record["warnings"] and "halves disagree" in record["warnings"][0]
+    steady = calibrate("cusum", _gauss(72, 2000), simulate=200_000).calibration
+    assert steady["warnings"] == []
