@@ -79,7 +79,8 @@ def attacked(images: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray
     """Statistic of ``n`` attacker queries: random images plus L∞ uniform noise ε = 0.3."""
     pick = images[rng.integers(0, images.shape[0], n)]
     noisy = np.clip(pick + rng.uniform(-0.3, 0.3, pick.shape), 0.0, 1.0)
-    return noisy.mean(axis=1)
+    out: np.ndarray = noisy.mean(axis=1)
+    return out
 
 
 def episode(
@@ -111,15 +112,25 @@ def build(seed: int, window: np.ndarray) -> dict[str, dict[str, Any]]:
         out[kind]["calibration"]["seconds"] = round(time.perf_counter() - t, 2)
     center, scale = float(window.mean()), float(window.std())
     for kind in ("adwin", "page-hinkley", "kswin"):
-        out[f"river-{kind} (defaults, raw)"] = river_default(kind, seed=seed).state_dict()  # type: ignore[arg-type]
+        raw = river_default(kind, seed=seed)  # type: ignore[arg-type]
+        out[f"river-{kind} (defaults, raw)"] = raw.state_dict()
     for kind in ("adwin", "page-hinkley"):
-        std = RiverDetector(kind, {}, center, scale, "both", {"defaults": True})  # type: ignore[arg-type]
+        std = RiverDetector(
+            kind,  # type: ignore[arg-type]
+            {},
+            center,
+            scale,
+            "both",
+            {"defaults": True},
+        )
         out[f"river-{kind} (defaults, standardised)"] = std.state_dict()
     out["always-fire"] = always_fire().state_dict()
     return out
 
 
-def run_seed(seed: int, stat: np.ndarray, images: np.ndarray, args: argparse.Namespace) -> dict:
+def run_seed(
+    seed: int, stat: np.ndarray, images: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     sigma = float(stat.std())
     window = stat[rng.integers(0, stat.size, CAL)]
@@ -135,7 +146,7 @@ def run_seed(seed: int, stat: np.ndarray, images: np.ndarray, args: argparse.Nam
         det = from_state_dict(state)
         false = sum(det.update(float(x)) is not None for x in stable)
         exposure = stable.size
-        per: dict[str, dict[str, list]] = {}
+        per: dict[str, dict[str, list[int | None]]] = {}
         for s in scenarios:
             delays: list[int | None] = []
             for values in streams[s]:

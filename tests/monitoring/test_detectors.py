@@ -199,6 +199,7 @@ def test_detection_evidence_is_json_ready() -> None:
         ),
         (lambda: calibrate("cusum", _gauss(0, 500), shift=-1.0), "shift"),
         (lambda: calibrate("cusum", _gauss(0, 500), simulate=10), "simulate"),
+        (lambda: calibrate("batch-test", _gauss(0, 500), window="200"), "window"),
         (lambda: Cusum(0.0, 1.0, 0.5, 5.0).update(math.nan), "value"),
         (lambda: Cusum(0.0, 1.0, 0.5, 5.0).update(math.inf), "value"),
         (lambda: Cusum(0.0, 0.0, 0.5, 5.0), "scale"),

@@ -155,7 +155,8 @@ class ChangeDetector(Protocol):
 
 
 def _enc(x: float) -> float | str:
-    """A float for JSON: finite as is (exact through ``repr``), else ``"inf"``/``"-inf"``/``"nan"``."""
+    """A float for JSON: finite as is (exact through ``repr``), else ``"inf"``, ``"-inf"`` or
+    ``"nan"``."""
     return x if math.isfinite(x) else str(x)
 
 
@@ -691,7 +692,9 @@ def _make_river(kind: str, params: Mapping[str, Any]) -> Any:
         raise SpecError.single("params", f"River rejected {dict(params)}: {exc}") from None
 
 
-def _ph_scores(z: np.ndarray, delta: float, alpha: float, min_instances: int, mode: str) -> Any:
+def _ph_scores(
+    z: np.ndarray, delta: float, alpha: float, min_instances: int, mode: str
+) -> np.ndarray:
     """River's Page-Hinkley test statistics for ``(runs, length)`` standardised values, each run
     from a fresh detector (vectorised: the sums are first-order linear recursions)."""
     n = np.arange(1, z.shape[1] + 1)
@@ -701,7 +704,7 @@ def _ph_scores(z: np.ndarray, delta: float, alpha: float, min_instances: int, mo
     s_dec = signal.lfilter([1.0], [1.0, -alpha], dev + delta, axis=1)
     test_inc = s_inc - np.minimum.accumulate(s_inc, axis=1)
     test_dec = np.maximum(np.maximum.accumulate(s_dec, axis=1), -1.0) - s_dec
-    score = {"up": test_inc, "down": test_dec}.get(mode, np.maximum(test_inc, test_dec))
+    score: np.ndarray = {"up": test_inc, "down": test_dec}.get(mode, np.maximum(test_inc, test_dec))
     score[:, : min_instances - 1] = -np.inf
     return score
 
@@ -740,7 +743,8 @@ def _ks_d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _ks_pvalues(stat_size: int) -> list[float]:
-    """River's p-value (``ks_2samp``, ``method="auto"``) for D = j / stat_size, j = 0…stat_size."""
+    """River's p-value (``ks_2samp``, ``method="auto"``) for D = j / stat_size, for
+    j = 0 … stat_size."""
     base = np.arange(float(stat_size))
     out = []
     with warnings.catch_warnings():
@@ -1101,6 +1105,8 @@ def calibrate(
         raise SpecError.single("block", f"must be an integer >= 1, got {short_repr(block)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SpecError.single("seed", f"must be an integer, got {short_repr(seed)}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 5:
+        raise SpecError.single("window", f"must be an integer >= 5, got {short_repr(window)}")
     minimum = {"kswin": 200, "batch-test": 2 * window}.get(kind, 100)
     vals = _check_values(values if isinstance(values, np.ndarray) else list(values), minimum)
     rate = target / 10_000
@@ -1152,7 +1158,7 @@ def calibrate(
         params: dict[str, Any] = {"delta": shift / 2, "alpha": 1 - 0.0001, "min_instances": 30}
 
         def ph(z: np.ndarray) -> np.ndarray:
-            return _ph_scores(z, params["delta"], params["alpha"], 30, direction)  # type: ignore[no-any-return]
+            return _ph_scores(z, params["delta"], params["alpha"], 30, direction)
 
         lam0, r, _ = _passage_threshold(ph(z), rate)
         lam, spread = _window_margin(vals, ph, lam0, rate, sim, length, block, rng)
