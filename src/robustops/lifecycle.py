@@ -197,6 +197,8 @@ def http_json(url: str, key: str, body: Any = None, timeout: float = 10.0) -> tu
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, None
+    except (urllib.error.URLError, OSError):  # not listening (yet), reset, timed out
+        return 0, None
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.2) -> Any:
@@ -371,7 +373,7 @@ def _build(
         gate += ["--baseline", baseline]
     cli.run(*gate)
     summary = json.loads((cli.folder / result).read_text())
-    clean = summary.get("clean", {}).get("accuracy")
+    clean = summary.get("clean_accuracy")
     robust = {t["name"]: t.get("robust_accuracy") for t in summary.get("threats", [])}
     version = cli.run("registry", "show", f"{model}@latest").split()[0]
     tl.mark(
@@ -477,7 +479,7 @@ def run_lifecycle(
                 cli.run(
                     "registry",
                     "promote",
-                    f"{model}@{weak.split(':v')[-1]}",
+                    weak,
                     "production",
                     "--break-glass",
                     "hotfix pushed without the gate",

@@ -554,9 +554,8 @@ class Monitor:
             "model": rec.get("model"),
             "fired_ts": lr.ts,
             "fired_at": _iso(lr.ts),
-            "summary": f"{rule.signal}{who} changed ({rule.direction}): statistic "
-            f"{_num(statistic)} over threshold {_num(threshold)} after "
-            f"{stream.window.get('requests', 0)} requests",
+            "summary": f"{rule.signal}{who} changed ({det.get('direction', rule.direction)}): "
+            f"{_verdict(det)} after {stream.window.get('requests', 0)} requests",
             "window": dict(stream.window),
             "statistic": statistic,
             "threshold": threshold,
@@ -640,6 +639,22 @@ def _public(alert: dict[str, Any]) -> dict[str, Any]:
     rb.pop("pending", None)
     out["rollback"] = rb
     return out
+
+
+def _verdict(det: dict[str, Any]) -> str:
+    """The detection in words: a batch test's p-value under alpha and effect over its minimum,
+    a sequential detector's statistic over its threshold (each by its name)."""
+    stat, thr = det.get("statistic"), det.get("threshold")
+    sname, tname = (
+        det.get("statistic_name") or "statistic",
+        det.get("threshold_name") or "threshold",
+    )
+    if det.get("p_value") is not None and det.get("effect_size") is not None:
+        return (
+            f"p-value {_num(det['p_value'])} ≤ alpha {_num(det.get('alpha'))} and effect "
+            f"{_num(det['effect_size'])} ≥ {_num(det.get('min_effect'))}"
+        )
+    return f"{sname} {_num(stat)} over {tname} {_num(thr)}"
 
 
 def _iso(ts: float) -> str:
