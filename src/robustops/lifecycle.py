@@ -417,6 +417,7 @@ def run_lifecycle(
 
     # 2. Serve, with a webhook for the monitor's alerts.
     keys = _make_keys(cli, keys_file)
+    canary_records = str((monitor_cfg.get("canary") or {}).get("records", "guard/canary"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with WebhookReceiver() as hook:
@@ -501,13 +502,22 @@ def run_lifecycle(
                     "the rollback", lambda: _served_version(url, keys.admin) == good, 120, 0.25
                 )
                 rolled = time.monotonic() - t_bad
+                finding = _canary_finding(out / canary_records)
+                if finding is not None:
+                    tl.mark("canary", finding.pop("detail"), **finding)
                 tl.mark(
-                    "rollback", f"production back on {good}, {rolled:.1f} s after the bad promotion"
+                    "rollback",
+                    f"production back on {good}, {rolled:.1f} s after the bad promotion",
+                    **_rollback_evidence(out / "registry", model),
                 )
                 summary["bad_promotion_to_rollback_s"] = round(rolled, 1)
                 summary["benign_requests"] = traffic.sent
                 summary["benign_statuses"] = dict(traffic.statuses)
-            summary["alerts"] = len(hook.alerts)
+            summary["alerts"] = [f"{a.get('rule')} ({a.get('model')})" for a in hook.alerts]
+            for a in hook.alerts[1:]:
+                tl.mark(
+                    "alert", f"alert {a.get('rule')} on {a.get('model')}: {a.get('summary', '')}"
+                )
 
             # 4. Review what the guard flagged, retrain with it, gate and promote.
             cli.run("review", "harvest", "--spec", "spec.yaml")
@@ -595,6 +605,50 @@ def _attack(url: str, key: str, x: torch.Tensor, y: torch.Tensor, tl: Timeline) 
     )
     remote.close()
     return facts
+
+
+def _canary_finding(folder: Path) -> dict[str, Any] | None:
+    """The first canary run record that rolled production back, in words and figures."""
+    for path in sorted(folder.glob("canary-*.json")):
+        rec = json.loads(path.read_text())
+        if not (rec.get("rollback") or {}).get("rolled_back"):
+            continue
+        tests = rec.get("tests") or {}
+        parts = [
+            f"{name} {t['baseline_correct']}→{t['canary_correct']}/{t['n']} "
+            f"(McNemar p={t['p_value']:.2g})"
+            for name, t in tests.items()
+        ]
+        served = (rec.get("served") or {}).get("version")
+        return {
+            "detail": f"canary run on {served}: {', '.join(parts)}; "
+            f"{rec.get('vulnerability')} opened, rollback requested",
+            "record": path.name,
+            "tests": tests,
+            "queries": rec.get("queries"),
+        }
+    return None
+
+
+def _rollback_evidence(home: Path, model: str) -> dict[str, Any]:
+    """Who rolled production back and why (the alias event), and the vulnerability the canary
+    opened, read from the registry."""
+    from robustops.registry.service import Registry
+    from robustops.registry.vulnerabilities import list_vulnerabilities
+
+    reg = Registry.open(home)
+    try:
+        ev = reg.history(model, "production", limit=1)[0]
+        vulns = list_vulnerabilities(reg, model=model)
+        return {
+            "alias_event": {"kind": ev.kind, "actor": ev.actor, "reason": ev.reason, "at": ev.at},
+            "vulnerabilities": [
+                {"id": v.id, "title": v.title, "severity": v.severity, "affected": v.affected}
+                for v in vulns
+            ],
+        }
+    finally:
+        reg.close()
 
 
 def _scripted_review(queue: Path, x_test: torch.Tensor, y_test: torch.Tensor) -> int:
