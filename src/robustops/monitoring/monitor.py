@@ -654,7 +654,7 @@ def _verdict(det: dict[str, Any]) -> str:
             f"p-value {_num(det['p_value'])} ≤ alpha {_num(det.get('alpha'))} and effect "
             f"{_num(det['effect_size'])} ≥ {_num(det.get('min_effect'))}"
         )
-    return f"{sname} {_num(stat)} over {tname} {_num(thr)}"
+    return f"{sname} {_num(stat)} ≥ {tname} {_num(thr)}"
 
 
 def _iso(ts: float) -> str:

@@ -50,7 +50,7 @@ class RareDetection:
     mean_after: float
     n_after: int
     statistic_name: str = "events in window"
-    threshold_name: str = "events"
+    threshold_name: str = "threshold"
     detail: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
