@@ -281,8 +281,16 @@ def render_page(title: str, timeline: Timeline, summary: dict[str, Any]) -> str:
             f"<td><span class=step style='background:{colour}'>{html.escape(e.step)}</span></td>"
             f"<td>{html.escape(e.detail)}{details}</td></tr>"
         )
+
+    def shown(v: Any) -> str:
+        if isinstance(v, dict):
+            return "; ".join(f"{k}: {x}" for k, x in v.items())
+        if isinstance(v, list):
+            return ", ".join(str(x) for x in v)
+        return str(v)
+
     facts = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{html.escape(shown(v))}</td></tr>"
         for k, v in summary.items()
     )
     return f"""<!doctype html>
@@ -373,12 +381,12 @@ def _build(
         gate += ["--baseline", baseline]
     cli.run(*gate)
     summary = json.loads((cli.folder / result).read_text())
-    clean = summary.get("clean_accuracy")
-    robust = {t["name"]: t.get("robust_accuracy") for t in summary.get("threats", [])}
+    clean = f"{summary['clean_accuracy']:.1%}"
+    robust = ", ".join(f"{t['name']} {t['robust_accuracy']:.1%}" for t in summary["threats"])
     version = cli.run("registry", "show", f"{model}@latest").split()[0]
     tl.mark(
         "build",
-        f"{version}: trained, evaluated (clean {clean}, robust {robust}), gate passed "
+        f"{version}: trained, evaluated (clean {clean}; robust: {robust}), gate passed "
         f"({time.monotonic() - t:.0f} s)",
         result=result,
     )
