@@ -198,6 +198,12 @@ class Registry:
         """Release the database connections."""
         self.store.close()
 
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- principals ------------------------------------------------------------------------
 
     def _require(self, session: Session, actor: str, role: str) -> Principal:
