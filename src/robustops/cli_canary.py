@@ -16,9 +16,7 @@ from robustops.errors import RobustOpsError
 
 canary_app = typer.Typer(
     no_args_is_help=True,
-    help="Canary attacks on the live endpoint: a registered canary set, compared with the "
-    "production version's accepted result (McNemar); a significant drop opens a "
-    "vulnerability and rolls production back.",
+    help="Canary attacks on the live endpoint, judged against the accepted result (McNemar).",
 )
 SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="pipeline spec (YAML) with monitor:")]
 RegistryOpt = Annotated[

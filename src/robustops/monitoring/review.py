@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from robustops.io import atomic_write_text
+from robustops.io import atomic_path, atomic_write_text
 from robustops.monitoring.harvest import QueueItem, ReviewError, ReviewQueue
 
 __all__ = [
@@ -161,14 +161,15 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """A deterministic ``.npz`` (fixed member times, sorted members, deflated): the
     same arrays give the same bytes, hence the same sha256."""
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with (
+        atomic_path(path) as tmp,
+        zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf,
+    ):
         for name in sorted(arrays):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, _npy_bytes(arrays[name]))
-    tmp.replace(path)
 
 
 def _sha256_file(path: Path) -> str:
