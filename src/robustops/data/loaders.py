@@ -66,6 +66,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".t
 
 _CHUNK_BYTES = 1 << 20
 
+_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 _KEEP_BYTES = 256 << 20
 """Image files up to this many bytes in all are kept in memory between fingerprinting them and
 decoding them (on a cache miss), so they are read once; larger sets are read twice."""
@@ -280,14 +281,13 @@ def _make_dataset(
     seed: int,
     info: dict[str, object],
 ) -> Dataset:
-    y = torch.from_numpy(index.labels)
     own = index.is_test is not None
     return Dataset(
         name=name,
         x_train=x_train,
-        y_train=y[torch.from_numpy(tr)].contiguous(),
+        y_train=torch.from_numpy(index.labels[tr]),
         x_test=x_test,
-        y_test=y[torch.from_numpy(te)].contiguous(),
+        y_test=torch.from_numpy(index.labels[te]),
         num_classes=len(index.classes),
         fingerprint=fp,
         split_seed=seed,
@@ -357,7 +357,7 @@ def _read_file(path: str | Path) -> bytes:
     """The file's bytes (``os.read``: a third of the time of ``open().read()`` on small
     files); an unreadable file raises :class:`DataIntegrityError` naming it."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        fd = os.open(path, _O_READ)
         try:
             parts = []
             while chunk := os.read(fd, _CHUNK_BYTES):
@@ -590,7 +590,7 @@ def _folder_images(folder: Path) -> list[os.DirEntry[str]]:
         files.sort(key=lambda e: os.path.normcase(e.path).split(os.sep))
     else:
         files.sort(key=lambda e: os.path.normcase(e.name))
-    bad = [e.path for e in files if os.path.splitext(e.name)[1].lower() not in IMAGE_SUFFIXES]
+    bad = [e.path for e in files if e.name[e.name.rfind(".") :].lower() not in IMAGE_SUFFIXES]
     if bad:
         raise DataIntegrityError(
             f"{folder}: {len(bad)} file(s) are not images by their ending (first: "
@@ -631,8 +631,9 @@ def _load_image_folder(
     labels, classes = _labels(values, src.classes, where, lambda i: files[i].path)
     index = _Index(labels, classes, np.array(flags) if src.split_folders else None)
     cut = len(os.path.join(str(root), ""))  # every path is str(root), os.sep, the relative path
-    rel = (lambda p: p[cut:]) if os.sep == "/" else (lambda p: p[cut:].replace(os.sep, "/"))
-    named: list[_Named] = [(rel(e.path), e.path, i) for i, e in enumerate(files)]
+    named: list[_Named] = [(e.path[cut:], e.path, i) for i, e in enumerate(files)]
+    if os.sep != "/":  # fingerprint names are POSIX paths
+        named = [(n.replace(os.sep, "/"), p, i) for n, p, i in named]
     return _image_dataset(src, name, index, named, test_fraction, seed, where, cache, report)
 
 
