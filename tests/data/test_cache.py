@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 
 from robustops.data import Dataset, DataSource, fingerprint_files, load_source
 from robustops.data.cache import DataCache, cache_from_env
+from robustops.errors import DataIntegrityError
 
 _SOURCE = TypeAdapter(DataSource)
 FOLDER = {"kind": "image-folder", "path": "m", "size": [28, 28]}
@@ -209,3 +210,40 @@ def test_prune_keeps_the_folder_under_its_limit(tmp_path: Path) -> None:
     assert left == ["k2", "k3"]
     assert c.get("k3") is not None and c.get("k0") is None
     assert not c.put("big", "0" * 64, {"x": np.zeros(4000, np.uint8)}, {})
+
+
+def test_threaded_decoding_gives_the_same_result(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, _ = load(FOLDER, data, cache=False)
+    monkeypatch.setenv("ROBUSTOPS_DATA_THREADS", "3")
+    threaded, _ = load(FOLDER, data, cache=False)  # read, hash and decode in the pool
+    first, status = load(FOLDER, data, cache=tmp_path / "c")  # kept bytes decoded in the pool
+    assert status == "miss" and same(one, threaded) and same(one, first)
+    bad = sorted((data / "m" / "5").iterdir())[3]
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataIntegrityError, match=f"{bad.name}: not a decodable image"):
+        load(FOLDER, data, cache=False)
+
+
+def test_large_sets_are_read_again_and_must_not_change_meanwhile(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from robustops.data import loaders
+
+    plain, _ = load(FOLDER, data, cache=False)
+    monkeypatch.setattr(loaders, "_KEEP_BYTES", 0)  # nothing kept: decoding reads again
+    reread, status = load(FOLDER, data, cache=tmp_path / "a")
+    assert status == "miss" and same(plain, reread)
+    real = loaders._read_and_hash
+    victim = sorted((data / "m" / "2").iterdir())[0]
+
+    def then_edit(*args: Any) -> Any:
+        out = real(*args)
+        victim.write_bytes(sorted((data / "m" / "7").iterdir())[0].read_bytes())
+        return out
+
+    monkeypatch.setattr(loaders, "_read_and_hash", then_edit)
+    with pytest.raises(DataIntegrityError, match="changed while they were read"):
+        load(FOLDER, data, cache=tmp_path / "b")
+    assert not list((tmp_path / "b").glob("*.safetensors"))  # nothing cached from it

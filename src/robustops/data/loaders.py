@@ -1,20 +1,33 @@
 """Read a user's data source (:mod:`robustops.data.sources`) into a :class:`Dataset` or a
 :class:`TextDataset`, fingerprinted and split.
 
-How a source is read, in three passes that keep memory bounded (one copy of the decoded data
-plus one batch, never two full copies):
+* **Fingerprint**: sha256 streamed over the source's files in sorted order of their path
+  relative to the source (for each file: its relative path, NUL, its size as 8 bytes
+  little-endian, its bytes). It identifies the *files*, so it changes when any byte of them
+  does, and not when the folder is moved. It is computed from the bytes read in this run, on
+  every run, cache or no cache.
+* **Index**: the labels (and a ``split_column`` or ``train/``/``test/`` folders) only, then the
+  split: the source's own when it has one, else stratified by class with ``data.split_seed``
+  and ``data.test_fraction``. Train samples keep their source order; test samples are ordered
+  class 0, 1, …, K-1, 0, 1, … like the embedded sets (every prefix near-stratified).
+* **Decode**:
 
-1. **Fingerprint**: sha256 streamed over the source's files in sorted order of their path
-   relative to the source (for each file: its relative path, NUL, its size as 8 bytes
-   little-endian, its bytes read in 1 MiB chunks). It identifies the *files*, so it changes
-   when any byte of them does, and not when the folder is moved.
-2. **Index**: the labels (and a ``split_column`` or ``train/``/``test/`` folders) only, then the
-   split: the source's own when it has one, else stratified by class with ``data.split_seed``
-   and ``data.test_fraction``. Train samples keep their source order; test samples are ordered
-   class 0, 1, …, K-1, 0, 1, … like the embedded sets (every prefix near-stratified).
-3. **Decode**: the inputs batch by batch (images one file at a time, tables in chunks of rows,
-   arrays in chunks read from the ``.npy`` stream), each written straight into the
-   preallocated train or test tensor.
+  - images: each file is read once; its bytes are hashed into the fingerprint and decoded to
+    uint8 pixels of a source-order array (the uint8 copy is a quarter of the float32 tensors
+    it becomes); with the cache on, the bytes (up to 256 MiB in all) are kept between the
+    fingerprint and a cache miss's decoding, beyond that read again and re-hashed (a file
+    changed in between is an error);
+  - tables: in chunks of rows (pyarrow batches or pandas CSV chunks) into a float32
+    source-order array, then gathered into train and test (two copies of the table at the
+    peak);
+  - arrays: chunks read from the ``.npy`` stream written straight into the preallocated
+    train or test tensor (one copy plus one chunk; arrays are not cached: they are already
+    decoded).
+
+  Image folders, manifests, CSV and Parquet tables keep their decoded values in a cache
+  (:mod:`robustops.data.cache`) named by the content fingerprint and the decoding options:
+  a later run on the same bytes reads and fingerprints the files, then takes the values from
+  there instead of decoding.
 
 Bad data raises :class:`DataIntegrityError` naming the file and the row (or line): NaN or
 infinite values, wrong shapes, labels outside ``classes``, a class without samples, images that
