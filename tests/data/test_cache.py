@@ -247,3 +247,12 @@ def test_large_sets_are_read_again_and_must_not_change_meanwhile(
     with pytest.raises(DataIntegrityError, match="changed while they were read"):
         load(FOLDER, data, cache=tmp_path / "b")
     assert not list((tmp_path / "b").glob("*.safetensors"))  # nothing cached from it
+
+
+def test_a_bad_size_limit_falls_back_to_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROBUSTOPS_DATA_CACHE_MAX_GB", "lots")
+    c = cache_from_env()
+    assert c is not None and c.max_bytes == 5 << 30
+    monkeypatch.setenv("ROBUSTOPS_DATA_CACHE_MAX_GB", "0.5")
+    c = cache_from_env()
+    assert c is not None and c.max_bytes == 1 << 29

@@ -202,7 +202,12 @@ def cache_from_env(option: bool | str | Path | None = None) -> DataCache | None:
         return None
     if option is None and os.environ.get("ROBUSTOPS_DATA_CACHE", "").strip().lower() in _OFF:
         return None
-    max_gb = float(os.environ.get("ROBUSTOPS_DATA_CACHE_MAX_GB", "5") or 5)
+    raw = os.environ.get("ROBUSTOPS_DATA_CACHE_MAX_GB", "").strip() or "5"
+    try:
+        max_gb = float(raw)
+    except ValueError:
+        log.warning("ROBUSTOPS_DATA_CACHE_MAX_GB=%r is not a number; using 5", raw)
+        max_gb = 5.0
     if isinstance(option, (str, Path)) and not isinstance(option, bool):
         return DataCache(Path(option), int(max_gb * (1 << 30)))
     env = os.environ.get("ROBUSTOPS_DATA_CACHE_DIR")
