@@ -1,6 +1,9 @@
-"""Shared fixtures: the embedded data and a quickly trained, undefended reference CNN."""
+"""Shared fixtures: the embedded data and a quickly trained, undefended reference CNN; the
+data-source cache kept inside the test session's temporary folder."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +11,16 @@ import torch
 from robustops.data import Dataset, load_mnist_subset
 from robustops.models import SmallCNN, small_cnn
 from robustops.training import StandardConfig, train_standard
+
+
+@pytest.fixture(autouse=True)
+def _data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The data-source cache goes to a folder of this test session, never ~/.cache (the
+    environment reaches the CLI subprocesses too)."""
+    root = tmp_path_factory.getbasetemp() / "data-cache"
+    monkeypatch.setenv("ROBUSTOPS_DATA_CACHE_DIR", str(root))
+    monkeypatch.delenv("ROBUSTOPS_DATA_CACHE", raising=False)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,3 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_breast_cancer_parquet(root / "bc.parquet")
     write_sms_jsonl(root / "sms.jsonl", limit=40)
     return root
-
-
-@pytest.fixture(autouse=True)
-def _data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The data-source cache goes to a folder of this test session, never ~/.cache."""
-    root = tmp_path_factory.getbasetemp() / "data-cache"
-    monkeypatch.setenv("ROBUSTOPS_DATA_CACHE_DIR", str(root))
-    monkeypatch.delenv("ROBUSTOPS_DATA_CACHE", raising=False)
-    return root
