@@ -102,7 +102,9 @@ class DetectionConfig(StrictModel):
     cross_key_window: int = Field(
         default=1024, ge=1, description="recent queries of all keys the cross-key signal scans"
     )
-    cross_key_flag_at: int | None = Field(default=24, ge=1)
+    cross_key_flag_at: int | None = Field(
+        default=14, ge=1, description="flag at this many similar recent queries of other keys"
+    )
     cross_key_throttle_at: int | None = Field(default=None, ge=1)
     cross_key_block_at: int | None = Field(default=None, ge=1)
     shared: bool = Field(

@@ -13,7 +13,7 @@ under the request's API key name, with three signals and, across workers, one sh
   inputs) unless ``embedding_threshold`` is set.
 * **Cross-key similarity**: a ring of the last ``cross_key_window`` queries of *all* keys; a
   query whose embedding matches ``cross_key_flag_at`` (``throttle_at``, ``block_at``) or more of
-  them, whoever sent them, is flagged (throttled, blocked) on its own key, which then holds that
+  them sent by *other* keys is flagged (throttled, blocked) on its own key, which then holds that
   level like any other. It sees an attack spread round-robin over several keys, which per-key
   state cannot.
 
@@ -111,7 +111,8 @@ class FeatureTap:
     reads the features of the forward pass that answered the request (no second pass).
 
     The embedding of an input is its flattened feature row times a fixed Gaussian matrix
-    ``(D, dim)`` (seeded from ``seed``; none when ``D <= dim``), normalised and rounded to
+    ``(D, dim)`` (seeded from ``seed``; none when the layer is an ``nn.Linear`` of at most
+    ``dim`` inputs), normalised and rounded to
     float16 values (what the shared state stores, so every worker compares the same numbers).
     """
 
@@ -126,7 +127,11 @@ class FeatureTap:
                 "serve.detection.embedding_layer",
                 f"{type(module).__name__} has no submodule {self.layer!r}",
             )
-        self.dim = dim
+        target = modules[self.layer]
+        in_features = target.in_features if isinstance(target, nn.Linear) else None
+        self.dim = in_features if in_features is not None and in_features <= dim else dim
+        """Values per embedding: ``dim``, or the layer's input size when it is an
+        ``nn.Linear`` with at most ``dim`` inputs (then not projected)."""
         self._seed = int.from_bytes(hashlib.sha256(b"embedding:" + seed).digest()[:8], "little")
         self._proj: Tensor | None = None
         self._local = threading.local()
@@ -138,7 +143,7 @@ class FeatureTap:
             self._local.last = args[0].detach()
 
     def _projection(self, d: int) -> Tensor | None:
-        if d <= self.dim:
+        if d == self.dim:
             return None
         with self._lock:
             if self._proj is None or self._proj.shape[0] != d:
@@ -328,22 +333,29 @@ class SqliteDetectorLog:
 # -- the guard's detector ---------------------------------------------------------------------------
 
 
+def _key_id(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
+
+
 class _CrossKeyRing:
-    """The last ``size`` embeddings of all keys, with their times."""
+    """The last ``size`` embeddings of all keys, with their times and their keys' ids."""
 
     def __init__(self, size: int, dim: int) -> None:
         self.emb = np.zeros((size, dim), dtype=np.float32)
         self.stamp = np.full(size, -np.inf)
+        self.key = np.zeros(size, dtype=np.int64)
         self.n = 0
 
-    def matches(self, e: F32, threshold: float, since: float) -> int:
-        return int(((self.emb @ e >= threshold) & (self.stamp > since)).sum())
+    def matches(self, e: F32, threshold: float, since: float, key: int) -> int:
+        """Held queries of keys other than ``key`` within ``threshold`` of ``e`` (a scan of
+        every slot)."""
+        return int(((self.emb @ e >= threshold) & (self.stamp > since) & (self.key != key)).sum())
 
-    def add(self, e: F32 | None, now: float) -> None:
+    def add(self, e: F32 | None, now: float, key: int) -> None:
         if e is None or e.size != self.emb.shape[1]:
             return
         slot = self.n % self.emb.shape[0]
-        self.emb[slot], self.stamp[slot] = e, now
+        self.emb[slot], self.stamp[slot], self.key[slot] = e, now, key
         self.n += 1
 
 
@@ -469,9 +481,10 @@ class GuardDetector:
         if self.cross is not None and q.emb is not None:
             max_age = self.detector.config.max_age
             since = now - max_age if max_age is not None else -math.inf
-            n_cross = self.cross.matches(q.emb, self.detector.embedding_threshold, since)
+            kid = _key_id(key)
+            n_cross = self.cross.matches(q.emb, self.detector.embedding_threshold, since, kid)
             extra = self.cross_policy.level(n_cross)
-            self.cross.add(q.emb, now)
+            self.cross.add(q.emb, now, kid)
         d = self.detector.decide_prepared(key, q, now=now, extra_level=extra)
         level, until = self.detector.hold(key)
         return d, (n_cross if extra else 0), Row(key, now, q, level, until)
@@ -482,7 +495,7 @@ class GuardDetector:
                 r.key, r.query, now=r.stamp, hold_level=r.hold_level, hold_until=r.hold_until
             )
             if self.cross is not None:
-                self.cross.add(r.query.emb, r.stamp)
+                self.cross.add(r.query.emb, r.stamp, _key_id(r.key))
 
     def sync(self) -> int:
         """Replay the rows other workers appended since the last look; how many."""
@@ -501,7 +514,10 @@ class GuardDetector:
             if not self.text and isinstance(item, Tensor):
                 item = item.numpy()
             e = embs[i] if embs is not None else None
-            prepared.append(self.detector.prepare(item, embedding=e, text=self.text))
+            q = self.detector.prepare(item, embedding=e, text=self.text)
+            if q.emb is not None:  # the float16 values the shared state keeps, here too
+                q = PreparedQuery(q.sketch, q.length, q.emb.astype(np.float16).astype(np.float32))
+            prepared.append(q)
         with self._lock:
             now = float(self.clock())
             decided: list[tuple[QueryDecision, int, Row]] | None = None
