@@ -155,7 +155,7 @@ def guard_for(served: Served, *, detector: Detector | None = None) -> Guard:
         elif detector is None:
             detector = GuardDetector(det, secret, model.modality, tap=tap, log=detector_log(config))
         if isinstance(detector, GuardDetector) and detector.uses_embeddings:
-            assert isinstance(data.x_test, torch.Tensor)
+            assert not isinstance(data, TextDataset)  # text models get no tap
             detector.calibrate(data.x_test[-det.calibration_samples :])
     abstainer = None
     ab = config.abstention
