@@ -92,6 +92,7 @@ class Server:
             "keys": str(folder / "keys.db"),
             "state_dir": str(folder / "state"),
             "limits": {"rate_per_second": 100000, "burst": 100000},
+            "request_log": str(folder / "requests"),
         }
         if detection == "fingerprints":  # the guard before embeddings and shared state
             spec["serve"]["detection"] = {"embedding": "off", "shared": False}

@@ -100,10 +100,10 @@ class DetectionConfig(StrictModel):
         default=500, ge=20, description="held-out test inputs the threshold is calibrated on"
     )
     cross_key_window: int = Field(
-        default=1024, ge=1, description="recent queries of all keys the cross-key signal scans"
+        default=256, ge=1, description="recent queries of all keys the cross-key signal scans"
     )
     cross_key_flag_at: int | None = Field(
-        default=14, ge=1, description="flag at this many similar recent queries of other keys"
+        default=10, ge=1, description="flag at this many similar recent queries of other keys"
     )
     cross_key_throttle_at: int | None = Field(default=None, ge=1)
     cross_key_block_at: int | None = Field(default=None, ge=1)

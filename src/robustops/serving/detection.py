@@ -378,8 +378,9 @@ class GuardDetector:
         config: the ``serve.detection`` settings.
         secret: the fingerprint hash key (:func:`detector_secret`), also the projection's seed.
         modality: ``image``, ``table`` or ``text`` (fingerprints of shingles, no embedding).
-        tap: where embeddings come from (:class:`FeatureTap`); None: the ``embedding`` the guard
-            passes (the model's features) when there is one, else fingerprints only.
+        tap: where embeddings come from (:class:`FeatureTap`); None: fingerprints only (the
+            features the guard passes to :meth:`observe` are the abstainer's, the penultimate
+            layer's at best, where different inputs of one class collapse together: not used).
         log: the shared state (:class:`SqliteDetectorLog`); None: this process only.
         clock: wall-clock seconds (shared by the workers of a host).
     """
