@@ -38,6 +38,7 @@ from robustops.serving.dashboard import DashboardStore
 from robustops.serving.detection import (
     FeatureTap,
     GuardDetector,
+    RedisDetectorLog,
     SqliteDetectorLog,
     detector_secret,
 )
@@ -175,12 +176,15 @@ def state_path(config: ServeConfig) -> Path:
     return Path(config.state.path or Path(config.state_dir) / "state.db")
 
 
-def detector_log(config: ServeConfig) -> SqliteDetectorLog | None:
-    """The detector's shared state: with the sqlite backend (and ``detection.shared``), a
-    table in ``<state file stem>.detector.db`` next to the rate-limit state; else None (each
-    worker keeps its own)."""
-    if config.state.backend != "sqlite" or not config.detection.shared:
+def detector_log(config: ServeConfig) -> SqliteDetectorLog | RedisDetectorLog | None:
+    """The detector's shared state (with ``detection.shared``): with the sqlite backend a
+    table in ``<state file stem>.detector.db`` next to the rate-limit state, with redis a
+    stream in the same Redis; with memory None (one worker keeps its own)."""
+    if not config.detection.shared or config.state.backend == "memory":
         return None
+    if config.state.backend == "redis":
+        assert config.state.redis_url is not None  # StateConfig requires it
+        return RedisDetectorLog(config.state.redis_url, keep_rows=config.detection.shared_rows)
     return SqliteDetectorLog(
         state_path(config).with_suffix(".detector.db"), keep_rows=config.detection.shared_rows
     )

@@ -239,3 +239,29 @@ def test_a_campaign_split_over_two_workers_is_flagged_as_on_one(two_workers: Gua
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda kr: _send(two_workers, *kr), honest))
     assert all(_first_flag(a) is None for a in answers)
+
+
+def test_two_workers_on_redis_decide_like_one(redis_url: str) -> None:
+    from robustops.serving.detection import RedisDetectorLog
+
+    cfg = DetectionConfig(
+        window=4, flag_at=5, throttle_at=12, block_at=20, embedding_threshold=0.95
+    )
+    t = iter(np.arange(0.0, 1e4, 1.0))
+
+    def clock() -> float:
+        return float(next(t))
+
+    secret = b"r" * 32
+    one = _guard(cfg, secret, None, clock)
+    prefix = f"test:{np.random.default_rng().integers(1 << 30)}:"
+    workers = [
+        _guard(cfg, secret, RedisDetectorLog(redis_url, prefix=prefix), clock) for _ in range(2)
+    ]
+    probes = _campaign(30, seed=3)
+    t = iter(np.arange(0.0, 1e4, 1.0))
+    alone = _actions([one], "attacker", probes)
+    t = iter(np.arange(0.0, 1e4, 1.0))
+    split = _actions(workers, "attacker", probes)
+    assert "flag" in alone and split == alone
+    assert all(w.detector.log.errors == 0 for w in workers)  # type: ignore[union-attr]

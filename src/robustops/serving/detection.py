@@ -26,8 +26,8 @@ workers and every worker decides on exactly the queries a single worker would ha
 campaign split over W workers is flagged at the same query as on one. A replayed row costs a
 row write (no scan); the table keeps the last ``shared_rows`` rows, and a worker that starts
 replays them, so a restart does not reset the keys' windows either. With the ``memory``
-backend (one worker) nothing is shared. Redis: not yet; each worker keeps its own state there
-(see docs/guard.md).
+backend (one worker) nothing is shared. With ``redis`` (:class:`RedisDetectorLog`) the rows are
+a Redis stream and a lock key serializes the workers' exchanges (workers on several hosts).
 
 Timing: the model and every signal run on every query, each a scan of fixed-size buffers; the
 transaction is the same statements for every decision. What varies with other keys' traffic
@@ -341,6 +341,102 @@ class SqliteDetectorLog:
         self._db = None
 
 
+_REDIS_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisDetectorLog:
+    """The detector's shared state in Redis (the ``redis`` state backend): the decided queries
+    in a stream (``XADD`` with ``MAXLEN ~ keep_rows``), read from this worker's last id.
+    :meth:`exchange` holds a lock key (``SET NX PX``, released by a compare-and-delete script)
+    around read, decide and append, so the workers decide one after another as with SQLite.
+    A lock not released within ``lock_ms`` (a worker died) expires."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "robustops:detector:",
+        keep_rows: int = 50_000,
+        timeout: float = 0.5,
+        lock_ms: int = 2000,
+        client: Any = None,
+    ) -> None:
+        import redis
+
+        self.stream, self.lock_key = prefix + "queries", prefix + "lock"
+        self.keep_rows, self.lock_ms, self.timeout = keep_rows, lock_ms, timeout
+        self.errors = 0
+        self.last_id = b"0-0"
+        self._redis = client or redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._unlock = self._redis.register_script(_REDIS_UNLOCK)
+        self._error_types: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+    @contextlib.contextmanager
+    def exchange(self) -> Iterator[tuple[list[Row], Callable[[list[Row]], None]]]:
+        """As :meth:`SqliteDetectorLog.exchange`; raises ``sqlite3.OperationalError`` (the
+        error the detector falls back on) when Redis does not answer or the lock stays taken
+        for ``timeout`` seconds."""
+        token = os.urandom(8).hex()
+        deadline = time.monotonic() + self.timeout
+        pause = 20e-6
+        try:
+            while not self._redis.set(self.lock_key, token, nx=True, px=self.lock_ms):
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError("the detector lock in redis stayed taken")
+                time.sleep(pause)
+                pause = min(2 * pause, 1e-3)
+        except self._error_types as exc:
+            raise sqlite3.OperationalError(f"redis: {exc}") from exc
+        try:
+            try:
+                entries = self._redis.xrange(self.stream, min=b"(" + self.last_id)
+            except self._error_types as exc:
+                raise sqlite3.OperationalError(f"redis: {exc}") from exc
+            new = []
+            for rid, f in entries:
+                self.last_id = rid
+                emb = f.get(b"emb", b"")
+                e = np.frombuffer(emb, dtype=np.float16).astype(np.float32) if emb else None
+                sketch = np.frombuffer(f[b"sketch"], dtype=np.uint64).copy()
+                q = PreparedQuery(sketch, int(f[b"length"]), e)
+                new.append(
+                    Row(f[b"key"].decode(), float(f[b"stamp"]), q, int(f[b"hl"]), float(f[b"hu"]))
+                )
+            mine: list[Row] = []
+            yield new, mine.extend
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for r in mine:
+                    q = r.query
+                    fields = {
+                        b"key": r.key.encode(),
+                        b"stamp": repr(r.stamp),
+                        b"length": q.length,
+                        b"sketch": q.sketch.tobytes(),
+                        b"emb": q.emb.astype(np.float16).tobytes() if q.emb is not None else b"",
+                        b"hl": r.hold_level,
+                        b"hu": repr(r.hold_until),
+                    }
+                    pipe.xadd(self.stream, fields, maxlen=self.keep_rows, approximate=True)
+                ids = pipe.execute()
+                if ids:
+                    self.last_id = ids[-1]
+            except self._error_types as exc:
+                raise sqlite3.OperationalError(f"redis: {exc}") from exc
+        finally:
+            with contextlib.suppress(*self._error_types):
+                self._unlock(keys=[self.lock_key], args=[token])
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._redis.close()
+
+
 # -- the guard's detector ---------------------------------------------------------------------------
 
 
@@ -381,7 +477,8 @@ class GuardDetector:
         tap: where embeddings come from (:class:`FeatureTap`); None: fingerprints only (the
             features the guard passes to :meth:`observe` are the abstainer's, the penultimate
             layer's at best, where different inputs of one class collapse together: not used).
-        log: the shared state (:class:`SqliteDetectorLog`); None: this process only.
+        log: the shared state (:class:`SqliteDetectorLog`, :class:`RedisDetectorLog`); None:
+            this process only.
         clock: wall-clock seconds (shared by the workers of a host).
     """
 
@@ -392,7 +489,7 @@ class GuardDetector:
         modality: str,
         *,
         tap: FeatureTap | None = None,
-        log: SqliteDetectorLog | None = None,
+        log: SqliteDetectorLog | RedisDetectorLog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         policy = DetectionPolicy(
@@ -554,6 +651,7 @@ __all__ = [
     "ACTIONS",
     "FeatureTap",
     "GuardDetector",
+    "RedisDetectorLog",
     "SqliteDetectorLog",
     "calibrate_threshold",
     "default_embedding_layer",
