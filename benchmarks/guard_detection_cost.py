@@ -11,6 +11,7 @@ Every process sends ``--requests`` requests: 40 keys, each a near-duplicate stre
 digit (noise σ 0.03), interleaved. Run from the repository root::
 
     python benchmarks/guard_detection_cost.py [--requests 2000] [--weights PATH]
+        [--redis-url redis://127.0.0.1:6379/0 [--only-redis]]   # also the redis backend
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def build(folder: Path, weights: Path, detection: dict[str, Any], backend: str) -> Any:
+    """The served model and its guard; ``backend`` ``redis://...`` means the redis backend."""
     from robustops.serve import ServeTarget, guard_for, prepare_state, served_model
 
     spec = yaml.safe_load((ROOT / "configs/mnist.yaml").read_text())
@@ -40,7 +42,11 @@ def build(folder: Path, weights: Path, detection: dict[str, Any], backend: str) 
     spec["serve"] = {
         "state_dir": str(folder / "state"),
         "keys": str(folder / "keys.db"),
-        "state": {"backend": backend},
+        "state": (
+            {"backend": "redis", "redis_url": backend}
+            if backend.startswith("redis://")
+            else {"backend": backend}
+        ),
         "detection": detection,
     }
     path = folder / "spec.yaml"
@@ -91,6 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--weights", type=Path, default=ROOT / "artifacts/mnist_small_cnn.safetensors")
+    ap.add_argument("--redis-url", default=None, help="also measure the redis backend")
+    ap.add_argument("--only-redis", action="store_true", help="skip the other set-ups")
     ap.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks/results/guard_detection_cost.json"
     )
@@ -101,27 +109,35 @@ def main() -> None:
         ("embeddings", {}, "memory"),
         ("shared-1", {}, "sqlite"),
     ]
+    if args.only_redis:
+        setups = []
+    if args.redis_url:
+        setups.append(("redis-1", {}, args.redis_url))
     for name, detection, backend in setups:
         folder = Path(tempfile.mkdtemp(prefix=f"detcost-{name}-"))
         results[name] = timed(folder, args.weights, detection, backend, args.requests, 0)
         print(name, json.dumps(results[name]), flush=True)
-    folder = Path(tempfile.mkdtemp(prefix="detcost-shared-2-"))
-    ctx = mp.get_context("spawn")
-    barrier, queue = ctx.Barrier(2), ctx.Queue()
-    build(folder, args.weights, {}, "sqlite")  # the spec, secret and state file, made once
-    procs = [
-        ctx.Process(
-            target=timed,
-            args=(folder, args.weights, {}, "sqlite", args.requests, s, barrier, queue),
-        )
-        for s in (1, 2)
-    ]
-    for p in procs:
-        p.start()
-    results["shared-2"] = [queue.get() for _ in procs]
-    for p in procs:
-        p.join()
-    print("shared-2", json.dumps(results["shared-2"]), flush=True)
+    pairs = [] if args.only_redis else [("shared-2", "sqlite")]
+    if args.redis_url:
+        pairs.append(("redis-2", args.redis_url))
+    for name, backend in pairs:
+        folder = Path(tempfile.mkdtemp(prefix=f"detcost-{name}-"))
+        ctx = mp.get_context("spawn")
+        barrier, queue = ctx.Barrier(2), ctx.Queue()
+        build(folder, args.weights, {}, backend)  # the spec, secret and state, made once
+        procs = [
+            ctx.Process(
+                target=timed,
+                args=(folder, args.weights, {}, backend, args.requests, s, barrier, queue),
+            )
+            for s in (1, 2)
+        ]
+        for p in procs:
+            p.start()
+        results[name] = [queue.get() for _ in procs]
+        for p in procs:
+            p.join()
+        print(name, json.dumps(results[name]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "args": vars(args)}, indent=2, default=str))
 
