@@ -150,7 +150,14 @@ def guard_for(served: Served, *, detector: Detector | None = None) -> Guard:
         tap = None
         secret = detector_secret(config.state_dir)
         if det.embedding != "off" and served.module is not None and model.modality != "text":
-            tap = FeatureTap(served.module, det.embedding_layer, dim=det.embedding_dim, seed=secret)
+            try:
+                tap = FeatureTap(
+                    served.module, det.embedding_layer, dim=det.embedding_dim, seed=secret
+                )
+            except SpecError:
+                if det.embedding_layer is not None:  # a named layer that is not there
+                    raise
+                tap = None  # no nn.Linear to read: fingerprints only
         if isinstance(detector, GuardDetector):
             detector.attach(tap)  # the new model's features; the per-key state goes on
         elif detector is None:

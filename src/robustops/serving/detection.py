@@ -201,7 +201,8 @@ def calibrate_threshold(
     between the pairs of distinct rows of ``embeddings`` ``(n, d)`` (unit rows of held-out
     clean inputs) in the same group (``groups`` ``(n,)``, e.g. the predicted class: the closest
     pairs of different inputs, what a client sending many inputs of one class produces; all
-    pairs without groups), so that about ``pair_rate`` of such pairs match."""
+    pairs without groups, or when no group has two), so that about ``pair_rate`` of such pairs
+    match."""
     e = np.asarray(embeddings, dtype=np.float64)
     if e.ndim != 2 or e.shape[0] < 2:
         raise SpecError.single("calibration", "needs at least 2 held-out inputs")
@@ -210,8 +211,8 @@ def calibrate_threshold(
     if groups is not None:
         g = np.asarray(groups)
         pair &= g[:, None] == g[None, :]
-    if not pair.any():
-        raise SpecError.single("calibration", "no pair of held-out inputs in one group")
+    if not pair.any():  # no two inputs share a group: all pairs
+        pair = np.triu(np.ones(sims.shape, dtype=bool), k=1)
     return float(min(np.quantile(sims[pair], 1.0 - pair_rate), 1.0))
 
 
@@ -370,7 +371,7 @@ class RedisDetectorLog:
         self.keep_rows, self.lock_ms, self.timeout = keep_rows, lock_ms, timeout
         self.errors = 0
         self.last_id = b"0-0"
-        self._redis = client or redis.Redis.from_url(
+        self._redis: Any = client or redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._unlock = self._redis.register_script(_REDIS_UNLOCK)
@@ -413,7 +414,7 @@ class RedisDetectorLog:
                 pipe = self._redis.pipeline(transaction=False)
                 for r in mine:
                     q = r.query
-                    fields = {
+                    fields: dict[bytes, Any] = {
                         b"key": r.key.encode(),
                         b"stamp": repr(r.stamp),
                         b"length": q.length,
@@ -553,7 +554,10 @@ class GuardDetector:
         emb = self.tap.take(int(held_out.shape[0]))
         assert emb is not None, f"{self.tap.layer!r} did not run"
         classes = logits.argmax(dim=1).cpu().numpy()
-        tau = calibrate_threshold(emb, self.config.embedding_pair_rate, classes)
+        if emb.shape[0] >= 2:
+            tau = calibrate_threshold(emb, self.config.embedding_pair_rate, classes)
+        else:  # nothing to calibrate on: the library default
+            tau = DetectorConfig.embedding_threshold
         if self.config.embedding_threshold is not None:
             tau_used = float(self.config.embedding_threshold)
         else:
