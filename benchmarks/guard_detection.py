@@ -81,7 +81,9 @@ def free_port() -> int:
 class Server:
     """``robustops serve`` on a free loopback port, from a copy of configs/mnist.yaml."""
 
-    def __init__(self, folder: Path, weights: Path, workers: int = 1) -> None:
+    def __init__(
+        self, folder: Path, weights: Path, workers: int = 1, detection: str = "default"
+    ) -> None:
         spec = yaml.safe_load((ROOT / "configs/mnist.yaml").read_text())
         spec["model"]["weights"] = str(weights.resolve())
         spec["train"]["out"] = str(folder / "unused.safetensors")
@@ -90,7 +92,10 @@ class Server:
             "keys": str(folder / "keys.db"),
             "state_dir": str(folder / "state"),
             "limits": {"rate_per_second": 100000, "burst": 100000},
+            "request_log": str(folder / "requests"),
         }
+        if detection == "fingerprints":  # the guard before embeddings and shared state
+            spec["serve"]["detection"] = {"embedding": "off", "shared": False}
         self.spec_path = folder / "spec.yaml"
         self.spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
         self.keys = KeyStore(folder / "keys.db")
@@ -277,8 +282,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     idx = ok.nonzero().squeeze(1).tolist()
     out: dict[str, Any] = {"model": {"test_accuracy": float(ok.float().mean())}}
     folder = Path(tempfile.mkdtemp(prefix="guard-detection-"))
-    server = Server(folder, args.weights, workers=1)
-    out["server"] = {"workers": 1, "startup_seconds": server.startup_seconds}
+    server = Server(folder, args.weights, workers=args.workers, detection=args.detection)
+    out["server"] = {"workers": args.workers, "startup_seconds": server.startup_seconds}
     try:
         # one benign digit first: the served labels agree with the local model
         probe = Probe(server.url, server.key("check"), [], output="labels")
@@ -465,6 +470,13 @@ def main() -> None:
     ap.add_argument("--adaptive", type=int, default=25)
     ap.add_argument("--weights", type=Path, default=ROOT / "artifacts/mnist_small_cnn.safetensors")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
+    ap.add_argument(
+        "--detection",
+        choices=["default", "fingerprints"],
+        default="default",
+        help="fingerprints: embeddings and shared state off (the guard before them)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/guard_detection.json")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()

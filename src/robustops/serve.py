@@ -35,7 +35,13 @@ from robustops.serving.abstention import fit_abstainer
 from robustops.serving.app import create_app
 from robustops.serving.config import ServeConfig
 from robustops.serving.dashboard import DashboardStore
-from robustops.serving.detection import GuardDetector, detector_secret
+from robustops.serving.detection import (
+    FeatureTap,
+    GuardDetector,
+    RedisDetectorLog,
+    SqliteDetectorLog,
+    detector_secret,
+)
 from robustops.serving.follow import AliasFollower, GuardSlot, VersionRef
 from robustops.serving.guard import Detector, Guard
 from robustops.serving.keys import KeyStore
@@ -139,10 +145,26 @@ def guard_for(served: Served, *, detector: Detector | None = None) -> Guard:
     replaces, keeping its per-key state; else a new one) and, when enabled, its abstainer
     fitted on the data (the conformal threshold on the test split's last held-out samples)."""
     config, data, model = served.config, served.data, served.model
-    if detector is None and config.detection.enabled:
-        detector = GuardDetector(
-            config.detection, detector_secret(config.state_dir), model.modality
-        )
+    det = config.detection
+    if det.enabled:
+        tap = None
+        secret = detector_secret(config.state_dir)
+        if det.embedding != "off" and served.module is not None and model.modality != "text":
+            try:
+                tap = FeatureTap(
+                    served.module, det.embedding_layer, dim=det.embedding_dim, seed=secret
+                )
+            except SpecError:
+                if det.embedding_layer is not None:  # a named layer that is not there
+                    raise
+                tap = None  # no nn.Linear to read: fingerprints only
+        if isinstance(detector, GuardDetector):
+            detector.attach(tap)  # the new model's features; the per-key state goes on
+        elif detector is None:
+            detector = GuardDetector(det, secret, model.modality, tap=tap, log=detector_log(config))
+        if isinstance(detector, GuardDetector) and detector.uses_embeddings:
+            assert not isinstance(data, TextDataset)  # text models get no tap
+            detector.calibrate(data.x_test[-det.calibration_samples :])
     abstainer = None
     ab = config.abstention
     if ab.enabled:
@@ -159,6 +181,20 @@ def guard_for(served: Served, *, detector: Detector | None = None) -> Guard:
 def state_path(config: ServeConfig) -> Path:
     """The SQLite state file: ``serve.state.path``, or ``<state_dir>/state.db``."""
     return Path(config.state.path or Path(config.state_dir) / "state.db")
+
+
+def detector_log(config: ServeConfig) -> SqliteDetectorLog | RedisDetectorLog | None:
+    """The detector's shared state (with ``detection.shared``): with the sqlite backend a
+    table in ``<state file stem>.detector.db`` next to the rate-limit state, with redis a
+    stream in the same Redis; with memory None (one worker keeps its own)."""
+    if not config.detection.shared or config.state.backend == "memory":
+        return None
+    if config.state.backend == "redis":
+        assert config.state.redis_url is not None  # StateConfig requires it
+        return RedisDetectorLog(config.state.redis_url, keep_rows=config.detection.shared_rows)
+    return SqliteDetectorLog(
+        state_path(config).with_suffix(".detector.db"), keep_rows=config.detection.shared_rows
+    )
 
 
 def limiter_for(config: ServeConfig, workers: int | None = None) -> Limiter:
@@ -187,6 +223,8 @@ def prepare_state(config: ServeConfig, workers: int) -> None:
     workers, make (or replace a damaged) SQLite state file, make sure Redis answers."""
     if config.state.backend == "sqlite":
         SqliteLimiter.prepare(state_path(config))
+        if config.detection.enabled and config.detection.shared:
+            SqliteDetectorLog.prepare(state_path(config).with_suffix(".detector.db"))
         return
     limiter = limiter_for(config, workers)
     if isinstance(limiter, RedisLimiter):

@@ -106,6 +106,7 @@ __all__ = [
     "DetectionPolicy",
     "DetectorConfig",
     "Fingerprinter",
+    "PreparedQuery",
     "QueryDecision",
     "QueryDetector",
 ]
@@ -378,6 +379,17 @@ class QueryDecision:
         return ACTIONS.index(self.action)
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedQuery:
+    """One query reduced to what the detector keeps (:meth:`QueryDetector.prepare`): the
+    fingerprint's sketch ``(sketch_bits / 64,)`` uint64, the fingerprint's length and the unit
+    embedding (``None`` without embeddings)."""
+
+    sketch: U64
+    length: int
+    emb: npt.NDArray[np.float32] | None
+
+
 class _KeyState:
     """Ring buffers of one key's recent queries (see the module docstring). Guarded by ``lock``."""
 
@@ -462,6 +474,9 @@ class QueryDetector:
             else (embed is not None or embedding_dim is not None)
         )
         self._dim = embedding_dim
+        self.embedding_threshold = float(self.config.embedding_threshold)
+        """The cosine similarity at which embeddings match (``config.embedding_threshold``
+        unless set since, e.g. calibrated on held-out data)."""
         self._clock = clock
         self._words = self.config.sketch_bits // 64
         self._states: OrderedDict[str, _KeyState] = OrderedDict()
@@ -590,6 +605,75 @@ class QueryDetector:
         with st.lock:
             return self._decide(key, st, sketch, int(fp.size), emb, t)
 
+    # -- prepared queries (shared state) -------------------------------------------------------
+
+    def prepare(self, x: Any, *, embedding: Any = None, text: bool = False) -> PreparedQuery:
+        """The part of :meth:`observe` that needs no key state: the query's fingerprint sketch,
+        its length and its unit embedding. Feed it to :meth:`decide_prepared` (this worker's
+        query) or :meth:`replay` (a query another worker decided)."""
+        fp = self.fingerprinter.text(x) if text else self.fingerprinter.tensor(x)
+        emb = self._embedding(x, embedding)
+        if emb is not None:
+            with self._lock:
+                if self._dim is None:
+                    self._dim = int(emb.size)
+            if emb.size != self._dim:
+                raise SpecError.single(
+                    "embedding", f"has {emb.size} values, the detector uses {self._dim}"
+                )
+        return PreparedQuery(self._sketch(fp), int(fp.size), emb)
+
+    def decide_prepared(
+        self, key: str, q: PreparedQuery, *, now: float, extra_level: int = 0
+    ) -> QueryDecision:
+        """As :meth:`observe` for a :meth:`prepare`-d query at time ``now``; ``extra_level``
+        (a severity from another signal, e.g. a cross-key count) is a floor of the query's own
+        level and holds like it."""
+        if not math.isfinite(now):
+            raise SpecError.single("now", f"must be finite, got {now!r}")
+        st = self._state(key)
+        with st.lock:
+            return self._decide(key, st, q.sketch, q.length, q.emb, now, extra_level)
+
+    def hold(self, key: str) -> tuple[int, float]:
+        """The key's hold: ``(level, until)`` (``(0, -inf)`` for an unknown key)."""
+        with self._lock:
+            st = self._states.get(key)
+        if st is None:
+            return 0, -math.inf
+        with st.lock:
+            return st.hold_level, float(st.hold_until)
+
+    def replay(
+        self, key: str, q: PreparedQuery, *, now: float, hold_level: int, hold_until: float
+    ) -> None:
+        """Record a query of ``key`` decided elsewhere (another worker) without deciding: it
+        joins the key's window, and the key's hold becomes ``(hold_level, hold_until)``, the
+        hold that worker left. Constant work: a row write."""
+        st = self._state(key)
+        with st.lock:
+            st.grow(self.config.history)
+            self._record(st, q.sketch, q.length, q.emb, now)
+            st.hold_level, st.hold_until = int(hold_level), float(hold_until)
+
+    def _record(
+        self,
+        st: _KeyState,
+        sketch: U64,
+        length: int,
+        emb: npt.NDArray[np.float32] | None,
+        now: float,
+    ) -> int:
+        """Overwrite the oldest slot of ``st`` with the query; the slot."""
+        slot = st.sent % st.capacity
+        st.sketch[slot] = sketch
+        st.length[slot] = length
+        st.stamp[slot] = now
+        if st.emb is not None and emb is not None and emb.size == st.emb.shape[1]:
+            st.emb[slot] = emb
+        st.sent += 1
+        return slot
+
     def _decide(
         self,
         key: str,
@@ -598,6 +682,7 @@ class QueryDetector:
         length: int,
         emb: npt.NDArray[np.float32] | None,
         now: float,
+        extra_level: int = 0,
     ) -> QueryDecision:
         """Compare with every slot of ``st`` (constant work for its capacity), record, decide."""
         cfg = self.config
@@ -613,23 +698,17 @@ class QueryDetector:
         ).astype(np.int32)
         fp_match = (shared >= need) & live & (st.length > 0) & (length > 0)
         if emb is not None and st.emb is not None:
-            emb_match = (st.emb @ emb >= cfg.embedding_threshold) & live
+            emb_match = (st.emb @ emb >= self.embedding_threshold) & live
         else:
             emb_match = np.zeros_like(fp_match)
         n_fp = int(fp_match.sum())
         n_emb = int(emb_match.sum())
         n_any = int((fp_match | emb_match).sum())
         # record: overwrite the oldest slot (slots fill in order, then wrap)
-        slot = st.sent % st.capacity
-        st.sketch[slot] = sketch
-        st.length[slot] = length
-        st.stamp[slot] = now
-        if st.emb is not None and emb is not None:
-            st.emb[slot] = emb
-        st.sent += 1
+        slot = self._record(st, sketch, length, emb, now)
         held = int(live.sum()) + 1 - int(live[slot])
         # policy
-        level = cfg.policy.level(n_any)
+        level = max(cfg.policy.level(n_any), extra_level)
         if level >= 2:
             base = st.hold_level if st.hold_until > now else 0
             st.hold_level = max(base, level)

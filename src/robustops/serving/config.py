@@ -49,9 +49,11 @@ class StateConfig(StrictModel):
 class DetectionConfig(StrictModel):
     """The stateful attack-in-progress detector, per API key
     (:class:`robustops.defenses.detection.QueryDetector`): a query that nearly duplicates
-    ``*_at`` or more of the key's recent queries is logged, flagged (``flagged: true`` in the
-    answer), throttled (the same 429 as a rate limit) or blocked (403). ``null`` disables an
-    action. State is per worker process."""
+    ``*_at`` or more of the key's recent queries (by fingerprint or embedding) is logged,
+    flagged (``flagged: true`` in the answer), throttled (the same 429 as a rate limit) or
+    blocked (403); one whose embedding is close to ``cross_key_*_at`` or more recent queries of
+    any key likewise. ``null`` disables an action. With the ``sqlite`` state backend the
+    workers share the state (:mod:`robustops.serving.detection`)."""
 
     enabled: bool = True
     log_at: int | None = Field(default=1, ge=1)
@@ -69,6 +71,49 @@ class DetectionConfig(StrictModel):
     )
     history: int = Field(default=128, ge=1, description="recent queries held per key")
     max_keys: int = Field(default=4096, ge=1, description="keys held at once (LRU beyond)")
+    embedding: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: embedding similarity on the input of the model's first nn.Linear "
+        "(torch image and table models), captured during the forward pass; off: fingerprints "
+        "only",
+    )
+    embedding_layer: str | None = Field(
+        default=None, description="the submodule whose input is the embedding (default: the "
+        "first nn.Linear)"
+    )  # fmt: skip
+    embedding_dim: int = Field(
+        default=256, ge=8, le=4096, description="values of the random projection of the features"
+    )
+    embedding_threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="cosine at which two embeddings match; null: calibrated at start-up",
+    )
+    embedding_pair_rate: float = Field(
+        default=0.001,
+        gt=0.0,
+        lt=0.5,
+        description="calibration: the share of pairs of distinct held-out inputs that match",
+    )
+    calibration_samples: int = Field(
+        default=500, ge=20, description="held-out test inputs the threshold is calibrated on"
+    )
+    cross_key_window: int = Field(
+        default=256, ge=1, description="recent queries of all keys the cross-key signal scans"
+    )
+    cross_key_flag_at: int | None = Field(
+        default=10, ge=1, description="flag at this many similar recent queries of other keys"
+    )
+    cross_key_throttle_at: int | None = Field(default=None, ge=1)
+    cross_key_block_at: int | None = Field(default=None, ge=1)
+    shared: bool = Field(
+        default=True,
+        description="share the state across workers through the sqlite state backend",
+    )
+    shared_rows: int = Field(
+        default=50_000, ge=1000, description="recent queries the shared state keeps"
+    )
 
 
 class AbstentionConfig(StrictModel):
