@@ -475,7 +475,10 @@ def run_lifecycle(
                 tl.mark(
                     "serve", f"{traffic.sent} benign requests: the monitor calibrated on {calib}"
                 )
-                summary["attack"] = _attack(url, keys.attacker, x_test[:8], y_test[:8], tl)
+                # The attacker's own digits: the benign clients send test images 0-499.
+                summary["attack"] = _attack(
+                    url, keys.attacker, x_test[600:608], y_test[600:608], tl
+                )
                 alert = wait_for("the monitor's alert", lambda: hook.alerts[:1], 60, 0.2)[0]
                 tl.mark(
                     "alert",
