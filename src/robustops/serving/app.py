@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -39,8 +39,19 @@ from robustops.serving.dashboard import PAGE, PAGE_HEADERS, DashboardStore, dash
 from robustops.serving.follow import GuardSlot
 from robustops.serving.guard import Guard, Outcome, batch_stats, input_digest
 from robustops.serving.keys import KeyInfo, KeyStore
-from robustops.serving.limits import Limiter, LimiterUnavailable
-from robustops.serving.metrics import GuardMetrics, ObserveMiddleware, note_outcome
+from robustops.serving.limits import (
+    AUTH_PREFIX,
+    ClientAddresses,
+    Limiter,
+    LimiterUnavailable,
+    RefundableLimiter,
+)
+from robustops.serving.metrics import (
+    GuardMetrics,
+    ObserveMiddleware,
+    note_outcome,
+    note_refusal,
+)
 from robustops.serving.requestlog import RequestLog, dumps
 from robustops.serving.validation import Batch, InvalidRequest, request_schema
 
@@ -138,6 +149,7 @@ def create_app(
     metrics: GuardMetrics | None = None,
     store: DashboardStore | None = None,
     request_log: RequestLog | None = None,
+    auth_limiter: RefundableLimiter | None = None,
     on_startup: Sequence[Callable[[], None]] = (),
     on_shutdown: Sequence[Callable[[], None]] = (),
 ) -> FastAPI:
@@ -146,7 +158,11 @@ def create_app(
     swaps). ``metrics`` default to this worker's (multiprocess when prometheus-client is in that
     mode); ``store`` (the dashboard's flagged keys and readings) to one in memory;
     ``request_log`` to none (stderr only; ``robustops serve`` gives the file of
-    ``serve.request_log``). ``on_startup`` and ``on_shutdown`` run when the worker's lifespan
+    ``serve.request_log``). ``auth_limiter`` (none: no limit) holds each client address's
+    bucket of failed authentications (``limits.auth_failures_per_minute``; the address from
+    ``limits.trusted_proxies``' X-Forwarded-For or the peer): an attempt that needs a key
+    derivation takes a token first, a valid key gives it back, and an address whose bucket is
+    empty gets 429 with ``Retry-After`` before any derivation. ``on_startup`` and ``on_shutdown`` run when the worker's lifespan
     starts and ends (e.g. an alias follower's thread)."""
     slot = guard if isinstance(guard, GuardSlot) else GuardSlot(guard)
     first = slot.guard
@@ -189,23 +205,67 @@ def create_app(
         log.info(line)
         files.write(line)
 
-    async def client(
-        authorization: Annotated[str | None, Header()] = None,
-        x_api_key: Annotated[str | None, Header()] = None,
-    ) -> KeyInfo:
-        presented = x_api_key
-        if authorization and authorization.lower().startswith("bearer "):
+    addresses = ClientAddresses(cfg.limits.trusted_proxies)
+    quiet = _Quieter()
+
+    def refuse_address(request: Request, address: str, retry: float) -> None:
+        """Count and log (at most every 10 s per address) a request refused for too many
+        failed authentications from ``address``; raise its 429."""
+        metrics.auth_failures.labels("limited").inc()
+        note_refusal(request, "auth-limited")
+        seconds = max(1, math.ceil(retry))
+        suppressed = quiet.due(address)
+        if suppressed is not None:
+            files.event(
+                {
+                    "event": "auth-limited",
+                    "ts": time.time(),
+                    "client": address,
+                    "path": request.url.path,
+                    "retry_after": seconds,
+                    "refused_since_last_line": suppressed,
+                },
+                error=True,
+            )
+        raise HTTPException(429, "too many failed authentications", {"Retry-After": str(seconds)})
+
+    async def client(request: Request) -> KeyInfo:
+        # The headers are read here rather than declared as FastAPI Header() parameters
+        # (documented through _AUTH_PARAMETERS): no per-request parameter validation.
+        headers = request.headers
+        presented = headers.get("x-api-key")
+        authorization = headers.get("authorization")
+        if authorization and authorization[:7].lower() == "bearer ":
             presented = authorization[7:].strip()
         # A key this worker verified recently is answered here; anything else (one scrypt
         # derivation, a database read) goes to the thread pool, off the event loop.
         info = keys.cached(presented)
-        if info is None:
+        if info is not None:
+            return info
+        if keys.remembered(presented):  # verified here before: a re-check, no derivation
             info = await run_in_threadpool(keys.verify, presented)
+        else:
+            # Every attempt that may cost a derivation takes a token from its address's
+            # bucket first (so concurrent attempts cannot overrun it); a valid key gives
+            # it back.
+            address = addresses.of(request.scope) if auth_limiter is not None else ""
+            if auth_limiter is not None:
+                try:
+                    ok, retry = auth_limiter.acquire(AUTH_PREFIX + address)
+                except LimiterUnavailable:  # fail closed, as the rate limit does
+                    raise HTTPException(503, "busy", {"Retry-After": "1"}) from None
+                if not ok:
+                    refuse_address(request, address, retry)
+            info = await run_in_threadpool(keys.verify, presented)
+            if info is not None and auth_limiter is not None:
+                with contextlib.suppress(LimiterUnavailable):
+                    auth_limiter.refund(AUTH_PREFIX + address)
         if info is None:
+            metrics.auth_failures.labels("unauthorized").inc()
             raise HTTPException(401, "a valid API key is required", {"WWW-Authenticate": "Bearer"})
         return info
 
-    def admin(key: Annotated[KeyInfo, Depends(client)]) -> KeyInfo:
+    async def admin(key: Annotated[KeyInfo, Depends(client)]) -> KeyInfo:
         if key.role != "admin":
             raise HTTPException(403, "an admin key is required")
         return key
@@ -219,7 +279,11 @@ def create_app(
         described = slot.current[1]
         return {"status": "ready", "model": described["version"] or described["name"]}
 
-    @app.get("/v1/model", responses={401: {"description": "no valid API key"}})
+    @app.get(
+        "/v1/model",
+        responses={401: {"description": "no valid API key"}, 429: _AUTH_LIMITED},
+        openapi_extra={"parameters": _AUTH_PARAMETERS},
+    )
     def model_info(key: Annotated[KeyInfo, Depends(client)]) -> dict[str, Any]:
         return slot.current[1]
 
@@ -231,14 +295,18 @@ def create_app(
             403: {"description": "forbidden"},
             413: {"description": "body too large"},
             422: {"description": "invalid body; `detail` names each field"},
-            429: {"description": "rate limit exceeded; see Retry-After"},
+            429: {
+                "description": "rate limit exceeded, or too many failed authentications from "
+                "this address; see Retry-After"
+            },
             503: {"description": "busy; see Retry-After"},
         },
         openapi_extra={
+            "parameters": _AUTH_PARAMETERS,
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": body_schema}},
-            }
+            },
         },
     )
     async def predict(request: Request, key: Annotated[KeyInfo, Depends(client)]) -> JSONResponse:
@@ -314,7 +382,9 @@ def create_app(
             200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
             401: {"description": "no valid API key"},
             403: {"description": "not an admin key"},
+            429: _AUTH_LIMITED,
         },
+        openapi_extra={"parameters": _AUTH_PARAMETERS},
     )
     def prometheus_metrics(key: Annotated[KeyInfo, Depends(admin)]) -> Response:
         """Prometheus text exposition of the service's metrics (an admin key)."""
@@ -330,7 +400,9 @@ def create_app(
         responses={
             401: {"description": "no valid API key"},
             403: {"description": "not an admin key"},
+            429: _AUTH_LIMITED,
         },
+        openapi_extra={"parameters": _AUTH_PARAMETERS},
     )
     def dashboard_json(key: Annotated[KeyInfo, Depends(admin)]) -> JSONResponse:
         """The dashboard's figures, merged over the workers (an admin key)."""
@@ -338,6 +410,47 @@ def create_app(
         return JSONResponse(dashboard_data(metrics, store), headers=headers)
 
     return app
+
+
+_AUTH_PARAMETERS = [
+    {
+        "name": "authorization",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Bearer API_KEY (or give the key in X-API-Key)",
+    },
+    {
+        "name": "x-api-key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "the API key",
+    },
+]
+_AUTH_LIMITED = {"description": "too many failed authentications from this address"}
+
+
+class _Quieter:
+    """When to write a log line about an address: at most every ``seconds`` per address,
+    with the count of the ones left out since (a flood gets a line, not a line a request)."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def due(self, address: str) -> int | None:
+        """How many were left out since the last line of ``address`` when a line is due now,
+        else None."""
+        now = time.monotonic()
+        last = self._last.get(address)
+        if last is not None and now - last[0] < self.seconds:
+            self._last[address] = (last[0], last[1] + 1)
+            return None
+        if len(self._last) > 10_000:
+            self._last.clear()
+        self._last[address] = (now, 0)
+        return last[1] if last is not None else 0
 
 
 def _release(slots: asyncio.Semaphore, task: asyncio.Future[Any]) -> None:

@@ -14,7 +14,8 @@ before the handler, 401 and 413, count too):
 
 - ``robustops_guard_requests_total{status,decision,action}``: ``decision`` is ``predict`` or
   ``abstain`` (any input abstained) when the model ran, else why not: ``unauthorized``,
-  ``too-large``, ``rate-limited``, ``invalid``, ``busy``, ``forbidden`` or ``error``;
+  ``too-large``, ``rate-limited``, ``auth-limited`` (too many failed authentications from the
+  client's address), ``invalid``, ``busy``, ``forbidden`` or ``error``;
   ``action`` is the detector's (``ok``, ``log``, ``flag``, ``throttle``, ``block``), ``none``
   when the model did not run.
 - ``robustops_guard_request_latency_seconds``: a histogram with buckets from 0.5 ms to 5 s.
@@ -27,6 +28,9 @@ before the handler, 401 and 413, count too):
   follows a registry alias; during a swap two versions may both be 1).
 - ``robustops_guard_model_swaps_total{result}``: alias-following checks that swapped the
   model (``ok``) or could not (``load-failed``, ``registry-unreachable``, ``check``).
+- ``robustops_guard_auth_failures_total{result}``: failed authentications on any route
+  (``unauthorized``: 401) and requests refused for too many of them from one client address
+  (``limited``: 429).
 - ``robustops_guard_request_log_errors_total``: request log lines that could not be written
   to the file (the request was answered anyway).
 
@@ -250,6 +254,13 @@ class GuardMetrics:
             "Request log lines that could not be written to the log file.",
             registry=reg,
         )
+        self.auth_failures = Counter(
+            f"{PREFIX}_auth_failures",
+            "Failed authentications (unauthorized: 401) and requests refused because their "
+            "client address made too many of them (limited: 429, before any key check).",
+            ["result"],
+            registry=reg,
+        )
         self.identity = _identity(identity)
         self.workers.set(1)
         self.model_info.labels(**self.identity).set(1)
@@ -268,11 +279,14 @@ class GuardMetrics:
         status: int,
         seconds: float,
         outcome: Outcome | None,
+        *,
+        decision: str | None = None,
     ) -> tuple[str, str]:
         """Count one prediction request that got ``status`` after ``seconds``; ``outcome`` is
-        the guard's when the model ran. Returns its ``(decision, action)`` labels."""
+        the guard's when the model ran; ``decision`` names a refusal the status does not (see
+        :func:`note_refusal`). Returns its ``(decision, action)`` labels."""
         if outcome is None:
-            decision = _REFUSED.get(status, "error" if status >= 500 else "other")
+            decision = decision or _REFUSED.get(status, "error" if status >= 500 else "other")
             action = "none"
         else:
             abstained = [p for p in outcome.predictions if p.decision == "abstain"]
@@ -375,6 +389,12 @@ def flag_categories(outcome: Outcome) -> list[str]:
     return sorted({reason_category(r) for r in outcome.flags} or {"unspecified"})
 
 
+def note_refusal(request: Request, decision: str) -> None:
+    """Tell :class:`ObserveMiddleware` why this request was refused before the handler ran
+    (its ``decision`` label, e.g. ``auth-limited``) when the status alone does not say it."""
+    request.state.robustops_refusal = decision
+
+
 def note_outcome(request: Request, key: str, outcome: Outcome) -> None:
     """Hand the guard's outcome of this request (and the key's name) to
     :class:`ObserveMiddleware`, which counts it once the answer is sent."""
@@ -408,9 +428,13 @@ class ObserveMiddleware:
         def count() -> None:
             nonlocal counted, observed
             counted = True
-            observed = (scope.get("state") or {}).get(_STATE_KEY)
+            state = scope.get("state") or {}
+            observed = state.get(_STATE_KEY)
             self.metrics.observe(
-                status, time.perf_counter() - started, observed[1] if observed else None
+                status,
+                time.perf_counter() - started,
+                observed[1] if observed else None,
+                decision=state.get("robustops_refusal"),
             )
 
         async def capture(message: Message) -> None:
