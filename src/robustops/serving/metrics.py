@@ -46,9 +46,11 @@ free text with numbers never becomes a label value.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -405,10 +407,49 @@ FlagSink = Any
 """Anything with ``record_flag(key, action, reasons)`` (the dashboard's store)."""
 
 
+class FlagBuffer:
+    """Collects flagged requests in memory (called on the event loop: no thread hop, no
+    database write per request) and hands them to ``sink`` in a thread, ``delay`` seconds
+    after the first one not yet written (:meth:`flush` writes them at once, e.g. before the
+    dashboard's data are read)."""
+
+    def __init__(self, sink: FlagSink, delay: float = 0.25) -> None:
+        self.sink, self.delay = sink, delay
+        self._pending: list[tuple[str, str, list[str]]] = []
+        self._lock = threading.Lock()  # the list
+        self._writing = threading.Lock()  # one flush at a time, in order
+        self._scheduled = False
+
+    def record_flag(self, key: str, action: str, reasons: list[str]) -> None:
+        """Keep one flagged request of ``key``; schedules a flush when none is (on the running
+        event loop; without one, writes at once)."""
+        with self._lock:
+            self._pending.append((key, action, reasons))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        loop.call_later(self.delay, lambda: loop.run_in_executor(None, self.flush))
+
+    def flush(self) -> None:
+        """Write every pending flag to the sink, oldest first."""
+        with self._writing:
+            with self._lock:
+                items, self._pending = self._pending, []
+                self._scheduled = False
+            for key, action, reasons in items:
+                self.sink.record_flag(key, action, reasons)
+
+
 class ObserveMiddleware:
     """ASGI middleware: times and counts every ``POST /v1/predict`` (whatever answered it),
     keeps the in-flight gauge, hands flagged requests' key, action and reason categories to
-    ``sink`` (off the response path, in a thread), and closes the metrics when the worker's
+    ``sink`` (a :class:`FlagBuffer` on the event loop; any other sink off the response path,
+    in a thread), and closes the metrics when the worker's
     lifespan ends."""
 
     def __init__(self, app: ASGIApp, metrics: GuardMetrics, sink: FlagSink | None = None) -> None:
@@ -457,9 +498,12 @@ class ObserveMiddleware:
                 count()
         if observed is not None and self.sink is not None and flagged(observed[1]):
             key, outcome = observed
-            await run_in_threadpool(
-                self.sink.record_flag, key, outcome.action, flag_categories(outcome)
-            )
+            if isinstance(self.sink, FlagBuffer):
+                self.sink.record_flag(key, outcome.action, flag_categories(outcome))
+            else:
+                await run_in_threadpool(
+                    self.sink.record_flag, key, outcome.action, flag_categories(outcome)
+                )
 
     def _lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
