@@ -26,6 +26,7 @@ def _stdlib(raw: bytes) -> Any:
         b'{"texts": ["a \\"quoted\\" word", "\\u00e9\\ud83d\\ude00"]}',
         b'{"rows": [{"age": 3, "income": 2.5}, {"age": 4, "income": 1}]}',
         b'{"inputs": [NaN, Infinity, -Infinity]}',  # not JSON; the stdlib reads it
+        b'{"inputs": [1e400, 1.0e-400, -0]}',  # orjson refuses the overflow; the stdlib: inf
         b'{"texts": ["\\ud800"]}',  # a lone surrogate
         b"\xef\xbb\xbf" + b'{"inputs": [1]}',  # a byte order mark
         '{"inputs": [1]}'.encode("utf-16"),

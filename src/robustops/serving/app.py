@@ -1,11 +1,12 @@
 """The guard as a FastAPI application.
 
-Request path of ``POST /v1/predict``: body-size cap (413) → API key (401; ``Authorization:
-Bearer KEY`` or ``X-API-Key: KEY``) → the key's rate limit (429 with ``Retry-After``) → the
-worker's concurrency cap (503) → validation (422 naming the field) → the :class:`Guard`
-(detect, predict, abstain) → one JSON log line. ``GET /healthz`` (the process is up),
-``/readyz`` (the model answers), ``/v1/model`` (identity and input contract; any key) and the
-OpenAPI schema at ``/openapi.json``.
+Request path of ``POST /v1/predict``: body-size cap (413) → failed authentications from the
+client's address (429 with ``Retry-After``, before any key derivation; every route that needs a
+key) → API key (401; ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) → the key's rate
+limit (429 with ``Retry-After``) → the worker's concurrency cap (503) → validation (422 naming
+the field) → the :class:`Guard` (detect, predict, abstain) → one JSON log line. ``GET
+/healthz`` (the process is up), ``/readyz`` (the model answers), ``/v1/model`` (identity and
+input contract; any key) and the OpenAPI schema at ``/openapi.json``.
 
 Every ``POST /v1/predict`` writes one JSON line (``event: predict``, fields in docs/guard.md)
 to stderr and, when a :class:`~robustops.serving.requestlog.RequestLog` is given, to this
@@ -190,8 +191,8 @@ def create_app(
     bucket of failed authentications (``limits.auth_failures_per_minute``; the address from
     ``limits.trusted_proxies``' X-Forwarded-For or the peer): an attempt that needs a key
     derivation takes a token first, a valid key gives it back, and an address whose bucket is
-    empty gets 429 with ``Retry-After`` before any derivation. ``on_startup`` and ``on_shutdown`` run when the worker's lifespan
-    starts and ends (e.g. an alias follower's thread)."""
+    empty gets 429 with ``Retry-After`` before any derivation. ``on_startup`` and
+    ``on_shutdown`` run when the worker's lifespan starts and ends (e.g. an alias follower's thread)."""
     slot = guard if isinstance(guard, GuardSlot) else GuardSlot(guard)
     first = slot.guard
     cfg = first.config
