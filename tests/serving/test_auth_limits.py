@@ -102,6 +102,23 @@ def test_a_refund_gives_one_token_back_up_to_the_burst(backend: str, tmp_path: P
     assert limiter.acquire("never-seen")[0]
 
 
+def test_memory_buckets_full_again_are_forgotten_past_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]
+    limiter = MemoryLimiter(1.0, 2, clock=lambda: clock[0])  # full again after 2 s
+    monkeypatch.setattr(MemoryLimiter, "_KEEP", 5)
+    for i in range(5):
+        limiter.acquire(f"old-{i}")
+    clock[0] = 10.0
+    limiter.acquire("new-0")  # 6 buckets: the 5 full ones are dropped
+    assert set(limiter._buckets) == {"new-0"}
+    for i in range(1, 6):
+        limiter.acquire(f"new-{i}")
+    assert len(limiter._buckets) == 6  # none is full again yet: all kept
+    assert [limiter.acquire("new-0")[0], limiter.acquire("new-0")[0]] == [True, False]
+
+
 def test_redis_refund_gives_one_token_back(redis_url: str) -> None:
     from robustops.serving.limits import RedisLimiter
 

@@ -145,13 +145,18 @@ def full_after(rate: float, burst: int) -> float:
 
 
 class MemoryLimiter:
-    """Token buckets in this process only (the ``memory`` state backend; one worker)."""
+    """Token buckets in this process only (the ``memory`` state backend; one worker). Past
+    ``_KEEP`` buckets (one per client address, for the failed-authentication limit), the ones
+    full again are forgotten, at most once a second."""
+
+    _KEEP = 10_000
 
     def __init__(self, rate: float, burst: int, clock: Clock = time.monotonic) -> None:
         self.rate, self.burst = rate, burst
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
+        self._pruned = -math.inf
 
     def acquire(self, key: str) -> tuple[bool, float]:
         """See :class:`Limiter`."""
@@ -160,6 +165,10 @@ class MemoryLimiter:
             tokens, stamp = self._buckets.get(key, (float(self.burst), now))
             ok, left, retry = take(tokens, stamp, now, self.rate, self.burst)
             self._buckets[key] = (left, now)
+            if len(self._buckets) > self._KEEP and now - self._pruned >= 1.0:
+                self._pruned = now
+                horizon = now - full_after(self.rate, self.burst)
+                self._buckets = {k: v for k, v in self._buckets.items() if v[1] >= horizon}
         return ok, retry
 
     def refund(self, key: str) -> None:
