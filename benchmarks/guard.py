@@ -4,8 +4,8 @@ a bare FastAPI route that calls it directly (guard off), 32 concurrent clients o
 Run from the repository root::
 
     python benchmarks/guard.py [--runs 3] [--duration 10] [--clients 32] [--think-ms 100]
-                               [--threads 1] [--client wrk|python]
-                               [--out benchmarks/results/guard.json]
+                               [--threads 1] [--client wrk|python] [--bodies 1000]
+                               [--state sqlite|memory] [--out benchmarks/results/guard.json]
     python benchmarks/guard.py --table-only
 
 Set-up, in a temporary folder: the reference ``small_cnn`` (width 16, hidden 64, as in
@@ -14,17 +14,23 @@ Set-up, in a temporary folder: the reference ``small_cnn`` (width 16, hidden 64,
 uvicorn worker on 127.0.0.1 with ``log_level="warning"`` and ``--threads`` torch threads:
 
 * **on**: ``robustops serve --spec SPEC`` with the spec's ``serve`` section: API key (verified
-  once, then cached), per-key token bucket (rate set far above the load), body cap,
-  concurrency cap, validation (shape, types, finite values, bounds), the model in the thread
-  pool, temperature-scaled softmax, the JSON response and one JSON log line per request
-  (stderr, to a file). The attack detector and the abstainer are not wired into
-  ``robustops serve`` yet, so their cost is not in these figures.
+  once, then cached), the failed-authentication limit per address, per-key token bucket (rate
+  set far above the load) in the ``--state`` backend (``sqlite``, the default of ``robustops
+  serve``, or ``memory``), body cap, concurrency cap, validation (shape, types, finite values,
+  bounds), the model in the thread pool, the attack detector (per-key fingerprints), the
+  energy abstainer (conformal threshold on 300 held-out samples), temperature-scaled softmax,
+  the JSON response, Prometheus metrics, one JSON log line per request on stderr (to a file)
+  and in the request log file, flagged requests in the dashboard's store.
 * **off**: :func:`bare_app` (this file, ``--serve-bare``): the same model object (built by the
   same :func:`robustops.serve.served_model`), ``POST /v1/predict`` parsing the JSON, making a
   tensor, running the model in the thread pool and answering label and confidence; nothing
   else.
 
-Each request carries one 28×28 test image (the client cycles through 64 of them). The load
+Each request carries one 28×28 test image; the client cycles through ``--bodies`` of them (1000
+by default: the whole test split, so a key's recent queries are not near-duplicates of each
+other, as from a benign client; with 64, as in the first runs, every image comes back within
+the detector's history of 128 queries and nearly every request is logged as a near-duplicate
+and written to the dashboard's store of flagged keys). The load
 is closed-loop: ``--clients`` keep-alive connections each sending the next request when the
 last is answered, for ``--duration`` seconds after a 2-second warm-up, by ``wrk`` (C; the
 ``python`` client, threads over ``http.client``, is the fallback and costs the 2 shared cores
@@ -68,7 +74,7 @@ from starlette.concurrency import run_in_threadpool
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
-SPEC: dict[str, Any] = {
+SPEC: dict[str, Any] = {  # "serve.state" is set from --state
     "name": "mnist-guard-bench",
     "seed": 0,
     "device": "cpu",
@@ -101,16 +107,29 @@ SPEC: dict[str, Any] = {
 
 WRK_SCRIPT = """
 local bodies = {}
+local keys = {}
 local i = 0
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
 init = function(args)
   for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+  for k in string.gmatch(args[2], "[^,]+") do
+    keys[#keys + 1] = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. k}
+  end
   wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Bearer " .. args[2]
 end
+-- request i of thread t: key i mod #keys, image (i + (t - 1) * #bodies / 2) mod #bodies, so a
+-- key's queries from both threads are different images (with #keys prime to #bodies, a key
+-- sees every image once before any comes back)
 request = function()
-  i = i % #bodies + 1
-  return wrk.format(nil, "/v1/predict", nil, bodies[i])
+  i = i + 1
+  local offset = ((tid or 1) - 1) * math.floor(#bodies / 2)
+  local b = (i + offset) % #bodies + 1
+  local k = i % #keys + 1
+  return wrk.format(nil, "/v1/predict", keys[k], bodies[b])
 end
 THINK
 done = function(summary, latency, requests)
@@ -186,10 +205,15 @@ def _env(threads: int) -> dict[str, str]:
     return env
 
 
-def prepare(workdir: Path, threads: int) -> tuple[Path, str, Path]:
-    """Train the model, make a key, write the request bodies; ``(spec, key, bodies file)``."""
+def prepare(
+    workdir: Path, threads: int, *, n_bodies: int = 1000, state: str = "sqlite", n_keys: int = 31
+) -> tuple[Path, str, Path]:
+    """Train the model, make ``n_keys`` API keys, write ``n_bodies`` request bodies (the first
+    test images); ``(spec, keys joined by commas, bodies file)``."""
     spec = workdir / "spec.yaml"
-    spec.write_text(yaml.safe_dump(SPEC))
+    doc = json.loads(json.dumps(SPEC))
+    doc["serve"]["state"] = {"backend": state}
+    spec.write_text(yaml.safe_dump(doc))
     env = _env(threads)
     started = time.perf_counter()
     subprocess.run(
@@ -209,9 +233,13 @@ def prepare(workdir: Path, threads: int) -> tuple[Path, str, Path]:
         text=True,
     )
     key = made.stdout.strip().splitlines()[-1]
+    from robustops.serving.keys import KeyStore
+
+    store = KeyStore(workdir / "guard" / "keys.db")
+    key = ",".join([key, *(store.add(f"bench-{i}") for i in range(1, n_keys))])
     from robustops.data import load_mnist_subset
 
-    images = load_mnist_subset().x_test[:64]
+    images = load_mnist_subset().x_test[:n_bodies]
     bodies = workdir / "bodies.jsonl"
     bodies.write_text(
         "".join(
@@ -306,12 +334,14 @@ def wrk_load(
 def python_load(port: int, key: str, bodies: Path, clients: int, seconds: float) -> dict[str, Any]:
     """The fallback client: ``clients`` threads, each a keep-alive ``http.client`` connection."""
     lines = bodies.read_bytes().splitlines()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    keys = key.split(",")
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     stop = time.perf_counter() + seconds
 
     def client(c: int) -> None:
+        headers = {"Authorization": f"Bearer {keys[c % len(keys)]}"}
+        headers["Content-Type"] = "application/json"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         i = c
         while time.perf_counter() < stop:
@@ -338,6 +368,7 @@ def python_load(port: int, key: str, bodies: Path, clients: int, seconds: float)
 def unloaded(port: int, key: str, bodies: Path, n: int = 300) -> dict[str, float]:
     """Latency of one client sending ``n`` requests one after another (ms): no queueing."""
     lines = bodies.read_bytes().splitlines()
+    key = key.split(",")[0]
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     out = []
@@ -410,6 +441,7 @@ def _in_process(spec: Path, key: str, bodies: Path, n: int, repeats: int) -> dic
         if isinstance(h, logging.StreamHandler):
             h.setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
     lines = bodies.read_bytes().splitlines()
+    key = key.split(",")[0]
     headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
 
     async def call(app: Any, body: bytes) -> None:
@@ -480,7 +512,9 @@ def _measure(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
     workdir = Path(tempfile.mkdtemp(prefix="guard-bench-"))
-    spec, key, bodies = prepare(workdir, args.threads)
+    spec, key, bodies = prepare(
+        workdir, args.threads, n_bodies=args.bodies, state=args.state, n_keys=args.keys
+    )
     saturate = wrk_script(workdir, 0)
     paced = wrk_script(workdir, args.think_ms)
     cpu_in_process = in_process(spec, key, bodies, args.threads)
@@ -507,9 +541,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for s in servers.values():
             s.stop()
-    lines = sum(
-        1 for x in (workdir / "on.log").read_text().splitlines() if x.startswith('{"event"')
-    )
+    logged = [
+        json.loads(x)
+        for x in (workdir / "on.log").read_text().splitlines()
+        if x.startswith('{"event":"predict"')
+    ]
+    lines = len(logged)
+    actions: dict[str, int] = {}
+    for r in logged:
+        actions[r["action"]] = actions.get(r["action"], 0) + 1
     med = {m: _medians(raw[m], idle[m]) for m in raw}
     paced_med = {m: _medians(think[m], idle[m]) for m in think if think[m]}
     on, off = med["on"], med["off"]
@@ -544,6 +584,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "paced_runs": think,
         "unloaded_runs": idle,
         "guard_log_lines": lines,
+        "detector_actions": dict(sorted(actions.items())),
+        "bodies": args.bodies,
+        "keys": args.keys,
+        "state": args.state,
         "load_average_before_after": [round(x, 2) for x in loads],
     }
 
@@ -567,7 +611,11 @@ def print_table(result: dict[str, Any]) -> None:
         for name, v in ip.items():
             print(f"| {name} | {v:.3f} | {v - ip['off']:+.3f} |")
         print()
-    print(f"client: {result['client']}; medians of {len(result['runs']['on'])} runs")
+    print(
+        f"client: {result['client']}; medians of {len(result['runs']['on'])} runs; "
+        f"{result.get('bodies', 64)} bodies; {result.get('keys', 1)} keys; state {result.get('state', 'memory')}; detector "
+        f"actions {result.get('detector_actions', '?')}"
+    )
     print(
         "| guard | throughput (req/s) | p50 (ms) | p99 (ms) | server CPU per request (ms) "
         "| unloaded p50 (ms) | unloaded p99 (ms) | errors |"
@@ -617,6 +665,21 @@ def main() -> None:
         help="a second series with this pause per client between requests (0: none)",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each server")
+    ap.add_argument(
+        "--bodies", type=int, default=1000, help="distinct test images the clients cycle through"
+    )
+    ap.add_argument(
+        "--keys",
+        type=int,
+        default=31,
+        help="API keys the wrk clients take turns with (prime to --bodies)",
+    )
+    ap.add_argument(
+        "--state",
+        choices=["sqlite", "memory"],
+        default="sqlite",
+        help="the guard's rate-limit state backend",
+    )
     ap.add_argument("--client", choices=["wrk", "python"], default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/guard.json")
     ap.add_argument("--table-only", action="store_true", help="print the table of --out")

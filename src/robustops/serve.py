@@ -50,6 +50,7 @@ from robustops.serving.limits import (
     LimiterUnavailable,
     MemoryLimiter,
     RedisLimiter,
+    RefundableLimiter,
     SqliteLimiter,
 )
 from robustops.serving.metrics import GuardMetrics
@@ -218,6 +219,24 @@ def limiter_for(config: ServeConfig, workers: int | None = None) -> Limiter:
     return SqliteLimiter(state_path(config), rate, burst)
 
 
+def auth_limiter_for(config: ServeConfig, workers: int | None = None) -> RefundableLimiter | None:
+    """The limit on failed authentications per client address
+    (``limits.auth_failures_per_minute``, None when it is null), in the same state backend
+    as the rate limit (so the workers share it), under its own bucket names."""
+    per_minute = config.limits.auth_failures_per_minute
+    if per_minute is None:
+        return None
+    rate, burst = per_minute / 60.0, config.limits.auth_failure_burst
+    backend = config.state.backend
+    if backend == "memory":
+        limiter_for(config, workers)  # refuses several workers
+        return MemoryLimiter(rate, burst)
+    if backend == "redis":
+        assert config.state.redis_url is not None
+        return RedisLimiter(config.state.redis_url, rate, burst)
+    return SqliteLimiter(state_path(config), rate, burst)
+
+
 def prepare_state(config: ServeConfig, workers: int) -> None:
     """Check the shared state before the workers start: refuse the memory backend with several
     workers, make (or replace a damaged) SQLite state file, make sure Redis answers."""
@@ -311,6 +330,7 @@ def build_app(target: ServeTarget) -> Any:
         metrics=metrics,
         store=store,
         request_log=request_log,
+        auth_limiter=auth_limiter_for(config),
         on_startup=starting,
         on_shutdown=stopping,
     )
@@ -350,6 +370,9 @@ def run(target: ServeTarget, *, host: str | None, port: int | None, workers: int
             port=port if port is not None else config.port,
             workers=n_workers,
             log_level="warning",
+            # The client address is the peer's unless serve.limits.trusted_proxies says
+            # otherwise (uvicorn would otherwise take X-Forwarded-For from 127.0.0.1).
+            proxy_headers=False,
         )
     finally:
         if fresh is not None:

@@ -5,15 +5,16 @@ Every limit is per request unless it says otherwise; sizes are bytes, rates requ
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from robustops.schema import StrictModel
 
 
 class LimitsConfig(StrictModel):
-    """Body size, per-key rate and global concurrency."""
+    """Body size, per-key rate, global concurrency and failed authentications per address."""
 
     max_body_bytes: int = Field(
         default=2_000_000, ge=1_024, description="a larger body is refused with 413"
@@ -26,6 +27,31 @@ class LimitsConfig(StrictModel):
     max_concurrency: int = Field(
         default=64, ge=1, description="requests in the model at once, per worker; more get 503"
     )
+    auth_failures_per_minute: float | None = Field(
+        default=30.0,
+        gt=0,
+        description="each client address's token bucket of failed authentications (refill "
+        "per minute); an address past it gets 429 before any key derivation; null: no limit",
+    )
+    auth_failure_burst: int = Field(
+        default=30, ge=1, description="failed authentications an address may make at once"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For "
+        "names the client (the last address in it that is not itself a trusted proxy); "
+        "empty: the peer's address is the client's",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
 
 
 class StateConfig(StrictModel):

@@ -131,6 +131,16 @@ class KeyStore:
             return hit[0]
         return None
 
+    def remembered(self, presented: str | None) -> bool:
+        """Whether this process verified ``presented`` before and still remembers it (maybe
+        for longer than ``cache_seconds``): :meth:`verify` then re-checks the row without a
+        key derivation."""
+        if not presented:
+            return False
+        digest = hashlib.sha256(presented.encode()).digest()
+        with self._lock:
+            return digest in self._cache
+
     def verify(self, presented: str | None) -> KeyInfo | None:
         """The owner of ``presented`` if it is an active key, else None (same work whether the
         id exists or not, so the answer's timing does not tell which ids exist)."""

@@ -32,12 +32,13 @@ down is no limit).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -55,8 +56,73 @@ class Limiter(Protocol):
         ...
 
 
+class RefundableLimiter(Limiter, Protocol):
+    """A limiter that can also give a token back (the failed-authentication limit charges
+    every attempt before the key derivation and refunds the ones that succeed)."""
+
+    def refund(self, key: str) -> None:
+        """Give one token back to ``key``'s bucket (never above ``burst``)."""
+        ...
+
+
 class LimiterUnavailable(RuntimeError):
     """The shared bucket store did not answer (locked too long, unreachable, broken)."""
+
+
+AUTH_PREFIX = "auth-failures@"
+"""Bucket names of the failed-authentication limit: ``auth-failures@<client address>`` (an API
+key's name cannot contain ``@``, so these never meet a key's bucket in a shared store)."""
+
+
+class ClientAddresses:
+    """The client address a request is charged to: the peer's, or, when the peer is one of
+    the ``trusted`` proxies (addresses or CIDR networks), the rightmost address of
+    ``X-Forwarded-For`` that is not itself a trusted proxy (the entries left of it are the
+    client's to write). An entry that is not an IP address stops the walk at the last trusted
+    hop (which is then charged)."""
+
+    def __init__(self, trusted: Sequence[str] = ()) -> None:
+        self.networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def trusts(self, address: str) -> bool:
+        """Whether ``address`` is a trusted proxy."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+    def of(self, scope: Any) -> str:
+        """The client address of the ASGI request ``scope``."""
+        peer = scope.get("client")
+        address = (_ip(peer[0]) or str(peer[0])) if peer else "unknown"
+        if not self.networks or not self.trusts(address):
+            return address
+        forwarded = [
+            value.decode("latin-1")
+            for name, value in scope.get("headers") or ()
+            if name.lower() == b"x-forwarded-for"
+        ]
+        for hop in reversed(",".join(forwarded).split(",")):
+            ip = _ip(hop)
+            if ip is None:
+                return address
+            address = ip
+            if not self.trusts(ip):
+                return ip
+        return address
+
+
+def _ip(text: str) -> str | None:
+    """``text`` as an IP address in canonical form (an IPv4-mapped IPv6 address as IPv4;
+    brackets and a port are not accepted), or None when it is not one."""
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def take(
@@ -79,13 +145,18 @@ def full_after(rate: float, burst: int) -> float:
 
 
 class MemoryLimiter:
-    """Token buckets in this process only (the ``memory`` state backend; one worker)."""
+    """Token buckets in this process only (the ``memory`` state backend; one worker). Past
+    ``_KEEP`` buckets (one per client address, for the failed-authentication limit), the ones
+    full again are forgotten, at most once a second."""
+
+    _KEEP = 10_000
 
     def __init__(self, rate: float, burst: int, clock: Clock = time.monotonic) -> None:
         self.rate, self.burst = rate, burst
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
+        self._pruned = -math.inf
 
     def acquire(self, key: str) -> tuple[bool, float]:
         """See :class:`Limiter`."""
@@ -94,7 +165,18 @@ class MemoryLimiter:
             tokens, stamp = self._buckets.get(key, (float(self.burst), now))
             ok, left, retry = take(tokens, stamp, now, self.rate, self.burst)
             self._buckets[key] = (left, now)
+            if len(self._buckets) > self._KEEP and now - self._pruned >= 1.0:
+                self._pruned = now
+                horizon = now - full_after(self.rate, self.burst)
+                self._buckets = {k: v for k, v in self._buckets.items() if v[1] >= horizon}
         return ok, retry
+
+    def refund(self, key: str) -> None:
+        """See :class:`RefundableLimiter`."""
+        with self._lock:
+            if key in self._buckets:
+                tokens, stamp = self._buckets[key]
+                self._buckets[key] = (min(float(self.burst), tokens + 1.0), stamp)
 
 
 _SQLITE_SCHEMA = """
@@ -235,6 +317,20 @@ class SqliteLimiter:
                 raise LimiterUnavailable(f"the rate-limit state {self.path}: {exc}") from exc
         return ok, retry
 
+    def refund(self, key: str) -> None:
+        """See :class:`RefundableLimiter` (one ``UPDATE``, atomic on its own)."""
+        with self._lock:
+            try:
+                db = self._connection()
+                self._retrying(
+                    lambda: db.execute(
+                        "UPDATE buckets SET tokens = min(?, tokens + 1.0) WHERE key = ?",
+                        (float(self.burst), key),
+                    )
+                )
+            except sqlite3.Error as exc:
+                raise LimiterUnavailable(f"the rate-limit state {self.path}: {exc}") from exc
+
     def close(self) -> None:
         """Close this process's connection."""
         with self._lock:
@@ -270,6 +366,15 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
            'stamp', string.format('%.17g', now))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {ok, string.format('%.17g', retry)}
+"""
+
+# KEYS[1]: the bucket; ARGV[1]: burst. One token back, capped at burst (a missing bucket is full).
+_REDIS_REFUND = """
+local t = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
+if t then
+    redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', math.min(tonumber(ARGV[1]), t + 1)))
+end
+return 0
 """
 
 
@@ -311,6 +416,7 @@ class RedisLimiter:
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._step = self._redis.register_script(_REDIS_STEP)
+        self._refund = self._redis.register_script(_REDIS_REFUND)
         ten_years = 10 * 365 * 86400.0
         self.expire_ms = math.ceil((min(full_after(rate, burst), ten_years) + 1.0) * 1000)
 
@@ -331,3 +437,10 @@ class RedisLimiter:
         except self._errors as exc:
             raise LimiterUnavailable(f"redis at {self.url}: {exc}") from exc
         return bool(ok), float(retry)
+
+    def refund(self, key: str) -> None:
+        """See :class:`RefundableLimiter`."""
+        try:
+            self._refund(keys=[self.prefix + key], args=[self.burst])
+        except self._errors as exc:
+            raise LimiterUnavailable(f"redis at {self.url}: {exc}") from exc

@@ -14,7 +14,8 @@ before the handler, 401 and 413, count too):
 
 - ``robustops_guard_requests_total{status,decision,action}``: ``decision`` is ``predict`` or
   ``abstain`` (any input abstained) when the model ran, else why not: ``unauthorized``,
-  ``too-large``, ``rate-limited``, ``invalid``, ``busy``, ``forbidden`` or ``error``;
+  ``too-large``, ``rate-limited``, ``auth-limited`` (too many failed authentications from the
+  client's address), ``invalid``, ``busy``, ``forbidden`` or ``error``;
   ``action`` is the detector's (``ok``, ``log``, ``flag``, ``throttle``, ``block``), ``none``
   when the model did not run.
 - ``robustops_guard_request_latency_seconds``: a histogram with buckets from 0.5 ms to 5 s.
@@ -27,6 +28,9 @@ before the handler, 401 and 413, count too):
   follows a registry alias; during a swap two versions may both be 1).
 - ``robustops_guard_model_swaps_total{result}``: alias-following checks that swapped the
   model (``ok``) or could not (``load-failed``, ``registry-unreachable``, ``check``).
+- ``robustops_guard_auth_failures_total{result}``: failed authentications on any route
+  (``unauthorized``: 401) and requests refused for too many of them from one client address
+  (``limited``: 429).
 - ``robustops_guard_request_log_errors_total``: request log lines that could not be written
   to the file (the request was answered anyway).
 
@@ -42,9 +46,11 @@ free text with numbers never becomes a label value.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -250,6 +256,13 @@ class GuardMetrics:
             "Request log lines that could not be written to the log file.",
             registry=reg,
         )
+        self.auth_failures = Counter(
+            f"{PREFIX}_auth_failures",
+            "Failed authentications (unauthorized: 401) and requests refused because their "
+            "client address made too many of them (limited: 429, before any key check).",
+            ["result"],
+            registry=reg,
+        )
         self.identity = _identity(identity)
         self.workers.set(1)
         self.model_info.labels(**self.identity).set(1)
@@ -268,11 +281,14 @@ class GuardMetrics:
         status: int,
         seconds: float,
         outcome: Outcome | None,
+        *,
+        decision: str | None = None,
     ) -> tuple[str, str]:
         """Count one prediction request that got ``status`` after ``seconds``; ``outcome`` is
-        the guard's when the model ran. Returns its ``(decision, action)`` labels."""
+        the guard's when the model ran; ``decision`` names a refusal the status does not (see
+        :func:`note_refusal`). Returns its ``(decision, action)`` labels."""
         if outcome is None:
-            decision = _REFUSED.get(status, "error" if status >= 500 else "other")
+            decision = decision or _REFUSED.get(status, "error" if status >= 500 else "other")
             action = "none"
         else:
             abstained = [p for p in outcome.predictions if p.decision == "abstain"]
@@ -375,6 +391,12 @@ def flag_categories(outcome: Outcome) -> list[str]:
     return sorted({reason_category(r) for r in outcome.flags} or {"unspecified"})
 
 
+def note_refusal(request: Request, decision: str) -> None:
+    """Tell :class:`ObserveMiddleware` why this request was refused before the handler ran
+    (its ``decision`` label, e.g. ``auth-limited``) when the status alone does not say it."""
+    request.state.robustops_refusal = decision
+
+
 def note_outcome(request: Request, key: str, outcome: Outcome) -> None:
     """Hand the guard's outcome of this request (and the key's name) to
     :class:`ObserveMiddleware`, which counts it once the answer is sent."""
@@ -385,10 +407,49 @@ FlagSink = Any
 """Anything with ``record_flag(key, action, reasons)`` (the dashboard's store)."""
 
 
+class FlagBuffer:
+    """Collects flagged requests in memory (called on the event loop: no thread hop, no
+    database write per request) and hands them to ``sink`` in a thread, ``delay`` seconds
+    after the first one not yet written (:meth:`flush` writes them at once, e.g. before the
+    dashboard's data are read)."""
+
+    def __init__(self, sink: FlagSink, delay: float = 0.25) -> None:
+        self.sink, self.delay = sink, delay
+        self._pending: list[tuple[str, str, list[str]]] = []
+        self._lock = threading.Lock()  # the list
+        self._writing = threading.Lock()  # one flush at a time, in order
+        self._scheduled = False
+
+    def record_flag(self, key: str, action: str, reasons: list[str]) -> None:
+        """Keep one flagged request of ``key``; schedules a flush when none is (on the running
+        event loop; without one, writes at once)."""
+        with self._lock:
+            self._pending.append((key, action, reasons))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        loop.call_later(self.delay, lambda: loop.run_in_executor(None, self.flush))
+
+    def flush(self) -> None:
+        """Write every pending flag to the sink, oldest first."""
+        with self._writing:
+            with self._lock:
+                items, self._pending = self._pending, []
+                self._scheduled = False
+            for key, action, reasons in items:
+                self.sink.record_flag(key, action, reasons)
+
+
 class ObserveMiddleware:
     """ASGI middleware: times and counts every ``POST /v1/predict`` (whatever answered it),
     keeps the in-flight gauge, hands flagged requests' key, action and reason categories to
-    ``sink`` (off the response path, in a thread), and closes the metrics when the worker's
+    ``sink`` (a :class:`FlagBuffer` on the event loop; any other sink off the response path,
+    in a thread), and closes the metrics when the worker's
     lifespan ends."""
 
     def __init__(self, app: ASGIApp, metrics: GuardMetrics, sink: FlagSink | None = None) -> None:
@@ -408,9 +469,13 @@ class ObserveMiddleware:
         def count() -> None:
             nonlocal counted, observed
             counted = True
-            observed = (scope.get("state") or {}).get(_STATE_KEY)
+            state = scope.get("state") or {}
+            observed = state.get(_STATE_KEY)
             self.metrics.observe(
-                status, time.perf_counter() - started, observed[1] if observed else None
+                status,
+                time.perf_counter() - started,
+                observed[1] if observed else None,
+                decision=state.get("robustops_refusal"),
             )
 
         async def capture(message: Message) -> None:
@@ -433,9 +498,12 @@ class ObserveMiddleware:
                 count()
         if observed is not None and self.sink is not None and flagged(observed[1]):
             key, outcome = observed
-            await run_in_threadpool(
-                self.sink.record_flag, key, outcome.action, flag_categories(outcome)
-            )
+            if isinstance(self.sink, FlagBuffer):
+                self.sink.record_flag(key, outcome.action, flag_categories(outcome))
+            else:
+                await run_in_threadpool(
+                    self.sink.record_flag, key, outcome.action, flag_categories(outcome)
+                )
 
     def _lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
