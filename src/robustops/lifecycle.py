@@ -397,6 +397,7 @@ def run_lifecycle(
     spec_path: Path, out: Path, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run the whole loop into ``out`` (emptied first); returns the summary it also writes."""
+    out = out.resolve()  # the commands run inside it: every path handed to them is absolute
     spec = prepare(spec_path, out)
     tl = Timeline(echo)
     cli = Cli(out, out / "logs")

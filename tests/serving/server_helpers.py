@@ -50,7 +50,9 @@ class StubDetector:
     """Flags every request of a key whose name starts with ``prober`` (reason
     ``fingerprint: …``); a key starting with ``spread`` gets ``embedding: …`` too."""
 
-    def observe(self, key: str, batch: Batch, embedding: Tensor | None) -> tuple[str, list[str]]:
+    def observe(
+        self, key: str, batch: Batch, embedding: Tensor | None, *, own: bool = False
+    ) -> tuple[str, list[str]]:
         """See :class:`robustops.serving.guard.Detector`."""
         if key.startswith("prober"):
             return "flag", ["fingerprint: 4 near-duplicates in the last 50 queries"]

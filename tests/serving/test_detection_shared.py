@@ -148,6 +148,31 @@ def test_the_cross_key_signal_sees_a_campaign_spread_over_keys(tmp_path: Path) -
     assert {o.action for o in honest} <= {"ok", "log"}
 
 
+def test_canary_probes_never_count_against_other_keys(tmp_path: Path) -> None:
+    """The canary attacks the canary set, which benign clients may send too: its queries are
+    judged under its own name but never enter the cross-key ring, with one worker or with the
+    shared log replayed by another."""
+    cfg = DetectionConfig(
+        window=4, flag_at=50, throttle_at=None, block_at=None, embedding_threshold=0.95,
+        cross_key_flag_at=3,
+    )  # fmt: skip
+    probes = _campaign(30, seed=5)
+    log_a = SqliteDetectorLog(tmp_path / "d.db")
+    a = _guard(cfg, b"k" * 32, log_a, iter(range(10**6)).__next__)
+    for p in probes[:20]:
+        a.handle("canary", a.parse({"inputs": p.tolist()}), role="canary")
+    b = _guard(cfg, b"k" * 32, SqliteDetectorLog(tmp_path / "d.db"), iter(range(10**6)).__next__)
+    for g in (a, b):  # the same inputs from a client, on the worker that saw the probes or not
+        outs = [g.handle("client", g.parse({"inputs": p.tolist()})) for p in probes[20:23]]
+        assert not any("cross-key" in f for o in outs for f in o.flags)
+    # the same probes from an ordinary key do count
+    c = _guard(cfg, b"k" * 32, None, iter(range(10**6)).__next__)
+    for p in probes[:20]:
+        c.handle("sybil", c.parse({"inputs": p.tolist()}))
+    out = c.handle("client", c.parse({"inputs": probes[20].tolist()}))
+    assert any("cross-key" in f for f in out.flags)
+
+
 # -- a real server: 2 workers sharing the state vs 1 worker ------------------------------------
 
 

@@ -174,7 +174,9 @@ def test_abstentions_are_their_own_outcome(tmp_path: Path) -> None:
 class _Policy:
     """A detector stub: flags inputs with mean over 0.25, blocks over 0.75."""
 
-    def observe(self, key: str, batch: Batch, embedding: Tensor | None) -> tuple[str, list[str]]:
+    def observe(
+        self, key: str, batch: Batch, embedding: Tensor | None, *, own: bool = False
+    ) -> tuple[str, list[str]]:
         assert isinstance(batch.inputs, Tensor)
         m = float(batch.inputs.mean())
         return ("block", ["test"]) if m > 0.75 else ("flag", ["test"]) if m > 0.25 else ("ok", [])

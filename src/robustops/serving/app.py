@@ -384,7 +384,9 @@ def create_app(
         # (a client hanging up can cancel it): the work runs as its own task that gives the
         # slot back when it ends, and the handler only waits for it (shielded).
         await slots.acquire()  # a free slot: returns at once
-        work = asyncio.ensure_future(run_in_threadpool(guard.handle, key.name, batch))
+        work = asyncio.ensure_future(
+            run_in_threadpool(guard.handle, key.name, batch, role=key.role)
+        )
         work.add_done_callback(lambda task: _release(slots, task))
         outcome: Outcome = await asyncio.shield(work)
         note_outcome(request, key.name, outcome)

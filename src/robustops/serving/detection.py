@@ -76,6 +76,10 @@ _GUARD_ACTION = {
 
 F32 = npt.NDArray[np.float32]
 
+OWN_PREFIX = "\x00own:"
+"""Prefix of the detector's name for a key whose queries are the service's own (canary keys):
+a key name can never hold NUL, so no client key collides with it."""
+
 
 def detector_secret(state_dir: str | Path) -> bytes:
     """The fingerprint hash key: 32 random bytes in ``<state_dir>/detector.secret`` (mode
@@ -597,7 +601,8 @@ class GuardDetector:
             kid = _key_id(key)
             n_cross = self.cross.matches(q.emb, self.detector.embedding_threshold, since, kid)
             extra = self.cross_policy.level(n_cross)
-            self.cross.add(q.emb, now, kid)
+            if not key.startswith(OWN_PREFIX):
+                self.cross.add(q.emb, now, kid)
         d = self.detector.decide_prepared(key, q, now=now, extra_level=extra)
         level, until = self.detector.hold(key)
         return d, (n_cross if extra else 0), Row(key, now, q, level, until)
@@ -607,7 +612,7 @@ class GuardDetector:
             self.detector.replay(
                 r.key, r.query, now=r.stamp, hold_level=r.hold_level, hold_until=r.hold_until
             )
-            if self.cross is not None:
+            if self.cross is not None and not r.key.startswith(OWN_PREFIX):
                 self.cross.add(r.query.emb, r.stamp, _key_id(r.key))
 
     def sync(self) -> int:
@@ -618,8 +623,14 @@ class GuardDetector:
             self._replay(new)
         return len(new)
 
-    def observe(self, key: str, batch: Batch, embedding: Tensor | None) -> tuple[str, list[str]]:
-        """See :class:`robustops.serving.guard.Detector`."""
+    def observe(
+        self, key: str, batch: Batch, embedding: Tensor | None, *, own: bool = False
+    ) -> tuple[str, list[str]]:
+        """See :class:`robustops.serving.guard.Detector`. The service's own queries (``own``)
+        are kept under ``OWN_PREFIX + key`` in every worker's state (shared rows included), so
+        they are judged per key as usual but never enter the cross-key ring."""
+        if own:
+            key = OWN_PREFIX + key
         embs = self._embeddings(batch, embedding)
         prepared = []
         for i in range(batch.n):
@@ -653,6 +664,7 @@ class GuardDetector:
 
 __all__ = [
     "ACTIONS",
+    "OWN_PREFIX",
     "FeatureTap",
     "GuardDetector",
     "RedisDetectorLog",

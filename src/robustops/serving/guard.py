@@ -23,8 +23,11 @@ class Detector(Protocol):
     """A stateful attack-in-progress detector: sees every validated batch of a key, says
     what to do (``ok``, ``log``, ``flag``, ``throttle``, ``block``) and why."""
 
-    def observe(self, key: str, batch: Batch, embedding: Tensor | None) -> tuple[str, list[str]]:
-        """The action for this batch of ``key`` and its reasons."""
+    def observe(
+        self, key: str, batch: Batch, embedding: Tensor | None, *, own: bool = False
+    ) -> tuple[str, list[str]]:
+        """The action for this batch of ``key`` and its reasons. ``own``: the service's own
+        traffic (a canary key): judged like any key's, never evidence against other keys."""
         ...
 
 
@@ -169,13 +172,15 @@ class Guard:
             max_text_chars=self.config.max_text_chars,
         )
 
-    def handle(self, key: str, batch: Batch) -> Outcome:
-        """Run one validated batch of ``key``. The model and the detector run whatever the
-        detector decides, so a flagged request costs the same time as any other."""
+    def handle(self, key: str, batch: Batch, *, role: str = "client") -> Outcome:
+        """Run one validated batch of ``key`` (whose role is ``role``). The model and the
+        detector run whatever the detector decides, so a flagged request costs the same time as
+        any other. A ``canary`` key's queries (the monitoring loop's own probes of the canary
+        set, which benign clients may well send too) never count against other keys."""
         logits, feats = self.model.outputs(batch.inputs)
         action, flags = "ok", list[str]()
         if self.detector is not None:
-            action, flags = self.detector.observe(key, batch, feats)
+            action, flags = self.detector.observe(key, batch, feats, own=role == "canary")
         abstain: list[list[str]] | None = None
         scores: list[float] | None = None
         if self.abstainer is not None:
