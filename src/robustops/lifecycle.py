@@ -98,6 +98,7 @@ class Cli:
         self.env = {**os.environ, "ROBUSTOPS_REGISTRY": str(folder / "registry")}
         self.env.setdefault("OMP_NUM_THREADS", "1")
         self._n = 0
+        self.returncode = 0
 
     def _argv(self, args: tuple[str, ...]) -> list[str]:
         return [sys.executable, "-m", "robustops", *args]
@@ -110,6 +111,7 @@ class Cli:
             self._argv(args), cwd=self.folder, env=self.env, capture_output=True, text=True
         )
         log.write_text(f"$ robustops {' '.join(args)}\n{done.stdout}\n{done.stderr}")
+        self.returncode = done.returncode
         if check and done.returncode != 0:
             raise LifecycleError(
                 f"`robustops {' '.join(args)}` exited {done.returncode}; see {log}\n"
@@ -218,6 +220,10 @@ class BenignTraffic:
     def __init__(self, url: str, key: str, images: torch.Tensor, rate: float, seed: int) -> None:
         self.url, self.key, self.images, self.rate = url, key, images, rate
         self.gen = torch.Generator().manual_seed(seed)
+        # Each client input once per pass over a seeded order: a real client does not re-send
+        # one image within its last hundred queries (that is what the detector looks for).
+        self.order = torch.randperm(len(images), generator=self.gen)
+        self.sent_inputs = 0
         self.sent = 0
         self.statuses: dict[int, int] = {}
         self._stop = threading.Event()
@@ -228,7 +234,8 @@ class BenignTraffic:
         while not self._stop.is_set():
             started = time.monotonic()
             n = int(torch.randint(1, 5, (1,), generator=self.gen))
-            idx = torch.randint(0, len(self.images), (n,), generator=self.gen)
+            idx = self.order[(self.sent_inputs + torch.arange(n)) % len(self.order)]
+            self.sent_inputs += n
             status, _ = http_json(
                 f"{self.url}/v1/predict", self.key, {"inputs": self.images[idx].tolist()}
             )
@@ -371,26 +378,30 @@ def _served_version(url: str, key: str) -> str | None:
 
 def _build(
     cli: Cli, tl: Timeline, spec: str, model: str, result: str, *, baseline: str | None
-) -> str:
-    """train → evaluate → gate (all registered); returns the new version's label."""
+) -> tuple[str, bool]:
+    """train → evaluate → gate (all registered); the new version's label and whether the gate
+    passed (without a baseline it must: a failure raises)."""
     t = time.monotonic()
     cli.run("train", "--spec", spec, "--register", "--as", ENGINEER)
     cli.run("evaluate", "--spec", spec, "--out", result, "--register", "--as", ENGINEER)
     gate = ["gate", "--result", result, "--policy", spec, "--register", "--as", ENGINEER]
     if baseline is not None:
         gate += ["--baseline", baseline]
-    cli.run(*gate)
+    verdict = cli.run(*gate, check=baseline is None)
+    passed = cli.returncode == 0
     summary = json.loads((cli.folder / result).read_text())
     clean = f"{summary['clean_accuracy']:.1%}"
     robust = ", ".join(f"{t['name']} {t['robust_accuracy']:.1%}" for t in summary["threats"])
     version = cli.run("registry", "show", f"{model}@latest").split()[0]
+    failed = [line.strip() for line in verdict.splitlines() if line.startswith("  ")]
     tl.mark(
         "build",
-        f"{version}: trained, evaluated (clean {clean}; robust: {robust}), gate passed "
-        f"({time.monotonic() - t:.0f} s)",
+        f"{version}: trained, evaluated (clean {clean}; robust: {robust}), gate "
+        f"{'passed' if passed else 'FAILED'} ({time.monotonic() - t:.0f} s)",
         result=result,
+        **({} if passed else {"gate_failures": failed}),
     )
-    return version
+    return version, passed
 
 
 def run_lifecycle(
@@ -406,13 +417,15 @@ def run_lifecycle(
     keys_file = str(serve_cfg.get("keys", "guard/keys.db"))
     summary: dict[str, Any] = {"spec": str(spec_path), "model": model}
     x_test, y_test = test_images(spec)
+    attacker_images = slice(600, 608)  # the attacker's own digits; the clients send the rest
+    benign_images = torch.cat([x_test[: attacker_images.start], x_test[attacker_images.stop :]])
 
     # 1. Build, gate, approve and promote the first model.
     cli.run("registry", "init", "--admin", ADMIN)
     for name, role in ((ENGINEER, "engineer"), (APPROVER, "approver"), (MONITOR, "engineer")):
         cli.run("registry", "principal", "add", name, "--role", role, "--as", ADMIN)
     cli.run("registry", "policy", model, "production", "spec.yaml", "--as", ADMIN)
-    good = _build(cli, tl, "spec.yaml", model, "results/v1.json", baseline=None)
+    good, _ = _build(cli, tl, "spec.yaml", model, "results/v1.json", baseline=None)
     cli.run("registry", "approve", f"{model}@latest", "--as", APPROVER, "--comment", "gate passed")
     cli.run("registry", "promote", f"{model}@latest", "production", "--as", ENGINEER)
     tl.mark("promote", f"{good} approved (four eyes) and promoted to production")
@@ -465,7 +478,7 @@ def run_lifecycle(
             with (
                 running(monitor),
                 running(canary),
-                BenignTraffic(url, keys.benign, x_test[:500], 25.0, 0) as traffic,
+                BenignTraffic(url, keys.benign, benign_images, 25.0, 0) as traffic,
             ):
                 calib = int((monitor_cfg.get("calibration") or {}).get("requests", 200))
                 wait_for(
@@ -476,9 +489,8 @@ def run_lifecycle(
                 tl.mark(
                     "serve", f"{traffic.sent} benign requests: the monitor calibrated on {calib}"
                 )
-                # The attacker's own digits: the benign clients send test images 0-499.
                 summary["attack"] = _attack(
-                    url, keys.attacker, x_test[600:608], y_test[600:608], tl
+                    url, keys.attacker, x_test[attacker_images], y_test[attacker_images], tl
                 )
                 alert = wait_for("the monitor's alert", lambda: hook.alerts[:1], 60, 0.2)[0]
                 tl.mark(
@@ -555,28 +567,36 @@ def run_lifecycle(
             ]
             retrain["model"]["weights"] = retrain["train"]["out"] = "weights/retrained.safetensors"
             (out / "retrain.yaml").write_text(yaml.safe_dump(retrain, sort_keys=False))
-            newer = _build(
+            newer, passed = _build(
                 cli, tl, "retrain.yaml", model, "results/v3.json", baseline="results/v1.json"
             )
-            cli.run(
-                "registry",
-                "approve",
-                f"{model}@latest",
-                "--as",
-                APPROVER,
-                "--comment",
-                "retrained on reviewed inputs",
-            )
-            cli.run("registry", "promote", f"{model}@latest", "production", "--as", ENGINEER)
-            wait_for(
-                "the guard to serve the retrained model",
-                lambda: _served_version(url, keys.admin) == newer,
-                60,
-            )
-            tl.mark(
-                "retrain",
-                f"{newer} (with {manifest.get('n')} reviewed inputs) gated, approved and now serving",
-            )
+            summary["retrained"] = {
+                "version": newer,
+                "gate_passed": passed,
+                "reviewed": manifest.get("n"),
+            }
+            if passed:
+                cli.run(
+                    "registry", "approve", f"{model}@latest", "--as", APPROVER,
+                    "--comment", "retrained on reviewed inputs",
+                )  # fmt: skip
+                cli.run("registry", "promote", f"{model}@latest", "production", "--as", ENGINEER)
+                wait_for(
+                    "the guard to serve the retrained model",
+                    lambda: _served_version(url, keys.admin) == newer,
+                    60,
+                )
+                tl.mark(
+                    "retrain",
+                    f"{newer} (with {manifest.get('n')} reviewed inputs) gated, approved and now "
+                    "serving",
+                )
+            else:  # the gate is the gate: a retrained model that regressed is not promoted
+                tl.mark(
+                    "retrain",
+                    f"{newer} (with {manifest.get('n')} reviewed inputs) failed the gate against "
+                    f"{good}'s result; production stays on {_served_version(url, keys.admin)}",
+                )
     cli.run("registry", "audit", "verify")
     tl.mark("build", "registry audit chain verified")
     summary["seconds"] = round(tl.now(), 1)
