@@ -99,6 +99,7 @@ class Cli:
         self.env.setdefault("OMP_NUM_THREADS", "1")
         self._n = 0
         self.returncode = 0
+        self.started: dict[str, subprocess.Popen[bytes]] = {}
 
     def _argv(self, args: tuple[str, ...]) -> list[str]:
         return [sys.executable, "-m", "robustops", *args]
@@ -124,7 +125,7 @@ class Cli:
     ) -> subprocess.Popen[bytes]:
         """Start a long-running command (a server); its output goes to ``logs/NAME.log``."""
         out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        return subprocess.Popen(
+        proc = self.started[name] = subprocess.Popen(
             self._argv(args),
             cwd=self.folder,
             env={**self.env, **(env or {})},
@@ -132,6 +133,16 @@ class Cli:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return proc
+
+    def check_alive(self) -> None:
+        """:class:`LifecycleError` naming a started server that has exited, with its log's end."""
+        for name, proc in self.started.items():
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-1500:]
+                raise LifecycleError(
+                    f"{name} exited {proc.returncode}; see logs/{name}.log\n{tail}"
+                )
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -203,10 +214,15 @@ def http_json(url: str, key: str, body: Any = None, timeout: float = 10.0) -> tu
         return 0, None
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.2) -> Any:
-    """Poll ``check`` until it returns something truthy; :class:`LifecycleError` on timeout."""
+def wait_for(
+    what: str, check: Callable[[], Any], timeout: float, every: float = 0.2, cli: Cli | None = None
+) -> Any:
+    """Poll ``check`` until it returns something truthy; :class:`LifecycleError` on timeout, or
+    at once when one of ``cli``'s servers has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if cli is not None:
+            cli.check_alive()
         got = check()
         if got:
             return got
@@ -485,6 +501,7 @@ def run_lifecycle(
                     "benign traffic for the calibration window",
                     lambda: traffic.sent >= calib + 50,
                     300,
+                    cli=cli,
                 )
                 tl.mark(
                     "serve", f"{traffic.sent} benign requests: the monitor calibrated on {calib}"
@@ -492,7 +509,7 @@ def run_lifecycle(
                 summary["attack"] = _attack(
                     url, keys.attacker, x_test[attacker_images], y_test[attacker_images], tl
                 )
-                alert = wait_for("the monitor's alert", lambda: hook.alerts[:1], 60, 0.2)[0]
+                alert = wait_for("the monitor's alert", lambda: hook.alerts[:1], 60, 0.2, cli)[0]
                 tl.mark(
                     "alert",
                     f"alert {alert.get('rule')} fired: {alert.get('summary', '')}",
@@ -517,13 +534,14 @@ def run_lifecycle(
                     "the guard to serve the weak model",
                     lambda: _served_version(url, keys.admin) == weak,
                     30,
+                    cli=cli,
                 )
                 tl.mark(
                     "serve",
                     f"guard now serving {weak} ({time.monotonic() - t_bad:.1f} s after the promotion)",
                 )
                 wait_for(
-                    "the rollback", lambda: _served_version(url, keys.admin) == good, 120, 0.25
+                    "the rollback", lambda: _served_version(url, keys.admin) == good, 120, 0.25, cli
                 )
                 rolled = time.monotonic() - t_bad
                 finding = _canary_finding(out / canary_records)
