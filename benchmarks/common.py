@@ -37,6 +37,14 @@ def model_benchmark_main(
         return
     torch.set_num_threads(args.threads)
     results = [run(name, args.n_eval, args.retrain) for name in models]
+    write_results(args, results, print_table)
+
+
+def write_results(
+    args: argparse.Namespace, results: Any, print_table: Callable[[Any], None]
+) -> None:
+    """Write ``results`` with the environment and the arguments to ``args.out`` (JSON), then
+    print the table and where it went."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

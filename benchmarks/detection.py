@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustops._util import environment
+from common import write_results
 from robustops.attacks import Square
 from robustops.data import load_mnist_subset
 from robustops.defenses import ACTIONS, DetectorConfig, QueryDetector
@@ -478,16 +478,7 @@ def main() -> None:
         print_table(json.loads(args.out.read_text())["results"])
         return
     out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"results": out, "environment": environment(), "args": vars(args)},
-            indent=2,
-            default=str,
-        )
-    )
-    print_table(out)
-    print(f"written to {args.out}")
+    write_results(args, out, print_table)
 
 
 if __name__ == "__main__":

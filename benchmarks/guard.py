@@ -71,6 +71,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from common import write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -692,19 +694,8 @@ def main() -> None:
     if args.table_only:
         print_table(json.loads(args.out.read_text())["results"])
         return
-    from robustops._util import environment
-
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"results": result, "environment": environment(), "args": vars(args)},
-            indent=2,
-            default=str,
-        )
-    )
-    print_table(result)
-    print(f"written to {args.out}")
+    write_results(args, result, print_table)
 
 
 if __name__ == "__main__":

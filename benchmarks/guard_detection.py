@@ -58,8 +58,8 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from common import write_results
 from detection import benign_client, random_transform, trained_model
-from robustops._util import environment
 from robustops.attacks import HopSkipJump, Square
 from robustops.data import load_mnist_subset
 from robustops.models.remote import RemoteClassifier, RemoteError, _refusal
@@ -484,16 +484,7 @@ def main() -> None:
         print_table(json.loads(args.out.read_text())["results"])
         return
     out = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"results": out, "environment": environment(), "args": vars(args)},
-            indent=2,
-            default=str,
-        )
-    )
-    print_table(out)
-    print(f"written to {args.out}")
+    write_results(args, out, print_table)
 
 
 if __name__ == "__main__":
