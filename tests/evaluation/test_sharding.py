@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from real_components import missing_component
 from result_helpers import assert_same_per_sample
 from robustops import ThreatModel
 from robustops.attacks import build_attack
@@ -113,6 +114,7 @@ def test_two_local_processes_equal_one_process_sample_by_sample(
     assert merged.topology.executor == "local" and merged.topology.workers == 2
     assert [(s.start, s.stop) for s in merged.topology.shards] == [(0, 30), (30, 60)]
     assert len({s.pid for s in merged.topology.shards}) == 2  # two processes really ran
+    assert [s.node for s in merged.topology.shards] == [None, None]  # no cluster node
     # The merged result passes the result's own consistency checks once saved and read back.
     again = SuiteResult.load(merged.save(tmp_path / "merged.json"))
     assert again.topology == merged.topology
@@ -158,9 +160,10 @@ def test_a_torn_checkpoint_only_costs_its_shard(
 def test_ray_cluster_equals_one_process_sample_by_sample(
     digits: Dataset, model_state: dict[str, Tensor], single: SuiteResult, tmp_path: Path
 ) -> None:
-    ray = pytest.importorskip(
-        "ray", reason="Ray is not installed: pip install 'robustops[ray]' (CI installs it)"
-    )
+    try:
+        import ray
+    except ImportError:
+        missing_component("Ray is not installed: pip install 'robustops[ray]' (CI installs it)")
     temp = tempfile.mkdtemp(prefix="ro-ray-")  # short: Ray's socket paths are limited to 107 bytes
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
     try:
@@ -171,6 +174,9 @@ def test_ray_cluster_equals_one_process_sample_by_sample(
         shutil.rmtree(temp, ignore_errors=True)
     assert_same_per_sample(merged, single)
     assert merged.topology is not None and merged.topology.executor == "ray"
+    # Each shard records the Ray node that ran it (one node here).
+    nodes = {s.node for s in merged.topology.shards}
+    assert len(nodes) == 1 and None not in nodes
 
 
 def test_no_samples_are_refused_before_any_worker_starts(

@@ -37,7 +37,7 @@ __all__ = [
     "TopologyRecord",
 ]
 
-SCHEMA_VERSION = "1.5.0"
+SCHEMA_VERSION = "1.6.0"
 
 MAX_RESULT_BYTES = 512 * 2**20
 """Largest result file read (bytes): far above any suite's output, well below what a crafted
@@ -365,6 +365,12 @@ class ShardRecord(StrictModel):
     stop: int = Field(description="one past its last position")
     host: str = Field(description="host name of the worker that ran it")
     pid: int = Field(description="process id of that worker")
+    node: str | None = Field(
+        default=None,
+        description="the cluster node that ran it: the Ray node id (executor 'ray') or "
+        "torchrun's node rank, GROUP_RANK ('torchrun'); null for local processes and in "
+        "files before schema 1.6 (several nodes may share one host name)",
+    )
     wall_time_s: float = Field(description="the shard's suite wall time, seconds")
     resumed: bool = Field(
         default=False, description="read back from its checkpoint instead of being run again"

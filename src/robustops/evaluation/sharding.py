@@ -233,6 +233,8 @@ class ShardOutcome:
     host: str
     pid: int
     resumed: bool = False
+    node: str | None = None
+    """The cluster node that ran it (Ray node id, torchrun node rank); ``None``: local."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -243,6 +245,7 @@ class ShardOutcome:
                 "key": self.key,
                 "host": self.host,
                 "pid": self.pid,
+                "node": self.node,
                 "resumed": self.resumed,
                 "result": self.run.result.model_dump(mode="json"),
                 "clean_logits": self.run.clean_logits.tolist(),
@@ -282,6 +285,7 @@ class ShardOutcome:
             host=str(data["host"]),
             pid=int(data["pid"]),
             resumed=resumed or bool(data.get("resumed", False)),
+            node=None if data.get("node") is None else str(data["node"]),
         )
 
 
@@ -289,9 +293,12 @@ def _logits(rows: list[list[float]], k: int) -> Tensor:
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), k)
 
 
-def _run_shard(plan: SuitePlan, index: int, start: int, stop: int, key: str) -> str:
+def _run_shard(
+    plan: SuitePlan, index: int, start: int, stop: int, key: str, node: str | None = None
+) -> str:
     """Worker entry point: build the model, run the suite on positions ``[start, stop)``, return
-    the :class:`ShardOutcome` as JSON (what crosses the process or network boundary)."""
+    the :class:`ShardOutcome` as JSON (what crosses the process or network boundary); ``node``:
+    the cluster node this runs on, recorded with the host name and process id."""
     if plan.threads is not None:
         torch.set_num_threads(plan.threads)
     model = plan.model_factory()
@@ -307,8 +314,19 @@ def _run_shard(plan: SuitePlan, index: int, start: int, stop: int, key: str) -> 
         record=part.record,
         temperature=part.temperature,
     )
-    outcome = ShardOutcome(index, start, stop, key, run, socket.gethostname(), os.getpid())
+    outcome = ShardOutcome(
+        index, start, stop, key, run, socket.gethostname(), os.getpid(), node=node
+    )
     return outcome.to_json()
+
+
+def _run_shard_on_ray(plan: SuitePlan, index: int, start: int, stop: int, key: str) -> str:
+    """:func:`_run_shard` as a Ray task, recording the id of the Ray node it runs on (several
+    nodes may share a host name)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return _run_shard(plan, index, start, stop, key, node=node)
 
 
 def _shard_path(shard_dir: Path, index: int) -> Path:
@@ -433,7 +451,7 @@ def _execute_ray(
             ray.init(address=address, log_to_driver=False)
         started = True
     try:
-        task = ray.remote(num_cpus=1)(_run_shard)
+        task = ray.remote(num_cpus=1)(_run_shard_on_ray)
         plan_ref = ray.put(plan)
         pending = {task.remote(plan_ref, k, *bounds[k], key): k for k in todo}
         while pending:
@@ -487,6 +505,7 @@ def merge_shards(
             stop=o.stop,
             host=o.host,
             pid=o.pid,
+            node=o.node,
             wall_time_s=o.run.result.wall_time_s,
             resumed=o.resumed,
         )
@@ -650,7 +669,8 @@ def run_sharded_torchrun(plan: SuitePlan, *, shard_dir: str | Path | None = None
             if found is not None:
                 text = found.to_json()
             else:
-                text = _run_shard(plan, rank, *bounds[rank], key)
+                node = os.environ.get("GROUP_RANK")  # torchrun's node rank
+                text = _run_shard(plan, rank, *bounds[rank], key, node=node)
                 if folder is not None:
                     atomic_write_text(_shard_path(folder, rank), text)
         gathered: list[Any] = [None] * world if rank == 0 else []
