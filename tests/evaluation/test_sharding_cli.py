@@ -1,18 +1,28 @@
-"""``robustops evaluate`` sharded from the command line: ``--workers 2`` and two torchrun ranks
-write the single-process result sample by sample; text specs run in one process."""
+"""``robustops evaluate`` sharded from the command line: ``--workers 2``, two torchrun ranks on
+one node and on two nodes, and a two-node Ray cluster reached by its address write the
+single-process result sample by sample; text specs run in one process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from real_components import missing_component
 from result_helpers import assert_same_per_sample
 from robustops.cli import app
 from robustops.evaluation import SuiteResult
@@ -87,21 +97,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torchrun(spec: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc_per_node 2 -m robustops evaluate --spec SPEC ARGS`` on 127.0.0.1."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "MASTER_ADDR": "127.0.0.1",
-    }
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+_TORCHRUN_ENV = {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+
+
+def _torchrun_cmd(spec: Path, launch: list[str], *args: str) -> list[str]:
+    """``torchrun LAUNCH -m robustops evaluate --spec SPEC ARGS``."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", *launch,
         "-m", "robustops", "evaluate", "--spec", str(spec), *args,
     ]  # fmt: skip
+
+
+def _torchrun(spec: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node 2 -m robustops evaluate --spec SPEC ARGS`` on 127.0.0.1."""
+    launch = ["--nnodes", "1", "--nproc_per_node", "2"]
+    launch += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     return subprocess.run(
-        cmd, env=env, cwd=spec.parent, capture_output=True, text=True, timeout=300, check=False
+        _torchrun_cmd(spec, launch, *args),
+        env={**os.environ, **_TORCHRUN_ENV},
+        cwd=spec.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -210,3 +228,191 @@ def test_a_text_spec_under_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(SpecError, match="without torchrun"):
         evaluate_spec(spec)
+
+
+def test_torchrun_on_two_nodes_equals_one_process(trained: tuple[Path, SuiteResult]) -> None:
+    """Two torchrun launches at once, node ranks 0 and 1 of ``--nnodes 2`` (static rendezvous
+    at node 0's master over loopback), one process each: what two machines run."""
+    spec, single = trained
+    folder = spec.parent / "two-nodes"
+    folder.mkdir()
+    out = folder / "F.json"
+    port = str(_free_port())
+    procs = []
+    for node_rank in ("0", "1"):
+        launch = ["--nnodes", "2", "--node_rank", node_rank, "--nproc_per_node", "1"]
+        launch += ["--master_addr", "127.0.0.1", "--master_port", port]
+        procs.append(
+            subprocess.Popen(
+                _torchrun_cmd(spec, launch, "--out", str(out)),
+                env={**os.environ, **_TORCHRUN_ENV},
+                cwd=spec.parent,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    merged = SuiteResult.load(out)
+    assert_same_per_sample(merged, single)
+    topo = merged.topology
+    assert topo is not None and topo.executor == "torchrun" and topo.workers == 2
+    assert topo.address == f"127.0.0.1:{port}"
+    assert [(s.start, s.stop) for s in topo.shards] == [(0, 20), (20, 40)]
+    # Shard r ran on node r (torchrun's GROUP_RANK), in two processes.
+    assert [s.node for s in topo.shards] == ["0", "1"]
+    assert len({s.pid for s in topo.shards}) == 2
+    # Global rank 0 (on node 0) wrote the result; node 1 wrote nothing.
+    assert sorted(p.name for p in folder.iterdir()) == ["F.json"]
+
+
+def _ray_command(*args: str) -> list[str]:
+    """The ``ray`` command line of the Ray installed with this Python."""
+    return [sys.executable, "-m", "ray.scripts.scripts", *args]
+
+
+def _stop_process_groups(groups: list[int], grace_s: float = 3.0) -> list[int]:
+    """SIGTERM the process groups, SIGKILL what is left after ``grace_s`` (Ray's head ignores
+    SIGTERM for a while); returns the groups that had to be killed."""
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(g, signal.SIGTERM)
+
+    def alive() -> list[int]:
+        out = []
+        for g in groups:
+            try:
+                os.killpg(g, 0)
+                out.append(g)
+            except ProcessLookupError:
+                pass
+        return out
+
+    deadline = time.monotonic() + grace_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed = alive()
+    for g in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(g, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return killed
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[tuple[str, dict[str, str], set[str]]]:
+    """A Ray cluster of two nodes started as a real one would be: ``ray start --head`` and
+    ``ray start --address HEAD:PORT`` (a second raylet joining it, on this machine), one CPU
+    each, token authentication with a fresh token (every node and the driver get it through
+    ``RAY_AUTH_TOKEN``; nothing under ``~/.ray`` is read or written). Yields the head's address,
+    the environment a driver needs, and the ids of the two nodes; every process of the cluster
+    is stopped afterwards (by process group: ``ray stop`` would stop every Ray on the machine)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        missing_component("Ray is not installed: pip install 'robustops[ray]' (CI installs it)")
+    # Short: Ray's socket paths there are limited to 107 bytes.
+    temp = tempfile.mkdtemp(prefix="ro-ray-")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    node = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--temp-dir", temp]
+    node += ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    starts = [
+        ["start", "--head", "--port", str(port), "--include-dashboard=false", *node],
+        ["start", "--address", address, *node],
+    ]
+    groups: list[int] = []
+    try:
+        for args in starts:
+            # Its own process group: the daemons `ray start` leaves behind stay in it.
+            proc = subprocess.Popen(
+                _ray_command(*args),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            groups.append(proc.pid)
+            log = proc.communicate(timeout=120)[0]
+            assert proc.returncode == 0, f"ray {' '.join(args)} failed:\n{log[-3000:]}"
+        nodes = _wait_for_nodes(address, env, 2)
+        yield address, env, nodes
+    finally:
+        _stop_process_groups(groups)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_nodes(address: str, env: dict[str, str], n: int, timeout_s: float = 60) -> set[str]:
+    """The ids of the cluster's active nodes once there are ``n`` (``ray status``)."""
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            _ray_command("status", "--address", address),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        text = status.stdout + status.stderr
+        active = text.split("Active:", 1)[-1].split("Pending:", 1)[0]
+        nodes = set(re.findall(r"node_([0-9a-f]+)", active))
+        if status.returncode == 0 and len(nodes) >= n:
+            return nodes
+        time.sleep(0.5)
+    raise AssertionError(f"the Ray cluster at {address} never had {n} nodes:\n{text[-3000:]}")
+
+
+@pytest.mark.slow  # about 30 s: two `ray start`s, a driver and two Ray workers, the stop
+def test_a_two_node_ray_cluster_by_address_equals_one_process(
+    trained: tuple[Path, SuiteResult], ray_cluster: tuple[str, dict[str, str], set[str]]
+) -> None:
+    """``robustops evaluate --ray HEAD:PORT --workers 2`` run as a separate driver process: one
+    shard on each node of the cluster, merged into the single-process result."""
+    spec, single = trained
+    address, env, nodes = ray_cluster
+    out = spec.parent / "G.json"
+    args = ["--out", str(out), "--ray", address, "--workers", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "robustops", "evaluate", "--spec", str(spec), *args],
+        env=env,
+        cwd=spec.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    merged = SuiteResult.load(out)
+    assert_same_per_sample(merged, single)
+    topo = merged.topology
+    assert topo is not None and topo.executor == "ray" and topo.workers == 2
+    assert topo.address == address
+    assert [(s.start, s.stop) for s in topo.shards] == [(0, 20), (20, 40)]
+    # Each node of the cluster ran one shard: the host name cannot tell them apart here (both
+    # nodes are on this machine), the recorded Ray node ids do.
+    assert {s.node for s in topo.shards} == nodes
+    assert len({s.host for s in topo.shards}) == 1
+    # The driver kept the shard checkpoints next to the result.
+    shards = sorted(p.name for p in (spec.parent / "G.json.shards").iterdir())
+    assert shards == ["shard-00000.json", "shard-00001.json"]
