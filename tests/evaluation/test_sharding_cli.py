@@ -316,23 +316,24 @@ def ray_cluster() -> Iterator[tuple[str, dict[str, str], set[str]]]:
     ``ray start --address HEAD:PORT`` (a second raylet joining it, on this machine), one CPU
     each, token authentication with a fresh token (every node and the driver get it through
     ``RAY_AUTH_TOKEN``; nothing under ``~/.ray`` is read or written). Yields the head's address,
-    the environment a driver needs, and the ids of the two nodes; every process of the cluster
-    is stopped afterwards (by process group: ``ray stop`` would stop every Ray on the machine)."""
+    the variables a driver needs in its environment, and the ids of the two nodes; every process
+    of the cluster is stopped afterwards (by process group: ``ray stop`` would stop every Ray on
+    the machine)."""
     try:
         import ray  # noqa: F401
     except ImportError:
         missing_component("Ray is not installed: pip install 'robustops[ray]' (CI installs it)")
-    # Short: Ray's socket paths there are limited to 107 bytes.
+    # Short: Ray's socket paths under it are limited to 107 bytes.
     temp = tempfile.mkdtemp(prefix="ro-ray-")
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    env = {
-        **os.environ,
+    ray_env = {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "RAY_USAGE_STATS_ENABLED": "0",
         "OMP_NUM_THREADS": "1",
     }
+    env = {**os.environ, **ray_env}
     node = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--temp-dir", temp]
     node += ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     starts = [
@@ -355,7 +356,7 @@ def ray_cluster() -> Iterator[tuple[str, dict[str, str], set[str]]]:
             log = proc.communicate(timeout=120)[0]
             assert proc.returncode == 0, f"ray {' '.join(args)} failed:\n{log[-3000:]}"
         nodes = _wait_for_nodes(address, env, 2)
-        yield address, env, nodes
+        yield address, ray_env, nodes
     finally:
         _stop_process_groups(groups)
         shutil.rmtree(temp, ignore_errors=True)
@@ -390,12 +391,12 @@ def test_a_two_node_ray_cluster_by_address_equals_one_process(
     """``robustops evaluate --ray HEAD:PORT --workers 2`` run as a separate driver process: one
     shard on each node of the cluster, merged into the single-process result."""
     spec, single = trained
-    address, env, nodes = ray_cluster
+    address, ray_env, nodes = ray_cluster
     out = spec.parent / "G.json"
     args = ["--out", str(out), "--ray", address, "--workers", "2"]
     proc = subprocess.run(
         [sys.executable, "-m", "robustops", "evaluate", "--spec", str(spec), *args],
-        env=env,
+        env={**os.environ, **ray_env},
         cwd=spec.parent,
         capture_output=True,
         text=True,
