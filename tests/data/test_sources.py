@@ -4,6 +4,7 @@ the file and the row named."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,64 @@ def test_bad_tables_name_file_and_row(
 ) -> None:
     with pytest.raises(DataIntegrityError, match=message):
         load({"kind": "csv", "path": _bad_csv(tmp_path, body), **kw}, tmp_path, test_fraction=0.5)
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "value", "message"),
+    [
+        (300, "mean area", 9000.0, r"value 9000 is outside the range \[140, 2600\]"),
+        (301, "mean texture", 20.5, r"value 20\.5 is not on the integer grid 9 \+ k \* 1"),
+        (302, "mean symmetry grade: high", 0.5, r"one-hot group 'mean symmetry grade' must have"),
+        (303, "worst area", float("nan"), r"value is missing, NaN or infinite"),
+    ],
+)
+def test_schema_violations_in_a_parquet_table_name_the_row_and_column(
+    sources: Path, tmp_path: Path, row: int, column: str, value: float, message: str
+) -> None:
+    """The first row breaking the schema is named, whatever the chunking (three chunks)."""
+    df = pd.read_parquet(sources / "bc.parquet")
+    assert column in df.columns
+    df.loc[row, column] = value
+    df.loc[row + 100, "mean area"] = -1.0  # a later row breaking it too is not the one named
+    df.to_parquet(tmp_path / "bad.parquet")
+    spec = {
+        "kind": "parquet",
+        "path": "bad.parquet",
+        "label": "diagnosis",
+        "schema": "breast_cancer",
+        "chunk_rows": 256,
+    }
+    name = "mean symmetry grade" if "grade" in column else column  # a group is named as one
+    with pytest.raises(DataIntegrityError) as err:
+        load(spec, tmp_path)
+    assert re.search(rf"bad\.parquet: row {row}, column '{name}': ", str(err.value))
+    assert re.search(message, str(err.value))
+
+
+def test_table_labels_missing_or_outside_the_classes_name_the_row(tmp_path: Path) -> None:
+    """Labels are checked per distinct value; the first row concerned is still the one named,
+    for string, integer (nullable too) and float label columns."""
+    base = pd.DataFrame({"a": np.arange(8.0), "b": np.ones(8)})
+    cases = [
+        (["x", "y", "x", "y", None, "y", "", "x"], {}, r"row 4: the label is missing"),
+        (["x", "y", "x", "y", "x", "y", "z", "z"], {"classes": ["x", "y"]}, r"row 6: label 'z'"),
+        (pd.array([0, 1, 0, 1, 0, None, 1, 0], dtype="Int64"), {}, r"row 5: the label is missing"),
+        ([0.0, 1.0, 0.0, 1.0, 2.5, 1.0, 0.0, 1.0], {"classes": ["0", "1"]}, r"row 4: label '2\.5'"),
+        ([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, float("inf")], {}, r"row 7: the label is missing"),
+        ([1, 1, 1, 1, 1, 1, 1, 1], {}, r"needs at least 2 classes, found \['1'\]"),
+    ]
+    for labels, kw, message in cases:
+        df = base.assign(label=labels)
+        df.to_parquet(tmp_path / "t.parquet")
+        with pytest.raises(DataIntegrityError, match=message):
+            load({"kind": "parquet", "path": "t.parquet", **kw}, tmp_path, test_fraction=0.5)
+    df = base.assign(label=[0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])  # integral floats: 0 and 1
+    df.to_parquet(tmp_path / "f.parquet")
+    d = load({"kind": "parquet", "path": "f.parquet"}, tmp_path, test_fraction=0.5)
+    assert (
+        d.classes == ("0", "1")
+        and sorted(d.y_train.tolist() + d.y_test.tolist()) == [0] * 4 + [1] * 4
+    )
 
 
 def test_bad_images_and_texts_name_file_and_line(sources: Path, tmp_path: Path) -> None:

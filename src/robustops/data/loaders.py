@@ -169,6 +169,60 @@ def _labels(
     return labels, tuple(names)
 
 
+def _labels_coded(
+    codes: np.ndarray, distinct: Sequence[Any], given: list[str] | None, where: str, row_name: Any
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """:func:`_labels` of the values ``distinct[codes[i]]`` (``codes[i] == -1``: missing),
+    decided once per distinct value instead of once per row: the same checks in the same
+    order, the same messages naming the first row concerned."""
+    missing = np.array(
+        [v is None or (isinstance(v, float) and not np.isfinite(v)) or v == "" for v in distinct]
+        + [True],  # code -1
+        dtype=bool,
+    )
+    hit = missing[codes]
+    if hit.any():
+        raise DataIntegrityError(f"{where}: {row_name(int(np.argmax(hit)))}: the label is missing")
+    names = list(given) if given is not None else _class_names(list(distinct))
+    if len(names) < 2:
+        raise DataIntegrityError(
+            f"{where}: needs at least 2 classes, found {names} (a classifier needs two)"
+        )
+    lookup = {n: k for k, n in enumerate(names)}
+    index = np.array([lookup.get(str(v), -1) for v in distinct] + [-1], dtype=np.int64)
+    labels = index[codes]
+    if labels.size and int(labels.min()) < 0:
+        i = int(np.argmax(labels < 0))
+        v = distinct[int(codes[i])]
+        raise DataIntegrityError(
+            f"{where}: {row_name(i)}: label {shorten(str(v), 80)!r} is not one of the "
+            f"classes {names}"
+        )
+    _check_classes(labels, tuple(names), where)
+    return labels, tuple(names)
+
+
+def _column_codes(column: Any) -> tuple[np.ndarray, list[Any]] | None:
+    """A table's label column (a pandas Series) as ``(codes, distinct values)`` for
+    :func:`_labels_coded`: codes ``-1`` for missing values (None, NaN), the distinct values as
+    the per-row path reads them (plain Python values, integral floats as ints). Only for
+    integer, float, bool and string columns, whose equal values read alike; ``None`` for any
+    other (the per-row path decides those)."""
+    import pandas as pd
+
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return None
+    kind = getattr(dtype, "kind", "O")
+    strings = isinstance(dtype, pd.StringDtype) or (
+        kind == "O" and pd.api.types.infer_dtype(column, skipna=True) == "string"
+    )
+    if kind not in "iufb" and not strings:
+        return None
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    return np.asarray(codes, dtype=np.int64), [_plain(v) for v in uniques]
+
+
 def _check_classes(labels: np.ndarray, classes: tuple[str, ...], where: str) -> None:
     counts = np.bincount(labels, minlength=len(classes))
     empty = [classes[k] for k in np.flatnonzero(counts == 0)]
@@ -872,7 +926,7 @@ def _table_rows(
 
     sub = df[features]
     try:
-        raw = np.array(sub.to_numpy(dtype=np.float64))  # writable: the schema wraps it
+        raw: np.ndarray = sub.to_numpy(dtype=np.float64)
     except (ValueError, TypeError):
         for col in features:
             num = pd.to_numeric(sub[col], errors="coerce")
@@ -893,14 +947,14 @@ def _table_rows(
         )
     if schema is None:
         return raw.astype(np.float32)
-    found = schema.validate(raw, raw=True, limit=1)
-    if found:
-        v = found[0]
+    scaled: np.ndarray
+    scaled, v = schema.check_raw(raw)  # whole columns at once; validate() for the message
+    if v is not None:
         raise DataIntegrityError(
             f"{where}: {row_name(start + v.row)}, column {v.feature!r}: {v.reason} "
             f"(schema {schema.name!r})"
         )
-    return np.asarray(schema.scale(raw).numpy(), dtype=np.float32)
+    return scaled.astype(np.float32)
 
 
 def _load_table(
@@ -933,10 +987,10 @@ def _load_table(
                     name, index, x, _float_rows, fp, test_fraction, seed, info, where
                 )
             log.warning("data cache: entry %s does not fit %s; rebuilding it", key, where)
+    import pandas as pd
+
     is_csv = isinstance(src, CsvSource)
     if is_csv:
-        import pandas as pd
-
         _check_utf8(path)
         header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
@@ -962,17 +1016,22 @@ def _load_table(
 
     features, schema = _table_features(src, header)
     meta_cols = [src.label, *([src.split_column] if src.split_column else [])]
-    values: list[Any] = []
+    columns: list[Any] = []
     splits: list[Any] = []
     for df in chunks(meta_cols):
-        values += [None if _missing(v) else _plain(v) for v in df[src.label].tolist()]
+        columns.append(df[src.label])
         if src.split_column:
             splits += df[src.split_column].tolist()
 
     def row_name(i: int) -> str:
         return f"row {i} (line {i + 2})" if is_csv else f"row {i}"
 
-    labels, classes = _labels(values, src.classes, where, row_name)
+    coded = _column_codes(pd.concat(columns, ignore_index=True)) if len(columns) else None
+    if coded is not None:
+        labels, classes = _labels_coded(*coded, src.classes, where, row_name)
+    else:
+        values = [None if _missing(v) else _plain(v) for column in columns for v in column.tolist()]
+        labels, classes = _labels(values, src.classes, where, row_name)
     is_test = _split_flags(splits, where, row_name) if src.split_column else None
     x = np.empty((labels.shape[0], len(features)), dtype=np.float32)
     start = 0
