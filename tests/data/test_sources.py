@@ -215,6 +215,32 @@ def test_table_labels_missing_or_outside_the_classes_name_the_row(tmp_path: Path
     )
 
 
+def test_parquet_columns_of_any_numeric_type_read_as_pandas_reads_them(tmp_path: Path) -> None:
+    """Integer and floating Parquet columns are read from the Arrow buffers; others (bool,
+    nulls) through pandas: the same values either way, and a null is named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 40
+    rng = np.random.default_rng(0)
+    cols = {
+        "i64": pa.array(rng.integers(-5, 5, n)),
+        "u8": pa.array(rng.integers(0, 255, n).astype(np.uint8)),
+        "f32": pa.array(rng.random(n).astype(np.float32)),
+        "f64": pa.array(rng.random(n)),
+        "flag": pa.array([bool(i % 3) for i in range(n)]),
+    }
+    pq.write_table(pa.table({**cols, "label": ["a", "b"] * (n // 2)}), tmp_path / "t.parquet")
+    d = load({"kind": "parquet", "path": "t.parquet", "chunk_rows": 16}, tmp_path)
+    want = pd.read_parquet(tmp_path / "t.parquet")[list(cols)].to_numpy(np.float64)
+    x, w = torch.cat([d.x_train, d.x_test]).numpy(), want.astype(np.float32)
+    assert x.shape == (n, 5) and np.array_equal(x[np.lexsort(x.T)], w[np.lexsort(w.T)])
+    cols["f64"] = pa.array([None if i == 21 else 0.5 for i in range(n)], pa.float64())
+    pq.write_table(pa.table({**cols, "label": ["a", "b"] * (n // 2)}), tmp_path / "t.parquet")
+    with pytest.raises(DataIntegrityError, match=r"row 21, column 'f64': value is missing"):
+        load({"kind": "parquet", "path": "t.parquet", "chunk_rows": 16}, tmp_path)
+
+
 def test_bad_images_and_texts_name_file_and_line(sources: Path, tmp_path: Path) -> None:
     shutil.copytree(sources / "mnist", tmp_path / "m")
     spec = {"kind": "image-folder", "path": "m", "size": [28, 28]}

@@ -924,6 +924,8 @@ def _table_rows(
     def row_name(i: int) -> str:
         return f"row {i} (line {i + 2})" if csv_lines else f"row {i}"
 
+    if isinstance(df, np.ndarray):  # already numeric (:func:`_arrow_rows`)
+        return _checked_rows(df, features, start, schema, where, row_name)
     sub = df[features]
     try:
         raw: np.ndarray = sub.to_numpy(dtype=np.float64)
@@ -938,6 +940,19 @@ def _table_rows(
                     f"{shorten(str(sub[col].iloc[i]), 60)!r} is not a number"
                 ) from None
         raise
+    return _checked_rows(raw, features, start, schema, where, row_name)
+
+
+def _checked_rows(
+    raw: np.ndarray,
+    features: list[str],
+    start: int,
+    schema: Any,
+    where: str,
+    row_name: Callable[[int], str],
+) -> np.ndarray:
+    """Float64 rows ``(k, D)`` checked (finite, the schema) as float32, scaled by the schema
+    when there is one."""
     finite = np.isfinite(raw)
     if not finite.all():
         i, j = (int(v) for v in np.argwhere(~finite)[0])
@@ -955,6 +970,25 @@ def _table_rows(
             f"(schema {schema.name!r})"
         )
     return scaled.astype(np.float32)
+
+
+def _arrow_rows(batch: Any, features: list[str]) -> np.ndarray | None:
+    """The ``features`` of a pyarrow record batch as float64 ``(k, D)`` straight from the Arrow
+    buffers (no DataFrame), when every one is an integer or floating column without nulls:
+    the values ``to_pandas()[features].to_numpy(dtype=float64)`` gives. ``None`` otherwise
+    (the pandas path then converts, and names bad values)."""
+    import pyarrow as pa
+
+    out = np.empty((len(features), batch.num_rows), dtype=np.float64)
+    for j, name in enumerate(features):
+        i = batch.schema.get_field_index(name)  # -1 when missing or not unique
+        if i < 0:
+            return None
+        col = batch.column(i)
+        if col.null_count or not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            return None
+        out[j] = col.to_numpy(zero_copy_only=False)  # cast to float64 as numpy casts
+    return out.T  # column-major: each column copied in one contiguous run
 
 
 def _load_table(
@@ -1012,7 +1046,8 @@ def _load_table(
 
         def chunks(cols: list[str]) -> Iterator[Any]:
             for batch in pfile.iter_batches(batch_size=src.chunk_rows, columns=cols):
-                yield batch.to_pandas()
+                fast = _arrow_rows(batch, features) if cols == features else None
+                yield batch.to_pandas() if fast is None else fast
 
     features, schema = _table_features(src, header)
     meta_cols = [src.label, *([src.split_column] if src.split_column else [])]
