@@ -436,20 +436,33 @@ def _read_file(path: str | Path) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+@functools.cache
+def _pil() -> tuple[Any, Any]:
+    """Pillow's ``Image`` module and ``UnidentifiedImageError``, imported on first use (an
+    import statement per image cost more than a small PNG's decoding does in Python)."""
+    from PIL import Image, UnidentifiedImageError
+
+    return Image, UnidentifiedImageError
+
+
 def _decode_image(
     path: str | Path, data: bytes, channels: int, size: tuple[int, int]
 ) -> np.ndarray:
     """One image (its file's bytes) as uint8 ``(C, H, W)``: converted to grey (``L``) or
     ``RGB``, resized (bilinear) to ``size`` ``(H, W)`` when it differs. Pillow releases the GIL
     while it decodes, converts and resizes, so several threads decode at once."""
-    from PIL import Image, UnidentifiedImageError
-
+    Image, UnidentifiedImageError = _pil()
+    mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            im = opened.convert("L" if channels == 1 else "RGB")
+            # convert() to the mode an image already has only copies it (Pillow returns
+            # self.copy()): skipped, a fifth of the decoding time of small grey PNGs
+            im = opened if opened.mode == mode else opened.convert(mode)
             if im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
+            raw = im.tobytes()  # decodes; the bytes np.asarray(im) would wrap, without its detour
+        shape = (size[0], size[1]) if channels == 1 else (size[0], size[1], 3)
+        a = np.frombuffer(raw, dtype=np.uint8).reshape(shape)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataIntegrityError(f"{path}: not a decodable image ({shorten(str(exc))})") from None
     except Image.DecompressionBombError as exc:
