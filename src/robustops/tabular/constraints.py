@@ -241,13 +241,20 @@ def violating_rows(x: np.ndarray, c: Constraints) -> np.ndarray:
     cat = c.categorical.cpu().numpy()
     rl = c.range_low.cpu().numpy().astype(np.float64)
     rh = c.range_high.cpu().numpy().astype(np.float64)
-    # nonfinite, and range on the non-categorical columns (NaN compares False: caught as
-    # nonfinite, as violation_masks counts it)
-    bad: np.ndarray = ~np.isfinite(x).all(axis=1)
+    bad: np.ndarray = np.zeros(x.shape[0], dtype=bool)
     free = np.flatnonzero(~cat)
-    if free.size:
-        xs = x[:, free]
-        bad |= ((xs < rl[free]) | (xs > rh[free])).any(axis=1)
+    if x.shape[0]:
+        # Per column: min and max are finite only when every value is (a NaN makes both NaN),
+        # and inside the range only when every value is; the rows are looked at only when a
+        # column fails (nonfinite anywhere, or range on the non-categorical columns).
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        fits = np.isfinite(lo).all() and np.isfinite(hi).all()
+        fits = fits and bool(((lo[free] >= rl[free]) & (hi[free] <= rh[free])).all())
+        if not fits:
+            bad |= ~np.isfinite(x).all(axis=1)
+            if free.size:  # NaN compares False: caught as nonfinite, as violation_masks does
+                xs = x[:, free]
+                bad |= ((xs < rl[free]) | (xs > rh[free])).any(axis=1)
     cols = np.flatnonzero(c.integer.cpu().numpy())
     if cols.size:
         k = x[:, cols] * c.levels.cpu().numpy().astype(np.float64)[cols]

@@ -393,7 +393,8 @@ class FeatureSchema(BaseModel):
             )
         low, span = self._spans_np()
         with np.errstate(over="ignore", invalid="ignore"):  # as torch: inf, checked below
-            scaled = (x - low) / span  # the float64 operations of scale(), elementwise
+            scaled = x - low  # the float64 operations of scale(), elementwise, in one array
+            scaled /= span
         bad = violating_rows(scaled, self.constraints(torch.float64))
         if not bad.any():
             return scaled, None
