@@ -34,7 +34,8 @@ Run from the repository root::
     ``load_source`` with the spec's ``data`` settings, as ``load_spec_dataset`` calls it.
 * **Memory.** ``--big`` random images ``(1, 28, 28)`` in a ``.npy`` pair (an ``arrays``
   source). A child process loads them through the spec's loader and evaluates all of them
-  (FGSM, a narrow reference CNN, batch 500). Its peak RSS comes from ``getrusage`` and is compared
+  (FGSM, a narrow reference CNN, batch 500, ``--threads`` torch threads). Its peak RSS comes from
+  ``getrusage`` and is compared
   with 2 GiB.
 
 The data cache of the spec runs (training, ``load_for_evaluation``) goes to a temporary folder
@@ -282,7 +283,7 @@ def _child(x_path: str, y_path: str) -> None:
     print(json.dumps({"n": int(x.shape[0]), "suite_s": seconds, "peak_rss_mib": peak_kib / 1024}))
 
 
-def memory(tmp: Path, n: int) -> dict[str, Any]:
+def memory(tmp: Path, n: int, threads: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     x_path, y_path = tmp / "x.npy", tmp / "y.npy"
     xs = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.float32, shape=(n, 1, 28, 28))
@@ -292,7 +293,7 @@ def memory(tmp: Path, n: int) -> dict[str, Any]:
     del xs
     np.save(y_path, np.arange(n, dtype=np.int64) % 10)
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(x_path), str(y_path)],
+        [sys.executable, __file__, "--threads", str(threads), "--child", str(x_path), str(y_path)],
         check=True,
         capture_output=True,
         text=True,
@@ -325,7 +326,7 @@ def main() -> None:
         if args.spec_repeats:
             rows += spec_throughput(Path(tmp), args.spec_repeats)
         load_after = os.getloadavg()
-        mem = memory(Path(tmp), args.big)
+        mem = memory(Path(tmp), args.big, args.threads)
     results = {
         "throughput": rows,
         "memory": mem,
