@@ -34,9 +34,8 @@ Run from the repository root::
     ``load_source`` with the spec's ``data`` settings, as ``load_spec_dataset`` calls it.
 * **Memory.** ``--big`` random images ``(1, 28, 28)`` in a ``.npy`` pair (an ``arrays``
   source). A child process loads them through the spec's loader and evaluates all of them
-  (FGSM, a narrow reference CNN, batch 500, ``--threads`` torch threads). Its peak RSS comes from
-  ``getrusage`` and is compared
-  with 2 GiB.
+  (FGSM, a narrow reference CNN, batch 500, ``--threads`` torch threads). Its peak RSS comes
+  from ``getrusage`` and is compared with 2 GiB.
 
 The data cache of the spec runs (training, ``load_for_evaluation``) goes to a temporary folder
 (``ROBUSTOPS_DATA_CACHE_DIR``), never the user's.
