@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -43,12 +45,18 @@ def model_benchmark_main(
 def write_results(
     args: argparse.Namespace, results: Any, print_table: Callable[[Any], None]
 ) -> None:
-    """Write ``results`` with the environment and the arguments to ``args.out`` (JSON), then
-    print the table and where it went."""
+    """Write ``results`` with the command line, the environment and the arguments to
+    ``args.out`` (JSON), then print the table and where it went."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", *sys.argv])
     args.out.write_text(
         json.dumps(
-            {"results": results, "environment": environment(), "args": vars(args)},
+            {
+                "results": results,
+                "command": command,
+                "environment": environment(),
+                "args": vars(args),
+            },
             indent=2,
             default=str,
         )

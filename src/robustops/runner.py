@@ -58,6 +58,7 @@ from robustops.training import (
 __all__ = [
     "certify_spec",
     "check_outputs",
+    "evaluate_loaded",
     "evaluate_spec",
     "load_spec_dataset",
     "model_stage",
@@ -604,6 +605,27 @@ def evaluate_spec(
             "set the shards); drop --workers and --ray",
         )
     data, model, device, n = load_for_evaluation(spec)
+    return evaluate_loaded(
+        spec, data, model, device, n, seed=seed, progress=progress, tier=tier, scale=scale
+    )
+
+
+def evaluate_loaded(
+    spec: PipelineSpec,
+    data: Dataset | TextDataset,
+    model: torch.nn.Module | TorchTextClassifier | HFTextClassifier,
+    device: str,
+    n: int,
+    *,
+    seed: int | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    tier: str | None = None,
+    scale: ScaleOut | None = None,
+) -> SuiteResult:
+    """What :func:`evaluate_spec` does once :func:`load_for_evaluation` has returned ``data``,
+    ``model``, ``device`` and ``n``: the temperature, the suite, the audits and the
+    certification (the arguments as there). Separate so that the cost of loading can be told
+    from the cost of the suite (``benchmarks/data_sources.py``)."""
     assert spec.evaluation is not None
     ev = spec.evaluation
     with model_stage("evaluation"):

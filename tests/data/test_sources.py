@@ -4,6 +4,7 @@ the file and the row named."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,90 @@ def test_bad_tables_name_file_and_row(
 ) -> None:
     with pytest.raises(DataIntegrityError, match=message):
         load({"kind": "csv", "path": _bad_csv(tmp_path, body), **kw}, tmp_path, test_fraction=0.5)
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "value", "message"),
+    [
+        (300, "mean area", 9000.0, r"value 9000 is outside the range \[140, 2600\]"),
+        (301, "mean texture", 20.5, r"value 20\.5 is not on the integer grid 9 \+ k \* 1"),
+        (302, "mean symmetry grade: high", 0.5, r"one-hot group 'mean symmetry grade' must have"),
+        (303, "worst area", float("nan"), r"value is missing, NaN or infinite"),
+    ],
+)
+def test_schema_violations_in_a_parquet_table_name_the_row_and_column(
+    sources: Path, tmp_path: Path, row: int, column: str, value: float, message: str
+) -> None:
+    """The first row breaking the schema is named, whatever the chunking (three chunks)."""
+    df = pd.read_parquet(sources / "bc.parquet")
+    assert column in df.columns
+    df.loc[row, column] = value
+    df.loc[row + 100, "mean area"] = -1.0  # a later row breaking it too is not the one named
+    df.to_parquet(tmp_path / "bad.parquet")
+    spec = {
+        "kind": "parquet",
+        "path": "bad.parquet",
+        "label": "diagnosis",
+        "schema": "breast_cancer",
+        "chunk_rows": 256,
+    }
+    name = "mean symmetry grade" if "grade" in column else column  # a group is named as one
+    with pytest.raises(DataIntegrityError) as err:
+        load(spec, tmp_path)
+    assert re.search(rf"bad\.parquet: row {row}, column '{name}': ", str(err.value))
+    assert re.search(message, str(err.value))
+
+
+def test_table_labels_missing_or_outside_the_classes_name_the_row(tmp_path: Path) -> None:
+    """Labels are checked per distinct value; the first row concerned is still the one named,
+    for string, integer (nullable too) and float label columns."""
+    base = pd.DataFrame({"a": np.arange(8.0), "b": np.ones(8)})
+    cases = [
+        (["x", "y", "x", "y", None, "y", "", "x"], {}, r"row 4: the label is missing"),
+        (["x", "y", "x", "y", "x", "y", "z", "z"], {"classes": ["x", "y"]}, r"row 6: label 'z'"),
+        (pd.array([0, 1, 0, 1, 0, None, 1, 0], dtype="Int64"), {}, r"row 5: the label is missing"),
+        ([0.0, 1.0, 0.0, 1.0, 2.5, 1.0, 0.0, 1.0], {"classes": ["0", "1"]}, r"row 4: label '2\.5'"),
+        ([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, float("inf")], {}, r"row 7: the label is missing"),
+        ([1, 1, 1, 1, 1, 1, 1, 1], {}, r"needs at least 2 classes, found \['1'\]"),
+    ]
+    for labels, kw, message in cases:
+        df = base.assign(label=labels)
+        df.to_parquet(tmp_path / "t.parquet")
+        with pytest.raises(DataIntegrityError, match=message):
+            load({"kind": "parquet", "path": "t.parquet", **kw}, tmp_path, test_fraction=0.5)
+    df = base.assign(label=[0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])  # integral floats: 0 and 1
+    df.to_parquet(tmp_path / "f.parquet")
+    d = load({"kind": "parquet", "path": "f.parquet"}, tmp_path, test_fraction=0.5)
+    assert (
+        d.classes == ("0", "1")
+        and sorted(d.y_train.tolist() + d.y_test.tolist()) == [0] * 4 + [1] * 4
+    )
+
+
+def test_parquet_columns_of_any_numeric_type_read_as_pandas_reads_them(tmp_path: Path) -> None:
+    """Integer and floating Parquet columns are read from the Arrow buffers; others (bool,
+    nulls) through pandas: the same values either way, and a null is named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 40
+    rng = np.random.default_rng(0)
+    cols = {
+        "i64": pa.array(rng.integers(-5, 5, n)),
+        "u8": pa.array(rng.integers(0, 255, n).astype(np.uint8)),
+        "f32": pa.array(rng.random(n).astype(np.float32)),
+        "f64": pa.array(rng.random(n)),
+        "flag": pa.array([bool(i % 3) for i in range(n)]),
+    }
+    pq.write_table(pa.table({**cols, "label": ["a", "b"] * (n // 2)}), tmp_path / "t.parquet")
+    d = load({"kind": "parquet", "path": "t.parquet", "chunk_rows": 16}, tmp_path)
+    want = pd.read_parquet(tmp_path / "t.parquet")[list(cols)].to_numpy(np.float64)
+    x, w = torch.cat([d.x_train, d.x_test]).numpy(), want.astype(np.float32)
+    assert x.shape == (n, 5) and np.array_equal(x[np.lexsort(x.T)], w[np.lexsort(w.T)])
+    cols["f64"] = pa.array([None if i == 21 else 0.5 for i in range(n)], pa.float64())
+    pq.write_table(pa.table({**cols, "label": ["a", "b"] * (n // 2)}), tmp_path / "t.parquet")
+    with pytest.raises(DataIntegrityError, match=r"row 21, column 'f64': value is missing"):
+        load({"kind": "parquet", "path": "t.parquet", "chunk_rows": 16}, tmp_path)
 
 
 def test_bad_images_and_texts_name_file_and_line(sources: Path, tmp_path: Path) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tabular_helpers import feasible_rows, schemas
 
 from robustops import SpecError
 from robustops.tabular import (
@@ -17,6 +21,7 @@ from robustops.tabular import (
     register_schema,
     resolve_schema,
 )
+from robustops.tabular.constraints import violating_rows, violation_masks
 
 
 def _spec(**over: Any) -> dict[str, Any]:
@@ -188,3 +193,28 @@ def test_breast_cancer_serving_payload_in_raw_units() -> None:
     ]
     assert "integer grid" in found[0].reason and "may only increase" in found[1].reason
     assert {found[2].reason.split(" ")[0], found[3].reason.split(" ")[0]} == {"value", "immutable,"}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schema=schemas(), seed=st.integers(0, 2**31 - 1))
+def test_check_raw_finds_what_validate_finds(schema: FeatureSchema, seed: int) -> None:
+    """The whole-column check of a loaded table (``check_raw``, ``violating_rows``) flags the
+    rows ``violation_masks`` flags and reports ``validate``'s first violation, with
+    ``scale``'s values."""
+    gen = torch.Generator().manual_seed(seed)
+    x = feasible_rows(schema, 12, gen).double()
+    rng = np.random.default_rng(seed)
+    odd = [-0.5, 1.5, 0.5, 0.3333, float("nan"), float("inf"), -float("inf"), 1e-12, 1 + 1e-12]
+    for _ in range(int(rng.integers(0, 6))):  # break a few cells (some rows stay feasible)
+        x[int(rng.integers(0, 12)), int(rng.integers(0, schema.dim))] = float(rng.choice(odd))
+    raw = schema.unscale(x).numpy()
+    scaled_t = schema.scale(raw)
+    want_rows = torch.zeros(12, dtype=torch.bool)
+    for m in violation_masks(scaled_t, None, schema.constraints(torch.float64)).values():
+        want_rows |= m.any(dim=1)
+    scaled, first = schema.check_raw(raw)
+    assert np.array_equal(scaled, scaled_t.numpy(), equal_nan=True)  # bit for bit
+    got_rows = violating_rows(scaled, schema.constraints(torch.float64))
+    assert got_rows.tolist() == want_rows.tolist()
+    found = schema.validate(raw, raw=True, limit=1)
+    assert first == (found[0] if found else None)

@@ -80,6 +80,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".t
 _CHUNK_BYTES = 1 << 20
 
 _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+_BLOCK_BYTES = 16 << 20
+"""Most bytes of files read ahead of their decoding in one thread (:func:`_hash_files`)."""
+
 _KEEP_BYTES = 256 << 20
 """Image files up to this many bytes in all are kept in memory between fingerprinting them and
 decoding them (on a cache miss), so they are read once; larger sets are read twice."""
@@ -167,6 +170,60 @@ def _labels(
         labels[i] = k
     _check_classes(labels, tuple(names), where)
     return labels, tuple(names)
+
+
+def _labels_coded(
+    codes: np.ndarray, distinct: Sequence[Any], given: list[str] | None, where: str, row_name: Any
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """:func:`_labels` of the values ``distinct[codes[i]]`` (``codes[i] == -1``: missing),
+    decided once per distinct value instead of once per row: the same checks in the same
+    order, the same messages naming the first row concerned."""
+    missing = np.array(
+        [v is None or (isinstance(v, float) and not np.isfinite(v)) or v == "" for v in distinct]
+        + [True],  # code -1
+        dtype=bool,
+    )
+    hit = missing[codes]
+    if hit.any():
+        raise DataIntegrityError(f"{where}: {row_name(int(np.argmax(hit)))}: the label is missing")
+    names = list(given) if given is not None else _class_names(list(distinct))
+    if len(names) < 2:
+        raise DataIntegrityError(
+            f"{where}: needs at least 2 classes, found {names} (a classifier needs two)"
+        )
+    lookup = {n: k for k, n in enumerate(names)}
+    index = np.array([lookup.get(str(v), -1) for v in distinct] + [-1], dtype=np.int64)
+    labels = index[codes]
+    if labels.size and int(labels.min()) < 0:
+        i = int(np.argmax(labels < 0))
+        v = distinct[int(codes[i])]
+        raise DataIntegrityError(
+            f"{where}: {row_name(i)}: label {shorten(str(v), 80)!r} is not one of the "
+            f"classes {names}"
+        )
+    _check_classes(labels, tuple(names), where)
+    return labels, tuple(names)
+
+
+def _column_codes(column: Any) -> tuple[np.ndarray, list[Any]] | None:
+    """A table's label column (a pandas Series) as ``(codes, distinct values)`` for
+    :func:`_labels_coded`: codes ``-1`` for missing values (None, NaN), the distinct values as
+    the per-row path reads them (plain Python values, integral floats as ints). Only for
+    integer, float, bool and string columns, whose equal values read alike; ``None`` for any
+    other (the per-row path decides those)."""
+    import pandas as pd
+
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return None
+    kind = getattr(dtype, "kind", "O")
+    strings = isinstance(dtype, pd.StringDtype) or (
+        kind == "O" and pd.api.types.infer_dtype(column, skipna=True) == "string"
+    )
+    if kind not in "iufb" and not strings:
+        return None
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    return np.asarray(codes, dtype=np.int64), [_plain(v) for v in uniques]
 
 
 def _check_classes(labels: np.ndarray, classes: tuple[str, ...], where: str) -> None:
@@ -382,20 +439,33 @@ def _read_file(path: str | Path) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+@functools.cache
+def _pil() -> tuple[Any, Any]:
+    """Pillow's ``Image`` module and ``UnidentifiedImageError``, imported on first use (an
+    import statement per image cost more than a small PNG's decoding does in Python)."""
+    from PIL import Image, UnidentifiedImageError
+
+    return Image, UnidentifiedImageError
+
+
 def _decode_image(
     path: str | Path, data: bytes, channels: int, size: tuple[int, int]
 ) -> np.ndarray:
     """One image (its file's bytes) as uint8 ``(C, H, W)``: converted to grey (``L``) or
     ``RGB``, resized (bilinear) to ``size`` ``(H, W)`` when it differs. Pillow releases the GIL
     while it decodes, converts and resizes, so several threads decode at once."""
-    from PIL import Image, UnidentifiedImageError
-
+    Image, UnidentifiedImageError = _pil()
+    mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            im = opened.convert("L" if channels == 1 else "RGB")
+            # convert() to the mode an image already has only copies it (Pillow returns
+            # self.copy()): skipped, a fifth of the decoding time of small grey PNGs
+            im = opened if opened.mode == mode else opened.convert(mode)
             if im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
+            raw = im.tobytes()  # decodes; the bytes np.asarray(im) would wrap, without its detour
+        shape = (size[0], size[1]) if channels == 1 else (size[0], size[1], 3)
+        a = np.frombuffer(raw, dtype=np.uint8).reshape(shape)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataIntegrityError(f"{path}: not a decodable image ({shorten(str(exc))})") from None
     except Image.DecompressionBombError as exc:
@@ -421,9 +491,12 @@ def _hash_files(
 ) -> str:
     """The fingerprint of :func:`fingerprint_files` over ``named``, each file read once; with
     ``decode``, every file with a position ``>= 0`` is also decoded from the bytes just read
-    into ``out[position]``. With more than one decoding thread (:func:`_workers`) files go to
-    a pool in tasks of 32, in fingerprint order, at most ``4 × threads`` tasks ahead of the
-    hashing, so memory holds that many files' bytes at most."""
+    into ``out[position]``. In one thread, files are read and hashed a block at a time (64
+    files or 16 MiB), then the block is decoded: 13 % less CPU than alternating file by file
+    on 5 000 MNIST PNGs (each loop keeps its code and data in the caches). With more than one
+    decoding thread (:func:`_workers`) files go to a pool in tasks of 32, in fingerprint
+    order, at most ``4 × threads`` tasks ahead of the hashing, so memory holds that many
+    files' bytes at most."""
     order = sorted(named, key=lambda t: t[0])
     per_task = 32
 
@@ -437,12 +510,20 @@ def _hash_files(
     h = hashlib.sha256()
     threads = _workers() if decode is not None else 1  # reading alone is faster in one
     if threads == 1:
-        for name, path, pos in order:
+        block: list[tuple[str | Path, int, bytes]] = []
+        held = 0
+        for k, (name, path, pos) in enumerate(order):
             data = _read_file(path)
             h.update(name.encode("utf-8") + b"\0" + len(data).to_bytes(8, "little"))
             h.update(data)
             if decode is not None and out is not None and pos >= 0:
-                out[pos] = decode(path, data)
+                block.append((path, pos, data))
+                held += len(data)
+            if block and (len(block) >= 64 or held >= _BLOCK_BYTES or k == len(order) - 1):
+                assert decode is not None and out is not None
+                for p, i, b in block:
+                    out[i] = decode(p, b)
+                block, held = [], 0
         return h.hexdigest()
     tasks = [order[i : i + per_task] for i in range(0, len(order), per_task)]
     ahead = 4 * threads
@@ -870,9 +951,11 @@ def _table_rows(
     def row_name(i: int) -> str:
         return f"row {i} (line {i + 2})" if csv_lines else f"row {i}"
 
+    if isinstance(df, np.ndarray):  # already numeric (:func:`_arrow_rows`)
+        return _checked_rows(df, features, start, schema, where, row_name)
     sub = df[features]
     try:
-        raw = np.array(sub.to_numpy(dtype=np.float64))  # writable: the schema wraps it
+        raw: np.ndarray = sub.to_numpy(dtype=np.float64)
     except (ValueError, TypeError):
         for col in features:
             num = pd.to_numeric(sub[col], errors="coerce")
@@ -884,6 +967,19 @@ def _table_rows(
                     f"{shorten(str(sub[col].iloc[i]), 60)!r} is not a number"
                 ) from None
         raise
+    return _checked_rows(raw, features, start, schema, where, row_name)
+
+
+def _checked_rows(
+    raw: np.ndarray,
+    features: list[str],
+    start: int,
+    schema: Any,
+    where: str,
+    row_name: Callable[[int], str],
+) -> np.ndarray:
+    """Float64 rows ``(k, D)`` checked (finite, the schema) as float32, scaled by the schema
+    when there is one."""
     finite = np.isfinite(raw)
     if not finite.all():
         i, j = (int(v) for v in np.argwhere(~finite)[0])
@@ -893,14 +989,33 @@ def _table_rows(
         )
     if schema is None:
         return raw.astype(np.float32)
-    found = schema.validate(raw, raw=True, limit=1)
-    if found:
-        v = found[0]
+    scaled: np.ndarray
+    scaled, v = schema.check_raw(raw)  # whole columns at once; validate() for the message
+    if v is not None:
         raise DataIntegrityError(
             f"{where}: {row_name(start + v.row)}, column {v.feature!r}: {v.reason} "
             f"(schema {schema.name!r})"
         )
-    return np.asarray(schema.scale(raw).numpy(), dtype=np.float32)
+    return scaled.astype(np.float32)
+
+
+def _arrow_rows(batch: Any, features: list[str]) -> np.ndarray | None:
+    """The ``features`` of a pyarrow record batch as float64 ``(k, D)`` straight from the Arrow
+    buffers (no DataFrame), when every one is an integer or floating column without nulls:
+    the values ``to_pandas()[features].to_numpy(dtype=float64)`` gives. ``None`` otherwise
+    (the pandas path then converts, and names bad values)."""
+    import pyarrow as pa
+
+    out = np.empty((len(features), batch.num_rows), dtype=np.float64)
+    for j, name in enumerate(features):
+        i = batch.schema.get_field_index(name)  # -1 when missing or not unique
+        if i < 0:
+            return None
+        col = batch.column(i)
+        if col.null_count or not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            return None
+        out[j] = col.to_numpy(zero_copy_only=False)  # cast to float64 as numpy casts
+    return out.T  # column-major: each column copied in one contiguous run
 
 
 def _load_table(
@@ -933,10 +1048,10 @@ def _load_table(
                     name, index, x, _float_rows, fp, test_fraction, seed, info, where
                 )
             log.warning("data cache: entry %s does not fit %s; rebuilding it", key, where)
+    import pandas as pd
+
     is_csv = isinstance(src, CsvSource)
     if is_csv:
-        import pandas as pd
-
         _check_utf8(path)
         header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
@@ -958,21 +1073,27 @@ def _load_table(
 
         def chunks(cols: list[str]) -> Iterator[Any]:
             for batch in pfile.iter_batches(batch_size=src.chunk_rows, columns=cols):
-                yield batch.to_pandas()
+                fast = _arrow_rows(batch, features) if cols == features else None
+                yield batch.to_pandas() if fast is None else fast
 
     features, schema = _table_features(src, header)
     meta_cols = [src.label, *([src.split_column] if src.split_column else [])]
-    values: list[Any] = []
+    columns: list[Any] = []
     splits: list[Any] = []
     for df in chunks(meta_cols):
-        values += [None if _missing(v) else _plain(v) for v in df[src.label].tolist()]
+        columns.append(df[src.label])
         if src.split_column:
             splits += df[src.split_column].tolist()
 
     def row_name(i: int) -> str:
         return f"row {i} (line {i + 2})" if is_csv else f"row {i}"
 
-    labels, classes = _labels(values, src.classes, where, row_name)
+    coded = _column_codes(pd.concat(columns, ignore_index=True)) if len(columns) else None
+    if coded is not None:
+        labels, classes = _labels_coded(*coded, src.classes, where, row_name)
+    else:
+        values = [None if _missing(v) else _plain(v) for column in columns for v in column.tolist()]
+        labels, classes = _labels(values, src.classes, where, row_name)
     is_test = _split_flags(splits, where, row_name) if src.split_column else None
     x = np.empty((labels.shape[0], len(features)), dtype=np.float32)
     start = 0

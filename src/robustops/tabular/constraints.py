@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,6 +51,7 @@ __all__ = [
     "project_feasible",
     "relax",
     "schema_box",
+    "violating_rows",
     "violation_masks",
 ]
 
@@ -222,6 +224,48 @@ def violation_masks(x: Tensor, x_orig: Tensor | None, c: Constraints) -> dict[st
         masks["increase"] = c.increase & (x < x_orig)
         masks["decrease"] = c.decrease & (x > x_orig)
     return masks
+
+
+def violating_rows(x: np.ndarray, c: Constraints) -> np.ndarray:
+    """``(N,)`` bool: row ``i`` of ``x`` (scaled, ``(N, D)``, float64) breaks a constraint that
+    needs no original row, i.e. ``any(violation_masks(x, None, c)[kind][i])`` for some kind
+    (``nonfinite``, ``range``, ``grid``, ``one_hot``), with the same float64 comparisons, in
+    numpy over whole columns: only the integer columns are put on the grid and only the group
+    members summed, and no ``(N, D)`` mask is kept per kind. For checking many rows at once
+    (a table being loaded); :func:`violation_masks` tells which column broke what."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != c.dim:
+        raise SpecError.single(
+            "x", f"expected rows of {c.dim} features, got shape {tuple(x.shape)}"
+        )
+    cat = c.categorical.cpu().numpy()
+    rl = c.range_low.cpu().numpy().astype(np.float64)
+    rh = c.range_high.cpu().numpy().astype(np.float64)
+    bad: np.ndarray = np.zeros(x.shape[0], dtype=bool)
+    free = np.flatnonzero(~cat)
+    if x.shape[0]:
+        # Per column: min and max are finite only when every value is (a NaN makes both NaN),
+        # and inside the range only when every value is; the rows are looked at only when a
+        # column fails (nonfinite anywhere, or range on the non-categorical columns).
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        fits = np.isfinite(lo).all() and np.isfinite(hi).all()
+        fits = fits and bool(((lo[free] >= rl[free]) & (hi[free] <= rh[free])).all())
+        if not fits:
+            bad |= ~np.isfinite(x).all(axis=1)
+            if free.size:  # NaN compares False: caught as nonfinite, as violation_masks does
+                xs = x[:, free]
+                bad |= ((xs < rl[free]) | (xs > rh[free])).any(axis=1)
+    cols = np.flatnonzero(c.integer.cpu().numpy())
+    if cols.size:
+        k = x[:, cols] * c.levels.cpu().numpy().astype(np.float64)[cols]
+        with np.errstate(invalid="ignore"):  # inf - inf: that row is already nonfinite
+            off = np.abs(k - np.round(k)) > GRID_TOLERANCE  # round half to even, as torch's
+        bad |= off.any(axis=1)
+    for g in c.groups:
+        vals = x[:, g.columns.cpu().numpy()]
+        ok = ((vals == 0) | (vals == 1)).all(axis=1) & (vals.sum(axis=1) == 1)
+        bad |= ~ok
+    return bad
 
 
 def _round_integers(

@@ -38,6 +38,7 @@ from robustops.tabular.constraints import (
     GroupConstraint,
     in_threat,
     project_feasible,
+    violating_rows,
     violation_masks,
 )
 from robustops.threats import ThreatModel, validation_error_to_spec_error
@@ -369,6 +370,39 @@ class FeatureSchema(BaseModel):
         t = self._as_rows(raw, "raw")
         low, span = self._spans(t)
         return (t - low) / span
+
+    def _spans_np(self) -> tuple[np.ndarray, np.ndarray]:
+        low = np.array([f.range[0] for f in self.features], dtype=np.float64)
+        high = np.array([f.range[1] for f in self.features], dtype=np.float64)
+        return low, high - low
+
+    def check_raw(self, raw: np.ndarray) -> tuple[np.ndarray, Violation | None]:
+        """Raw rows ``(N, D)`` scaled (float64, the values of :meth:`scale`, computed in numpy)
+        and the first violation that ``validate(raw, raw=True, limit=1)`` reports, or ``None``.
+
+        For many rows at once (a table being loaded): the rows are checked over whole columns
+        (:func:`~robustops.tabular.constraints.violating_rows`, the same tests as
+        :meth:`validate`) and only the first breaking row goes through :meth:`validate`, for
+        the message; its ``row`` is that row's position in ``raw``."""
+        x = np.asarray(raw, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise SpecError.single(
+                "raw",
+                f"schema {self.name!r} expects rows of {self.dim} features "
+                f"(shape (N, {self.dim})), got shape {tuple(x.shape)}",
+            )
+        low, span = self._spans_np()
+        with np.errstate(over="ignore", invalid="ignore"):  # as torch: inf, checked below
+            scaled = x - low  # the float64 operations of scale(), elementwise, in one array
+            scaled /= span
+        bad = violating_rows(scaled, self.constraints(torch.float64))
+        if not bad.any():
+            return scaled, None
+        i = int(np.argmax(bad))
+        found = self.validate(np.array(x[i : i + 1]), raw=True, limit=1)
+        if not found:  # cannot happen: both test the same constraints
+            raise RuntimeError(f"schema {self.name!r}: row {i} fails a check validate() passes")
+        return scaled, found[0]._replace(row=i)
 
     def unscale(self, x: Any) -> Tensor:
         """Scaled rows ``(N, D)`` → raw units, float64."""
