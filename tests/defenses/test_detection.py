@@ -316,6 +316,33 @@ def test_fingerprint_shape_and_sketch_count(mnist: Dataset) -> None:
         fp.tensor(torch.full((4,), float("nan")))
 
 
+def test_batched_fingerprints_equal_one_at_a_time(mnist: Dataset) -> None:
+    fp = QueryDetector(secret=3).fingerprinter
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([mnist.x_test[:6], torch.rand(4, 1, 28, 28, generator=gen)])
+    x[6] = 0.0  # one window hash: a fingerprint of length 1
+    x[7, 0, :10] = 0.5  # few distinct windows
+    x[8] = x[9]  # identical rows
+    x[9, 0, 0, 0] = 1.0
+    for rows in (x, x[:1], x.reshape(10, -1)[:, :7], x.reshape(10, -1)[:, :21]):
+        together = fp.tensors(rows)
+        alone = [fp.tensor(r) for r in rows]
+        assert len(together) == len(alone)
+        for a, b in zip(together, alone, strict=True):
+            assert a.dtype == b.dtype == np.uint64 and np.array_equal(a, b)
+    with pytest.raises(SpecError, match="NaN"):
+        fp.tensors(torch.full((2, 4), float("nan")))
+    det = QueryDetector(secret=3)
+    e = np.random.default_rng(1).random((10, 8))
+    det2 = QueryDetector(secret=3, embedding_dim=8)
+    many = det2.prepare_tensors(x.numpy(), list(e))
+    for i, q in enumerate(many):
+        one = det2.prepare(x[i].numpy(), embedding=e[i])
+        assert np.array_equal(q.sketch, one.sketch) and q.length == one.length
+        np.testing.assert_array_equal(q.emb, one.emb)
+    assert [q.emb for q in det.prepare_tensors(x.numpy())] == [None] * 10
+
+
 # 6. text ----------------------------------------------------------------------------------
 
 

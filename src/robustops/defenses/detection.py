@@ -90,7 +90,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -313,6 +313,37 @@ class Fingerprinter:
         q = np.floor(arr.ravel() / self.config.quantization_step + 0.5)
         symbols = q.astype(np.int64).view(np.uint64)
         return self._top(symbols, "tensor")
+
+    def tensors(self, xs: Any) -> list[U64]:
+        """:meth:`tensor` of each row of ``xs`` ``(B, ...)`` (one input per row), computed for
+        all rows at once: the same arrays, in far fewer NumPy calls."""
+        arr = _as_array(xs)
+        if arr.ndim == 0 or arr.shape[0] == 0:
+            return []
+        if not np.isfinite(arr).all():
+            raise SpecError.single("input", "holds NaN or infinite values")
+        rows = arr.reshape(arr.shape[0], -1)
+        if rows.shape[0] == 1:  # one row: the plain path has fewer NumPy calls
+            return [self.tensor(rows[0])]
+        q = np.floor(rows / self.config.quantization_step + 0.5)
+        symbols = np.ascontiguousarray(q.astype(np.int64).view(np.uint64))
+        coef, offset = self._coef["tensor"]
+        b, length = symbols.shape
+        if length == 0:
+            return [np.zeros(0, dtype=np.uint64) for _ in range(b)]
+        w = min(coef.size, length)
+        windows = as_strided(symbols, (b, length - w + 1, w), (8 * length, 8, 8), writeable=False)
+        with np.errstate(over="ignore"):  # the window hash of _top
+            h = windows @ coef[:w]
+            h += offset
+            h = _fmix64(h)
+        h[h == 0] = 1  # 0 marks an empty slot
+        h.sort(axis=1)
+        keep = np.ones(h.shape, dtype=bool)  # the last copy of each run of equal hashes
+        np.not_equal(h[:, 1:], h[:, :-1], out=keep[:, :-1])
+        from_end = np.cumsum(keep[:, ::-1], axis=1)[:, ::-1]  # distinct hashes from here on
+        keep &= from_end <= self.config.fingerprint_size
+        return np.split(h[keep], np.cumsum(keep.sum(axis=1))[:-1])
 
     def text(self, text: str) -> U64:
         """Fingerprint of ``text`` over its shingles, after NFKC normalisation, case folding and
@@ -559,6 +590,19 @@ class QueryDetector:
         norm = float(np.linalg.norm(e))
         return e / norm if norm > 0 else e
 
+    def _sized_embedding(self, x: Any, embedding: Any) -> npt.NDArray[np.float32] | None:
+        """:meth:`_embedding`, of the detector's dimension (fixed by the first one)."""
+        emb = self._embedding(x, embedding)
+        if emb is not None:
+            with self._lock:
+                if self._dim is None:
+                    self._dim = int(emb.size)
+            if emb.size != self._dim:
+                raise SpecError.single(
+                    "embedding", f"has {emb.size} values, the detector uses {self._dim}"
+                )
+        return emb
+
     def _sketch(self, fp: U64) -> U64:
         """``(sketch_bits / 64,)`` words with bit ``h mod sketch_bits`` set for each hash."""
         bits = np.zeros(self.config.sketch_bits, dtype=bool)
@@ -588,15 +632,7 @@ class QueryDetector:
     ) -> QueryDecision:
         if not isinstance(key, str):
             raise SpecError.single("key", f"must be a str, got {type(key).__name__}")
-        emb = self._embedding(x, embedding)
-        if emb is not None:
-            with self._lock:
-                if self._dim is None:
-                    self._dim = int(emb.size)
-            if emb.size != self._dim:
-                raise SpecError.single(
-                    "embedding", f"has {emb.size} values, the detector uses {self._dim}"
-                )
+        emb = self._sized_embedding(x, embedding)
         sketch = self._sketch(fp)
         t = float(self._clock() if now is None else now)
         if not math.isfinite(t):
@@ -612,16 +648,22 @@ class QueryDetector:
         its length and its unit embedding. Feed it to :meth:`decide_prepared` (this worker's
         query) or :meth:`replay` (a query another worker decided)."""
         fp = self.fingerprinter.text(x) if text else self.fingerprinter.tensor(x)
-        emb = self._embedding(x, embedding)
-        if emb is not None:
-            with self._lock:
-                if self._dim is None:
-                    self._dim = int(emb.size)
-            if emb.size != self._dim:
-                raise SpecError.single(
-                    "embedding", f"has {emb.size} values, the detector uses {self._dim}"
-                )
-        return PreparedQuery(self._sketch(fp), int(fp.size), emb)
+        return PreparedQuery(self._sketch(fp), int(fp.size), self._sized_embedding(x, embedding))
+
+    def prepare_tensors(
+        self, xs: Any, embeddings: Sequence[Any] | npt.NDArray[Any] | None = None
+    ) -> list[PreparedQuery]:
+        """:meth:`prepare` of each row of ``xs`` ``(B, ...)`` (tensor queries), fingerprinted
+        together (:meth:`Fingerprinter.tensors`); ``embeddings``: one per row (or None)."""
+        fps = self.fingerprinter.tensors(xs)
+        return [
+            PreparedQuery(
+                self._sketch(fp),
+                int(fp.size),
+                self._sized_embedding(xs[i], embeddings[i] if embeddings is not None else None),
+            )
+            for i, fp in enumerate(fps)
+        ]
 
     def decide_prepared(
         self, key: str, q: PreparedQuery, *, now: float, extra_level: int = 0
