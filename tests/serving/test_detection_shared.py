@@ -21,7 +21,7 @@ from robustops.serving.detection import (
     SqliteDetectorLog,
     calibrate_threshold,
 )
-from robustops.serving.guard import Guard
+from robustops.serving.guard import Guard, Request
 from robustops.serving.model import ServedModel, module_logits
 from serving.conftest import GuardServer, launch_server
 
@@ -290,3 +290,40 @@ def test_two_workers_on_redis_decide_like_one(redis_url: str) -> None:
     split = _actions(workers, "attacker", probes)
     assert "flag" in alone and split == alone
     assert all(w.detector.log.errors == 0 for w in workers)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-state", "sqlite-log"])
+def test_requests_run_together_are_decided_as_one_at_a_time(tmp_path: Path, shared: bool) -> None:
+    """A pass of several requests (the batcher's) gives every request the action, reasons and
+    label it gets when the requests come one by one, in the same order."""
+    cfg = DetectionConfig(window=4, flag_at=3, throttle_at=6, block_at=10, cross_key_flag_at=4)
+    secret, now = b"same-secret", [1000.0]
+
+    def log(name: str) -> SqliteDetectorLog | None:
+        return SqliteDetectorLog(tmp_path / f"{name}.db") if shared else None
+
+    alone = _guard(cfg, secret, log("alone"), lambda: now[0])
+    together = _guard(cfg, secret, log("together"), lambda: now[0])
+    for g in (alone, together):
+        assert isinstance(g.detector, GuardDetector)
+        g.detector.calibrate(torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(5)))
+    probes = _campaign(24, seed=3) + _campaign(12, seed=4)
+    keys = [f"k{i % 3}" for i in range(len(probes))]
+    requests = [
+        Request(k, alone.parse({"inputs": p.tolist()}), "canary" if i == 5 else "client")
+        for i, (k, p) in enumerate(zip(keys, probes, strict=True))
+    ]
+    one = [alone.handle(r.key, r.batch, role=r.role) for r in requests]
+    many = []
+    for start in range(0, len(requests), 7):  # passes of 7, the last one shorter
+        many += together.handle_many(requests[start : start + 7])
+    assert [o.action for o in many] == [o.action for o in one]
+    assert [o.flags for o in many] == [o.flags for o in one]
+    assert {o.action for o in one} >= {"ok", "flag", "throttle"}  # the policy was exercised
+    for a, b in zip(many, one, strict=True):
+        assert [p.label for p in a.predictions] == [p.label for p in b.predictions]
+        assert [p.sha256 for p in a.predictions] == [p.sha256 for p in b.predictions]
+        assert a.input_sha256 == b.input_sha256 and a.stats == b.stats
+        np.testing.assert_allclose(
+            [p.confidence for p in a.predictions], [p.confidence for p in b.predictions], atol=1e-5
+        )

@@ -111,3 +111,32 @@ def test_flag_buffer_writes_in_order_after_its_delay_or_when_flushed() -> None:
     assert len(sink.got) == 6
     buffer.record_flag("k5", "flag", [])  # no event loop: written at once
     assert sink.got[-1] == ("k5", "flag", [])
+
+
+def test_the_direct_predict_route_answers_as_fastapi_does(tmp_path: Any) -> None:
+    """``POST /v1/predict`` skips FastAPI's router; its refusals keep FastAPI's shape and
+    headers, other methods still get the router's 405, and the schema still describes it."""
+    from fastapi.testclient import TestClient
+
+    from robustops.serving.app import create_app
+    from robustops.serving.config import ServeConfig
+    from robustops.serving.keys import KeyStore
+    from robustops.serving.limits import MemoryLimiter
+    from serving.server_helpers import inputs, stub_guard
+
+    config = ServeConfig.model_validate({"state_dir": str(tmp_path)})
+    keys = KeyStore(tmp_path / "keys.db")
+    key = keys.add("client")
+    app = create_app(stub_guard(config), keys, MemoryLimiter(1.0, 1))
+    with TestClient(app) as c:
+        missing = c.post("/v1/predict", json=inputs(0.5))
+        assert missing.status_code == 401
+        assert missing.json() == {"detail": "a valid API key is required"}
+        assert missing.headers["www-authenticate"] == "Bearer"
+        ok = c.post("/v1/predict", json=inputs(0.5), headers={"X-API-Key": key})
+        assert ok.status_code == 200 and ok.headers["content-type"] == "application/json"
+        assert set(ok.json()) == {"request_id", "model", "predictions", "flagged"}
+        limited = c.post("/v1/predict", json=inputs(0.5), headers={"X-API-Key": key})
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert c.get("/v1/predict", headers={"X-API-Key": key}).status_code == 405
+        assert "post" in c.get("/openapi.json").json()["paths"]["/v1/predict"]

@@ -365,7 +365,7 @@ def test_burst_of_ten_times_the_limit_admits_exactly_the_limit_per_key(
 
 
 class _BlockingModel:
-    """Logits of zeros, after waiting for ``gate``; counts the calls running at once."""
+    """Logits of zeros, after waiting for ``gate``; counts the inputs in the model at once."""
 
     def __init__(self) -> None:
         self.gate = threading.Event()
@@ -374,14 +374,14 @@ class _BlockingModel:
         self.peak = 0
 
     def __call__(self, x: Tensor) -> Tensor:
-        with self.lock:
-            self.running += 1
+        with self.lock:  # inputs, not calls: a batching pass may carry two requests in one call
+            self.running += x.shape[0]
             self.peak = max(self.peak, self.running)
         try:
             self.gate.wait(30)
         finally:
             with self.lock:
-                self.running -= 1
+                self.running -= x.shape[0]
         return torch.zeros(x.shape[0], 3)
 
 
@@ -438,7 +438,9 @@ def _uvicorn(app: ASGIApp) -> Iterator[int]:
         thread.join(15)
 
 
-def _guard_app(tmp_path: Path, model: Any, limiter: Limiter, max_concurrency: int) -> Any:
+def _guard_app(
+    tmp_path: Path, model: Any, limiter: Limiter, max_concurrency: int, *, batching: bool = True
+) -> Any:
     served = ServedModel(
         name="blocking", modality="image", logits=model, num_classes=3, input_shape=(4,)
     )
@@ -448,6 +450,7 @@ def _guard_app(tmp_path: Path, model: Any, limiter: Limiter, max_concurrency: in
             "limits": {"max_concurrency": max_concurrency},
             "detection": {"enabled": False},
             "abstention": {"enabled": False},
+            "batching": {"enabled": batching},
         }
     )
     keys = KeyStore(tmp_path / "keys.db")
@@ -473,12 +476,17 @@ def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("batching", [False, True], ids=["threads", "batching"])
 @pytest.mark.parametrize("server_kind", ["finishes", "cancels"])
 def test_concurrency_cap_holds_and_never_leaks_when_clients_hang_up(
-    tmp_path: Path, server_kind: str
+    tmp_path: Path, server_kind: str, batching: bool
 ) -> None:
+    """The cap counts requests from admission until their model work ends, whoever runs it:
+    the thread pool or the batcher's two threads."""
     model = _BlockingModel()
-    app, key = _guard_app(tmp_path, model, MemoryLimiter(1e4, 10_000), max_concurrency=2)
+    app, key = _guard_app(
+        tmp_path, model, MemoryLimiter(1e4, 10_000), max_concurrency=2, batching=batching
+    )
     if server_kind == "cancels":
         app = _cancel_on_disconnect(app)
     with (

@@ -4,7 +4,9 @@ Request path of ``POST /v1/predict``: body-size cap (413) → failed authenticat
 client's address (429 with ``Retry-After``, before any key derivation; every route that needs a
 key) → API key (401; ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) → the key's rate
 limit (429 with ``Retry-After``) → the worker's concurrency cap (503) → validation (422 naming
-the field) → the :class:`Guard` (detect, predict, abstain) → one JSON log line. ``GET
+the field) → the :class:`Guard` (detect, predict, abstain; with the requests queued meanwhile
+in one pass, :mod:`robustops.serving.batching`) → one JSON log line. The route is reached
+through :class:`_DirectPredict`, not FastAPI's router (the OpenAPI schema still describes it). ``GET
 /healthz`` (the process is up), ``/readyz`` (the model answers), ``/v1/model`` (identity and
 input contract; any key) and the OpenAPI schema at ``/openapi.json``.
 
@@ -27,7 +29,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 try:
@@ -40,9 +42,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from robustops.serving.batching import Batcher
 from robustops.serving.dashboard import PAGE, PAGE_HEADERS, DashboardStore, dashboard_data
 from robustops.serving.follow import GuardSlot
 from robustops.serving.guard import Guard, Outcome, batch_stats, input_digest
+from robustops.serving.guard import Request as GuardRequest
 from robustops.serving.keys import KeyInfo, KeyStore
 from robustops.serving.limits import (
     AUTH_PREFIX,
@@ -52,6 +56,7 @@ from robustops.serving.limits import (
     RefundableLimiter,
 )
 from robustops.serving.metrics import (
+    PREDICT_PATH,
     FlagBuffer,
     GuardMetrics,
     ObserveMiddleware,
@@ -133,6 +138,51 @@ class _TooLarge(Exception):
     pass
 
 
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _DirectPredict:
+    """ASGI middleware, the innermost of the guard's: ``POST /v1/predict`` goes straight to
+    the guard's handler (inside the body cap and the metrics, like every route), without
+    FastAPI's router, dependency solving and exception middleware, which cost about as much
+    CPU as the guard's own checks. An ``HTTPException`` becomes the answer FastAPI would give
+    (``{"detail": ...}`` with its headers); anything else reaches the server-error middleware
+    (500). The route stays declared, so the OpenAPI schema describes it and other methods get
+    405 from the router."""
+
+    def __init__(self, app: ASGIApp, handler: list[Handler]) -> None:
+        self.app, self.handler = app, handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or scope.get("path") != PREDICT_PATH
+            or not self.handler
+        ):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive, send)
+        try:
+            response = await self.handler[0](request)
+        except HTTPException as exc:
+            response = _JSON({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        await response(scope, receive, send)
+
+
+class _JSON(JSONResponse):
+    """A JSON answer rendered by orjson when installed (the same document as the standard
+    library's compact form for the guard's answers, whose floats are finite)."""
+
+    def render(self, content: Any) -> bytes:
+        if orjson is not None:
+            try:
+                return orjson.dumps(content)
+            except TypeError:  # an integer past 64 bits: the standard library's answer
+                pass
+        return super().render(content)
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are all different: a repeated key is refused (parsers disagree
     on which copy wins, so a proxy and the guard could read different bodies)."""
@@ -208,6 +258,8 @@ def create_app(
         finally:
             for hook in on_shutdown:
                 await run_in_threadpool(hook)
+            if batcher is not None:
+                await run_in_threadpool(batcher.close)
             await run_in_threadpool(flags.flush)
             files.close()
 
@@ -217,9 +269,20 @@ def create_app(
         version="1",
         description="A hardened prediction service in front of a classifier.",
     )
+    direct: list[Handler] = []  # the predict handler, once defined below
+    app.add_middleware(_DirectPredict, handler=direct)
     app.add_middleware(_BodyLimit, limit=cfg.limits.max_body_bytes)
     slots = asyncio.Semaphore(cfg.limits.max_concurrency)
     metrics = metrics if metrics is not None else GuardMetrics(slot.current[1])
+    batcher = (
+        Batcher(
+            cfg.batching.max_inputs,
+            threads=cfg.batching.threads,
+            on_pass=metrics.pass_requests.observe,
+        )
+        if cfg.batching.enabled
+        else None
+    )
     if files.on_error is None:
         files.on_error = metrics.request_log_errors.inc
     store = store if store is not None else DashboardStore()
@@ -384,9 +447,13 @@ def create_app(
         # (a client hanging up can cancel it): the work runs as its own task that gives the
         # slot back when it ends, and the handler only waits for it (shielded).
         await slots.acquire()  # a free slot: returns at once
-        work = asyncio.ensure_future(
-            run_in_threadpool(guard.handle, key.name, batch, role=key.role)
-        )
+        work: asyncio.Future[Outcome]
+        if batcher is not None:  # with the requests that queue meanwhile (one pass)
+            work = batcher.submit(guard, GuardRequest(key.name, batch, key.role))
+        else:
+            work = asyncio.ensure_future(
+                run_in_threadpool(guard.handle, key.name, batch, role=key.role)
+            )
         work.add_done_callback(lambda task: _release(slots, task))
         outcome: Outcome = await asyncio.shield(work)
         note_outcome(request, key.name, outcome)
@@ -409,7 +476,9 @@ def create_app(
         if cfg.log_inputs:
             record["input"] = _inputs_as_list(body, batch, guard)
         write(record)
-        return JSONResponse(payload, status_code=status)
+        return _JSON(payload, status_code=status)
+
+    direct.append(predict)
 
     @app.get(
         "/metrics",

@@ -167,6 +167,30 @@ class AbstentionConfig(StrictModel):
     )
 
 
+class BatchingConfig(StrictModel):
+    """Requests that arrive while the model is busy run together: one forward pass, one
+    abstainer pass and one detector transaction for all of them (each keeps its own answer,
+    detector decision and log line)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="off: every request runs on its own, in the thread pool",
+    )
+    max_inputs: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="inputs per combined pass at most (a request larger than this runs alone)",
+    )
+    threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="passes that may run at once, per worker (a slow pass holds up only the "
+        "requests it took)",
+    )
+
+
 class ServeConfig(StrictModel):
     """How ``robustops serve`` runs the guard in front of the model."""
 
@@ -181,6 +205,7 @@ class ServeConfig(StrictModel):
     state: StateConfig = Field(default_factory=StateConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     abstention: AbstentionConfig = Field(default_factory=AbstentionConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     log_inputs: bool = Field(
         default=False, description="log raw inputs (off: only their sha256 is logged)"
     )

@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -584,15 +585,6 @@ class GuardDetector:
 
     # -- per request ------------------------------------------------------------------------
 
-    def _embeddings(self, batch: Batch, embedding: Tensor | None) -> F32 | None:
-        if not self.uses_embeddings:
-            return None
-        assert self.tap is not None
-        e = self.tap.take(batch.n)
-        if e is None:  # the forward pass ran elsewhere: run it here (same work either way)
-            e = self.tap.embed(batch.inputs) if isinstance(batch.inputs, Tensor) else None
-        return e
-
     def _decide(self, key: str, q: PreparedQuery, now: float) -> tuple[QueryDecision, int, Row]:
         extra, n_cross = 0, 0
         if self.cross is not None and q.emb is not None:
@@ -629,37 +621,77 @@ class GuardDetector:
         """See :class:`robustops.serving.guard.Detector`. The service's own queries (``own``)
         are kept under ``OWN_PREFIX + key`` in every worker's state (shared rows included), so
         they are judged per key as usual but never enter the cross-key ring."""
-        if own:
-            key = OWN_PREFIX + key
-        embs = self._embeddings(batch, embedding)
-        prepared = []
-        for i in range(batch.n):
-            item: Any = batch.raw[i]
-            if not self.text and isinstance(item, Tensor):
-                item = item.numpy()
-            e = embs[i] if embs is not None else None
-            q = self.detector.prepare(item, embedding=e, text=self.text)
-            if q.emb is not None:  # the float16 values the shared state keeps, here too
-                q = PreparedQuery(q.sketch, q.length, q.emb.astype(np.float16).astype(np.float32))
-            prepared.append(q)
+        return self.observe_many([(key, batch, own)], embedding)[0]
+
+    def observe_many(
+        self, items: Sequence[tuple[str, Batch, bool]], features: Tensor | None = None
+    ) -> list[tuple[str, list[str]]]:
+        """See :class:`robustops.serving.guard.BatchDetector`: the requests ``(key, batch,
+        own)`` decided in order under one lock and one exchange with the shared state. The
+        embeddings are those of the forward pass that just ran on this thread over all the
+        batches' inputs together (else each batch's own pass); ``features`` is not used (see
+        the class docstring)."""
+        batches = [b for _, b, _ in items]
+        embs = self._embeddings_many(batches)
+        queries: list[PreparedQuery]
+        if self.text:
+            queries = [self.detector.prepare(t, text=True) for b in batches for t in b.raw]
+        else:  # every input of the pass fingerprinted at once
+            raw = [b.raw for b in batches]
+            together = raw[0] if len(raw) == 1 else torch.cat(raw)  # type: ignore[arg-type]
+            assert isinstance(together, Tensor)
+            flat: F32 | None = None
+            if all(e is not None for e in embs):
+                flat = np.concatenate([e for e in embs if e is not None])
+            queries = self.detector.prepare_tensors(together.numpy(), flat)
+        queries = [  # the float16 values the shared state keeps, here too
+            q
+            if q.emb is None
+            else PreparedQuery(q.sketch, q.length, q.emb.astype(np.float16).astype(np.float32))
+            for q in queries
+        ]
+        starts = list(itertools.accumulate((b.n for b in batches), initial=0))
+        prepared = [
+            (OWN_PREFIX + key if own else key, queries[a:z])
+            for (key, _, own), (a, z) in zip(items, itertools.pairwise(starts), strict=True)
+        ]
         with self._lock:
             now = float(self.clock())
-            decided: list[tuple[QueryDecision, int, Row]] | None = None
+            decided: list[list[tuple[QueryDecision, int, Row]]] | None = None
             if self.log is not None:
                 try:
                     with self.log.exchange() as (new, append):
                         self._replay(new)
-                        decided = [self._decide(key, q, now) for q in prepared]
-                        append([r for _, _, r in decided])
+                        decided = [[self._decide(k, q, now) for q in qs] for k, qs in prepared]
+                        append([r for per in decided for _, _, r in per])
                 except sqlite3.Error:  # shared state unreachable: decide on this worker's
                     self.log.errors += 1
             if decided is None:
-                decided = [self._decide(key, q, now) for q in prepared]
-        worst, cross = max(((d, c) for d, c, _ in decided), key=lambda t: t[0].severity)
-        reasons = [f"{r} ({worst.matches} near-duplicates)" for r in worst.reasons]
-        if cross:
-            reasons.append(f"cross-key embedding ({cross} similar recent queries of any key)")
-        return _GUARD_ACTION[worst.action], reasons
+                decided = [[self._decide(k, q, now) for q in qs] for k, qs in prepared]
+        return [_verdict(per) for per in decided]
+
+    def _embeddings_many(self, batches: Sequence[Batch]) -> list[F32 | None]:
+        """Each batch's embeddings ``(n_i, dim)``, or None per batch without embeddings."""
+        if not self.uses_embeddings:
+            return [None] * len(batches)
+        assert self.tap is not None
+        sizes = [b.n for b in batches]
+        together = self.tap.take(sum(sizes))
+        if together is None:  # the forward pass ran elsewhere: run it here (same work either way)
+            return [
+                self.tap.embed(b.inputs) if isinstance(b.inputs, Tensor) else None for b in batches
+            ]
+        bounds = np.cumsum([0, *sizes])
+        return [together[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _verdict(decided: list[tuple[QueryDecision, int, Row]]) -> tuple[str, list[str]]:
+    """A request's action (its most severe input's) and that input's reasons."""
+    worst, cross = max(((d, c) for d, c, _ in decided), key=lambda t: t[0].severity)
+    reasons = [f"{r} ({worst.matches} near-duplicates)" for r in worst.reasons]
+    if cross:
+        reasons.append(f"cross-key embedding ({cross} similar recent queries of any key)")
+    return _GUARD_ACTION[worst.action], reasons
 
 
 __all__ = [

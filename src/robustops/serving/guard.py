@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,6 +32,20 @@ class Detector(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchDetector(Detector, Protocol):
+    """A detector that decides the requests of several keys in one step (one lock, one
+    shared-state transaction), each as :meth:`Detector.observe` would in that order."""
+
+    def observe_many(
+        self, items: Sequence[tuple[str, Batch, bool]], features: Tensor | None
+    ) -> list[tuple[str, list[str]]]:
+        """For each ``(key, batch, own)`` in order, the action and reasons :meth:`observe`
+        gives. ``features``: the model's features of all the batches' inputs, concatenated
+        in order (or None)."""
+        ...
+
+
 class Abstainer(Protocol):
     """Decides per input whether to answer or abstain, from logits and features."""
 
@@ -47,6 +62,15 @@ class ScoringAbstainer(Abstainer, Protocol):
         """For each input, the reasons to abstain, and the anomaly scores ``(N,)`` (higher =
         more unusual)."""
         ...
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated request the guard runs: the key's name, its inputs and the key's role."""
+
+    key: str
+    batch: Batch
+    role: str = "client"
 
 
 @dataclass(frozen=True)
@@ -177,10 +201,37 @@ class Guard:
         detector run whatever the detector decides, so a flagged request costs the same time as
         any other. A ``canary`` key's queries (the monitoring loop's own probes of the canary
         set, which benign clients may well send too) never count against other keys."""
-        logits, feats = self.model.outputs(batch.inputs)
-        action, flags = "ok", list[str]()
+        return self.handle_many([Request(key, batch, role)])[0]
+
+    def handle_many(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Run several requests together, in order, as :meth:`handle` runs one: one forward
+        pass over all their inputs, one abstainer pass, and the detector's decisions for all
+        of them in one step (:class:`BatchDetector`; each request is still decided on its own
+        key's history, the earlier requests of the call included). Each request gets its own
+        :class:`Outcome`, as if it had come alone (the logits of a combined pass may differ
+        from a pass of one in the last float bits)."""
+        if not requests:
+            return []
+        sizes = [r.batch.n for r in requests]
+        inputs: Any
+        if len(requests) == 1:
+            inputs = requests[0].batch.inputs
+        elif isinstance(requests[0].batch.inputs, Tensor):
+            inputs = torch.cat([r.batch.inputs for r in requests])  # type: ignore[misc]
+        else:
+            inputs = [t for r in requests for t in r.batch.inputs]
+        logits, feats = self.model.outputs(inputs)
+        detected: list[tuple[str, list[str]]] = [("ok", [])] * len(requests)
         if self.detector is not None:
-            action, flags = self.detector.observe(key, batch, feats, own=role == "canary")
+            items = [(r.key, r.batch, r.role == "canary") for r in requests]
+            if isinstance(self.detector, BatchDetector):
+                detected = self.detector.observe_many(items, feats)
+            else:
+                detected, start = [], 0
+                for (key, batch, own), n in zip(items, sizes, strict=True):
+                    f = feats[start : start + n] if feats is not None else None
+                    detected.append(self.detector.observe(key, batch, f, own=own))
+                    start += n
         abstain: list[list[str]] | None = None
         scores: list[float] | None = None
         if self.abstainer is not None:
@@ -191,31 +242,38 @@ class Guard:
                 abstain = self.abstainer.decide(logits, feats)
         probs = torch.softmax(logits / self.model.temperature, dim=1)
         conf, labels = probs.max(dim=1)
-        names = self.model.class_names
-        digests = item_digests(batch)
         confs, tops = conf.tolist(), labels.tolist()
-        preds = []
-        for i in range(batch.n):
-            reasons = tuple(abstain[i]) if abstain is not None else ()
-            label = int(tops[i])
-            preds.append(
-                Prediction(
-                    decision="abstain" if reasons else "predict",
-                    label=None if reasons else label,
-                    class_name=None if reasons or not names else str(names[label]),
-                    confidence=float(confs[i]),
-                    reasons=reasons,
-                    top=label,
-                    score=scores[i] if scores is not None else None,
-                    sha256=digests[i],
+        names = self.model.class_names
+        outcomes, start = [], 0
+        for r, n, (action, flags) in zip(requests, sizes, detected, strict=True):
+            digests = item_digests(r.batch)
+            preds = []
+            for j in range(n):
+                i = start + j
+                reasons = tuple(abstain[i]) if abstain is not None else ()
+                label = int(tops[i])
+                preds.append(
+                    Prediction(
+                        decision="abstain" if reasons else "predict",
+                        label=None if reasons else label,
+                        class_name=None if reasons or not names else str(names[label]),
+                        confidence=float(confs[i]),
+                        reasons=reasons,
+                        top=label,
+                        score=scores[i] if scores is not None else None,
+                        sha256=digests[j],
+                    )
+                )
+            outcomes.append(
+                Outcome(
+                    preds,
+                    action,
+                    list(flags),
+                    input_digest(r.batch),
+                    batch_stats(r.batch),
+                    self.label,
+                    self.model.weights_sha256 or "",
                 )
             )
-        return Outcome(
-            preds,
-            action,
-            list(flags),
-            input_digest(batch),
-            batch_stats(batch),
-            self.label,
-            self.model.weights_sha256 or "",
-        )
+            start += n
+        return outcomes

@@ -263,6 +263,13 @@ class GuardMetrics:
             ["result"],
             registry=reg,
         )
+        self.pass_requests = Histogram(
+            f"{PREFIX}_pass_requests",
+            "Requests run together in one pass of the model, abstainer and detector "
+            "(serve.batching; 1 when the worker was idle).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=reg,
+        )
         self.identity = _identity(identity)
         self.workers.set(1)
         self.model_info.labels(**self.identity).set(1)

@@ -25,11 +25,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the serve extra installs it
+    orjson = None  # type: ignore[assignment]
+
 log = logging.getLogger("robustops.guard")
 
 
 def dumps(record: dict[str, Any]) -> str:
-    """The compact JSON line of ``record`` (without the newline)."""
+    """The compact JSON line of ``record`` (without the newline). With orjson (the ``serve``
+    extra; about five times faster) non-ASCII characters are written as UTF-8 rather than
+    escaped, and a NaN or infinity as null; what orjson cannot write (an integer past 64 bits)
+    goes through the standard library, which refuses NaN."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(record, default=_fallback).decode()
+        except TypeError:  # orjson.JSONEncodeError is one
+            pass
     return json.dumps(record, separators=(",", ":"), allow_nan=False, default=_fallback)
 
 
