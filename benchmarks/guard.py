@@ -216,6 +216,8 @@ def prepare(
     doc = json.loads(json.dumps(SPEC))
     doc["serve"]["state"] = {"backend": state}
     spec.write_text(yaml.safe_dump(doc))
+    doc["serve"]["batching"] = {"enabled": False}
+    (workdir / "spec_unbatched.yaml").write_text(yaml.safe_dump(doc))
     env = _env(threads)
     started = time.perf_counter()
     subprocess.run(
@@ -256,7 +258,9 @@ class Server:
 
     def __init__(self, mode: str, spec: Path, workdir: Path, threads: int) -> None:
         self.mode, self.port = mode, _free_port()
-        if mode == "on":
+        if mode in ("on", "unbatched"):
+            if mode == "unbatched":  # the same, but every request alone in the thread pool
+                spec = spec.with_name("spec_unbatched.yaml")
             cmd = [
                 PYTHON,
                 "-m",
@@ -521,14 +525,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     paced = wrk_script(workdir, args.think_ms)
     cpu_in_process = in_process(spec, key, bodies, args.threads)
     print(f"in process, CPU ms per request: {cpu_in_process}", flush=True)
-    servers = {mode: Server(mode, spec, workdir, args.threads) for mode in ("on", "off")}
-    raw: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
-    think: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
-    idle: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    modes = ("on", "off", "unbatched") if args.unbatched else ("on", "off")
+    servers = {mode: Server(mode, spec, workdir, args.threads) for mode in modes}
+    raw: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    think: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    idle: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     loads = [os.getloadavg()[0]]
     try:
         for r in range(args.runs):
-            for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            for mode in modes if r % 2 == 0 else modes[::-1]:
                 server = servers[mode]
                 raw[mode].append(_measure(server, client, key, bodies, args, saturate))
                 if client == "wrk" and args.think_ms > 0:
@@ -574,6 +579,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     verdict["p99_target_met"] = verdict["p99_overhead_ms"] <= 2.0
     verdict["throughput_target_met"] = verdict["throughput_ratio"] >= 0.8
+    if "unbatched" in med:
+        ub = med["unbatched"]
+        verdict["unbatched_throughput_ratio"] = round(
+            ub["throughput_rps"] / off["throughput_rps"], 3
+        )
+        verdict["unbatched_p99_overhead_ms"] = round(ub["p99_ms"] - off["p99_ms"], 3)
     shutil.rmtree(workdir, ignore_errors=True)
     return {
         "client": client,
@@ -623,7 +634,9 @@ def print_table(result: dict[str, Any]) -> None:
         "| unloaded p50 (ms) | unloaded p99 (ms) | errors |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for mode in ("off", "on"):
+    for mode in ("off", "on", "unbatched"):
+        if mode not in med:
+            continue
         m = med[mode]
         print(
             f"| {mode} | {m['throughput_rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
@@ -635,7 +648,9 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"\n{result['think_ms']:g} ms think time per client (below saturation):")
         print("| guard | throughput (req/s) | p50 (ms) | p99 (ms) | server CPU per request (ms) |")
         print("| --- | ---: | ---: | ---: | ---: |")
-        for mode in ("off", "on"):
+        for mode in ("off", "on", "unbatched"):
+            if mode not in paced:
+                continue
             m = paced[mode]
             print(
                 f"| {mode} | {m['throughput_rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
@@ -652,6 +667,11 @@ def print_table(result: dict[str, Any]) -> None:
         f"{ov['unloaded_p50_overhead_ms']:+.2f} ms, p99 {ov['unloaded_p99_overhead_ms']:+.2f} ms; "
         f"server CPU {ov['cpu_ms_per_request_overhead']:+.3f} ms per request"
     )
+    if "unbatched_throughput_ratio" in ov:
+        print(
+            f"unbatched guard: throughput x{ov['unbatched_throughput_ratio']:.3f}, "
+            f"p99 overhead {ov['unbatched_p99_overhead_ms']:+.2f} ms"
+        )
 
 
 def main() -> None:
@@ -681,6 +701,11 @@ def main() -> None:
         choices=["sqlite", "memory"],
         default="sqlite",
         help="the guard's rate-limit state backend",
+    )
+    ap.add_argument(
+        "--unbatched",
+        action="store_true",
+        help="a third server: the guard with serve.batching off (every request alone)",
     )
     ap.add_argument("--client", choices=["wrk", "python"], default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/guard.json")
