@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import NoReturn
 
@@ -58,3 +59,19 @@ def promtool() -> str:
     if found is None:
         missing_component("promtool not installed: apt-get install prometheus to run this test")
     return found
+
+
+def finish_all(procs: list[subprocess.Popen[str]], timeout: float = 300) -> None:
+    """Wait for every process (``stdout`` piped as text, ``stderr`` joined to it); kill those
+    still running when one fails or times out; assert they all exited 0, showing the tail of
+    each one's output otherwise."""
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(log[-3000:] for log in logs)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from real_components import missing_component
+from real_components import finish_all, missing_component
 from result_helpers import assert_same_per_sample
 from robustops.cli import app
 from robustops.evaluation import SuiteResult
@@ -252,16 +252,7 @@ def test_torchrun_on_two_nodes_equals_one_process(trained: tuple[Path, SuiteResu
                 text=True,
             )
         )
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    finish_all(procs)
     merged = SuiteResult.load(out)
     assert_same_per_sample(merged, single)
     topo = merged.topology

@@ -16,6 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from real_components import finish_all
 from robustops.config import load_spec
 from robustops.runner import train_spec
 
@@ -127,14 +128,5 @@ def test_two_nodes_match_one(tmp_path: Path, single: tuple[Path, dict[str, Any]]
         )
         for r in ("0", "1")
     ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    finish_all(procs)
     _assert_matches_one(tmp_path / "ddp", single)
