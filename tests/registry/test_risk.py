@@ -132,7 +132,8 @@ def test_register_joins_catalog_newest_evaluation_and_open_vulnerabilities(
     rr = risk_register(reg, "mnist@1")
     assert len(list(reg.audit_events())) == events  # reading changes nothing
     assert rr.version == "mnist@1" and rr.catalog_sha256 == CATALOG.content_hash()
-    assert rr.evaluation is not None and rr.evaluation["created_at"] == "2026-12-07T00:27:45+00:00"
+    newest = json.loads(BASELINE.read_text())["created_at"]  # the baseline's run, not "older"
+    assert rr.evaluation is not None and rr.evaluation["created_at"] == newest
     assert any("another threat catalog" in n for n in rr.notes)
     by_id = {e.id: e for e in rr.entries}
     # Ranked by risk: 25, 20, 12, 4.
