@@ -65,6 +65,7 @@ from robustops.defenses.detection import (
 from robustops.errors import SpecError
 from robustops.io import atomic_write_bytes
 from robustops.serving.config import DetectionConfig
+from robustops.serving.limits import prepare_sqlite_file
 from robustops.serving.validation import Batch
 
 _GUARD_ACTION = {
@@ -269,25 +270,7 @@ class SqliteDetectorLog:
     @staticmethod
     def prepare(path: str | Path) -> None:
         """Create the file, or replace it when damaged (call once, before the workers)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            db = sqlite3.connect(path, timeout=5, isolation_level=None)
-            try:
-                ok = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-                if ok:
-                    db.execute("PRAGMA journal_mode=WAL")
-                    db.execute(_LOG_SCHEMA)
-            finally:
-                db.close()
-        except sqlite3.DatabaseError:
-            ok = False
-        if not ok:
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            for suffix in ("", "-wal", "-shm"):
-                part = path.with_name(path.name + suffix)
-                if part.exists():
-                    part.replace(path.with_name(f"{path.name}{suffix}.corrupt-{stamp}"))
+        prepare_sqlite_file(path, "PRAGMA journal_mode=WAL", _LOG_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():

@@ -113,6 +113,34 @@ class ClientAddresses:
         return address
 
 
+def prepare_sqlite_file(path: str | Path, *statements: str) -> bool:
+    """Make a shared SQLite state file usable before the workers start: when it passes
+    ``PRAGMA quick_check`` (or is new), run ``statements`` (e.g. its schema) and return False;
+    when it is damaged, move it and its ``-wal``/``-shm`` aside as
+    ``<name>.corrupt-<time>`` and return True (the caller's next connection creates it anew)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite3.connect(path, timeout=5, isolation_level=None)
+        try:
+            ok = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            if ok:
+                for statement in statements:
+                    db.execute(statement)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        ok = False
+    if ok:
+        return False
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.replace(path.with_name(f"{path.name}{suffix}.corrupt-{stamp}"))
+    return True
+
+
 def _ip(text: str) -> str | None:
     """``text`` as an IP address in canonical form (an IPv4-mapped IPv6 address as IPv4;
     brackets and a port are not accepted), or None when it is not one."""
@@ -239,25 +267,8 @@ class SqliteLimiter:
         """Make the state file usable before the workers start: create it, or replace it when
         it is damaged (moved aside as ``<name>.corrupt-<time>``). Returns True when it was
         replaced. Call it once, from the process that starts the workers."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            db = sqlite3.connect(path, timeout=5, isolation_level=None)
-            try:
-                ok = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-                if ok:
-                    db.execute(_SQLITE_SCHEMA)
-            finally:
-                db.close()
-        except sqlite3.DatabaseError:
-            ok = False
-        if ok:
+        if not prepare_sqlite_file(path, _SQLITE_SCHEMA):
             return False
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            part = path.with_name(path.name + suffix)
-            if part.exists():
-                part.replace(path.with_name(f"{path.name}{suffix}.corrupt-{stamp}"))
         SqliteLimiter(path, 1.0, 1).close()
         return True
 
