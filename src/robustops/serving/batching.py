@@ -121,9 +121,7 @@ class Batcher:
                 jobs.append(job)
                 n += job.request.batch.n
             self._run_pass(jobs)
-            if stop:
-                if carry is not None:
-                    self._run_pass([carry])
+            if stop:  # (a pass that met the sentinel carries nothing over)
                 return
 
     def _run_pass(self, jobs: list[_Job]) -> None:
