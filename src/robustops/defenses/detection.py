@@ -282,63 +282,62 @@ class Fingerprinter:
             self._coef[domain] = (coef, np.uint64(int(raw[length])))
         self._word_key = hashlib.sha256(root + b"words").digest()[:32]
 
-    def _top(self, symbols: U64, domain: str) -> U64:
-        """Sorted top-``N`` distinct keyed hashes ``(n,)`` (``n <= N``, never 0) of the windows
-        of ``symbols`` ``(L,)``; a sequence shorter than the window is one window."""
+    def _window_hashes(self, symbols: U64, domain: str) -> U64:
+        """Sorted keyed hashes ``(B, W)`` (never 0) of the windows of each row of ``symbols``
+        ``(B, L)``, ``L >= 1``; a row shorter than the window is one window."""
         coef, offset = self._coef[domain]
-        if symbols.size == 0:
-            return np.zeros(0, dtype=np.uint64)
-        w = min(coef.size, symbols.size)
+        b, length = symbols.shape
+        w = min(coef.size, length)
         symbols = np.ascontiguousarray(symbols)
-        windows = as_strided(symbols, (symbols.size - w + 1, w), (8, 8), writeable=False)
+        windows = as_strided(symbols, (b, length - w + 1, w), (8 * length, 8, 8), writeable=False)
         with np.errstate(over="ignore"):
             h = windows @ coef[:w]
             h += offset
             h = _fmix64(h)
         h[h == 0] = 1  # 0 marks an empty slot
-        h.sort()
+        h.sort(axis=1)
+        return h
+
+    def _top(self, symbols: U64, domain: str) -> U64:
+        """Sorted top-``N`` distinct keyed hashes ``(n,)`` (``n <= N``, never 0) of the windows
+        of ``symbols`` ``(L,)`` (:meth:`_window_hashes`)."""
+        if symbols.size == 0:
+            return np.zeros(0, dtype=np.uint64)
+        h = self._window_hashes(symbols[None], domain)[0]
         keep = np.empty(h.size, dtype=bool)
         keep[-1] = True
         np.not_equal(h[1:], h[:-1], out=keep[:-1])
         out: U64 = h[keep][-self.config.fingerprint_size :]
         return out
 
+    def _symbols(self, x: Any) -> U64:
+        """``x`` quantized to ``quantization_step`` as uint64 symbols, same shape (raises
+        :class:`SpecError` on non-finite values)."""
+        arr = _as_array(x)
+        if not np.isfinite(arr).all():
+            raise SpecError.single("input", "holds NaN or infinite values")
+        q = np.floor(arr / self.config.quantization_step + 0.5)
+        out: U64 = q.astype(np.int64).view(np.uint64)
+        return out
+
     def tensor(self, x: Any) -> U64:
         """Fingerprint of one input of any shape (a NumPy array, a torch tensor or a nested
         sequence of numbers), flattened in C order: sorted distinct uint64 hashes ``(n,)``,
         ``n <= fingerprint_size``. Raises :class:`SpecError` on non-finite values."""
-        arr = _as_array(x)
-        if not np.isfinite(arr).all():
-            raise SpecError.single("input", "holds NaN or infinite values")
-        q = np.floor(arr.ravel() / self.config.quantization_step + 0.5)
-        symbols = q.astype(np.int64).view(np.uint64)
-        return self._top(symbols, "tensor")
+        return self._top(self._symbols(x).ravel(), "tensor")
 
     def tensors(self, xs: Any) -> list[U64]:
         """:meth:`tensor` of each row of ``xs`` ``(B, ...)`` (one input per row), computed for
         all rows at once: the same arrays, in far fewer NumPy calls."""
-        arr = _as_array(xs)
-        if arr.ndim == 0 or arr.shape[0] == 0:
+        symbols = self._symbols(xs)
+        if symbols.ndim == 0 or symbols.shape[0] == 0:
             return []
-        if not np.isfinite(arr).all():
-            raise SpecError.single("input", "holds NaN or infinite values")
-        rows = arr.reshape(arr.shape[0], -1)
+        rows = symbols.reshape(symbols.shape[0], -1)
         if rows.shape[0] == 1:  # one row: the plain path has fewer NumPy calls
-            return [self.tensor(rows[0])]
-        q = np.floor(rows / self.config.quantization_step + 0.5)
-        symbols = np.ascontiguousarray(q.astype(np.int64).view(np.uint64))
-        coef, offset = self._coef["tensor"]
-        b, length = symbols.shape
-        if length == 0:
-            return [np.zeros(0, dtype=np.uint64) for _ in range(b)]
-        w = min(coef.size, length)
-        windows = as_strided(symbols, (b, length - w + 1, w), (8 * length, 8, 8), writeable=False)
-        with np.errstate(over="ignore"):  # the window hash of _top
-            h = windows @ coef[:w]
-            h += offset
-            h = _fmix64(h)
-        h[h == 0] = 1  # 0 marks an empty slot
-        h.sort(axis=1)
+            return [self._top(rows[0], "tensor")]
+        if rows.shape[1] == 0:
+            return [np.zeros(0, dtype=np.uint64) for _ in range(rows.shape[0])]
+        h = self._window_hashes(rows, "tensor")
         keep = np.ones(h.shape, dtype=bool)  # the last copy of each run of equal hashes
         np.not_equal(h[:, 1:], h[:, :-1], out=keep[:, :-1])
         from_end = np.cumsum(keep[:, ::-1], axis=1)[:, ::-1]  # distinct hashes from here on
